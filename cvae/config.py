@@ -1,0 +1,195 @@
+"""The configuration schema: every field, its default, and the one place it is validated.
+
+Experiment configs (``experiments/configs/*.py``) start from ``base_config()`` and override
+a few fields; ``validate(config)`` runs once, before any data is loaded or anything is
+compiled, and raises a ``ConfigError`` naming the field, the value and the valid range.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from cvae import likelihoods, nets, posteriors
+
+
+class ConfigError(ValueError):
+    """A config field has a value outside its valid range."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults: a collapsed VAE on the offline ``digits`` set."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"  # a TFDS name, "digits", or "npz:PATH"
+    c.data.data_dir = config_dict.placeholder(str)  # TFDS directory; else $TFDS_DATA_DIR
+    c.data.validation_size = 0  # examples carved from the training split (fixed choice)
+    c.data.binarize = "dynamic"  # "dynamic" (fresh Bernoulli draw each use) | "none"
+    c.data.dequantize = False  # uniform dequantization (x + u)/256, for continuous likelihoods
+    c.data.class_balanced = False  # each class drawn equally often per epoch
+    c.data.max_device_bytes = 4 * 2**30  # larger data sets are refused (no streaming path yet)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "mlp"  # "mlp" | "conv"
+    c.model.encoder_widths = nets.SEED_PRESET["encoder_widths"]
+    c.model.decoder_widths = ()  # empty: the encoder's widths mirrored
+    c.model.conv_channels = (32, 64)
+    c.model.conv_dense_width = 256
+    c.model.latent_dim = nets.SEED_PRESET["latent_dim"]
+    c.model.activation = nets.SEED_PRESET["activation"]
+    c.model.init = "lecun"  # "lecun" (Flax default) | "torch" (nn.Linear default)
+    c.model.posterior = "collapsed"  # "gaussian" | "collapsed" | "deterministic"
+    c.model.sigma0 = 0.01  # the collapsed posterior's fixed standard deviation
+    c.model.code_l2 = 0.0  # deterministic only: RAE penalty (code_l2/2)·‖μ‖²
+    c.model.likelihood = "bernoulli"  # "bernoulli" | "gaussian" | "continuous_bernoulli"
+    c.model.likelihood_scale = 0.0  # gaussian only: fixed σ, 0 = learned per pixel
+    c.model.dropout_rate = 0.0
+    c.model.conditional = False  # condition encoder and decoder on one-hot labels
+
+    c.objective = ml_collections.ConfigDict()
+    c.objective.kind = "elbo"  # "elbo" | "iwae"
+    c.objective.k = 1  # importance samples of the IWAE bound
+    c.objective.beta = 1.0  # weight of the KL term (β-VAE)
+    c.objective.kl_warmup_steps = 0  # β rises linearly from 0 over this many steps
+    c.objective.free_bits = 0.0  # per-dimension KL floor λ in nats (Kingma et al., 2016)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128  # the global batch, split over devices
+    c.train.num_epochs = 10
+    c.train.learning_rate = 1e-3
+    c.train.optimizer = "adam"  # "adam" | "adamw"
+    c.train.weight_decay = 0.0  # adamw's decoupled decay (or L2 through adam's gradient)
+    c.train.lr_schedule = "constant"  # "constant" | "warmup_cosine"
+    c.train.lr_warmup_steps = 0
+    c.train.grad_clip_norm = 0.0  # 0 = no clipping
+    c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+    c.train.num_devices = 0  # 0 = every local device
+    c.train.checkpoint_every_epochs = 1
+    c.train.keep_checkpoints = 3
+    c.train.overwrite = False  # start afresh in a workdir whose saved config differs
+    c.train.image_grid_size = 64  # images in each reconstruction / sample grid; 0 = none
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_epochs = 1
+    c.eval.batch_size = 500
+    c.eval.num_importance_samples = 5000  # K of the importance-sampled log p(x)
+    c.eval.chunk_size = 250  # importance samples evaluated at once (bounds memory)
+    return c
+
+
+def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Sets the MLP widths, latent size and activation of a named architecture preset."""
+    if preset not in nets.PRESETS:
+        raise ConfigError(f"unknown architecture preset {preset!r}; "
+                          f"choose one of {sorted(nets.PRESETS)}")
+    config.model.arch = "mlp"
+    for key, value in nets.PRESETS[preset].items():
+        config.model[key] = value
+    config.model.decoder_widths = ()
+    return config
+
+
+def _check(ok: bool, field: str, value, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field} = {value!r} is invalid: it must be {valid}")
+
+
+def _positive_ints(values) -> bool:
+    return all(isinstance(v, int) and v > 0 for v in values)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for the first field outside its valid range."""
+    c = config
+    _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
+    d = c.data
+    _check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
+           "a TFDS name, 'digits' or 'npz:PATH'")
+    _check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
+    _check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
+    _check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
+           "False when data.binarize='dynamic' (binarized data is not dequantized)")
+    m = c.model
+    _check(m.arch in ("mlp", "conv"), "model.arch", m.arch, "'mlp' or 'conv'")
+    _check(isinstance(m.latent_dim, int) and m.latent_dim > 0, "model.latent_dim",
+           m.latent_dim, "a positive integer")
+    _check(_positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,
+           "model.encoder_widths", m.encoder_widths, "a non-empty tuple of positive integers")
+    _check(_positive_ints(m.decoder_widths), "model.decoder_widths", m.decoder_widths,
+           "a tuple of positive integers (empty = mirrored)")
+    _check(_positive_ints(m.conv_channels) and len(m.conv_channels) > 0, "model.conv_channels",
+           m.conv_channels, "a non-empty tuple of positive integers")
+    _check(m.activation in nets.ACTIVATIONS, "model.activation", m.activation,
+           f"one of {sorted(nets.ACTIVATIONS)}")
+    _check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
+    _check(m.posterior in posteriors.FAMILIES, "model.posterior", m.posterior,
+           f"one of {posteriors.FAMILIES}")
+    _check(m.sigma0 >= 0, "model.sigma0", m.sigma0, "≥ 0 (the collapsed posterior's σ₀)")
+    _check(m.posterior != "collapsed" or m.sigma0 > 0, "model.sigma0", m.sigma0,
+           "> 0 for the collapsed posterior (σ₀ = 0 is model.posterior='deterministic')")
+    _check(m.code_l2 >= 0, "model.code_l2", m.code_l2, "≥ 0")
+    _check(m.likelihood in likelihoods.NAMES, "model.likelihood", m.likelihood,
+           f"one of {likelihoods.NAMES}")
+    _check(m.likelihood_scale >= 0, "model.likelihood_scale", m.likelihood_scale,
+           "≥ 0 (0 = learned)")
+    _check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
+    o = c.objective
+    _check(o.kind in ("elbo", "iwae"), "objective.kind", o.kind, "'elbo' or 'iwae'")
+    _check(isinstance(o.k, int) and o.k >= 1, "objective.k", o.k, "an integer ≥ 1")
+    _check(o.kind == "elbo" or m.posterior != "deterministic", "objective.kind", o.kind,
+           "'elbo' for a deterministic posterior (the IWAE bound needs a density)")
+    _check(o.beta >= 0, "objective.beta", o.beta, "≥ 0")
+    _check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
+    _check(o.free_bits >= 0, "objective.free_bits", o.free_bits, "≥ 0 nats")
+    t = c.train
+    _check(isinstance(t.batch_size, int) and t.batch_size > 0, "train.batch_size",
+           t.batch_size, "a positive integer")
+    _check(isinstance(t.num_epochs, int) and t.num_epochs >= 0, "train.num_epochs",
+           t.num_epochs, "an integer ≥ 0")
+    _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
+    _check(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "≥ 0")
+    _check(t.lr_schedule in ("constant", "warmup_cosine"), "train.lr_schedule", t.lr_schedule,
+           "'constant' or 'warmup_cosine'")
+    _check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, "≥ 0")
+    _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "≥ 0 (0 = off)")
+    _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
+           t.early_stopping_patience, "≥ 0 (0 = off)")
+    _check(t.num_devices >= 0, "train.num_devices", t.num_devices, "≥ 0 (0 = all)")
+    _check(t.checkpoint_every_epochs >= 1, "train.checkpoint_every_epochs",
+           t.checkpoint_every_epochs, "≥ 1")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "≥ 1")
+    _check(t.image_grid_size >= 0, "train.image_grid_size", t.image_grid_size, "≥ 0")
+    e = c.eval
+    _check(e.every_epochs >= 1, "eval.every_epochs", e.every_epochs, "≥ 1")
+    _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "≥ 1")
+    _check(e.num_importance_samples >= 1, "eval.num_importance_samples",
+           e.num_importance_samples, "≥ 1")
+    _check(e.chunk_size >= 1, "eval.chunk_size", e.chunk_size, "≥ 1")
+
+
+# Fields whose change makes a saved run a different experiment: resuming across them would
+# silently mix two runs, so the trainer refuses unless train.overwrite is set.
+RESUME_CRITICAL_PREFIXES = ("seed", "data.", "model.", "objective.", "train.batch_size")
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """Dotted names of resume-critical fields that differ between two flattened configs."""
+    names = sorted(set(saved) | set(current))
+    return [n for n in names
+            if any(n == p or n.startswith(p) for p in RESUME_CRITICAL_PREFIXES)
+            and saved.get(n) != current.get(n)]
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
+    """{"model.latent_dim": 16, …} with tuples as lists, as they are in config.json."""
+    items = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    flat = {}
+    for key, value in items.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat

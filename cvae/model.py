@@ -1,0 +1,107 @@
+"""The VAE module: encoder → posterior family → decoder → likelihood, wired together.
+
+``VAE.encode`` returns a posterior object (see ``cvae.posteriors``), ``VAE.decode`` the
+likelihood's parameters, and ``VAE.__call__(x, key)`` draws z ~ q(z|x) with the key it is
+given. With ``num_classes > 0`` the model is a conditional VAE: one-hot labels enter both
+the encoder and the decoder, and ``decode(z, labels)`` draws class-conditional images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cvae import likelihoods, nets, posteriors
+
+
+class VAE(nn.Module):
+    encoder: nn.Module
+    decoder: nn.Module
+    likelihood: Any
+    event_shape: tuple[int, int, int]
+    posterior_family: str = "gaussian"
+    sigma0: float = 0.01
+    num_classes: int = 0
+
+    def _onehot(self, labels):
+        if self.num_classes == 0:
+            if labels is not None:
+                raise ValueError("labels were given to an unconditional model; set "
+                                 "model.conditional=True to train a conditional VAE")
+            return None
+        if labels is None:
+            raise ValueError(f"this conditional model needs labels in [0, {self.num_classes})")
+        return jax.nn.one_hot(labels, self.num_classes)
+
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        if tuple(x.shape[-3:]) != tuple(self.event_shape) or x.ndim < 4:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} does not match the model's images "
+                f"{tuple(self.event_shape)}; pass a batch shaped N×H×W×C = "
+                f"N×{'×'.join(map(str, self.event_shape))}")
+        mean, log_var = self.encoder(x, self._onehot(labels), train=train)
+        return posteriors.make_posterior(self.posterior_family, mean, log_var, self.sigma0)
+
+    def decode(self, z, labels=None, *, train: bool = False):
+        return self.decoder(z, self._onehot(labels), train=train)
+
+    def __call__(self, x, key, labels=None, *, train: bool = False, num_samples=None):
+        """Returns (posterior, z, likelihood params); z has a leading sample axis if asked."""
+        posterior = self.encode(x, labels, train=train)
+        z = posterior.sample(key, num_samples)
+        return posterior, z, self.decode(z, labels, train=train)
+
+
+def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classes: int) -> VAE:
+    """The VAE described by ``config.model`` for images of ``event_shape`` = (H, W, C).
+
+    ``num_classes`` is the data set's; it is used only when ``model.conditional`` is set.
+    """
+    cfg = model_config
+    event_shape = tuple(int(s) for s in event_shape)
+    if cfg.latent_dim <= 0:
+        raise ValueError(f"model.latent_dim must be a positive integer, got {cfg.latent_dim}")
+    if cfg.posterior not in posteriors.FAMILIES:
+        raise ValueError(f"model.posterior must be one of {posteriors.FAMILIES}, "
+                         f"got {cfg.posterior!r}")
+    if cfg.posterior == "collapsed" and not cfg.sigma0 > 0:
+        raise ValueError(f"model.sigma0 must be > 0 for the collapsed posterior, got "
+                         f"{cfg.sigma0}; use model.posterior='deterministic' for σ₀ = 0")
+    if cfg.conditional and num_classes <= 0:
+        raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
+    likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale)
+    param_shape = likelihood.param_shape(event_shape)
+    variance_head = posteriors.has_variance_head(cfg.posterior)
+    decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))
+    if cfg.arch == "mlp":
+        encoder = nets.MLPEncoder(tuple(cfg.encoder_widths), cfg.latent_dim, variance_head,
+                                  cfg.activation, cfg.dropout_rate, cfg.init)
+        decoder = nets.MLPDecoder(decoder_widths, param_shape, cfg.activation,
+                                  cfg.dropout_rate, cfg.init)
+    elif cfg.arch == "conv":
+        encoder = nets.ConvEncoder(tuple(cfg.conv_channels), cfg.conv_dense_width,
+                                   cfg.latent_dim, variance_head, cfg.activation,
+                                   cfg.dropout_rate)
+        decoder = nets.ConvDecoder(tuple(cfg.conv_channels), cfg.conv_dense_width, param_shape,
+                                   cfg.activation, cfg.dropout_rate)
+    else:
+        raise ValueError(f"model.arch must be 'mlp' or 'conv', got {cfg.arch!r}")
+    return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood,
+               event_shape=event_shape, posterior_family=cfg.posterior,
+               sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0)
+
+
+def init_params(model: VAE, key: jax.Array, batch_size: int = 1):
+    """Initial parameters (a plain pytree) from ``key``; needs no data."""
+    x = jnp.zeros((batch_size,) + tuple(model.event_shape), jnp.float32)
+    labels = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None
+    init_key, sample_key = jax.random.split(key)
+    return model.init({"params": init_key}, x, sample_key, labels)["params"]
+
+
+def count_params(params) -> int:
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

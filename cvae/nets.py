@@ -1,0 +1,199 @@
+"""Flax Linen encoders and decoders: MLPs and strided convolutions for H×W×C images.
+
+Encoders map images (and optionally one-hot labels) to the parameters of q(z|x): a mean
+head and, when the posterior family learns its variance, a separate log-variance head.
+Decoders map latents (and optionally labels) to the parameters of p(x|z), shaped as the
+likelihood asks (`param_shape`). Nothing here is random except dropout, whose key arrives
+through Flax's ``rngs={"dropout": key}`` at ``apply`` time, never stored in a module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "softplus": nn.softplus,
+    "leaky_relu": nn.leaky_relu,
+}
+INITS = ("lecun", "torch")
+
+# The documented "seed" architecture: encoder 784-128-64-32 (ReLU) -> 16, decoder mirrored.
+SEED_PRESET = {"encoder_widths": (128, 64, 32), "latent_dim": 16, "activation": "relu"}
+# Two further reference workloads used by the benchmark (issue "Benchmarks").
+TORCH_EXAMPLE_PRESET = {"encoder_widths": (400,), "latent_dim": 20, "activation": "relu"}
+IWAE_PRESET = {"encoder_widths": (200, 200), "latent_dim": 50, "activation": "tanh"}
+PRESETS = {"seed": SEED_PRESET, "torch_example": TORCH_EXAMPLE_PRESET, "iwae": IWAE_PRESET}
+
+
+class Linear(nn.Module):
+    """A dense layer with a selectable initialisation.
+
+    ``lecun`` is Flax's default (truncated normal with variance 1/fan_in, zero bias);
+    ``torch`` is PyTorch's ``nn.Linear`` default, weights and biases U(±1/√fan_in), so
+    that our numbers can be compared with PyTorch implementations of the same model.
+    """
+
+    features: int
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.init == "lecun":
+            return nn.Dense(self.features, name="dense")(x)
+        bound = 1.0 / math.sqrt(x.shape[-1])
+
+        def uniform_bias(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        # variance_scaling(1/3, fan_in, uniform) is U(±sqrt(3 · (1/3) / fan_in)) = U(±1/√fan_in).
+        kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+        return nn.Dense(self.features, kernel_init=kernel_init, bias_init=uniform_bias,
+                        name="dense")(x)
+
+
+def _with_labels(h: jax.Array, labels_onehot: jax.Array | None) -> jax.Array:
+    """Concatenates one-hot labels to features, broadcasting over leading sample axes."""
+    if labels_onehot is None:
+        return h
+    labels_onehot = jnp.broadcast_to(labels_onehot, h.shape[:-1] + labels_onehot.shape[-1:])
+    return jnp.concatenate([h, labels_onehot.astype(h.dtype)], axis=-1)
+
+
+class MLPStack(nn.Module):
+    """Dense → activation → dropout, once per width."""
+
+    widths: Sequence[int]
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        for i, width in enumerate(self.widths):
+            h = act(Linear(width, self.init, name=f"hidden_{i}")(h))
+            if self.dropout_rate > 0:
+                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        return h
+
+
+class MLPEncoder(nn.Module):
+    """x (…, H, W, C) → (mean, log_var or None), each (…, latent_dim).
+
+    The mean and the log-variance come from two separate heads on the last hidden layer;
+    ``variance_head=False`` (collapsed and deterministic posteriors) drops the second.
+    """
+
+    widths: Sequence[int]
+    latent_dim: int
+    variance_head: bool = True
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, x, labels_onehot=None, *, train: bool = False):
+        h = _with_labels(x.reshape(x.shape[:-3] + (-1,)), labels_onehot)
+        h = MLPStack(self.widths, self.activation, self.dropout_rate, self.init, name="trunk")(
+            h, train=train)
+        mean = Linear(self.latent_dim, self.init, name="mean")(h)
+        if not self.variance_head:
+            return mean, None
+        return mean, Linear(self.latent_dim, self.init, name="log_var")(h)
+
+
+class MLPDecoder(nn.Module):
+    """z (…, latent_dim) → likelihood parameters (…, *param_shape)."""
+
+    widths: Sequence[int]
+    param_shape: tuple[int, ...]
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, z, labels_onehot=None, *, train: bool = False):
+        h = _with_labels(z, labels_onehot)
+        h = MLPStack(self.widths, self.activation, self.dropout_rate, self.init, name="trunk")(
+            h, train=train)
+        out = Linear(math.prod(self.param_shape), self.init, name="output")(h)
+        return out.reshape(z.shape[:-1] + tuple(self.param_shape))
+
+
+class ConvEncoder(nn.Module):
+    """Strided 3×3 convolutions (each halves H and W), one dense layer, then the heads.
+
+    Works for any H×W×C: nothing assumes 28×28. Leading sample axes are flattened into
+    the batch for the convolutions and restored afterwards.
+    """
+
+    channels: Sequence[int]
+    dense_width: int
+    latent_dim: int
+    variance_head: bool = True
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, labels_onehot=None, *, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        lead = x.shape[:-3]
+        h = x.reshape((-1,) + x.shape[-3:])
+        for i, ch in enumerate(self.channels):
+            h = act(nn.Conv(ch, (3, 3), strides=(2, 2), padding="SAME", name=f"conv_{i}")(h))
+        h = h.reshape(lead + (-1,))
+        h = _with_labels(h, labels_onehot)
+        h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
+            h, train=train)
+        mean = nn.Dense(self.latent_dim, name="mean")(h)
+        log_var = nn.Dense(self.latent_dim, name="log_var")(h) if self.variance_head else None
+        return mean, log_var
+
+
+class ConvDecoder(nn.Module):
+    """Dense to a ceil(H/2^n)×ceil(W/2^n) grid, n stride-2 transposed convs, crop to H×W.
+
+    The last 3×3 convolution emits every likelihood parameter per pixel; ``param_shape``
+    is (*P, H, W, C) where P is the likelihood's leading parameter axes (empty or (2,)).
+    """
+
+    channels: Sequence[int]
+    dense_width: int
+    param_shape: tuple[int, ...]
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, z, labels_onehot=None, *, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        height, width, depth = self.param_shape[-3:]
+        leading_params = tuple(self.param_shape[:-3])
+        n_up = len(self.channels)
+        h0, w0 = math.ceil(height / 2**n_up), math.ceil(width / 2**n_up)
+        lead = z.shape[:-1]
+        h = _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + (
+            0 if labels_onehot is None else labels_onehot.shape[-1])))
+        h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
+            h, train=train)
+        top = self.channels[-1]
+        h = act(nn.Dense(h0 * w0 * top, name="project")(h)).reshape(-1, h0, w0, top)
+        for i, ch in enumerate(reversed(self.channels)):
+            h = act(nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME",
+                                     name=f"deconv_{i}")(h))
+        h = h[:, :height, :width, :]
+        n_par = math.prod(leading_params) if leading_params else 1
+        out = nn.Conv(depth * n_par, (3, 3), padding="SAME", name="output")(h)
+        # (B, H, W, C·P) → (B, *P, H, W, C)
+        out = out.reshape(out.shape[:3] + (n_par, depth))
+        out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
+        return out.reshape(lead + tuple(self.param_shape))

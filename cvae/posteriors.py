@@ -1,0 +1,126 @@
+"""Families of approximate posteriors q(z|x), and the standard-normal prior.
+
+* ``gaussian``: q(z|x) = N(μ(x), diag σ²(x)) with a learned log-variance head.
+* ``collapsed``: q(z|x) = N(μ(x), σ₀² I) with a fixed σ₀ > 0: the randomness is collapsed to
+  one fixed scale, so the encoder has a mean head only and the KL to N(0, I) is
+  ½‖μ‖² + (d/2)(σ₀² − 1 − log σ₀²).
+* ``deterministic``: σ₀ = 0, a point mass at μ(x): the autoencoder. It has no density and
+  no finite KL; its regulariser is an optional L2 penalty on codes (the RAE of Ghosh et
+  al., 2020).
+
+Each posterior is a pytree (``flax.struct.dataclass``) of its parameters for a batch and
+offers ``sample(key, num_samples)``, ``log_prob(z)`` and ``kl_per_dim()``. Every random draw
+takes its key as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+FAMILIES = ("gaussian", "collapsed", "deterministic")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _draw(key, mean, scale, num_samples):
+    shape = mean.shape if num_samples is None else (num_samples,) + mean.shape
+    return mean + scale * jax.random.normal(key, shape, mean.dtype)
+
+
+def diag_normal_log_prob(z, mean, log_var):
+    """log N(z; mean, diag exp(log_var)), summed over the last axis."""
+    return -0.5 * jnp.sum(_LOG_2PI + log_var + (z - mean) ** 2 * jnp.exp(-log_var), axis=-1)
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I), summed over the last axis: the prior p(z)."""
+    return -0.5 * jnp.sum(_LOG_2PI + z**2, axis=-1)
+
+
+@struct.dataclass
+class GaussianPosterior:
+    """q(z|x) = N(mean, diag exp(log_var))."""
+
+    mean: jax.Array
+    log_var: jax.Array
+    has_density = True
+
+    def sample(self, key, num_samples: int | None = None):
+        """z = μ + σ ε, ε ~ N(0, I) (reparameterised); (num_samples, …, d) if asked."""
+        return _draw(key, self.mean, jnp.exp(0.5 * self.log_var), num_samples)
+
+    def log_prob(self, z):
+        return diag_normal_log_prob(z, self.mean, self.log_var)
+
+    def kl_per_dim(self):
+        """KL(q ‖ N(0, I)) per dimension: ½(μ² + σ² − 1 − log σ²)."""
+        return 0.5 * (self.mean**2 + jnp.exp(self.log_var) - 1.0 - self.log_var)
+
+
+@struct.dataclass
+class CollapsedPosterior:
+    """q(z|x) = N(mean, σ₀² I) with a fixed, non-learned σ₀ > 0."""
+
+    mean: jax.Array
+    sigma0: float = struct.field(pytree_node=False, default=0.01)
+    has_density = True
+
+    @property
+    def log_var(self):
+        return jnp.full_like(self.mean, 2.0 * math.log(self.sigma0))
+
+    def sample(self, key, num_samples: int | None = None):
+        return _draw(key, self.mean, self.sigma0, num_samples)
+
+    def log_prob(self, z):
+        return diag_normal_log_prob(z, self.mean, self.log_var)
+
+    def kl_per_dim(self):
+        """½(μ_j² + σ₀² − 1 − log σ₀²): summed, ½‖μ‖² + (d/2)(σ₀² − 1 − log σ₀²)."""
+        s2 = self.sigma0**2
+        return 0.5 * (self.mean**2 + s2 - 1.0 - math.log(s2))
+
+
+@struct.dataclass
+class DeterministicPosterior:
+    """A point mass at ``mean`` (σ₀ = 0): the encoder of a plain or regularised autoencoder."""
+
+    mean: jax.Array
+    has_density = False
+    log_var = None
+
+    def sample(self, key, num_samples: int | None = None):
+        del key  # a point mass needs no randomness; the argument keeps the interface uniform
+        if num_samples is None:
+            return self.mean
+        return jnp.broadcast_to(self.mean, (num_samples,) + self.mean.shape)
+
+    def log_prob(self, z):
+        raise ValueError("a deterministic posterior is a point mass and has no density; "
+                         "use model.posterior='collapsed' with a small sigma0 for a density")
+
+    def kl_per_dim(self):
+        raise ValueError("KL(point mass ‖ N(0, I)) is infinite; deterministic models use the "
+                         "code penalty model.code_l2 instead")
+
+
+Posterior = GaussianPosterior | CollapsedPosterior | DeterministicPosterior
+
+
+def make_posterior(family: str, mean, log_var=None, sigma0: float = 0.01) -> Posterior:
+    """Builds the posterior of ``family`` from the encoder's heads."""
+    if family == "gaussian":
+        return GaussianPosterior(mean, log_var)
+    if family == "collapsed":
+        return CollapsedPosterior(mean, sigma0)
+    if family == "deterministic":
+        return DeterministicPosterior(mean)
+    raise ValueError(f"model.posterior must be one of {FAMILIES}, got {family!r}")
+
+
+def has_variance_head(family: str) -> bool:
+    """Only the gaussian family learns a per-example variance."""
+    return family == "gaussian"

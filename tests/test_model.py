@@ -1,0 +1,128 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cvae import config as config_lib
+from cvae import model as model_lib
+
+
+def _model_config(**overrides):
+    c = config_lib.base_config().model
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def _kernel_shapes(tree):
+    return {"/".join(str(getattr(p, "key", p)) for p in path): leaf.shape
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if getattr(path[-1], "key", "") == "kernel"}
+
+
+def test_seed_preset_has_the_documented_layer_sizes():
+    cfg = config_lib.apply_preset(config_lib.base_config(), "seed").model
+    cfg.posterior = "gaussian"
+    model = model_lib.build_model(cfg, (28, 28, 1), 10)
+    shapes = _kernel_shapes(model_lib.init_params(model, jax.random.key(0)))
+    encoder = [shapes[f"encoder/trunk/hidden_{i}/dense/kernel"] for i in range(3)]
+    decoder = [shapes[f"decoder/trunk/hidden_{i}/dense/kernel"] for i in range(3)]
+    assert encoder == [(784, 128), (128, 64), (64, 32)]
+    assert shapes["encoder/mean/dense/kernel"] == (32, 16)
+    assert shapes["encoder/log_var/dense/kernel"] == (32, 16)  # a head of its own
+    assert decoder == [(16, 32), (32, 64), (64, 128)]
+    assert shapes["decoder/output/dense/kernel"] == (128, 784)
+    assert len(shapes) == 9
+
+
+def test_collapsed_encoder_has_fewer_parameters_than_gaussian():
+    counts = {}
+    for family in ("gaussian", "collapsed", "deterministic"):
+        model = model_lib.build_model(_model_config(posterior=family), (28, 28, 1), 10)
+        params = model_lib.init_params(model, jax.random.key(0))
+        counts[family] = model_lib.count_params(params["encoder"])
+    assert counts["collapsed"] == counts["deterministic"] < counts["gaussian"]
+    assert counts["gaussian"] - counts["collapsed"] == 32 * 16 + 16  # the log-variance head
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1), (30, 20, 2)])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_conv_model_handles_any_image_shape(shape, likelihood):
+    cfg = _model_config(arch="conv", conv_channels=(8, 16), conv_dense_width=32,
+                        likelihood=likelihood, posterior="gaussian")
+    model = model_lib.build_model(cfg, shape, 10)
+    params = model_lib.init_params(model, jax.random.key(0))
+    x = jnp.zeros((3,) + shape)
+    posterior, z, dec = model.apply({"params": params}, x, jax.random.key(1), num_samples=2)
+    assert z.shape == (2, 3, 16)
+    expected = model.likelihood.param_shape(shape)
+    assert dec.shape == (2, 3) + expected
+
+
+FAMILIES = ["gaussian", "collapsed", "deterministic"]
+LIKELIHOODS = [("bernoulli", 0.0), ("gaussian", 0.0), ("gaussian", 0.1),
+               ("continuous_bernoulli", 0.0)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("likelihood,scale", LIKELIHOODS)
+def test_gradients_are_finite_for_every_family_and_likelihood(family, likelihood, scale):
+    from cvae import objectives
+
+    cfg = _model_config(posterior=family, likelihood=likelihood, likelihood_scale=scale,
+                        encoder_widths=(16,), latent_dim=3, code_l2=0.1)
+    model = model_lib.build_model(cfg, (4, 4, 1), 0)
+    params = model_lib.init_params(model, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1))
+    x = x.at[0].set(0.5)  # continuous Bernoulli's removable singularity lives near λ = ½
+    grads = jax.grad(lambda p: objectives.elbo_loss(model, p, x, jax.random.key(2))[0])(params)
+    leaves = jax.tree_util.tree_leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in leaves)
+    assert any(np.any(g != 0) for g in leaves)
+
+
+def test_conditional_model_uses_labels_and_unconditional_refuses_them():
+    cfg = _model_config(conditional=True, encoder_widths=(16,), latent_dim=3)
+    model = model_lib.build_model(cfg, (4, 4, 1), 10)
+    params = model_lib.init_params(model, jax.random.key(0))
+    z = jnp.zeros((2, 3))
+    a = model.apply({"params": params}, z, jnp.array([0, 0]), method=model.decode)
+    b = model.apply({"params": params}, z, jnp.array([0, 7]), method=model.decode)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(a[1], b[1])
+    with pytest.raises(ValueError, match="needs labels"):
+        model.apply({"params": params}, z, method=model.decode)
+    plain = model_lib.build_model(_model_config(encoder_widths=(16,), latent_dim=3), (4, 4, 1), 10)
+    plain_params = model_lib.init_params(plain, jax.random.key(0))
+    with pytest.raises(ValueError, match="unconditional"):
+        plain.apply({"params": plain_params}, z, jnp.array([0, 1]), method=plain.decode)
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("latent_dim", 0, r"model.latent_dim.*positive"),
+    ("latent_dim", -3, r"model.latent_dim"),
+    ("posterior", "bogus", r"model.posterior.*gaussian"),
+    ("likelihood", "poisson", r"model.likelihood.*bernoulli"),
+    ("arch", "transformer", r"model.arch"),
+])
+def test_bad_model_config_is_refused_by_name(field, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        model_lib.build_model(_model_config(**{field: value}), (28, 28, 1), 10)
+
+
+def test_negative_or_zero_sigma0_is_refused_for_collapsed():
+    c = config_lib.base_config()
+    c.model.sigma0 = -0.1
+    with pytest.raises(config_lib.ConfigError, match=r"model.sigma0 = -0.1.*≥ 0"):
+        config_lib.validate(c)
+    with pytest.raises(ValueError, match="model.sigma0"):
+        model_lib.build_model(_model_config(sigma0=0.0), (28, 28, 1), 10)
+
+
+def test_input_of_the_wrong_shape_is_refused_before_compiling():
+    model = model_lib.build_model(_model_config(encoder_widths=(8,), latent_dim=2), (28, 28, 1), 0)
+    params = model_lib.init_params(model, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\(4, 32, 32, 3\).*28×28×1"):
+        model.apply({"params": params}, jnp.zeros((4, 32, 32, 3)), jax.random.key(0))
+    with pytest.raises(ValueError, match="N×H×W×C"):
+        model.apply({"params": params}, jnp.zeros((4, 784)), jax.random.key(0))
