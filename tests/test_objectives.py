@@ -31,7 +31,8 @@ def test_iwae_bound_rises_with_k_and_sits_above_the_elbo(gaussian_setup):
         lambda k: objectives.elbo_loss(model, params, x, k)[1]["elbo"])
     bounds = {}
     for k in (1, 5, 50):
-        bounds[k], _ = _mean_over_keys(lambda key, k=k: objectives.iwae_bound(model, params, x, key, k))
+        bound = lambda key, k=k: objectives.iwae_bound(model, params, x, key, k)
+        bounds[k], _ = _mean_over_keys(bound)
     # L_1 is an unbiased estimate of the ELBO; L_1 ≤ L_5 ≤ L_50 in expectation.
     assert abs(bounds[1] - elbo) < 5 * elbo_se + 0.05
     assert bounds[5] > elbo
