@@ -1,0 +1,339 @@
+"""Data: sources, preprocessing, and the on-device batching used inside compiled epochs.
+
+Sources (``load(name, split, data_dir=None)`` → ``Dataset(images, labels, info)``, images
+N×H×W×C, uint8 where the data are 8-bit):
+
+* any TFDS image data set, read with ``tfds.data_source`` (array_record; no TensorFlow);
+  the data directory is the argument, else ``$TFDS_DATA_DIR``, else TFDS's default.
+  Decoded arrays are cached under ``$CVAE_CACHE_DIR`` (default ``~/.cache/cvae``).
+* ``digits``: scikit-learn's bundled 8×8 digits, offline anywhere. Its 0–16 intensities
+  are mapped to 0–255 (round(v·255/16)); the split is fixed: a permutation drawn by
+  ``numpy.random.default_rng(0)``, first 1,500 images train, remaining 297 test.
+* ``npz:PATH``: ``x`` (N×H×W[×C], uint8 0–255 or float in [0, 1]) and optional ``y``
+  for the train split; ``x_test`` / ``y_test`` for the test split.
+
+Preprocessing: images are scaled to [0, 1]; training draws a fresh binarization
+x ~ Bernoulli(intensity) at every use (``dynamic_binarize``); evaluation binarizes once,
+with a fixed generator (``numpy.random.default_rng(0)``, ``u < x``) so that scores are
+comparable across runs and seeds; continuous likelihoods may use uniform dequantization.
+
+Batching rule: a training epoch uses ⌊N / batch⌋ full batches (the last partial batch is
+dropped; a fresh permutation each epoch means every example is still seen); evaluation
+covers every example, padding the last batch and masking the padding out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tempfile
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DIGITS_TRAIN_SIZE = 1500
+EVAL_BINARIZATION_SEED = 0
+VALIDATION_SPLIT_SEED = 0
+
+
+class DatasetNotPreparedError(ValueError):
+    """A TFDS data set is not prepared in any searched directory (and we never download)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    shape: tuple[int, int, int]  # H, W, C
+    num_classes: int  # 0 when unlabelled
+    pixel_range: tuple[float, float]  # range of the raw values in ``images``
+
+
+class Dataset(NamedTuple):
+    images: np.ndarray  # N×H×W×C
+    labels: np.ndarray | None  # N, int32
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load(name: str, split: str, data_dir: str | None = None) -> Dataset:
+    """Loads ``split`` of the data set called ``name`` into host memory."""
+    if name == "digits":
+        return _load_digits(split)
+    if name.startswith("npz:"):
+        return _load_npz(name[4:], split)
+    return _load_tfds(name, split, data_dir)
+
+
+def _load_digits(split: str) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    order = np.random.default_rng(0).permutation(len(bunch.images))
+    chosen = {"train": order[:DIGITS_TRAIN_SIZE], "test": order[DIGITS_TRAIN_SIZE:]}
+    if split not in chosen:
+        raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
+    idx = chosen[split]
+    images = np.round(bunch.images[idx] * 255.0 / 16.0).astype(np.uint8)[..., None]
+    info = DatasetInfo("digits", (8, 8, 1), 10, (0.0, 255.0))
+    return Dataset(images, bunch.target[idx].astype(np.int32), info)
+
+
+def _load_npz(path: str, split: str) -> Dataset:
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ValueError(f"npz data set {path!r}: no such file")
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except Exception as err:  # a truncated or non-npz file
+        raise ValueError(f"npz data set {path!r} could not be read ({err}); save it with "
+                         "numpy.savez(path, x=images, y=labels)") from err
+    x_key, y_key = ("x", "y") if split == "train" else (f"x_{split}", f"y_{split}")
+    if x_key not in archive:
+        raise ValueError(f"npz data set {path!r} has no array {x_key!r} for split {split!r} "
+                         f"(it has {sorted(archive.files)}); the train split is 'x' (and "
+                         "'y'), other splits 'x_<split>'")
+    x = archive[x_key]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or len(x) == 0:
+        raise ValueError(f"npz data set {path!r}: {x_key!r} must be N×H×W or N×H×W×C with "
+                         f"N > 0, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        pixel_range = (0.0, 255.0)
+    elif np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise ValueError(f"npz data set {path!r}: float {x_key!r} must be finite and in "
+                             f"[0, 1], got [{np.nanmin(x):g}, {np.nanmax(x):g}]")
+        x, pixel_range = x.astype(np.float32), (0.0, 1.0)
+    else:
+        raise ValueError(f"npz data set {path!r}: {x_key!r} must be uint8 or float, "
+                         f"got {x.dtype}")
+    labels, num_classes = None, 0
+    if y_key in archive:
+        y = archive[y_key]
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise ValueError(f"npz data set {path!r}: {y_key!r} must hold {len(x)} integer "
+                             f"labels ≥ 0, got shape {y.shape} and dtype {y.dtype}")
+        labels, num_classes = y.astype(np.int32), int(y.max()) + 1
+        if "num_classes" in archive:
+            num_classes = int(archive["num_classes"])
+    info = DatasetInfo(f"npz:{path}", tuple(int(s) for s in x.shape[1:]), num_classes,
+                       pixel_range)
+    return Dataset(x, labels, info)
+
+
+def _tfds_candidate_dirs(data_dir: str | None) -> list[str]:
+    if data_dir:
+        return [data_dir]
+    if os.environ.get("TFDS_DATA_DIR"):
+        return [os.environ["TFDS_DATA_DIR"]]
+    return [os.path.expanduser("~/tensorflow_datasets")]
+
+
+def _cache_path(name: str, version: str, split: str, data_dir: str) -> pathlib.Path:
+    root = pathlib.Path(os.environ.get("CVAE_CACHE_DIR", "~/.cache/cvae")).expanduser()
+    tag = hashlib.sha1(f"{os.path.abspath(data_dir)}|{split}".encode()).hexdigest()[:12]
+    return root / f"{name.replace('/', '_')}-{version}-{tag}.npz"
+
+
+def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
+    import tensorflow_datasets as tfds
+
+    searched = _tfds_candidate_dirs(data_dir)
+    builder = None
+    for directory in searched:
+        try:
+            candidate = tfds.builder(name, data_dir=directory)
+        except Exception as err:  # unknown name, bad version string, …
+            raise DatasetNotPreparedError(
+                f"data set {name!r} is not known to tensorflow-datasets ({err}); use a TFDS "
+                "name such as 'mnist', 'digits', or 'npz:PATH'") from err
+        if candidate.is_prepared():
+            builder, found_dir = candidate, directory
+            break
+    if builder is None:
+        raise DatasetNotPreparedError(
+            f"data set {name!r} is not prepared in {', '.join(searched)} and cvae never "
+            f"downloads. On a machine with network access run `tfds build {name} "
+            f"--data_dir DIR --file_format array_record`, then point data.data_dir (or "
+            "TFDS_DATA_DIR) at DIR")
+    image_key, label_key, num_classes = _feature_keys(builder.info.features)
+    cache = _cache_path(name, str(builder.info.version), split, found_dir)
+    if cache.exists():
+        with np.load(cache) as cached:
+            images = cached["images"]
+            labels = cached["labels"] if label_key else None
+    else:
+        try:
+            source = tfds.data_source(name, split=split, data_dir=found_dir, download=False)
+        except NotImplementedError as err:
+            raise DatasetNotPreparedError(
+                f"data set {name!r} in {found_dir} is not in a random-access format ({err}); "
+                f"rebuild it with `tfds build {name} --file_format array_record`") from err
+        records = source.__getitems__(list(range(len(source))))
+        images = np.stack([r[image_key] for r in records])
+        labels = (np.asarray([r[label_key] for r in records], np.int32) if label_key
+                  else np.zeros(0, np.int32))
+        _atomic_savez(cache, images=images, labels=labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    info = DatasetInfo(name, tuple(int(s) for s in images.shape[1:]), num_classes,
+                       (0.0, 255.0) if images.dtype == np.uint8 else (0.0, 1.0))
+    return Dataset(images, labels if label_key else None, info)
+
+
+def _feature_keys(features):
+    import tensorflow_datasets as tfds
+
+    image_key = label_key = None
+    num_classes = 0
+    for key, feature in features.items():
+        if image_key is None and isinstance(feature, tfds.features.Image):
+            image_key = key
+        if label_key is None and isinstance(feature, tfds.features.ClassLabel):
+            label_key, num_classes = key, feature.num_classes
+    if image_key is None:
+        raise ValueError(f"the TFDS data set has no image feature ({list(features)})")
+    return image_key, label_key, num_classes
+
+
+def _atomic_savez(path: pathlib.Path, **arrays) -> None:
+    """Writes to a temporary file and renames it, so a crash never leaves a torn cache."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
+            np.savez(f, **arrays)
+        os.replace(f.name, path)
+    except OSError:
+        pass  # the cache is an optimisation: an unwritable cache directory is not an error
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_validation(dataset: Dataset, size: int) -> tuple[Dataset, Dataset | None]:
+    """(train, validation): a fixed subset of ``size`` examples, the same for every seed."""
+    if size == 0:
+        return dataset, None
+    if size >= len(dataset):
+        raise ValueError(f"data.validation_size = {size} leaves no training data "
+                         f"({len(dataset)} training examples); choose fewer")
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(dataset))
+    val, train = np.sort(order[:size]), np.sort(order[size:])
+    pick = lambda idx: Dataset(dataset.images[idx],
+                               None if dataset.labels is None else dataset.labels[idx],
+                               dataset.info)
+    return pick(train), pick(val)
+
+
+# ---------------------------------------------------------------------- preprocessing
+
+
+def to_unit_interval(raw, pixel_max: float):
+    """Raw pixels → float32 in [0, 1]."""
+    return raw.astype(jnp.float32) / pixel_max
+
+
+def dynamic_binarize(key, x01):
+    """A fresh draw x_b ~ Bernoulli(x01) (Salakhutdinov & Murray's dynamic binarization)."""
+    return jax.random.bernoulli(key, x01).astype(jnp.float32)
+
+
+def dequantize(key, raw_uint8):
+    """Uniform dequantization (x + u) / 256, u ~ U[0, 1): a density on [0, 1]."""
+    return (raw_uint8.astype(jnp.float32) + jax.random.uniform(key, raw_uint8.shape)) / 256.0
+
+
+def fixed_binarization(images01: np.ndarray) -> np.ndarray:
+    """The evaluation binarization: ``default_rng(0).random((N, D)) < x`` on the flattened
+    images (so for MNIST's test split it is exactly the benchmark's binarization)."""
+    flat = images01.reshape(len(images01), -1)
+    u = np.random.default_rng(EVAL_BINARIZATION_SEED).random(flat.shape)
+    return (u < flat).astype(np.uint8).reshape(images01.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+    """Turns a gathered batch of raw pixels into model input, inside the compiled program."""
+
+    pixel_max: float
+    binarize: bool
+    dequantize: bool
+
+    def __call__(self, key, raw):
+        if self.binarize:
+            return dynamic_binarize(key, to_unit_interval(raw, self.pixel_max))
+        if self.dequantize and self.pixel_max == 255.0:
+            return dequantize(key, raw)
+        return to_unit_interval(raw, self.pixel_max)
+
+
+def evaluation_images(dataset: Dataset, binarize: bool) -> np.ndarray:
+    """Host-side evaluation inputs: fixed-binarized {0, 1} uint8, or the raw pixels."""
+    if not binarize:
+        return dataset.images
+    return fixed_binarization(dataset.images.astype(np.float32) / dataset.info.pixel_range[1])
+
+
+# ---------------------------------------------------------------- on-device sampling
+
+
+def epoch_permutation(data_key, epoch, num_examples: int):
+    """The order of epoch ``epoch``: a function of (data_key, epoch) alone."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassTable:
+    """Indices of each class, padded to a rectangle, for class-balanced sampling on device."""
+
+    indices: np.ndarray  # (C, max_count) int32, padded with 0
+    counts: np.ndarray  # (C,) int32
+
+    @classmethod
+    def from_labels(cls, labels: np.ndarray, num_classes: int) -> ClassTable:
+        counts = np.bincount(labels, minlength=num_classes).astype(np.int32)
+        if np.any(counts == 0):
+            missing = np.flatnonzero(counts == 0).tolist()
+            raise ValueError(f"class-balanced sampling needs every class present; classes "
+                             f"{missing} have no training examples")
+        table = np.zeros((num_classes, counts.max()), np.int32)
+        for c in range(num_classes):
+            members = np.flatnonzero(labels == c)
+            table[c, : len(members)] = members
+        return cls(table, counts)
+
+
+def class_balanced_indices(key, indices, counts, num_draws: int):
+    """``num_draws`` example indices in which every class appears ⌊or⌈num_draws/C⌉ times.
+
+    Slot s belongs to class s mod C; a class's slots walk through a fresh random
+    permutation of its members (cycling when a small class is oversampled); the slots are
+    then shuffled. Static shapes throughout, so it runs inside the compiled epoch.
+    """
+    num_classes, max_count = indices.shape
+    order_key, shuffle_key = jax.random.split(key)
+    valid = jnp.arange(max_count)[None, :] < counts[:, None]
+    scores = jnp.where(valid, jax.random.uniform(order_key, indices.shape), jnp.inf)
+    member_order = jnp.argsort(scores, axis=1)  # valid members first, in random order
+    slots = jnp.arange(num_draws)
+    cls = slots % num_classes
+    position = (slots // num_classes) % counts[cls]
+    drawn = indices[cls, member_order[cls, position]]
+    return jax.random.permutation(shuffle_key, drawn)
+
+
+def check_fits_on_device(dataset: Dataset, max_bytes: int) -> None:
+    """Data sets live on the device; larger ones are refused (no streaming path yet)."""
+    if dataset.images.nbytes > max_bytes:
+        raise ValueError(
+            f"{dataset.info.name} needs {dataset.images.nbytes / 2**30:.2f} GiB on the device, "
+            f"over data.max_device_bytes = {max_bytes / 2**30:.2f} GiB; cvae keeps data sets "
+            "on the device and has no streaming path yet: raise the limit if the device has "
+            "room, or use a subset (e.g. data.name='npz:PATH')")

@@ -1,0 +1,123 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cvae import data
+from tests.conftest import mnist_data_dir, requires_mnist
+
+
+@requires_mnist
+def test_mnist_from_tfds_has_the_known_shape_and_labels():
+    train = data.load("mnist", "train", mnist_data_dir())
+    test = data.load("mnist", "test", mnist_data_dir())
+    assert train.images.shape == (60000, 28, 28, 1) and len(test) == 10000
+    assert train.images.dtype == np.uint8 and train.images.max() == 255
+    assert train.info.shape == (28, 28, 1) and train.info.num_classes == 10
+    assert train.info.pixel_range == (0.0, 255.0)
+    assert set(np.unique(test.labels)) == set(range(10))
+
+
+def test_digits_loads_offline_with_a_fixed_split():
+    train = data.load("digits", "train")
+    test = data.load("digits", "test")
+    assert train.images.shape == (1500, 8, 8, 1) and test.images.shape == (297, 8, 8, 1)
+    assert train.images.dtype == np.uint8 and train.images.max() == 255
+    assert train.info.num_classes == 10
+    np.testing.assert_array_equal(data.load("digits", "train").images, train.images)
+
+
+def test_epoch_permutation_is_a_permutation_fixed_by_key_and_epoch():
+    key = jax.random.key(3)
+    p = np.asarray(data.epoch_permutation(key, 5, 1000))
+    np.testing.assert_array_equal(np.sort(p), np.arange(1000))
+    np.testing.assert_array_equal(p, data.epoch_permutation(key, 5, 1000))
+    assert not np.array_equal(p, data.epoch_permutation(key, 6, 1000))
+    assert not np.array_equal(p, data.epoch_permutation(jax.random.key(4), 5, 1000))
+
+
+def test_dynamic_binarization_matches_intensity_and_changes_each_draw():
+    intensities = jnp.linspace(0.0, 1.0, 11)
+    x = jnp.broadcast_to(intensities, (20000, 11))
+    first = data.dynamic_binarize(jax.random.key(0), x)
+    second = data.dynamic_binarize(jax.random.key(1), x)
+    assert set(np.unique(first)) <= {0.0, 1.0}
+    np.testing.assert_allclose(first.mean(axis=0), intensities, atol=0.015)
+    assert not np.array_equal(first, second)
+
+
+def test_evaluation_binarization_is_fixed():
+    images = np.random.default_rng(5).random((50, 4, 4, 1)).astype(np.float32)
+    a = data.fixed_binarization(images)
+    np.testing.assert_array_equal(a, data.fixed_binarization(images))
+    expected = np.random.default_rng(0).random((50, 16)) < images.reshape(50, 16)
+    np.testing.assert_array_equal(a.reshape(50, 16), expected)
+
+
+def test_class_balanced_sampling_equalises_an_imbalanced_set():
+    labels = np.concatenate([np.zeros(900), np.ones(90), np.full(10, 2)]).astype(np.int32)
+    table = data.ClassTable.from_labels(labels, 3)
+    idx = np.asarray(data.class_balanced_indices(jax.random.key(0), table.indices,
+                                                 table.counts, 3000))
+    counts = np.bincount(labels[idx], minlength=3)
+    np.testing.assert_array_equal(counts, [1000, 1000, 1000])
+    # The rare class is oversampled by cycling through all of its members.
+    assert set(idx[labels[idx] == 2]) == set(np.flatnonzero(labels == 2))
+    other = np.asarray(data.class_balanced_indices(jax.random.key(1), table.indices,
+                                                   table.counts, 3000))
+    assert not np.array_equal(idx, other)
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    full = data.load("digits", "train")
+    train, val = data.split_validation(full, 200)
+    assert len(train) == 1300 and len(val) == 200
+    again, val_again = data.split_validation(full, 200)
+    np.testing.assert_array_equal(val.images, val_again.images)
+    with pytest.raises(ValueError, match="validation_size"):
+        data.split_validation(full, 1500)
+
+
+def test_missing_tfds_dataset_gives_one_clear_error(tmp_path):
+    with pytest.raises(data.DatasetNotPreparedError) as err:
+        data.load("mnist", "train", str(tmp_path))
+    message = str(err.value)
+    assert "'mnist'" in message and str(tmp_path) in message and "tfds build mnist" in message
+
+
+def test_npz_roundtrip_and_test_split(tmp_path):
+    path = tmp_path / "mine.npz"
+    x = np.random.default_rng(0).integers(0, 256, (20, 5, 6), dtype=np.uint8)
+    np.savez(path, x=x, y=np.arange(20) % 4, x_test=x[:3])
+    train = data.load(f"npz:{path}", "train")
+    assert train.images.shape == (20, 5, 6, 1) and train.info.num_classes == 4
+    assert data.load(f"npz:{path}", "test").labels is None
+
+
+@pytest.mark.parametrize("arrays,pattern", [
+    ({"images": np.zeros((2, 4, 4))}, r"no array 'x'"),
+    ({"x": np.zeros((2, 4))}, r"N×H×W"),
+    ({"x": np.full((2, 4, 4), 3.0)}, r"\[0, 1\]"),
+    ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, r"2 integer labels"),
+    ({"x": np.zeros((2, 4, 4), np.complex64)}, r"uint8 or float"),
+])
+def test_malformed_npz_gives_a_clear_error(tmp_path, arrays, pattern):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=pattern):
+        data.load(f"npz:{path}", "train")
+
+
+def test_unreadable_npz_gives_a_clear_error(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="could not be read"):
+        data.load(f"npz:{path}", "train")
+    with pytest.raises(ValueError, match="no such file"):
+        data.load(f"npz:{tmp_path / 'absent.npz'}", "train")
+
+
+def test_oversized_data_set_is_refused_with_the_limit():
+    digits = data.load("digits", "train")
+    with pytest.raises(ValueError, match="max_device_bytes"):
+        data.check_fits_on_device(digits, 1000)
