@@ -1,0 +1,101 @@
+"""The only module that talks to Orbax: save, find and restore training checkpoints.
+
+Layout under ``workdir/checkpoints/``: ``latest/<step>/`` keeps the last N saves and
+``best/<step>/`` the single best by validation ELBO. Each save holds the train state
+(params, optimizer state, step) and a JSON ``meta`` item (epoch = data position, the
+early-stopping record, the metrics). A checkpoint that fails to restore is moved aside to
+``corrupt-<step>`` with a warning and the previous one is tried, so a torn write never
+costs more than the epochs since the save before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("cvae")
+
+
+def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory.absolute(), options=options,
+                                 item_names=("state", "meta"))
+
+
+def all_finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
+class Checkpointer:
+    """Periodic saves (keep the last ``keep``) plus the best by a validation metric."""
+
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3):
+        self.directory = pathlib.Path(directory)
+        self.keep = keep
+        self._latest = _manager(self.directory / "latest", keep)
+        self._best = _manager(self.directory / "best", 1)
+
+    def save(self, step: int, state, meta: dict, *, best: bool = False) -> None:
+        """Saves ``state`` at ``step``; refuses non-finite states (they are never written)."""
+        if not all_finite(state["params"]):
+            raise ValueError(f"refusing to checkpoint step {step}: the parameters are not finite")
+        managers = [self._latest] + ([self._best] if best else [])
+        for manager in managers:
+            if step in manager.all_steps():  # written before a resume from an older save
+                manager.delete(step)
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)),
+                         force=True)
+            manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def restore(self, abstract_state, which: str = "latest"):
+        """(state, meta) of the newest readable checkpoint, or None when there is none.
+
+        ``which`` is "latest" or "best" (falling back to latest when no best exists).
+        """
+        manager = self._best if which == "best" and self._best.all_steps() else self._latest
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    meta=ocp.args.JsonRestore()))
+                return restored["state"], dict(restored["meta"])
+            except Exception as err:  # torn, truncated or foreign files
+                self._quarantine(manager, step, err)
+        return None
+
+    def restore_params(self, which: str = "best"):
+        """Params and meta without knowing the optimizer: for evaluation and notebooks."""
+        manager = self._best if which == "best" and self._best.all_steps() else self._latest
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+                return restored["state"]["params"], dict(restored["meta"])
+            except Exception as err:
+                self._quarantine(manager, step, err)
+        return None
+
+    def _quarantine(self, manager, step: int, err: Exception) -> None:
+        path = pathlib.Path(manager.directory) / str(step)
+        target = path.with_name(f"corrupt-{step}")
+        log.warning("checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
+                    "the previous one", path, type(err).__name__, str(err)[:200], target)
+        if target.exists():
+            shutil.rmtree(target)
+        path.rename(target)
+        manager.reload()
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()

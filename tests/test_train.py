@@ -1,0 +1,157 @@
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from cvae import checkpoint, train, writers
+from cvae import config as config_lib
+from tests.conftest import make_test_config
+
+DETERMINISTIC_KEYS = ("step", "epoch", "split", "loss", "elbo", "recon", "kl")
+
+
+def _params(result):
+    return jax.tree_util.tree_leaves(jax.device_get(result.state["params"]))
+
+
+def _assert_bitwise_equal(a, b):
+    for x, y in zip(_params(a), _params(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _metrics(workdir):
+    return [{k: r[k] for k in DETERMINISTIC_KEYS}
+            for r in writers.read_metrics(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
+def test_same_config_and_seed_give_identical_metrics_and_params(tmp_path):
+    a = train.train_and_evaluate(make_test_config(), tmp_path / "a")
+    b = train.train_and_evaluate(make_test_config(), tmp_path / "b")
+    _assert_bitwise_equal(a, b)
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    c = train.train_and_evaluate(make_test_config(seed=1), tmp_path / "c")
+    assert not np.array_equal(_params(a)[0], _params(c)[0])
+
+
+def test_resumed_run_equals_uninterrupted_run_and_compiles_once(tmp_path):
+    whole = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+                                     tmp_path / "whole")
+    assert whole.traces["train_epoch"] == 1  # three epochs, one compilation
+    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path / "split")
+    resumed = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+                                       tmp_path / "split")
+    _assert_bitwise_equal(whole, resumed)
+    assert int(resumed.state["step"]) == int(whole.state["step"]) == 3 * (1400 // 64)
+    train_records = lambda d: [m for m in _metrics(d) if m["split"] != "test"]
+    assert train_records(tmp_path / "whole") == train_records(tmp_path / "split")
+
+
+def test_eight_devices_match_one_device_for_the_same_global_batch(tmp_path):
+    assert len(jax.devices()) == 8
+    one = train.train_and_evaluate(make_test_config(**{"train.num_devices": 1}), tmp_path / "1")
+    eight = train.train_and_evaluate(make_test_config(**{"train.num_devices": 8}), tmp_path / "8")
+    for x, y in zip(_params(one), _params(eight), strict=True):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+
+
+def test_absurd_learning_rate_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    bad = make_test_config(**{"train.num_epochs": 3, "train.learning_rate": 1e30})
+    with pytest.raises(train.TrainingDivergedError, match=r"step \d+ .*learning_rate"):
+        train.train_and_evaluate(bad, tmp_path)
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == int(good.state["step"])
+    params, meta = ckpt.restore_params("latest")
+    assert checkpoint.all_finite(params) and meta["epoch"] == 1
+    for x, y in zip(jax.tree_util.tree_leaves(params), _params(good), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_corrupted_latest_checkpoint_is_skipped_and_the_run_still_matches(tmp_path):
+    whole = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+                                     tmp_path / "whole")
+    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), tmp_path / "torn")
+    latest = tmp_path / "torn" / "checkpoints" / "latest"
+    newest = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    for file in (latest / str(newest) / "state").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"\x00garbage")
+    resumed = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+                                       tmp_path / "torn")
+    assert (latest / f"corrupt-{newest}").is_dir()
+    _assert_bitwise_equal(whole, resumed)
+
+
+def test_resuming_with_a_different_model_is_refused_unless_overwriting(tmp_path):
+    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    changed = make_test_config(**{"train.num_epochs": 1, "model.latent_dim": 3})
+    with pytest.raises(train.ConfigMismatchError, match="model.latent_dim"):
+        train.train_and_evaluate(changed, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["latent_dim"] == 4
+    changed.train.overwrite = True
+    result = train.train_and_evaluate(changed, tmp_path)
+    assert result.state["params"]["encoder"]["mean"]["dense"]["kernel"].shape[-1] == 3
+
+
+def test_workdir_holds_the_documented_files(tmp_path):
+    train.train_and_evaluate(make_test_config(), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
+    records = writers.read_metrics(tmp_path / "metrics.jsonl")
+    assert {r["split"] for r in records} == {"train", "validation", "test"}
+    for r in records:
+        assert set(writers.METRIC_KEYS) <= set(r)
+        assert all(np.isfinite(r[k]) for k in ("loss", "elbo", "recon", "kl"))
+        assert r["elbo"] == pytest.approx(r["recon"] - r["kl"], abs=1e-3)
+    assert any((tmp_path / "tb").glob("events.out.tfevents.*"))
+    pngs = sorted(p.name for p in (tmp_path / "images").glob("*.png"))
+    assert any(n.startswith("reconstructions") for n in pngs)
+    assert any(n.startswith("samples") for n in pngs)
+    assert (tmp_path / "checkpoints" / "latest").is_dir()
+    assert (tmp_path / "checkpoints" / "best").is_dir()
+
+
+@pytest.mark.parametrize("overrides", [
+    {"objective.kind": "iwae", "objective.k": 3, "model.posterior": "gaussian"},
+    {"model.conditional": True, "data.class_balanced": True},
+    {"model.likelihood": "gaussian", "data.binarize": "none", "data.dequantize": True,
+     "model.posterior": "gaussian"},
+    {"model.likelihood": "continuous_bernoulli", "data.binarize": "none"},
+    {"model.posterior": "deterministic", "model.code_l2": 1.0},
+    {"model.arch": "conv", "model.conv_channels": (4, 8), "model.conv_dense_width": 16},
+    {"model.dropout_rate": 0.2, "train.optimizer": "adamw", "train.weight_decay": 1e-4,
+     "train.lr_schedule": "warmup_cosine", "train.lr_warmup_steps": 5,
+     "train.grad_clip_norm": 1.0, "objective.kl_warmup_steps": 10, "objective.free_bits": 0.1},
+])
+def test_every_option_trains_to_a_finite_improving_elbo(tmp_path, overrides):
+    result = train.train_and_evaluate(make_test_config(**overrides), tmp_path)
+    records = [r for r in writers.read_metrics(tmp_path / "metrics.jsonl")
+               if r["split"] == "train"]
+    assert np.isfinite(result.final_metrics["elbo"])
+    assert records[-1]["elbo"] > records[0]["elbo"]
+
+
+def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
+    # A learning rate this large makes the validation ELBO oscillate, then worsen.
+    cfg = make_test_config(**{"train.num_epochs": 8, "train.early_stopping_patience": 2,
+                              "train.learning_rate": 1.0, "train.grad_clip_norm": 1.0})
+    result = train.train_and_evaluate(cfg, tmp_path)
+    assert result.stopped_early and result.epoch < 8
+    val = [r["elbo"] for r in writers.read_metrics(tmp_path / "metrics.jsonl")
+           if r["split"] == "validation"]
+    assert len(val) == result.epoch
+    assert max(val[-2:]) < max(val[:-2])  # the last two evaluations did not improve
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    ({"train.batch_size": 60, "train.num_devices": 8}, "multiple of the 8 devices"),
+    ({"train.batch_size": 5000}, "exceeds the 1400 training examples"),
+    ({"model.latent_dim": 0}, "model.latent_dim"),
+    ({"objective.kind": "iwae", "model.posterior": "deterministic"}, "objective.kind"),
+    ({"data.dequantize": True}, "data.dequantize"),
+])
+def test_bad_config_fails_before_training(tmp_path, overrides, pattern):
+    with pytest.raises(config_lib.ConfigError, match=pattern):
+        train.train_and_evaluate(make_test_config(**overrides), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
