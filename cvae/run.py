@@ -1,0 +1,151 @@
+"""``load_run(workdir)``: a trained run as an object, for notebooks and scripts.
+
+    run = cvae.load_run("runs/digits_cvae")
+    mean, log_var = run.encode(x)           # posterior parameters (log_var None if fixed)
+    logits = run.decode(z)                  # likelihood parameters
+    images = run.sample(jax.random.key(0), 64, sampler="gmm")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cvae import checkpoint, data, sampling
+from cvae import model as model_lib
+
+
+class RunNotFoundError(ValueError):
+    """The workdir has no trained run (no config.json or no checkpoint)."""
+
+
+@dataclasses.dataclass
+class Run:
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict
+    params: dict
+    model: model_lib.VAE
+    info: data.DatasetInfo
+    meta: dict
+    _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- inputs
+    def _inputs(self, x):
+        """uint8 (or raw-range) images → floats in [0, 1]; float images pass unchanged."""
+        x = np.asarray(x)
+        if x.dtype == np.uint8:
+            return jnp.asarray(x, jnp.float32) / self.info.pixel_range[1]
+        return jnp.asarray(x, jnp.float32)
+
+    def _labels(self, labels, n):
+        if labels is None:
+            return None
+        labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
+        if not self.model.num_classes:
+            raise ValueError("labels were given but this run is unconditional "
+                             "(model.conditional=False)")
+        if int(labels.min()) < 0 or int(labels.max()) >= self.model.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.model.num_classes}), got "
+                             f"{int(labels.min())}..{int(labels.max())}")
+        return labels
+
+    def _apply(self, *args, method):
+        return self.model.apply({"params": self.params}, *args, method=method)
+
+    # -------------------------------------------------------------- the API
+    def encode(self, x, labels=None):
+        """(mean, log_var) of q(z|x); log_var is None for collapsed/deterministic models."""
+        x = self._inputs(x)
+        posterior = self._apply(x, self._labels(labels, len(x)), method=self.model.encode)
+        log_var = posterior.log_var if self.model.posterior_family == "gaussian" else None
+        return posterior.mean, log_var
+
+    def decode(self, z, labels=None):
+        """Likelihood parameters of p(x|z): logits for Bernoulli models."""
+        z = jnp.asarray(z, jnp.float32)
+        return self._apply(z, self._labels(labels, len(z)), method=self.model.decode)
+
+    def mean_image(self, z, labels=None):
+        """E[x|z]: the image a latent decodes to."""
+        return self.model.likelihood.mean(self.decode(z, labels))
+
+    def reconstruct(self, x, key, labels=None):
+        """E[x|z] for one z ~ q(z|x) per image."""
+        x = self._inputs(x)
+        labels = self._labels(labels, len(x))
+        posterior = self._apply(x, labels, method=self.model.encode)
+        return self.model.likelihood.mean(
+            self._apply(posterior.sample(key), labels, method=self.model.decode))
+
+    def sample(self, key, n: int, sampler: str | None = None, labels=None):
+        """n images E[x|z], z from the prior or the ex-post mixture (default by family)."""
+        sampler = sampler or sampling.default_sampler(self.model.posterior_family)
+        if sampler == "prior":
+            z = sampling.prior_latents(key, n, self.config.model.latent_dim)
+        elif sampler == "gmm":
+            z = self.latent_mixture().sample(key, n)
+        else:
+            raise ValueError(f"sampler must be one of {sampling.SAMPLERS}, got {sampler!r}")
+        return self.mean_image(z, labels)
+
+    def interpolate(self, x0, x1, steps: int = 8, labels=None):
+        """Images decoded along the straight line between the posterior means of x0 and x1."""
+        pair = jnp.stack([self._inputs(x0), self._inputs(x1)])
+        means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels))
+        t = jnp.linspace(0.0, 1.0, steps)[:, None]
+        z = (1 - t) * means[0] + t * means[1]
+        return self.mean_image(z, labels)
+
+    def training_codes(self, max_examples: int = 20000):
+        """Posterior means of (up to ``max_examples``) training images, and their labels."""
+        train = data.load(self.config.data.name, "train", self.config.data.data_dir)
+        images = data.evaluation_images(train, self.config.data.binarize == "dynamic")
+        images, labels = images[:max_examples], train.labels
+        labels = None if labels is None else labels[:max_examples]
+        cond = labels if self.model.num_classes else None
+        codes = [self.encode(images[i:i + 1000], None if cond is None else cond[i:i + 1000])[0]
+                 for i in range(0, len(images), 1000)]
+        return np.concatenate([np.asarray(c) for c in codes]), labels
+
+    def latent_mixture(self, num_components: int = 10) -> sampling.LatentMixture:
+        """The ex-post density: a Gaussian mixture fitted to the training codes (cached)."""
+        if num_components not in self._mixtures:
+            codes, _ = self.training_codes()
+            self._mixtures[num_components] = sampling.fit_latent_mixture(
+                codes, num_components, seed=self.config.seed)
+        return self._mixtures[num_components]
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        raise RunNotFoundError(f"{workdir} holds no run (no config.json); train one with "
+                               "`python -m experiments.train --config ... --workdir DIR`")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
+    """Loads a run's config and params (the best checkpoint by validation ELBO, else latest)."""
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise RunNotFoundError(f"workdir {workdir} does not exist")
+    config = load_config(workdir)
+    for key in ("encoder_widths", "decoder_widths", "conv_channels"):
+        config.model[key] = tuple(config.model[key])
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    restored = ckpt.restore_params(which)
+    ckpt.close()
+    if restored is None:
+        raise RunNotFoundError(f"{workdir} has no checkpoint yet; train it first (or wait "
+                               "for its first epoch to finish)")
+    params, meta = restored
+    info = data.load(config.data.name, "test", config.data.data_dir).info
+    model = model_lib.build_model(config.model, info.shape, info.num_classes)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return Run(workdir, config, params, model, info, meta)

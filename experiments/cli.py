@@ -1,0 +1,58 @@
+"""What every launcher shares: logging set-up and turning bad use into one line, exit 2.
+
+A mistake by the user (a bad flag or config value, a missing workdir or data set) prints
+``error: <what is wrong and what to do>`` and exits with status 2, without a traceback
+(set CVAE_DEBUG=1 to see one). A diverged run exits with status 1 and its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+from cvae.train import TrainingDivergedError
+
+
+class UsageError(ValueError):
+    """The command line asks for something that cannot be done."""
+
+
+def _fail(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        _fail(str(err).splitlines()[0], 2)
+
+
+def run(main) -> None:
+    """``app.run(main)`` with the error policy above."""
+
+    def guarded(argv):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        if len(argv) > 1:
+            _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value", 2)
+        try:
+            return main(argv)
+        except TrainingDivergedError as err:
+            _fail(str(err), 1)
+        except (ValueError, FileNotFoundError) as err:
+            if os.environ.get("CVAE_DEBUG"):
+                raise
+            _fail(str(err), 2)
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def require(value, flag: str, hint: str):
+    if value is None or value == "":
+        raise UsageError(f"--{flag} is required: {hint}")
+    return value

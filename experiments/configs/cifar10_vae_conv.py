@@ -1,0 +1,33 @@
+"""CIFAR-10: a convolutional Gaussian VAE with a learned-scale Gaussian likelihood on
+uniformly dequantized pixels, for 32×32×3 images.
+
+    python -m experiments.train --config experiments/configs/cifar10_vae_conv.py \
+        --workdir runs/cifar10_vae_conv
+
+Needs cifar10 prepared as array_record; it is not prepared on this project's machines, so
+this config has not been run here (its architecture is exercised on 32×32×3 inputs by
+tests/test_model.py).
+"""
+
+from cvae.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.name = "cifar10"
+    c.data.validation_size = 5000
+    c.data.binarize = "none"
+    c.data.dequantize = True
+    c.model.arch = "conv"
+    c.model.conv_channels = (32, 64, 128)
+    c.model.conv_dense_width = 512
+    c.model.latent_dim = 64
+    c.model.posterior = "gaussian"
+    c.model.likelihood = "gaussian"
+    c.model.likelihood_scale = 0.0
+    c.train.batch_size = 128
+    c.train.num_epochs = 50
+    c.train.lr_schedule = "warmup_cosine"
+    c.train.lr_warmup_steps = 500
+    c.eval.every_epochs = 5
+    return c

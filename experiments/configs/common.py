@@ -1,0 +1,32 @@
+"""Shared starting points for the experiment configs (not a config itself)."""
+
+from cvae.config import apply_preset, base_config
+
+
+def mnist(posterior: str, preset: str = "seed"):
+    """Dynamically binarized MNIST, 5,000 validation images, Bernoulli likelihood."""
+    c = apply_preset(base_config(), preset)
+    c.data.name = "mnist"
+    c.data.validation_size = 5000
+    c.model.posterior = posterior
+    c.train.batch_size = 128
+    c.train.num_epochs = 50
+    c.train.learning_rate = 1e-3
+    c.train.lr_schedule = "warmup_cosine"
+    c.train.lr_warmup_steps = 500
+    c.eval.every_epochs = 5
+    c.train.checkpoint_every_epochs = 5
+    return c
+
+
+def iwae_paper(kind: str, k: int):
+    """Burda et al. (2015), one stochastic layer: 784-200-200 (tanh) → 50, decoder mirrored."""
+    c = mnist("gaussian", preset="iwae")
+    c.objective.kind = kind
+    c.objective.k = k
+    c.train.batch_size = 100
+    c.train.num_epochs = 300
+    c.train.learning_rate = 1e-3
+    c.eval.every_epochs = 10
+    c.train.checkpoint_every_epochs = 10
+    return c

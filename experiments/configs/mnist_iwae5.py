@@ -1,0 +1,15 @@
+"""MNIST, IWAE with k = 5 on the Burda et al. (2015) one-layer architecture
+(paper: 85.54 nats test NLL, K = 5000).
+
+    python -m experiments.train --config experiments/configs/mnist_iwae5.py \
+        --workdir runs/mnist_iwae5
+    python -m experiments.evaluate --workdir runs/mnist_iwae5 --k 5000
+
+Runtime and result on 2 CPU cores: RESULT_NOTE.
+"""
+
+from experiments.configs.common import iwae_paper
+
+
+def get_config():
+    return iwae_paper("iwae", 5)

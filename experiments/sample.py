@@ -1,0 +1,36 @@
+"""Draw samples: ``python -m experiments.sample --workdir DIR [--n 64] [--sampler prior|gmm]
+[--label C] [--out FILE.png]``. gmm (an ex-post Gaussian mixture on training codes) is the
+default for collapsed and deterministic models, prior for the gaussian VAE."""
+
+import pathlib
+
+import jax
+from absl import flags
+
+from cvae import load_run, writers
+from experiments import cli
+
+flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+flags.DEFINE_integer("n", 64, "Number of samples.")
+flags.DEFINE_enum("sampler", None, ["prior", "gmm"], "Where latents come from.")
+flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
+flags.DEFINE_string("out", None, "PNG path (default DIR/samples_<sampler>.png).")
+flags.DEFINE_integer("seed", 0, "PRNG seed of the draw.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    workdir = cli.require(FLAGS.workdir, "workdir", "the directory of a trained run")
+    if FLAGS.n <= 0:
+        raise cli.UsageError(f"--n must be ≥ 1, got {FLAGS.n}")
+    run = load_run(workdir)
+    sampler = FLAGS.sampler or ("prior" if run.model.posterior_family == "gaussian" else "gmm")
+    images = run.sample(jax.random.key(FLAGS.seed), FLAGS.n, sampler=sampler, labels=FLAGS.label)
+    out = pathlib.Path(FLAGS.out or pathlib.Path(workdir) / f"samples_{sampler}.png")
+    writers.save_png(out, writers.image_grid(jax.device_get(images)))
+    print(f"wrote {FLAGS.n} {sampler} samples to {out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
