@@ -45,7 +45,8 @@ def fit_latent_mixture(codes, num_components: int = 10, seed: int = 0) -> Latent
     from sklearn.mixture import GaussianMixture
 
     codes = np.asarray(codes, np.float64)
-    needed = max(num_components * 2, codes.shape[-1] + 1)
+    # Each full covariance is non-singular only with more than d codes per component.
+    needed = num_components * (codes.shape[-1] + 1)
     if len(codes) < needed:
         raise ValueError(f"fitting a {num_components}-component mixture to {codes.shape[-1]}-"
                          f"dimensional codes needs at least {needed} training codes, got "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import sys
 
 from absl import app, flags
@@ -25,11 +26,28 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+def _available_configs() -> str:
+    here = pathlib.Path(__file__).parent / "configs"
+    return ", ".join(sorted(p.stem for p in here.glob("*.py")
+                            if p.stem not in ("__init__", "common")))
+
+
 def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:
         _fail(str(err).splitlines()[0], 2)
+    except OSError as err:
+        _fail(_describe_os_error(err), 2)
+
+
+def _describe_os_error(err: OSError) -> str:
+    """ml_collections reports a bad --config file as a multi-line OSError: keep its gist."""
+    if "Failed loading config file" not in str(err):
+        return str(err)
+    reason = str(err).strip().splitlines()[-1].strip()
+    return (f"could not load the config file: {reason}; the configs in experiments/configs "
+            f"are: {_available_configs()}")
 
 
 def run(main) -> None:
@@ -44,10 +62,10 @@ def run(main) -> None:
             return main(argv)
         except TrainingDivergedError as err:
             _fail(str(err), 1)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:
             if os.environ.get("CVAE_DEBUG"):
                 raise
-            _fail(str(err), 2)
+            _fail(_describe_os_error(err) if isinstance(err, OSError) else str(err), 2)
 
     app.run(guarded, flags_parser=_parse_flags)
 

@@ -1,0 +1,150 @@
+"""End-to-end tests of the launchers, run as a user runs them (subprocesses)."""
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import cvae
+from cvae import train, writers
+from tests.conftest import make_test_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = [f"--config.{k}={v}" for k, v in {
+    "model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
+    "train.num_epochs": 2, "data.validation_size": 100, "train.image_grid_size": 16,
+    "train.num_devices": 1}.items()]
+
+
+def _cli(*args, timeout=240):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    out = _cli("experiments.train", "--config", "experiments/configs/digits_cvae.py",
+               "--workdir", str(workdir), *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_train_evaluate_sample_and_load_run_end_to_end(trained_workdir, tmp_path):
+    out = _cli("experiments.evaluate", "--workdir", str(trained_workdir), "--k", "50")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((trained_workdir / "eval.json").read_text())
+    for key in ("nll_is", "elbo", "recon", "kl", "active_units", "k", "split", "num_examples"):
+        assert key in result
+    assert all(math.isfinite(result[k]) for k in ("nll_is", "elbo", "recon", "kl"))
+    assert result["k"] == 50 and result["split"] == "test" and result["num_examples"] == 297
+    assert result["nll_is"] <= -result["elbo"]  # log p̂(x) is tighter than the ELBO
+    assert "nll_is" in out.stdout
+
+    png = tmp_path / "grid.png"
+    out = _cli("experiments.sample", "--workdir", str(trained_workdir), "--n", "16",
+               "--sampler", "gmm", "--out", str(png))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert png.stat().st_size > 0
+
+    run = cvae.load_run(trained_workdir)
+    x = run.info  # digits: 8×8×1
+    images = np.asarray(cvae.data.load("digits", "test").images[:4])
+    mean, log_var = run.encode(images)
+    assert mean.shape == (4, 4) and log_var is None  # collapsed: fixed variance
+    assert run.decode(mean).shape == (4,) + x.shape
+    recon = run.reconstruct(images, jax.random.key(0))
+    assert recon.shape == (4, 8, 8, 1) and float(recon.min()) >= 0 and float(recon.max()) <= 1
+    a = run.sample(jax.random.key(1), 5, sampler="gmm")
+    np.testing.assert_array_equal(a, run.sample(jax.random.key(1), 5, sampler="gmm"))
+    assert run.sample(jax.random.key(1), 5, sampler="prior").shape == (5, 8, 8, 1)
+    path = run.interpolate(images[0], images[1], steps=6)
+    assert path.shape == (6, 8, 8, 1)
+    np.testing.assert_allclose(path[0], run.mean_image(mean[:1])[0], atol=1e-5)
+
+
+def test_conditional_model_draws_class_conditional_samples(tmp_path):
+    cfg = make_test_config(**{"model.conditional": True})
+    train.train_and_evaluate(cfg, tmp_path)
+    run = cvae.load_run(tmp_path)
+    threes = run.sample(jax.random.key(0), 8, sampler="prior", labels=3)
+    sevens = run.sample(jax.random.key(0), 8, sampler="prior", labels=7)
+    assert threes.shape == (8, 8, 8, 1) and not np.allclose(threes, sevens)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        run.sample(jax.random.key(0), 2, labels=10)
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["experiments.train", "--config", "experiments/configs/nope.py", "--workdir", "W"],
+     "nope.py"),
+    (["experiments.train", "--config", "experiments/configs/digits_cvae.py"], "--workdir"),
+    (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
+      "--config.model.latent_dim=0"], "model.latent_dim"),
+    (["experiments.evaluate", "--workdir", "MISSING"], "does not exist"),
+    (["experiments.evaluate", "--workdir", "EMPTY"], "no config.json"),
+    (["experiments.evaluate", "--workdir", "NOCKPT"], "no checkpoint"),
+    (["experiments.evaluate", "--workdir", "RUN", "--k", "0"], "--k must be ≥ 1"),
+    (["experiments.sample", "--workdir", "RUN", "--label", "3"], "unconditional"),
+    (["experiments.sample", "--workdir", "RUN", "--sampler", "gmm"], "training codes"),
+])
+def test_bad_use_gives_one_line_and_status_2(args, pattern, tmp_path, trained_workdir):
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "NOCKPT").mkdir()
+    (tmp_path / "NOCKPT" / "config.json").write_text(
+        (trained_workdir / "config.json").read_text())
+    tiny_data = tmp_path / "tiny.npz"  # too few training codes for a 10-component mixture
+    np.savez(tiny_data, x=np.zeros((30, 8, 8), np.uint8), x_test=np.zeros((5, 8, 8), np.uint8))
+    if "RUN" in args and "gmm" in args:
+        run_dir = tmp_path / "tinyrun"
+        train.train_and_evaluate(make_test_config(**{
+            "data.name": f"npz:{tiny_data}", "data.validation_size": 0, "train.batch_size": 8,
+            "train.num_epochs": 1, "train.image_grid_size": 0}), run_dir)
+    else:
+        run_dir = trained_workdir
+    places = {"W": str(tmp_path / "w"), "MISSING": str(tmp_path / "missing"),
+              "EMPTY": str(tmp_path / "EMPTY"), "NOCKPT": str(tmp_path / "NOCKPT"),
+              "RUN": str(run_dir)}
+    out = _cli(*[places.get(a, a) for a in args])
+    assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], lines
+    assert "Traceback" not in out.stderr
+
+
+def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
+    args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py", *TINY,
+            "--config.train.num_epochs=400", "--config.eval.every_epochs=400"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "a" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(writers.read_metrics(metrics)) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGTERM received" in err
+    stopped_at = writers.read_metrics(metrics)[-1]["epoch"]
+    assert 3 <= stopped_at < 400
+    rerun = _cli(*args, "--workdir", str(tmp_path / "a"))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    whole = _cli(*args, "--workdir", str(tmp_path / "b"))
+    assert whole.returncode == 0
+    interrupted = cvae.load_run(tmp_path / "a", which="latest")
+    uninterrupted = cvae.load_run(tmp_path / "b", which="latest")
+    for x, y in zip(jax.tree_util.tree_leaves(interrupted.params),
+                    jax.tree_util.tree_leaves(uninterrupted.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    epochs = [r["epoch"] for r in writers.read_metrics(metrics) if r["split"] == "train"]
+    assert epochs == list(range(1, 401))
