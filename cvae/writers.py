@@ -90,11 +90,9 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 
 def save_png(path: str | pathlib.Path, grid: np.ndarray, scale: int = 4) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib.image needs no GUI backend, and leaves a notebook's backend alone.
+    from matplotlib import image
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, np.kron(grid, np.ones((scale, scale, 1))))
+    image.imsave(path, np.kron(grid, np.ones((scale, scale, 1))))
