@@ -74,6 +74,8 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
     batch_sharding = NamedSharding(mesh, P("data"))
     traces = {"train_epoch": 0, "evaluate": 0}
     conditional = model.num_classes > 0
+    # Evaluation inputs are already binarized to {0, 1} when training binarizes.
+    eval_scale = 1.0 if preprocess.binarize else preprocess.pixel_max
 
     def epoch_indices(data_key, epoch):
         if class_table is None:
@@ -117,7 +119,7 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
         def one_batch(_, inputs):
             batch_index, raw, y, valid = inputs
             raw = jax.lax.with_sharding_constraint(raw, batch_sharding)
-            x = data.to_unit_interval(raw, preprocess.pixel_max)
+            x = data.to_unit_interval(raw, eval_scale)
             y = y if conditional else None
             _, terms = objectives.elbo_loss(model, params, x, jax.random.fold_in(key, batch_index),
                                             labels=y, code_l2=cfg.model.code_l2)

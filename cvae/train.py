@@ -188,7 +188,8 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     train_labels = put(train_set.labels if train_set.labels is not None
                        else np.zeros(len(train_set), np.int32))
     eval_source = val_set if val_set is not None else train_set
-    eval_split = "validation" if val_set is not None else "train"
+    # Without a validation split, model selection evaluates on (a copy of) the training set.
+    eval_split = "validation" if val_set is not None else "train_eval"
 
     def padded(ds):
         return steps.pad_for_evaluation(data.evaluation_images(ds, binarize), ds.labels,

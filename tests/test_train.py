@@ -155,3 +155,21 @@ def test_bad_config_fails_before_training(tmp_path, overrides, pattern):
     with pytest.raises(config_lib.ConfigError, match=pattern):
         train.train_and_evaluate(make_test_config(**overrides), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_in_training_test_elbo_matches_the_evaluation_module(tmp_path):
+    import cvae
+    from cvae import evaluation
+
+    result = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    run = cvae.load_run(tmp_path, which="latest")
+    scores = evaluation.evaluate(run, "test", k=1, progress=False)
+    # Same params, same fixed binarization; only the reparameterisation draws differ.
+    assert result.final_metrics["recon"] == pytest.approx(scores["recon"], abs=0.5)
+    assert result.final_metrics["kl"] == pytest.approx(scores["kl"], rel=1e-4)
+
+
+def test_without_a_validation_split_evaluations_are_labelled_train_eval(tmp_path):
+    train.train_and_evaluate(make_test_config(**{"data.validation_size": 0}), tmp_path)
+    splits = [r["split"] for r in writers.read_metrics(tmp_path / "metrics.jsonl")]
+    assert splits == ["train", "train_eval", "train", "train_eval", "test"]

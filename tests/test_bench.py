@@ -1,0 +1,60 @@
+"""The benchmark's accounting and output contract (its speed is never asserted)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cvae import config as config_lib
+from cvae import model as model_lib
+from experiments import bench
+from tests.conftest import mnist_data_dir, requires_mnist
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("arch", ["seed", "torch_example", "iwae"])
+def test_flops_per_example_is_six_per_dense_weight_of_the_built_model(arch):
+    cfg = config_lib.apply_preset(config_lib.base_config(), arch).model
+    cfg.posterior = "gaussian"
+    params = model_lib.init_params(model_lib.build_model(cfg, (28, 28, 1), 10),
+                                   jax.random.key(0))
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if path[-1].key == "kernel"]
+    assert bench.dense_flops_per_example(arch) == 6 * sum(int(np.prod(k.shape)) for k in kernels)
+
+
+def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_in():
+    cfg = config_lib.apply_preset(config_lib.base_config(), "torch_example").model
+    cfg.init = "torch"
+    params = model_lib.init_params(model_lib.build_model(cfg, (28, 28, 1), 10), jax.random.key(0))
+    layer = params["encoder"]["trunk"]["hidden_0"]["dense"]
+    bound = 1 / np.sqrt(784)
+    for leaf in (layer["kernel"], layer["bias"]):
+        assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
+        assert abs(float(np.var(leaf)) - bound**2 / 3) < 0.1 * bound**2 / 3
+
+
+@requires_mnist
+def test_bench_prints_the_documented_json_line():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "TFDS_DATA_DIR": mnist_data_dir()}
+    out = subprocess.run([sys.executable, "-m", "experiments.bench", "--arch", "seed",
+                          "--batch_size", "1024", "--epochs", "2"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("peer", "arch", "batch_size", "epochs", "seed", "init", "train_examples_per_s",
+                "first_epoch_s", "epoch_s", "test_neg_elbo", "peak_rss_mb",
+                "matmul_peak_gflops", "flops_per_example", "fraction_of_peak"):
+        assert key in record
+    assert record["peer"] == "cvae" and len(record["epoch_s"]) == 2
+    assert record["fraction_of_peak"] == pytest.approx(
+        record["train_examples_per_s"] * record["flops_per_example"]
+        / (record["matmul_peak_gflops"] * 1e9))
+    assert 80 < record["test_neg_elbo"] < 300  # a binarized-MNIST ELBO after two epochs
