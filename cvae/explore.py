@@ -78,8 +78,9 @@ def run_summary(workdir) -> dict:
     row = {"run": workdir.name, "posterior": config["model"]["posterior"],
            "sigma0": config["model"]["sigma0"], "latent_dim": config["model"]["latent_dim"],
            "epochs": train[-1]["epoch"] if train else 0,
-           "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0]))}
-    row.update({k: evaluation[k] for k in ("nll_is", "elbo", "recon", "kl", "active_units")
+           "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),
+           "wall_s": train[-1]["elapsed_s"] if train else 0.0}
+    row.update({k: evaluation[k] for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
                 if k in evaluation})
     return row
 

@@ -50,13 +50,13 @@ def _describe_os_error(err: OSError) -> str:
             f"are: {_available_configs()}")
 
 
-def run(main) -> None:
-    """``app.run(main)`` with the error policy above."""
+def run(main, positional: bool = False) -> None:
+    """``app.run(main)`` with the error policy above; ``positional`` admits arguments."""
 
     def guarded(argv):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         logging.getLogger("absl").setLevel(logging.WARNING)
-        if len(argv) > 1:
+        if len(argv) > 1 and not positional:
             _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value", 2)
         try:
             return main(argv)

@@ -148,3 +148,13 @@ def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
         np.testing.assert_array_equal(x, y)
     epochs = [r["epoch"] for r in writers.read_metrics(metrics) if r["split"] == "train"]
     assert epochs == list(range(1, 401))
+
+
+def test_report_prints_a_row_per_run_and_refuses_non_runs(trained_workdir, tmp_path):
+    out = _cli("experiments.report", str(trained_workdir))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("| run | posterior") and len(lines) == 3
+    assert f"| {trained_workdir.name} | collapsed | 0.01 | 4 | 2 |" in lines[2]
+    missing = _cli("experiments.report", str(tmp_path))
+    assert missing.returncode == 2 and "no config.json" in missing.stderr

@@ -1,0 +1,42 @@
+"""Summarise evaluated runs as a Markdown table: ``python -m experiments.report DIR [DIR ...]``.
+
+Reads each workdir's config.json, metrics.jsonl and eval.json (run experiments.evaluate
+first), so every number in the README's results tables can be regenerated.
+"""
+
+import pathlib
+
+from absl import flags
+
+from cvae import explore
+from experiments import cli
+
+FLAGS = flags.FLAGS
+COLUMNS = [("run", "{}"), ("posterior", "{}"), ("sigma0", "{:g}"), ("latent_dim", "{}"),
+           ("epochs", "{}"), ("wall_s", "{:.0f}"), ("examples_per_s", "{:,.0f}"),
+           ("nll_is", "{:.2f}"), ("elbo", "{:.2f}"), ("recon", "{:.2f}"), ("kl", "{:.2f}"),
+           ("active_units", "{}"), ("k", "{}")]
+
+
+def table(workdirs) -> str:
+    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |",
+             "|" + " --- |" * len(COLUMNS)]
+    for workdir in workdirs:
+        row = explore.run_summary(workdir)
+        cells = [fmt.format(row[name]) if name in row else "—" for name, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    workdirs = [pathlib.Path(a) for a in argv[1:]]
+    if not workdirs:
+        raise cli.UsageError("name one or more workdirs: python -m experiments.report DIR ...")
+    for workdir in workdirs:
+        if not (workdir / "config.json").exists():
+            raise cli.UsageError(f"{workdir} holds no run (no config.json)")
+    print(table(workdirs))
+
+
+if __name__ == "__main__":
+    cli.run(main, positional=True)
