@@ -5,7 +5,8 @@
     python -m experiments.evaluate --workdir runs/mnist_beta_vae
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
-Runtime and result on 2 CPU cores: RESULT_NOTE.
+Not run yet on the project's machines; no result is claimed. Expected runtime on 2 CPU
+cores from the benchmark's throughput: see the README's performance table.
 """
 
 from experiments.configs.common import mnist

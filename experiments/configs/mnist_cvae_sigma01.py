@@ -5,7 +5,10 @@
     python -m experiments.evaluate --workdir runs/mnist_cvae_sigma01
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
-Runtime and result on 2 CPU cores: RESULT_NOTE.
+Measured on 2 CPU cores with a shortened budget, --config.train.num_epochs=10 (about
+16 s of training at ~47,000 examples/s, then `evaluate --k 500` in ~58 s): test NLL 119.29
+nats (K = 500), ELBO −124.44, recon −91.60, KL 32.84, 16/16 active units.
+The full 50-epoch schedule has not been run yet.
 """
 
 from experiments.configs.common import mnist

@@ -5,7 +5,8 @@
         --workdir runs/mnist_iwae5
     python -m experiments.evaluate --workdir runs/mnist_iwae5 --k 5000
 
-Runtime and result on 2 CPU cores: RESULT_NOTE.
+Not run yet on the project's machines; no result is claimed. Expected runtime on 2 CPU
+cores from the benchmark's throughput: see the README's performance table.
 """
 
 from experiments.configs.common import iwae_paper

@@ -5,7 +5,10 @@
     python -m experiments.evaluate --workdir runs/mnist_vae
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
-Runtime and result on 2 CPU cores: RESULT_NOTE.
+Measured on 2 CPU cores with a shortened budget, --config.train.num_epochs=10 (about
+16 s of training at ~47,000 examples/s, then `evaluate --k 500` in ~58 s): test NLL 115.48
+nats (K = 500), ELBO −119.36, recon −102.70, KL 16.67, 14/16 active units.
+The full 50-epoch schedule has not been run yet.
 """
 
 from experiments.configs.common import mnist
