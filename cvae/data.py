@@ -275,10 +275,24 @@ class Preprocessor:
 
 
 def evaluation_images(dataset: Dataset, binarize: bool) -> np.ndarray:
-    """Host-side evaluation inputs: fixed-binarized {0, 1} uint8, or the raw pixels."""
+    """Host-side evaluation inputs, compact: fixed-binarized {0, 1} uint8, or the raw pixels.
+
+    The values are not yet in [0, 1] for raw pixels: divide by ``evaluation_scale``, or use
+    ``evaluation_inputs`` for floats ready for a model."""
     if not binarize:
         return dataset.images
     return fixed_binarization(dataset.images.astype(np.float32) / dataset.info.pixel_range[1])
+
+
+def evaluation_scale(dataset: Dataset, binarize: bool) -> float:
+    """What ``evaluation_images`` must be divided by to lie in [0, 1]."""
+    return 1.0 if binarize else dataset.info.pixel_range[1]
+
+
+def evaluation_inputs(dataset: Dataset, binarize: bool) -> np.ndarray:
+    """Evaluation inputs as float32 in [0, 1], as every model entry point expects."""
+    images = evaluation_images(dataset, binarize).astype(np.float32)
+    return images / evaluation_scale(dataset, binarize)
 
 
 # ---------------------------------------------------------------- on-device sampling

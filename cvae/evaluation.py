@@ -30,7 +30,7 @@ def evaluate(run: Run, split: str = "test", k: int = 5000, batch_size: int = 100
     cfg = run.config
     dataset = data.load(cfg.data.name, split, cfg.data.data_dir)
     images = data.evaluation_images(dataset, cfg.data.binarize == "dynamic")
-    scale = 1.0 if cfg.data.binarize == "dynamic" else dataset.info.pixel_range[1]
+    scale = data.evaluation_scale(dataset, cfg.data.binarize == "dynamic")
     conditional = run.model.num_classes > 0
     has_density = run.model.posterior_family != "deterministic"
     model, n = run.model, len(images)

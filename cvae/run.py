@@ -105,7 +105,7 @@ class Run:
     def training_codes(self, max_examples: int = 20000):
         """Posterior means of (up to ``max_examples``) training images, and their labels."""
         train = data.load(self.config.data.name, "train", self.config.data.data_dir)
-        images = data.evaluation_images(train, self.config.data.binarize == "dynamic")
+        images = data.evaluation_inputs(train, self.config.data.binarize == "dynamic")
         images, labels = images[:max_examples], train.labels
         labels = None if labels is None else labels[:max_examples]
         cond = labels if self.model.num_classes else None

@@ -74,7 +74,8 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
     batch_sharding = NamedSharding(mesh, P("data"))
     traces = {"train_epoch": 0, "evaluate": 0}
     conditional = model.num_classes > 0
-    # Evaluation inputs are already binarized to {0, 1} when training binarizes.
+    # Evaluation inputs stay uint8 on the device (data.evaluation_images); binarized ones
+    # are already {0, 1}, raw ones are scaled here.
     eval_scale = 1.0 if preprocess.binarize else preprocess.pixel_max
 
     def epoch_indices(data_key, epoch):

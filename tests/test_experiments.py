@@ -158,3 +158,15 @@ def test_report_prints_a_row_per_run_and_refuses_non_runs(trained_workdir, tmp_p
     assert f"| {trained_workdir.name} | collapsed | 0.01 | 4 | 2 |" in lines[2]
     missing = _cli("experiments.report", str(tmp_path))
     assert missing.returncode == 2 and "no config.json" in missing.stderr
+
+
+def test_ex_post_mixture_is_fitted_to_the_real_training_codes(trained_workdir):
+    run = cvae.load_run(trained_workdir)
+    train_set = cvae.data.load("digits", "train")
+    inputs = cvae.data.fixed_binarization(train_set.images.astype(np.float32) / 255)
+    codes = np.asarray(run.encode(inputs.astype(np.float32))[0])
+    mixture = run.latent_mixture()
+    weights = np.exp(mixture.log_weights)
+    np.testing.assert_allclose(weights @ mixture.means, codes.mean(0), atol=1e-3)
+    drawn = np.asarray(mixture.sample(jax.random.key(0), 20000))
+    np.testing.assert_allclose(drawn.std(0), codes.std(0), rtol=0.1)  # spread like the codes
