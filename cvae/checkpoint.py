@@ -63,26 +63,21 @@ class Checkpointer:
 
         ``which`` is "latest" or "best" (falling back to latest when no best exists).
         """
-        manager = self._best if which == "best" and self._best.all_steps() else self._latest
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    meta=ocp.args.JsonRestore()))
-                return restored["state"], dict(restored["meta"])
-            except Exception as err:  # torn, truncated or foreign files
-                self._quarantine(manager, step, err)
-        return None
+        return self._restore_newest(which, ocp.args.StandardRestore(abstract_state))
 
     def restore_params(self, which: str = "best"):
-        """Params and meta without knowing the optimizer: for evaluation and notebooks."""
+        """(params, meta) without knowing the optimizer: for evaluation and notebooks."""
+        restored = self._restore_newest(which, ocp.args.StandardRestore())
+        return None if restored is None else (restored[0]["params"], restored[1])
+
+    def _restore_newest(self, which: str, state_args):
         manager = self._best if which == "best" and self._best.all_steps() else self._latest
         for step in sorted(manager.all_steps(), reverse=True):
             try:
                 restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-                return restored["state"]["params"], dict(restored["meta"])
-            except Exception as err:
+                    state=state_args, meta=ocp.args.JsonRestore()))
+                return restored["state"], dict(restored["meta"])
+            except Exception as err:  # torn, truncated or foreign files
                 self._quarantine(manager, step, err)
         return None
 
