@@ -113,23 +113,23 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
 
         return jax.lax.scan(one_step, state, epoch_indices(data_key, epoch))
 
-    def evaluate(params, images, labels, mask, key):
-        """Per-example ELBO terms and posterior means over padded batches (nb, bs, …)."""
+    def evaluate(params, images, labels, key):
+        """Per-example ELBO terms and posterior means over padded batches (nb, bs, …); the
+        caller drops the padding with the mask from ``pad_for_evaluation``."""
         traces["evaluate"] += 1
 
         def one_batch(_, inputs):
-            batch_index, raw, y, valid = inputs
+            batch_index, raw, y = inputs
             raw = jax.lax.with_sharding_constraint(raw, batch_sharding)
             x = data.to_unit_interval(raw, eval_scale)
             y = y if conditional else None
             _, terms = objectives.elbo_loss(model, params, x, jax.random.fold_in(key, batch_index),
                                             labels=y, code_l2=cfg.model.code_l2)
             posterior = model.apply({"params": params}, x, y, method=model.encode)
-            del valid
             return None, {**terms, "mean": posterior.mean}
 
         batch_ids = jnp.arange(images.shape[0])
-        _, out = jax.lax.scan(one_batch, None, (batch_ids, images, labels, mask))
+        _, out = jax.lax.scan(one_batch, None, (batch_ids, images, labels))
         return out
 
     return TrainPrograms(jax.jit(train_epoch, donate_argnums=(0,)), jax.jit(evaluate), traces)

@@ -91,7 +91,7 @@ def stop_requests():
 def evaluate_split(programs, params, padded, key) -> tuple[dict, np.ndarray]:
     """Mean ELBO terms over the real (unpadded) examples, and their posterior means."""
     images, labels, mask = padded
-    out = jax.device_get(programs.evaluate(params, images, labels, mask, key))
+    out = jax.device_get(programs.evaluate(params, images, labels, key))
     valid = mask.reshape(-1)
     means = {k: float(np.mean(out[k].reshape(-1)[valid])) for k in ("elbo", "recon", "kl")}
     means["loss"] = -means["elbo"]

@@ -7,7 +7,7 @@ import pathlib
 import jax
 from absl import flags
 
-from cvae import load_run, writers
+from cvae import load_run, sampling, writers
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -25,7 +25,7 @@ def main(argv):
     if FLAGS.n <= 0:
         raise cli.UsageError(f"--n must be ≥ 1, got {FLAGS.n}")
     run = load_run(workdir)
-    sampler = FLAGS.sampler or ("prior" if run.model.posterior_family == "gaussian" else "gmm")
+    sampler = FLAGS.sampler or sampling.default_sampler(run.model.posterior_family)
     images = run.sample(jax.random.key(FLAGS.seed), FLAGS.n, sampler=sampler, labels=FLAGS.label)
     out = pathlib.Path(FLAGS.out or pathlib.Path(workdir) / f"samples_{sampler}.png")
     writers.save_png(out, writers.image_grid(jax.device_get(images)))
