@@ -6,6 +6,9 @@ Layout under ``workdir/checkpoints/``: ``latest/<step>/`` keeps the last N saves
 early-stopping record, the metrics). A checkpoint that fails to restore is moved aside to
 ``corrupt-<step>`` with a warning and the previous one is tried, so a torn write never
 costs more than the epochs since the save before it.
+
+In a multi-process run every process calls every method: Orbax saves and restores
+collectively (the primary process writes the metadata, each writes its own shards).
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cvae import parallel
+
 log = logging.getLogger("cvae")
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(directory.absolute(), options=options,
-                                 item_names=("state", "meta"))
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
 def all_finite(tree) -> bool:
@@ -66,16 +71,30 @@ class Checkpointer:
         return self._restore_newest(which, ocp.args.StandardRestore(abstract_state))
 
     def restore_params(self, which: str = "best"):
-        """(params, meta) without knowing the optimizer: for evaluation and notebooks."""
-        restored = self._restore_newest(which, ocp.args.StandardRestore())
+        """(params, meta) without knowing the optimizer: for evaluation and notebooks.
+
+        The arrays land on this process's first device, whatever layout saved them (a run
+        of several processes or devices restores into one notebook).
+        """
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def on_this_device(manager, step):
+            saved = manager.item_metadata(step)["state"]
+            saved = getattr(saved, "tree", saved)
+            return ocp.args.StandardRestore(jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved))
+
+        restored = self._restore_newest(which, on_this_device)
         return None if restored is None else (restored[0]["params"], restored[1])
 
     def _restore_newest(self, which: str, state_args):
+        """``state_args``: restore args, or a function (manager, step) → restore args."""
         manager = self._best if which == "best" and self._best.all_steps() else self._latest
         for step in sorted(manager.all_steps(), reverse=True):
             try:
+                args = state_args(manager, step) if callable(state_args) else state_args
                 restored = manager.restore(step, args=ocp.args.Composite(
-                    state=state_args, meta=ocp.args.JsonRestore()))
+                    state=args, meta=ocp.args.JsonRestore()))
                 return restored["state"], dict(restored["meta"])
             except Exception as err:  # torn, truncated or foreign files
                 self._quarantine(manager, step, err)
@@ -86,9 +105,11 @@ class Checkpointer:
         target = path.with_name(f"corrupt-{step}")
         log.warning("checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
                     "the previous one", path, type(err).__name__, str(err)[:200], target)
-        if target.exists():
-            shutil.rmtree(target)
-        path.rename(target)
+        if parallel.is_primary():  # the others wait, then all re-read the directory
+            if target.exists():
+                shutil.rmtree(target)
+            path.rename(target)
+        parallel.barrier(f"quarantine-{step}")
         manager.reload()
 
     def close(self) -> None:

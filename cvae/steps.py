@@ -132,7 +132,11 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
         _, out = jax.lax.scan(one_batch, None, (batch_ids, images, labels))
         return out
 
-    return TrainPrograms(jax.jit(train_epoch, donate_argnums=(0,)), jax.jit(evaluate), traces)
+    # Outputs come back replicated: every process can read the whole of them (in a
+    # multi-process run a batch-sharded result would not be addressable from one host).
+    everywhere = NamedSharding(mesh, P())
+    return TrainPrograms(jax.jit(train_epoch, donate_argnums=(0,), out_shardings=everywhere),
+                         jax.jit(evaluate, out_shardings=everywhere), traces)
 
 
 def pad_for_evaluation(images: np.ndarray, labels: np.ndarray | None, batch_size: int,

@@ -48,9 +48,14 @@ class TrainResult:
 
 
 def prepare_workdir(config, workdir: pathlib.Path) -> None:
-    """Refuses to resume a different experiment; honours train.overwrite; writes config.json."""
+    """Refuses to resume a different experiment; honours train.overwrite; writes config.json.
+
+    Every process reads the saved config before any process changes the workdir, so all of
+    them take the same decision; only the primary one deletes and writes.
+    """
     saved_path = workdir / "config.json"
     has_run = (workdir / "checkpoints").exists() or (workdir / "metrics.jsonl").exists()
+    conflicts = []
     if saved_path.exists() and has_run:
         import json
 
@@ -60,13 +65,16 @@ def prepare_workdir(config, workdir: pathlib.Path) -> None:
             raise ConfigMismatchError(
                 f"{workdir} holds a run whose config differs in {', '.join(conflicts)}; use "
                 "another --workdir, or set --config.train.overwrite=True to discard that run")
+    parallel.barrier("workdir-read")
+    if parallel.is_primary():
         if conflicts:
             log.warning("train.overwrite: discarding the run in %s (it differed in %s)",
                         workdir, ", ".join(conflicts))
             for name in ("checkpoints", "tb", "images", "metrics.jsonl", "eval.json"):
                 target = workdir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    writers.write_json_atomic(saved_path, config.to_dict())
+        writers.write_json_atomic(saved_path, config.to_dict())
+    parallel.barrier("workdir-ready")
 
 
 @contextlib.contextmanager
@@ -99,7 +107,10 @@ def evaluate_split(programs, params, padded, key) -> tuple[dict, np.ndarray]:
 
 
 def log_images(model, params, images01, labels, key, workdir, step, writer) -> None:
-    """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids."""
+    """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids.
+
+    ``params`` are host (numpy) copies: these few eager ops run on the local device only.
+    """
     n = len(images01)
     labels = labels if model.num_classes else None
     posterior = model.apply({"params": params}, images01, labels, method=model.encode)
@@ -160,7 +171,7 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     steps_per_epoch = len(train_set) // cfg.train.batch_size
     tx = steps.make_optimizer(cfg.train, steps_per_epoch * cfg.train.num_epochs)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    state = jax.device_put(state, parallel.replicated(mesh))
+    state = parallel.replicate(state, mesh)
 
     # -------------------------------------------------------------------- resume
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
@@ -171,11 +182,14 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     if restored is not None:
         state, meta = restored
         record.update({k: meta[k] for k in record})
-        writers.truncate_metrics(workdir / "metrics.jsonl", int(state["step"]))
+        if parallel.is_primary():
+            writers.truncate_metrics(workdir / "metrics.jsonl", int(state["step"]))
         log.info("resumed from step %d (epoch %d) in %s", int(state["step"]), record["epoch"],
                  workdir)
-    log.info("devices: %d × %s; parameters: %d (encoder %d, decoder %d); workdir: %s",
-             mesh.size, jax.devices()[0].platform, model_lib.count_params(params),
+    log.info("devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); "
+             "workdir: %s",
+             mesh.size, jax.devices()[0].platform, jax.process_count(),
+             model_lib.count_params(params),
              model_lib.count_params(params["encoder"]), model_lib.count_params(params["decoder"]),
              workdir)
 
@@ -183,7 +197,7 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     programs = steps.build_programs(model=model, config=cfg, tx=tx, mesh=mesh,
                                     preprocess=preprocess, num_train=len(train_set),
                                     class_table=class_table)
-    put = lambda x: jax.device_put(x, parallel.replicated(mesh))
+    put = lambda x: parallel.replicate(x, mesh)
     train_images = put(train_set.images)
     train_labels = put(train_set.labels if train_set.labels is not None
                        else np.zeros(len(train_set), np.int32))
@@ -192,22 +206,26 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     eval_split = "validation" if val_set is not None else "train_eval"
 
     def padded(ds):
-        return steps.pad_for_evaluation(data.evaluation_images(ds, binarize), ds.labels,
-                                        cfg.eval.batch_size, mesh.size)
+        images, labels, mask = steps.pad_for_evaluation(
+            data.evaluation_images(ds, binarize), ds.labels, cfg.eval.batch_size, mesh.size)
+        return put(images), put(labels), mask
 
     eval_padded = padded(eval_source)
-    eval_key = jax.random.key(EVAL_KEY_SEED)
+    eval_key = put(jax.random.key(EVAL_KEY_SEED))
+    data_key, train_key = put(data_key), put(train_key)
     grid = min(cfg.train.image_grid_size, len(eval_source))
-    grid_images = data.to_unit_interval(eval_padded[0].reshape((-1,) + info.shape)[:grid],
-                                        info.pixel_range[1] if not binarize else 1.0)
-    grid_labels = jnp.asarray(eval_padded[1].reshape(-1)[:grid])
+    grid_images = data.to_unit_interval(
+        np.asarray(eval_padded[0]).reshape((-1,) + info.shape)[:grid],
+        info.pixel_range[1] if not binarize else 1.0)
+    grid_labels = np.asarray(eval_padded[1]).reshape(-1)[:grid]
 
     # ---------------------------------------------------------------------- loop
-    writer = writers.MetricsWriter(workdir)
+    primary = parallel.is_primary()
+    writer = writers.MetricsWriter(workdir, enabled=primary)
     result = TrainResult(state, record["epoch"])
     started = time.perf_counter() - record["elapsed_s"]
     bar = tqdm(total=cfg.train.num_epochs, initial=record["epoch"], unit="epoch",
-               disable=not sys.stderr.isatty(), desc="train")
+               disable=not (primary and sys.stderr.isatty()), desc="train")
     with stop_requests() as stop:
         for epoch in range(record["epoch"], cfg.train.num_epochs):
             first_step = int(state["step"])
@@ -231,6 +249,8 @@ def train_and_evaluate(config, workdir) -> TrainResult:
             throughput = steps_per_epoch * cfg.train.batch_size / seconds
             writer.write({"step": step, "epoch": epoch + 1, "split": "train", **train_metrics,
                           "examples_per_s": throughput, "elapsed_s": record["elapsed_s"]})
+            # A signal stops every process at this epoch, wherever it was delivered.
+            stopping = parallel.any_process(stop["signal"] is not None)
             bar.update(1)
             bar.set_postfix(loss=f"{train_metrics['loss']:.2f}", ex_s=f"{throughput:.0f}")
             if bar.disable:  # no terminal: plain log lines instead of the bar
@@ -239,7 +259,7 @@ def train_and_evaluate(config, workdir) -> TrainResult:
 
             last = epoch + 1 == cfg.train.num_epochs
             improved = False
-            if (epoch + 1) % cfg.eval.every_epochs == 0 or last or stop["signal"]:
+            if (epoch + 1) % cfg.eval.every_epochs == 0 or last or stopping:
                 tick = time.perf_counter()
                 eval_metrics, _ = evaluate_split(programs, state["params"], eval_padded,
                                                  eval_key)
@@ -247,9 +267,9 @@ def train_and_evaluate(config, workdir) -> TrainResult:
                               **eval_metrics,
                               "examples_per_s": len(eval_source) / (time.perf_counter() - tick),
                               "elapsed_s": record["elapsed_s"]})
-                if grid:
-                    log_images(model, state["params"], grid_images, grid_labels,
-                               jax.random.key(cfg.seed), workdir, step, writer)
+                if grid and primary:
+                    log_images(model, jax.device_get(state["params"]), grid_images,
+                               grid_labels, jax.random.key(cfg.seed), workdir, step, writer)
                 improved = eval_metrics["elbo"] > record["best_elbo"]
                 if improved:
                     record["best_elbo"], record["evals_without_improvement"] = \
@@ -260,11 +280,12 @@ def train_and_evaluate(config, workdir) -> TrainResult:
             result.stopped_early = (patience > 0
                                     and record["evals_without_improvement"] >= patience)
             if ((epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or last or improved
-                    or stop["signal"] or result.stopped_early):
+                    or stopping or result.stopped_early):
                 ckpt.save(step, state, dict(record), best=improved)
-            if stop["signal"]:
+            if stopping:
                 log.warning("%s received: saved step %d (epoch %d); rerun the same command to "
-                            "resume", stop["signal"], step, epoch + 1)
+                            "resume", stop["signal"] or "a signal to another process", step,
+                            epoch + 1)
                 result.interrupted = True
                 break
             if result.stopped_early:

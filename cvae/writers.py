@@ -44,12 +44,18 @@ def truncate_metrics(path: str | pathlib.Path, max_step: int) -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard."""
+    """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard.
 
-    def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+    ``enabled=False`` (every process but the primary one of a multi-process run) checks the
+    records and writes nothing, so that one run leaves one metrics.jsonl.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True,
+                 enabled: bool = True):
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.enabled = enabled
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
@@ -58,6 +64,8 @@ class MetricsWriter:
         missing = [k for k in METRIC_KEYS if k not in record]
         if missing:
             raise KeyError(f"metrics record lacks {missing}")
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:

@@ -1,0 +1,104 @@
+"""Multi-process training on JAX's distributed runtime, on loopback: 2 processes × 2 CPU
+devices talking through gloo must train the model a 1-process × 4-device run trains."""
+
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import cvae
+from cvae import writers
+from experiments import launch_local
+from tests.test_experiments import ROOT, TINY
+
+# Every device of every process: the global batch of 64 splits 4 ways in both layouts.
+ALL_DEVICES = [*TINY, "--config.train.num_devices=0"]
+DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
+
+
+def _launch(workdir, epochs, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.launch_local", "--num_processes=2",
+         "--devices_per_process=2", "--heartbeat_timeout_s=20", "--", *DIGITS, *ALL_DEVICES,
+         f"--config.train.num_epochs={epochs}", "--workdir", str(workdir)],
+        cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, timeout=timeout, capture_output=True,
+        text=True)
+
+
+def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path):
+    # Two epochs, then a second launch resumes to three: resume across processes.
+    first = _launch(tmp_path / "mp", epochs=2)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    assert "2 local and 4 global devices" in first.stdout
+    second = _launch(tmp_path / "mp", epochs=3)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert "resumed from step" in second.stdout
+
+    single = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *DIGITS, *ALL_DEVICES,
+         "--config.train.num_epochs=3", "--workdir", str(tmp_path / "sp")],
+        cwd=ROOT, env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": ""}), timeout=300,
+        capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    multi = cvae.load_run(tmp_path / "mp", which="latest")
+    reference = cvae.load_run(tmp_path / "sp", which="latest")
+    leaves = jax.tree_util.tree_leaves
+    for x, y in zip(leaves(multi.params), leaves(reference.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+    # One writer: every record once (two writers would double them), and the training
+    # curve and final test score are those of the single-process run.
+    records = writers.read_metrics(tmp_path / "mp" / "metrics.jsonl")
+    expected = writers.read_metrics(tmp_path / "sp" / "metrics.jsonl")
+    keys = [(r["step"], r["split"]) for r in records]
+    assert len(keys) == len(set(keys))
+    curve = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in curve] == [r["step"] for r in expected if r["split"] == "train"]
+    for got, want in zip(curve + records[-1:],
+                         [r for r in expected if r["split"] == "train"] + expected[-1:]):
+        assert (got["split"], got["step"]) == (want["split"], want["step"])
+        assert got["elbo"] == pytest.approx(want["elbo"], rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "sp").iterdir())
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker-killed", "coordinator-killed"])
+def test_killing_one_process_stops_the_other_with_a_clear_error(victim, tmp_path):
+    commands = launch_local.process_commands(
+        [*DIGITS, *ALL_DEVICES, "--config.train.num_epochs=100000",
+         "--workdir", str(tmp_path / "run")],
+        num_processes=2, port=launch_local.free_port(), heartbeat_timeout_s=5)
+    env = launch_local.child_env(2, {**os.environ, "XLA_FLAGS": ""})
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for cmd in commands]
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 180
+        while time.time() < deadline and len(writers.read_metrics(metrics)) < 2:
+            assert all(p.poll() is None for p in procs), "a process stopped before the kill"
+            time.sleep(0.2)
+        assert len(writers.read_metrics(metrics)) >= 2, "training never got going"
+        procs[victim].kill()
+        killed_at = time.time()
+        survivor = procs[1 - victim]
+        _, err = survivor.communicate(timeout=90)  # raises (fails the test) if it hangs
+        assert time.time() - killed_at < 60
+        assert survivor.returncode != 0
+        assert "another task died" in err, err[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_launcher_without_training_flags_says_how_to_use_it():
+    out = subprocess.run([sys.executable, "-m", "experiments.launch_local",
+                          "--num_processes=2"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: give the training flags after `--`")
