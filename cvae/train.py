@@ -283,9 +283,10 @@ def train_and_evaluate(config, workdir) -> TrainResult:
                     or stopping or result.stopped_early):
                 ckpt.save(step, state, dict(record), best=improved)
             if stopping:
-                log.warning("%s received: saved step %d (epoch %d); rerun the same command to "
-                            "resume", stop["signal"] or "a signal to another process", step,
-                            epoch + 1)
+                reason = (f"{stop['signal']} received" if stop["signal"]
+                          else "another process received a signal")
+                log.warning("%s: saved step %d (epoch %d); rerun the same command to resume",
+                            reason, step, epoch + 1)
                 result.interrupted = True
                 break
             if result.stopped_early:
