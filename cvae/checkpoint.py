@@ -87,6 +87,16 @@ class Checkpointer:
         restored = self._restore_newest(which, on_this_device)
         return None if restored is None else (restored[0]["params"], restored[1])
 
+    def parameter_count(self, which: str = "best") -> int | None:
+        """Number of parameters of the newest checkpoint, read from its metadata alone."""
+        manager = self._best if which == "best" and self._best.all_steps() else self._latest
+        step = manager.latest_step()
+        if step is None:
+            return None
+        saved = manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        return sum(int(np.prod(m.shape)) for m in jax.tree_util.tree_leaves(saved["params"]))
+
     def _restore_newest(self, which: str, state_args):
         """``state_args``: restore args, or a function (manager, step) → restore args."""
         manager = self._best if which == "best" and self._best.all_steps() else self._latest
@@ -115,3 +125,27 @@ class Checkpointer:
     def close(self) -> None:
         self._latest.close()
         self._best.close()
+
+
+def save_params(directory: str | pathlib.Path, params) -> None:
+    """Saves a params pytree on its own (an auxiliary network such as the FID classifier).
+    Orbax writes to a temporary directory and renames it, so an old copy survives a crash
+    until the new one is complete."""
+    directory = pathlib.Path(directory).absolute()
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(directory, params, force=True)
+
+
+def load_params(directory: str | pathlib.Path):
+    """The params pytree written by ``save_params``, on this process's first device."""
+    directory = pathlib.Path(directory).absolute()
+    if not directory.exists():
+        raise FileNotFoundError(f"no saved params in {directory}")
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as loader:
+        saved = loader.metadata(directory)
+        saved = getattr(saved, "item_metadata", saved)
+        saved = getattr(saved, "tree", saved)
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved)
+        return loader.restore(directory, target)

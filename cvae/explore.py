@@ -13,7 +13,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from cvae import metrics, writers
+from cvae import checkpoint, metrics, writers
 from cvae import model as model_lib
 from cvae.run import Run
 
@@ -82,6 +82,15 @@ def run_summary(workdir) -> dict:
            "wall_s": train[-1]["elapsed_s"] if train else 0.0}
     row.update({k: evaluation[k] for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
                 if k in evaluation})
+    if (workdir / "sample_quality.json").exists():
+        quality = json.loads((workdir / "sample_quality.json").read_text())
+        row.update({k: v for k, v in quality.items() if k.startswith(("fid_", "accuracy_"))})
+    if (workdir / "checkpoints").is_dir():
+        ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+        count = ckpt.parameter_count()
+        ckpt.close()
+        if count is not None:
+            row["params"] = count
     return row
 
 

@@ -56,6 +56,7 @@ def run(main, positional: bool = False) -> None:
     def guarded(argv):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         logging.getLogger("absl").setLevel(logging.WARNING)
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
         if len(argv) > 1 and not positional:
             _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value", 2)
         try:

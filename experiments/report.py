@@ -1,7 +1,8 @@
 """Summarise evaluated runs as a Markdown table: ``python -m experiments.report DIR [DIR ...]``.
 
-Reads each workdir's config.json, metrics.jsonl and eval.json (run experiments.evaluate
-first), so every number in the README's results tables can be regenerated.
+Reads each workdir's config.json, metrics.jsonl, eval.json (run experiments.evaluate
+first), sample_quality.json (experiments.sample_quality) and checkpoint metadata, so every
+number in the README's results tables can be regenerated.
 """
 
 import pathlib
@@ -15,7 +16,8 @@ FLAGS = flags.FLAGS
 COLUMNS = [("run", "{}"), ("posterior", "{}"), ("sigma0", "{:g}"), ("latent_dim", "{}"),
            ("epochs", "{}"), ("wall_s", "{:.0f}"), ("examples_per_s", "{:,.0f}"),
            ("nll_is", "{:.2f}"), ("elbo", "{:.2f}"), ("recon", "{:.2f}"), ("kl", "{:.2f}"),
-           ("active_units", "{}"), ("k", "{}")]
+           ("active_units", "{}"), ("k", "{}"), ("params", "{:,}"), ("fid_prior", "{:.2f}"),
+           ("fid_gmm", "{:.2f}"), ("accuracy_prior", "{:.3f}"), ("accuracy_gmm", "{:.3f}")]
 
 
 def table(workdirs) -> str:

@@ -95,6 +95,8 @@ def test_conditional_model_draws_class_conditional_samples(tmp_path):
     (["experiments.evaluate", "--workdir", "RUN", "--k", "0"], "--k must be ≥ 1"),
     (["experiments.sample", "--workdir", "RUN", "--label", "3"], "unconditional"),
     (["experiments.sample", "--workdir", "RUN", "--sampler", "gmm"], "training codes"),
+    (["experiments.sample_quality", "--workdir", "RUN", "--classifier", "EMPTY"],
+     "no classifier"),
 ])
 def test_bad_use_gives_one_line_and_status_2(args, pattern, tmp_path, trained_workdir):
     (tmp_path / "EMPTY").mkdir()
@@ -170,3 +172,20 @@ def test_ex_post_mixture_is_fitted_to_the_real_training_codes(trained_workdir):
     np.testing.assert_allclose(weights @ mixture.means, codes.mean(0), atol=1e-3)
     drawn = np.asarray(mixture.sample(jax.random.key(0), 20000))
     np.testing.assert_allclose(drawn.std(0), codes.std(0), rtol=0.1)  # spread like the codes
+
+
+def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_path):
+    out = _cli("experiments.train_classifier", "--workdir", str(tmp_path / "clf"),
+               "--dataset", "digits")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "clf" / "classifier.json").read_text())
+    assert summary["test_accuracy"] > 0.9 and summary["fid_train_vs_test"] > 0
+    out = _cli("experiments.sample_quality", "--workdir", str(trained_workdir),
+               "--classifier", str(tmp_path / "clf"), "--n", "1000")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((trained_workdir / "sample_quality.json").read_text())
+    assert result["fid_floor"] == summary["fid_train_vs_test"] and result["n"] == 1000
+    assert 0 < result["fid_gmm"] and 0 < result["fid_prior"]
+    assert "accuracy_prior" not in result  # unconditional run
+    report = _cli("experiments.report", str(trained_workdir))
+    assert f"{result['fid_gmm']:.2f}" in report.stdout

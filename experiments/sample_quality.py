@@ -1,0 +1,69 @@
+"""Score a run's samples with the FID classifier:
+``python -m experiments.sample_quality --workdir RUN --classifier runs/mnist_classifier``.
+
+Draws ``--n`` samples E[x|z] with z from the prior and from the ex-post mixture, and writes
+``RUN/sample_quality.json``: ``fid_prior``, ``fid_gmm`` (classifier-feature FID against
+the real test images), ``fid_floor`` (real training vs real test, from the classifier),
+and for conditional models ``accuracy_prior``/``accuracy_gmm`` — how often the classifier
+recognises the class each sample was drawn for.
+"""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+from absl import flags
+
+from cvae import checkpoint, data, load_run, sample_quality, sampling, writers
+from experiments import cli
+
+flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+flags.DEFINE_string("classifier", None, "A directory written by experiments.train_classifier.")
+flags.DEFINE_integer("n", 10000, "Samples per sampler.")
+flags.DEFINE_integer("seed", 0, "PRNG seed of the draws.")
+FLAGS = flags.FLAGS
+
+
+def load_classifier(directory: pathlib.Path):
+    summary_path = directory / "classifier.json"
+    if not summary_path.exists():
+        raise cli.UsageError(f"{directory} holds no classifier (no classifier.json); run "
+                             "python -m experiments.train_classifier --workdir DIR first")
+    summary = json.loads(summary_path.read_text())
+    module = sample_quality.Classifier(tuple(summary["widths"]), summary["num_classes"])
+    params = checkpoint.load_params(directory / "params")
+    return sample_quality.TrainedClassifier(module, params), summary
+
+
+def main(argv):
+    del argv
+    workdir = pathlib.Path(cli.require(FLAGS.workdir, "workdir", "the directory of a run"))
+    classifier_dir = pathlib.Path(cli.require(FLAGS.classifier, "classifier",
+                                              "a directory from experiments.train_classifier"))
+    if FLAGS.n < 2:
+        raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
+    classifier, summary = load_classifier(classifier_dir)
+    run = load_run(workdir)
+    if summary["dataset"] != run.config.data.name:
+        raise cli.UsageError(f"the classifier was trained on {summary['dataset']!r} but the run "
+                             f"on {run.config.data.name!r}; train one for that data set")
+    test = data.load(run.config.data.name, "test", run.config.data.data_dir)
+    real = test.images.astype(np.float32) / test.info.pixel_range[1]
+    _, real_features = classifier.logits_and_features(real)
+    result = {"classifier": str(classifier_dir), "n": FLAGS.n,
+              "fid_floor": summary["fid_train_vs_test"]}
+    labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
+    for index, sampler in enumerate(sampling.SAMPLERS):
+        key = jax.random.fold_in(jax.random.key(FLAGS.seed), index)
+        images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
+        logits, features = classifier.logits_and_features(images)
+        result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)
+        if labels is not None:
+            result[f"accuracy_{sampler}"] = float(np.mean(logits.argmax(-1) == labels))
+    writers.write_json_atomic(workdir / "sample_quality.json", result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    cli.run(main)
