@@ -84,12 +84,25 @@ class Run:
             self._apply(posterior.sample(key), labels, method=self.model.decode))
 
     def sample(self, key, n: int, sampler: str | None = None, labels=None):
-        """n images E[x|z], z from the prior or the ex-post mixture (default by family)."""
+        """n images E[x|z], z from the prior or the ex-post mixture (default by family).
+
+        With labels, the ex-post density is p̂(z|y): a mixture fitted to the codes of class
+        y alone (a collapsed model's codes carry the class, so codes of other classes would
+        override the label); class y's latents come from ``fold_in(key, y)``.
+        """
         sampler = sampler or sampling.default_sampler(self.model.posterior_family)
+        labels = self._labels(labels, n)
         if sampler == "prior":
             z = sampling.prior_latents(key, n, self.config.model.latent_dim)
-        elif sampler == "gmm":
+        elif sampler == "gmm" and labels is None:
             z = self.latent_mixture().sample(key, n)
+        elif sampler == "gmm":
+            wanted = np.asarray(labels)
+            z = np.zeros((n, self.config.model.latent_dim), np.float32)
+            for label in np.unique(wanted):
+                rows = np.flatnonzero(wanted == label)
+                z[rows] = self.latent_mixture(label=int(label)).sample(
+                    jax.random.fold_in(key, int(label)), len(rows))
         else:
             raise ValueError(f"sampler must be one of {sampling.SAMPLERS}, got {sampler!r}")
         return self.mean_image(z, labels)
@@ -113,13 +126,17 @@ class Run:
                  for i in range(0, len(images), 1000)]
         return np.concatenate([np.asarray(c) for c in codes]), labels
 
-    def latent_mixture(self, num_components: int = 10) -> sampling.LatentMixture:
-        """The ex-post density: a Gaussian mixture fitted to the training codes (cached)."""
-        if num_components not in self._mixtures:
-            codes, _ = self.training_codes()
-            self._mixtures[num_components] = sampling.fit_latent_mixture(
+    def latent_mixture(self, num_components: int = 10,
+                       label: int | None = None) -> sampling.LatentMixture:
+        """The ex-post density: a Gaussian mixture fitted to the training codes (cached);
+        with ``label``, to the codes of that class only."""
+        if (num_components, label) not in self._mixtures:
+            codes, labels = self.training_codes()
+            if label is not None:
+                codes = codes[np.asarray(labels) == label]
+            self._mixtures[num_components, label] = sampling.fit_latent_mixture(
                 codes, num_components, seed=self.config.seed)
-        return self._mixtures[num_components]
+        return self._mixtures[num_components, label]
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

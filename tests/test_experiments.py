@@ -79,6 +79,15 @@ def test_conditional_model_draws_class_conditional_samples(tmp_path):
     threes = run.sample(jax.random.key(0), 8, sampler="prior", labels=3)
     sevens = run.sample(jax.random.key(0), 8, sampler="prior", labels=7)
     assert threes.shape == (8, 8, 8, 1) and not np.allclose(threes, sevens)
+    # The ex-post density of a class is fitted to that class's codes alone.
+    codes, labels = run.training_codes()
+    three_mixture = run.latent_mixture(label=3)
+    np.testing.assert_allclose(np.exp(three_mixture.log_weights) @ three_mixture.means,
+                               codes[labels == 3].mean(0), atol=1e-3)
+    mixed = run.sample(jax.random.key(2), 6, sampler="gmm", labels=np.array([3, 7, 3, 7, 3, 7]))
+    direct = run.mean_image(three_mixture.sample(jax.random.fold_in(jax.random.key(2), 3), 3),
+                            3)
+    np.testing.assert_allclose(mixed[0::2], direct, atol=1e-6)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         run.sample(jax.random.key(0), 2, labels=10)
 
