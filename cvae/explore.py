@@ -76,7 +76,10 @@ def run_summary(workdir) -> dict:
     records = writers.read_metrics(workdir / "metrics.jsonl")
     train = [r for r in records if r["split"] == "train"]
     row = {"run": workdir.name, "posterior": config["model"]["posterior"],
-           "sigma0": config["model"]["sigma0"], "latent_dim": config["model"]["latent_dim"],
+           # σ₀ is a parameter of the collapsed posterior only
+           "sigma0": (config["model"]["sigma0"] if config["model"]["posterior"] == "collapsed"
+                      else None),
+           "latent_dim": config["model"]["latent_dim"],
            "epochs": train[-1]["epoch"] if train else 0,
            "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),
            "wall_s": train[-1]["elapsed_s"] if train else 0.0}

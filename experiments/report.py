@@ -25,7 +25,8 @@ def table(workdirs) -> str:
              "|" + " --- |" * len(COLUMNS)]
     for workdir in workdirs:
         row = explore.run_summary(workdir)
-        cells = [fmt.format(row[name]) if name in row else "—" for name, fmt in COLUMNS]
+        cells = [fmt.format(row[name]) if row.get(name) is not None else "—"
+                 for name, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
