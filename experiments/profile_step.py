@@ -1,8 +1,12 @@
-"""Where a training step's time goes: ``python -m experiments.profile_step [--batch_size 128]``.
+"""Where a training step's time goes:
+``python -m experiments.profile_step [--arch seed] [--batch_size 128]``.
 
-Times the epoch program of the seed VAE on MNIST with parts removed (binarization, the
+Times the epoch program of the VAE on MNIST with parts removed (binarization, the
 on-device gather, the backward pass), and a plain jitted step fed pre-binarized batches
-from a Python loop, in ms per step. Needs the prepared TFDS mnist.
+from a Python loop, in ms per step. Then the ceiling: the model's dense layers alone
+(the same matrix shapes, forward and backward, nothing else) as a fraction of the f32
+matmul peak measured in the same run — no implementation of this model can beat it on
+this machine. Needs the prepared TFDS mnist.
 """
 
 import time
@@ -17,7 +21,9 @@ from cvae import config as config_lib
 from cvae import data, objectives
 from cvae import model as model_lib
 from experiments import cli
+from experiments.bench import matmul_peak_gflops
 
+flags.DEFINE_enum("arch", "seed", ["seed", "torch_example", "iwae"], "Architecture preset.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_string("data_dir", None, "TFDS directory holding mnist.")
 FLAGS = flags.FLAGS
@@ -25,7 +31,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    cfg = config_lib.apply_preset(config_lib.base_config(), "seed")
+    cfg = config_lib.apply_preset(config_lib.base_config(), FLAGS.arch)
     cfg.model.posterior = "gaussian"
     model = model_lib.build_model(cfg.model, (28, 28, 1), 10)
     params = model_lib.init_params(model, jax.random.key(0))
@@ -88,6 +94,32 @@ def main(argv):
     seconds = time.perf_counter() - tick
     print(f"{'plain step, host batches':28s} {seconds * 1e3 / steps:6.2f} ms/step "
           f"{batch * steps / seconds:9,.0f} ex/s")
+    dense_ceiling(params, batch)
+
+
+def dense_ceiling(params, batch: int, repeats: int = 500) -> None:
+    """The dense layers' matmuls alone, forward and backward, at the model's shapes."""
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if jax.tree_util.keystr(path).endswith("['kernel']")]
+    inputs = [jnp.ones((batch, k.shape[0]), jnp.float32) for k in kernels]
+    cotangents = [jnp.ones((batch, k.shape[1]), jnp.float32) for k in kernels]
+
+    @jax.jit
+    def matmuls_only(kernels, inputs, cotangents):
+        # Per layer: the forward product, and the two backward products (input and weight
+        # gradients) — 6·fan_in·fan_out FLOPs per example, as the benchmark counts them.
+        return [(x @ w, g @ w.T, x.T @ g) for w, x, g in zip(kernels, inputs, cotangents)]
+
+    jax.block_until_ready(matmuls_only(kernels, inputs, cotangents))
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        out = matmuls_only(kernels, inputs, cotangents)
+    jax.block_until_ready(out)
+    seconds = (time.perf_counter() - tick) / repeats
+    flops = 6 * batch * sum(k.shape[0] * k.shape[1] for k in kernels)
+    peak = matmul_peak_gflops()
+    print(f"{'dense layers alone':28s} {seconds * 1e3:6.2f} ms/step {batch / seconds:9,.0f} ex/s"
+          f"  = {flops / seconds / 1e9 / peak:.2f} of the {peak:.0f} GFLOP/s matmul peak")
 
 
 if __name__ == "__main__":
