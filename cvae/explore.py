@@ -79,6 +79,8 @@ def run_summary(workdir) -> dict:
            # σ₀ is a parameter of the collapsed posterior only
            "sigma0": (config["model"]["sigma0"] if config["model"]["posterior"] == "collapsed"
                       else None),
+           "objective": (f"iwae k={config['objective']['k']}"
+                         if config["objective"]["kind"] == "iwae" else "elbo"),
            "latent_dim": config["model"]["latent_dim"],
            "epochs": train[-1]["epoch"] if train else 0,
            "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),

@@ -45,7 +45,7 @@ def initialize_distributed(coordinator_address: str | None = None,
         jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                    heartbeat_timeout_seconds=heartbeat_timeout_s)
     except ValueError as err:  # JAX found no cluster and was given too little to go on
-        raise ValueError(f"could not join a multi-process run: {err}. Pass "
+        raise ValueError(f"could not join a multi-process run: {str(err).rstrip('.')}. Pass "
                          "--coordinator_address, --num_processes and --process_id, or run "
                          "under a cluster manager JAX recognises (SLURM, Open MPI, Cloud TPU)"
                          ) from None

@@ -13,8 +13,9 @@ from cvae import explore
 from experiments import cli
 
 FLAGS = flags.FLAGS
-COLUMNS = [("run", "{}"), ("posterior", "{}"), ("sigma0", "{:g}"), ("latent_dim", "{}"),
-           ("epochs", "{}"), ("wall_s", "{:.0f}"), ("examples_per_s", "{:,.0f}"),
+COLUMNS = [("run", "{}"), ("posterior", "{}"), ("objective", "{}"), ("sigma0", "{:g}"),
+           ("latent_dim", "{}"), ("epochs", "{}"), ("wall_s", "{:.0f}"),
+           ("examples_per_s", "{:,.0f}"),
            ("nll_is", "{:.2f}"), ("elbo", "{:.2f}"), ("recon", "{:.2f}"), ("kl", "{:.2f}"),
            ("active_units", "{}"), ("k", "{}"), ("params", "{:,}"), ("fid_prior", "{:.2f}"),
            ("fid_gmm", "{:.2f}"), ("accuracy_prior", "{:.3f}"), ("accuracy_gmm", "{:.3f}")]

@@ -98,6 +98,10 @@ def test_conditional_model_draws_class_conditional_samples(tmp_path):
     (["experiments.train", "--config", "experiments/configs/digits_cvae.py"], "--workdir"),
     (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
       "--config.model.latent_dim=0"], "model.latent_dim"),
+    (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
+      "--distributed"], "could not join a multi-process run"),
+    (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
+      "--num_processes=2", "--process_id=5"], "--process_id = 5 must lie in [0, 2)"),
     (["experiments.evaluate", "--workdir", "MISSING"], "does not exist"),
     (["experiments.evaluate", "--workdir", "EMPTY"], "no config.json"),
     (["experiments.evaluate", "--workdir", "NOCKPT"], "no checkpoint"),
@@ -166,7 +170,7 @@ def test_report_prints_a_row_per_run_and_refuses_non_runs(trained_workdir, tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("| run | posterior") and len(lines) == 3
-    assert f"| {trained_workdir.name} | collapsed | 0.01 | 4 | 2 |" in lines[2]
+    assert f"| {trained_workdir.name} | collapsed | elbo | 0.01 | 4 | 2 |" in lines[2]
     missing = _cli("experiments.report", str(tmp_path))
     assert missing.returncode == 2 and "no config.json" in missing.stderr
 
