@@ -56,10 +56,13 @@ class VAE(nn.Module):
         return posterior, z, self.decode(z, labels, train=train)
 
 
-def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classes: int) -> VAE:
+def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classes: int, *,
+                binary_data: bool = False) -> VAE:
     """The VAE described by ``config.model`` for images of ``event_shape`` = (H, W, C).
 
     ``num_classes`` is the data set's; it is used only when ``model.conditional`` is set.
+    ``binary_data`` (data.binarize = 'dynamic': every scored input is {0, 1}) lets the
+    Bernoulli likelihood use its cheaper binary form.
     """
     cfg = model_config
     event_shape = tuple(int(s) for s in event_shape)
@@ -73,7 +76,7 @@ def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classe
                          f"{cfg.sigma0}; use model.posterior='deterministic' for σ₀ = 0")
     if cfg.conditional and num_classes <= 0:
         raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
-    likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale)
+    likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))

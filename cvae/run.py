@@ -163,6 +163,7 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
                                "for its first epoch to finish)")
     params, meta = restored
     info = data.load(config.data.name, "test", config.data.data_dir).info
-    model = model_lib.build_model(config.model, info.shape, info.num_classes)
+    model = model_lib.build_model(config.model, info.shape, info.num_classes,
+                                  binary_data=config.data.binarize == "dynamic")
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return Run(workdir, config, params, model, info, meta)

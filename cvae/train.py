@@ -162,7 +162,8 @@ def train_and_evaluate(config, workdir) -> TrainResult:
         class_table = data.ClassTable.from_labels(train_set.labels, info.num_classes)
 
     # ---------------------------------------------------------------------- model
-    model = model_lib.build_model(cfg.model, info.shape, info.num_classes)
+    model = model_lib.build_model(cfg.model, info.shape, info.num_classes,
+                                  binary_data=cfg.data.binarize == "dynamic")
     model.likelihood.validate(train_set.images[:1000].astype(np.float32) / info.pixel_range[1])
     init_key, data_key, train_key = jax.random.split(jax.random.key(cfg.seed), 3)
     params = model_lib.init_params(model, init_key)

@@ -12,19 +12,17 @@ measured in the same process.
 """
 
 import json
-import math
 import resource
 import tempfile
-import time
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 
 from cvae import config as config_lib
 from cvae import nets, writers
 from cvae.train import train_and_evaluate
 from experiments import cli
+from experiments.peak import matmul_peak_gflops
 
 flags.DEFINE_enum("arch", "seed", sorted(nets.PRESETS), "Architecture preset.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -35,20 +33,6 @@ flags.DEFINE_string("data_dir", None, "TFDS directory holding mnist (else $TFDS_
 flags.DEFINE_bool("sweep", False, "Print a table over archs and batch sizes 20, 128, 1024.")
 FLAGS = flags.FLAGS
 IMAGE_PIXELS = 784
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-``repeats`` f32 n×n matmul rate on the default device, in GFLOP/s."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.dot)
-    matmul(a, b).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - tick)
-    return 2 * n**3 / best / 1e9
 
 
 def dense_flops_per_example(arch: str) -> int:

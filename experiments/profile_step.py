@@ -21,7 +21,7 @@ from cvae import config as config_lib
 from cvae import data, objectives
 from cvae import model as model_lib
 from experiments import cli
-from experiments.bench import matmul_peak_gflops
+from experiments.peak import matmul_peak_gflops
 
 flags.DEFINE_enum("arch", "seed", ["seed", "torch_example", "iwae"], "Architecture preset.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -33,7 +33,7 @@ def main(argv):
     del argv
     cfg = config_lib.apply_preset(config_lib.base_config(), FLAGS.arch)
     cfg.model.posterior = "gaussian"
-    model = model_lib.build_model(cfg.model, (28, 28, 1), 10)
+    model = model_lib.build_model(cfg.model, (28, 28, 1), 10, binary_data=True)
     params = model_lib.init_params(model, jax.random.key(0))
     tx = optax.adam(1e-3)
     opt = tx.init(params)

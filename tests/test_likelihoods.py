@@ -80,3 +80,18 @@ def test_unknown_likelihood_and_negative_scale_are_refused():
         likelihoods.make_likelihood("poisson")
     with pytest.raises(ValueError, match="likelihood_scale"):
         likelihoods.make_likelihood("gaussian", -1.0)
+
+
+def test_bernoulli_binary_form_equals_the_general_form_on_binary_data():
+    rng = np.random.default_rng(3)
+    x = (rng.random((5, 4, 4, 1)) < 0.4).astype(np.float32)
+    logits = jnp.asarray(rng.normal(0, 8, (5, 4, 4, 1)), jnp.float32)
+    general, binary = likelihoods.Bernoulli(), likelihoods.Bernoulli(binary_targets=True)
+    np.testing.assert_allclose(binary.log_prob(x, logits), general.log_prob(x, logits),
+                               rtol=1e-6)
+    grad = lambda lik: jax.grad(lambda l: lik.log_prob(x, l).sum())(logits)
+    np.testing.assert_allclose(grad(binary), grad(general), atol=1e-6)
+    # The shortcut is for {0, 1} data only: on grey targets the two forms part ways.
+    grey = np.full_like(x, 0.5)
+    assert not np.allclose(binary.log_prob(grey, logits), general.log_prob(grey, logits))
+    assert likelihoods.make_likelihood("bernoulli", binary_data=True).binary_targets

