@@ -5,8 +5,9 @@
         --workdir runs/mnist_iwae50
     python -m experiments.evaluate --workdir runs/mnist_iwae50 --k 5000
 
-Not run yet on the project's machines; no result is claimed. Expected runtime on 2 CPU
-cores from the benchmark's throughput: see the README's performance table.
+Measured on 2 CPU cores only as far as a short budget allows: --config.train.num_epochs=8
+(342 s, ~43 s per epoch), `evaluate --k 5000` (514 s): test NLL 106.14 nats, 50/50 active
+units. The full schedule (300 epochs ≈ 3.6 h here) has not been run.
 """
 
 from experiments.configs.common import iwae_paper
