@@ -89,7 +89,7 @@ def test_bernoulli_binary_form_equals_the_general_form_on_binary_data():
     general, binary = likelihoods.Bernoulli(), likelihoods.Bernoulli(binary_targets=True)
     np.testing.assert_allclose(binary.log_prob(x, logits), general.log_prob(x, logits),
                                rtol=1e-6)
-    grad = lambda lik: jax.grad(lambda l: lik.log_prob(x, l).sum())(logits)
+    grad = lambda lik: jax.grad(lambda eta: lik.log_prob(x, eta).sum())(logits)
     np.testing.assert_allclose(grad(binary), grad(general), atol=1e-6)
     # The shortcut is for {0, 1} data only: on grey targets the two forms part ways.
     grey = np.full_like(x, 0.5)
