@@ -3,11 +3,13 @@
 
 Several processes (hosts) train one model on JAX's multi-process runtime when given
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed``,
-which lets JAX read them from SLURM, Open MPI or Cloud TPU). Every process runs the same
+which lets JAX read them from SLURM, Open MPI or Cloud TPU, or JAX's own environment
+variables such as ``JAX_COORDINATOR_ADDRESS``). Every process runs the same
 command with the same workdir, which must be on a file system they all see.
 """
 
 import logging
+import os
 
 from absl import flags
 from ml_collections import config_flags
@@ -33,8 +35,10 @@ FLAGS = flags.FLAGS
 
 
 def wants_distributed() -> bool:
+    """Any of the three flags, --distributed, or JAX's own JAX_COORDINATOR_ADDRESS."""
     given = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    return FLAGS.distributed or any(v is not None for v in given)
+    return (FLAGS.distributed or any(v is not None for v in given)
+            or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
 
 
 def main(argv):
