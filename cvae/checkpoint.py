@@ -33,6 +33,20 @@ def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
+def _saved_tree(metadata):
+    """The tree of array metadata (shape, dtype) inside an Orbax metadata object."""
+    metadata = getattr(metadata, "item_metadata", metadata)
+    return getattr(metadata, "tree", metadata)
+
+
+def _on_this_device(saved_tree):
+    """Restore targets placing every saved array on this process's first device, whatever
+    device layout saved it."""
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved_tree)
+
+
 def all_finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(tree)
                if np.issubdtype(np.asarray(x).dtype, np.inexact))
@@ -76,30 +90,25 @@ class Checkpointer:
         The arrays land on this process's first device, whatever layout saved them (a run
         of several processes or devices restores into one notebook).
         """
-        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
         def on_this_device(manager, step):
-            saved = manager.item_metadata(step)["state"]
-            saved = getattr(saved, "tree", saved)
-            return ocp.args.StandardRestore(jax.tree_util.tree_map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved))
+            saved = _saved_tree(manager.item_metadata(step)["state"])
+            return ocp.args.StandardRestore(_on_this_device(saved))
 
         restored = self._restore_newest(which, on_this_device)
         return None if restored is None else (restored[0]["params"], restored[1])
 
     def parameter_count(self, which: str = "best") -> int | None:
         """Number of parameters of the newest checkpoint, read from its metadata alone."""
-        manager = self._best if which == "best" and self._best.all_steps() else self._latest
+        manager = self._manager_for(which)
         step = manager.latest_step()
         if step is None:
             return None
-        saved = manager.item_metadata(step)["state"]
-        saved = getattr(saved, "tree", saved)
+        saved = _saved_tree(manager.item_metadata(step)["state"])
         return sum(int(np.prod(m.shape)) for m in jax.tree_util.tree_leaves(saved["params"]))
 
     def _restore_newest(self, which: str, state_args):
         """``state_args``: restore args, or a function (manager, step) → restore args."""
-        manager = self._best if which == "best" and self._best.all_steps() else self._latest
+        manager = self._manager_for(which)
         for step in sorted(manager.all_steps(), reverse=True):
             try:
                 args = state_args(manager, step) if callable(state_args) else state_args
@@ -109,6 +118,10 @@ class Checkpointer:
             except Exception as err:  # torn, truncated or foreign files
                 self._quarantine(manager, step, err)
         return None
+
+    def _manager_for(self, which: str) -> ocp.CheckpointManager:
+        """The best manager for "best" when it holds a save, else the latest one."""
+        return self._best if which == "best" and self._best.all_steps() else self._latest
 
     def _quarantine(self, manager, step: int, err: Exception) -> None:
         path = pathlib.Path(manager.directory) / str(step)
@@ -141,11 +154,5 @@ def load_params(directory: str | pathlib.Path):
     directory = pathlib.Path(directory).absolute()
     if not directory.exists():
         raise FileNotFoundError(f"no saved params in {directory}")
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with ocp.StandardCheckpointer() as loader:
-        saved = loader.metadata(directory)
-        saved = getattr(saved, "item_metadata", saved)
-        saved = getattr(saved, "tree", saved)
-        target = jax.tree_util.tree_map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved)
-        return loader.restore(directory, target)
+        return loader.restore(directory, _on_this_device(_saved_tree(loader.metadata(directory))))

@@ -16,6 +16,7 @@ The floor is the distance between real training and real test images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -41,6 +42,12 @@ class Classifier(nn.Module):
         return nn.Dense(self.num_classes)(h), h
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_and_features(module: Classifier, params, x):
+    # One compilation per (classifier, batch shape), shared by every call.
+    return module.apply({"params": params}, x)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedClassifier:
     module: Classifier
@@ -48,9 +55,9 @@ class TrainedClassifier:
 
     def logits_and_features(self, images, batch_size: int = 1000):
         """Class logits and features of images (N, H, W, C) in [0, 1], batch by batch."""
-        apply = jax.jit(lambda p, x: self.module.apply({"params": p}, x))
         images = np.asarray(images, np.float32)
-        outs = [jax.device_get(apply(self.params, images[i:i + batch_size]))
+        outs = [jax.device_get(_logits_and_features(self.module, self.params,
+                                                    images[i:i + batch_size]))
                 for i in range(0, len(images), batch_size)]
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 

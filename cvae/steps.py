@@ -20,10 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from cvae import data, objectives
+from cvae import data, objectives, parallel
 
 
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
@@ -71,11 +69,11 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
     batch_size = cfg.train.batch_size
     steps_per_epoch = num_train // batch_size
     objective = make_objective(model, cfg.objective, cfg.model)
-    batch_sharding = NamedSharding(mesh, P("data"))
+    batch_sharding = parallel.batch_sharded(mesh)
     traces = {"train_epoch": 0, "evaluate": 0}
     conditional = model.num_classes > 0
     # Evaluation inputs stay uint8 on the device (data.evaluation_images); binarized ones
-    # are already {0, 1}, raw ones are scaled here.
+    # are already {0, 1}, raw ones are scaled here (data.evaluation_scale).
     eval_scale = 1.0 if preprocess.binarize else preprocess.pixel_max
 
     def epoch_indices(data_key, epoch):
@@ -134,7 +132,7 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
 
     # Outputs come back replicated: every process can read the whole of them (in a
     # multi-process run a batch-sharded result would not be addressable from one host).
-    everywhere = NamedSharding(mesh, P())
+    everywhere = parallel.replicated(mesh)
     return TrainPrograms(jax.jit(train_epoch, donate_argnums=(0,), out_shardings=everywhere),
                          jax.jit(evaluate, out_shardings=everywhere), traces)
 

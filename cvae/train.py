@@ -207,18 +207,21 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     eval_split = "validation" if val_set is not None else "train_eval"
 
     def padded(ds):
-        images, labels, mask = steps.pad_for_evaluation(
-            data.evaluation_images(ds, binarize), ds.labels, cfg.eval.batch_size, mesh.size)
+        return steps.pad_for_evaluation(data.evaluation_images(ds, binarize), ds.labels,
+                                        cfg.eval.batch_size, mesh.size)
+
+    def on_devices(host_padded):
+        images, labels, mask = host_padded
         return put(images), put(labels), mask
 
-    eval_padded = padded(eval_source)
+    eval_host = padded(eval_source)
+    eval_padded = on_devices(eval_host)
     eval_key = put(jax.random.key(EVAL_KEY_SEED))
     data_key, train_key = put(data_key), put(train_key)
     grid = min(cfg.train.image_grid_size, len(eval_source))
-    grid_images = data.to_unit_interval(
-        np.asarray(eval_padded[0]).reshape((-1,) + info.shape)[:grid],
-        info.pixel_range[1] if not binarize else 1.0)
-    grid_labels = np.asarray(eval_padded[1]).reshape(-1)[:grid]
+    grid_images = data.to_unit_interval(eval_host[0].reshape((-1,) + info.shape)[:grid],
+                                        data.evaluation_scale(eval_source, binarize))
+    grid_labels = eval_host[1].reshape(-1)[:grid]
 
     # ---------------------------------------------------------------------- loop
     primary = parallel.is_primary()
@@ -299,7 +302,8 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     # ------------------------------------------------------ final test evaluation
     result.state, result.epoch = state, record["epoch"]
     if not result.interrupted:
-        test_metrics, _ = evaluate_split(programs, state["params"], padded(test_set), eval_key)
+        test_metrics, _ = evaluate_split(programs, state["params"], on_devices(padded(test_set)),
+                                         eval_key)
         writer.write({"step": int(state["step"]), "epoch": record["epoch"], "split": "test",
                       **test_metrics, "examples_per_s": 0.0,
                       "elapsed_s": time.perf_counter() - started})
