@@ -49,7 +49,7 @@ def main(argv):
         raise cli.UsageError(f"the classifier was trained on {summary['dataset']!r} but the run "
                              f"on {run.config.data.name!r}; train one for that data set")
     test = data.load(run.config.data.name, "test", run.config.data.data_dir)
-    real = test.images.astype(np.float32) / test.info.pixel_range[1]
+    real = data.evaluation_inputs(test, False)  # grey intensities in [0, 1]
     _, real_features = classifier.logits_and_features(real)
     result = {"classifier": str(classifier_dir), "n": FLAGS.n,
               "fid_floor": summary["fid_train_vs_test"]}

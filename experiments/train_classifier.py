@@ -10,7 +10,6 @@ floor: the classifier-feature FID between real training and real test images.
 import pathlib
 
 import jax
-import numpy as np
 from absl import flags
 
 from cvae import checkpoint, data, sample_quality, writers
@@ -24,10 +23,6 @@ flags.DEFINE_integer("seed", 0, "PRNG seed.")
 FLAGS = flags.FLAGS
 
 
-def unit_images(dataset) -> np.ndarray:
-    return dataset.images.astype(np.float32) / dataset.info.pixel_range[1]
-
-
 def main(argv):
     del argv
     workdir = pathlib.Path(cli.require(FLAGS.workdir, "workdir", "where to write it"))
@@ -37,13 +32,14 @@ def main(argv):
     test = data.load(FLAGS.dataset, "test", FLAGS.data_dir)
     if train.labels is None:
         raise cli.UsageError(f"{FLAGS.dataset} has no labels to train a classifier on")
+    # Grey intensities in [0, 1] (no binarization): what E[x|z] samples are compared with.
+    x_train, x_test = data.evaluation_inputs(train, False), data.evaluation_inputs(test, False)
     classifier = sample_quality.train_classifier(
-        unit_images(train), train.labels, jax.random.key(FLAGS.seed),
+        x_train, train.labels, jax.random.key(FLAGS.seed),
         num_classes=train.info.num_classes, epochs=FLAGS.epochs)
-    accuracy = classifier.accuracy(unit_images(test), test.labels)
+    accuracy = classifier.accuracy(x_test, test.labels)
     n = min(len(train), len(test), 10000)
-    floor = sample_quality.classifier_fid(classifier, unit_images(train)[:n],
-                                          unit_images(test)[:n])
+    floor = sample_quality.classifier_fid(classifier, x_train[:n], x_test[:n])
     checkpoint.save_params(workdir / "params", classifier.params)
     summary = {"dataset": FLAGS.dataset, "epochs": FLAGS.epochs, "seed": FLAGS.seed,
                "widths": list(classifier.module.widths),
