@@ -32,9 +32,28 @@ def _available_configs() -> str:
                             if p.stem not in ("__init__", "common")))
 
 
+def _underscored(argv):
+    """``--batch-size=8`` → ``--batch_size=8`` for every defined flag: absl only knows the
+    underscore spelling, while GNU-style commands (and the benchmark's contract) use hyphens.
+    Arguments after a bare ``--`` are left alone (they belong to another program)."""
+    out, passthrough = [], False
+    for arg in argv:
+        if passthrough or arg == "--" or not arg.startswith("--"):
+            passthrough = passthrough or arg == "--"
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        for candidate in (name, name[2:] if name.startswith("no") else None):
+            if candidate and "-" in candidate and candidate.replace("-", "_") in flags.FLAGS:
+                name = name.replace("-", "_")
+                break
+        out.append(f"--{name}{eq}{value}")
+    return out
+
+
 def _parse_flags(argv):
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(_underscored(argv))
     except flags.Error as err:
         _fail(str(err).splitlines()[0], 2)
     except OSError as err:

@@ -45,7 +45,7 @@ def test_bench_prints_the_documented_json_line():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "TFDS_DATA_DIR": mnist_data_dir()}
     out = subprocess.run([sys.executable, "-m", "experiments.bench", "--arch", "seed",
-                          "--batch_size", "1024", "--epochs", "2"], cwd=ROOT, env=env,
+                          "--batch-size", "1024", "--epochs", "2"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])

@@ -46,6 +46,19 @@ def test_dynamic_binarization_matches_intensity_and_changes_each_draw():
     assert not np.array_equal(first, second)
 
 
+def test_dynamic_binarization_is_exact_at_the_ends_and_unbiased_at_every_grey_level():
+    levels = jnp.arange(256, dtype=jnp.float32) / 255  # every 8-bit intensity
+    draws = data.dynamic_binarize(jax.random.key(2), jnp.broadcast_to(levels, (40000, 256)))
+    frequency = np.asarray(draws.mean(axis=0))
+    assert frequency[0] == 0.0 and frequency[-1] == 1.0
+    # 16-bit uniforms bias P(1) by < 2⁻¹⁶; with 40,000 draws per level, 5σ at p = ½ is
+    # 0.0125 (a 1-in-10⁴ chance that any of the 256 levels strays that far by luck).
+    np.testing.assert_allclose(frequency, levels, atol=0.0125)
+    # Odd pixel counts and image-shaped batches draw the same way, and shapes survive.
+    odd = data.dynamic_binarize(jax.random.key(0), jnp.full((3, 5, 5, 1), 0.5))
+    assert odd.shape == (3, 5, 5, 1) and set(np.unique(odd)) == {0.0, 1.0}
+
+
 def test_evaluation_binarization_is_fixed():
     images = np.random.default_rng(5).random((50, 4, 4, 1)).astype(np.float32)
     a = data.fixed_binarization(images)

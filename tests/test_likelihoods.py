@@ -95,3 +95,13 @@ def test_bernoulli_binary_form_equals_the_general_form_on_binary_data():
     grey = np.full_like(x, 0.5)
     assert not np.allclose(binary.log_prob(grey, logits), general.log_prob(grey, logits))
     assert likelihoods.make_likelihood("bernoulli", binary_data=True).binary_targets
+
+
+def test_softplus_matches_jax_in_value_and_both_derivative_modes():
+    y = jnp.asarray([-200.0, -30.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 30.0, 200.0], jnp.float32)
+    np.testing.assert_allclose(likelihoods.softplus(y), jax.nn.softplus(y), rtol=1e-6)
+    reverse = jax.vmap(jax.grad(likelihoods.softplus))(y)
+    forward = jax.jvp(likelihoods.softplus, (y,), (jnp.ones_like(y),))[1]
+    np.testing.assert_allclose(reverse, jax.nn.sigmoid(y), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(forward, jax.nn.sigmoid(y), rtol=1e-6, atol=1e-30)
+    assert np.isfinite(jax.grad(lambda v: likelihoods.softplus(v).sum())(y)).all()
