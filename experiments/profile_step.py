@@ -54,7 +54,7 @@ def main(argv):
                 raw = device_images[indices] if gather else device_images[:batch]
                 x = raw.astype(jnp.float32) / 255
                 if binarize:
-                    x = jax.random.bernoulli(binarize_key, x).astype(jnp.float32)
+                    x = data.dynamic_binarize(binarize_key, x)
                 if backward:
                     value, grads = jax.value_and_grad(loss)(p, x, sample_key)
                     updates, o = tx.update(grads, o, p)

@@ -14,4 +14,4 @@ from experiments.configs.common import iwae_paper
 
 
 def get_config():
-    return iwae_paper("iwae", 5)
+    return iwae_paper("iwae", 5, epochs=600)

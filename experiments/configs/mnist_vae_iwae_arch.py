@@ -15,4 +15,4 @@ from experiments.configs.common import iwae_paper
 
 
 def get_config():
-    return iwae_paper("elbo", 1)
+    return iwae_paper("elbo", 1, epochs=1800)
