@@ -2,12 +2,14 @@
 (paper: 85.54 nats test NLL, K = 5000).
 
     python -m experiments.train --config experiments/configs/mnist_iwae5.py \
-        --workdir runs/mnist_iwae5
-    python -m experiments.evaluate --workdir runs/mnist_iwae5 --k 5000
+        --workdir runs/burda_iwae5_600
+    python -m experiments.evaluate --workdir runs/burda_iwae5_600 --k 5000
 
-Measured on 2 CPU cores with --config.train.num_epochs=100 (613 s of training), then
-`evaluate --k 5000` (513 s): test NLL 89.55 nats, ELBO −96.34, 26/50 active units. The
-≤ 86.0 target needs a longer schedule (validation ELBO still improving at the end).
+Measured with this config as it stands (600 epochs on all 60,000 images, 5,219 s of
+training on one CPU core), then `evaluate --k 5000` (44 min on one core): test NLL
+86.24 nats, ELBO −91.82, 22/50 active units. The ≤ 86.0 target is missed by 0.24 nats;
+the test ELBO was still improving when the cosine schedule ended, so a longer schedule
+(--config.train.num_epochs) is the next step.
 """
 
 from experiments.configs.common import iwae_paper

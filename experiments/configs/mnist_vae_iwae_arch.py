@@ -2,13 +2,13 @@
 ELBO (k = 1): the "VAE, k = 1" row (paper: 86.76 nats test NLL, K = 5000).
 
     python -m experiments.train --config experiments/configs/mnist_vae_iwae_arch.py \
-        --workdir runs/mnist_vae_iwae_arch
-    python -m experiments.evaluate --workdir runs/mnist_vae_iwae_arch --k 5000
+        --workdir runs/burda_vae_1800
+    python -m experiments.evaluate --workdir runs/burda_vae_1800 --k 5000
 
-Measured on 2 CPU cores with the full 300-epoch schedule of this config (888 s of
-training), then `evaluate --k 5000` (880 s): test NLL 88.54 nats, ELBO −92.23,
-recon −67.62, KL 24.61, 18/50 active units. The paper's 86.76 took 3,280 passes; the
-≤ 87.0 target is not reached within 300 epochs.
+Measured with this config as it stands (1,800 epochs on all 60,000 images, 5,283 s of
+training on one CPU core), then `evaluate --k 5000` (44 min on one core): test NLL
+86.56 nats (target ≤ 87.0, paper 86.76), ELBO −89.93, recon −64.96, KL 24.97,
+18/50 active units.
 """
 
 from experiments.configs.common import iwae_paper
