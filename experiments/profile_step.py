@@ -3,10 +3,12 @@
 
 Times the epoch program of the VAE on MNIST with parts removed (binarization, the
 on-device gather, the backward pass), and a plain jitted step fed pre-binarized batches
-from a Python loop, in ms per step. Then the ceiling: the model's dense layers alone
-(the same matrix shapes, forward and backward, nothing else) as a fraction of the f32
-matmul peak measured in the same run — no implementation of this model can beat it on
-this machine. Needs the prepared TFDS mnist.
+from a Python loop, in ms per step. Every variant's step returns the loss and the batch
+means of the per-example terms, as the trainer's does (a scalar-only step compiles to a
+different, much slower program on XLA:CPU: README, Performance, finding 6). Then the
+ceiling: the model's dense layers alone (the same matrix shapes, forward and backward,
+nothing else) as a fraction of the f32 matmul peak measured in the same run — no
+implementation of this model can beat it on this machine. Needs the prepared TFDS mnist.
 """
 
 import time
@@ -44,7 +46,12 @@ def main(argv):
     order = order.reshape(steps, batch)
 
     def loss(p, x, key):
-        return objectives.elbo_loss(model, p, x, key)[0]
+        # (loss, per-example terms), and each step returns the terms' batch means — as the
+        # trainer's step does. Returning the scalar loss alone lets XLA:CPU fuse the
+        # likelihood's log1p into one YNNPACK full reduction, which costs ≈ 1.6 ms per
+        # step at seed/128 (profiled): that program is not the one training runs.
+        value, terms = objectives.elbo_loss(model, p, x, key)
+        return value, {name: jnp.mean(term) for name, term in terms.items()}
 
     def epoch_program(binarize=True, gather=True, backward=True):
         def epoch(params, opt, key):
@@ -56,12 +63,13 @@ def main(argv):
                 if binarize:
                     x = data.dynamic_binarize(binarize_key, x)
                 if backward:
-                    value, grads = jax.value_and_grad(loss)(p, x, sample_key)
+                    (value, means), grads = jax.value_and_grad(loss, has_aux=True)(
+                        p, x, sample_key)
                     updates, o = tx.update(grads, o, p)
                     p = optax.apply_updates(p, updates)
                 else:
-                    value = loss(p, x, sample_key)
-                return (p, o, s + 1), value
+                    value, means = loss(p, x, sample_key)
+                return (p, o, s + 1), (value, means)
             return jax.lax.scan(step, (params, opt, 0), order)[1]
         return jax.jit(epoch)
 
@@ -69,28 +77,28 @@ def main(argv):
                 ("without gather", {"gather": False}), ("forward only", {"backward": False})]
     for name, options in variants:
         program = epoch_program(**options)
-        program(params, opt, jax.random.key(1)).block_until_ready()
+        jax.block_until_ready(program(params, opt, jax.random.key(1)))
         tick = time.perf_counter()
-        program(params, opt, jax.random.key(2)).block_until_ready()
+        jax.block_until_ready(program(params, opt, jax.random.key(2)))
         seconds = time.perf_counter() - tick
         rate = batch * steps / seconds
         print(f"{name:28s} {seconds * 1e3 / steps:6.2f} ms/step {rate:9,.0f} ex/s")
 
     @jax.jit
     def plain_step(p, o, x, key):
-        value, grads = jax.value_and_grad(loss)(p, x, key)
+        (value, means), grads = jax.value_and_grad(loss, has_aux=True)(p, x, key)
         updates, o = tx.update(grads, o, p)
-        return optax.apply_updates(p, updates), o, value
+        return optax.apply_updates(p, updates), o, (value, means)
 
     rng = np.random.default_rng(0)
     batches = [(rng.random((batch, 28, 28, 1)) < images[i * batch:(i + 1) * batch] / 255)
                .astype(np.float32) for i in range(steps)]
     p, o, value = plain_step(params, opt, batches[0], jax.random.key(0))
-    value.block_until_ready()
+    jax.block_until_ready(value)
     tick = time.perf_counter()
     for s in range(steps):
         p, o, value = plain_step(p, o, batches[s], jax.random.key(s))
-    value.block_until_ready()
+    jax.block_until_ready(value)
     seconds = time.perf_counter() - tick
     print(f"{'plain step, host batches':28s} {seconds * 1e3 / steps:6.2f} ms/step "
           f"{batch * steps / seconds:9,.0f} ex/s")
