@@ -93,12 +93,12 @@ def main(argv):
     rng = np.random.default_rng(0)
     batches = [(rng.random((batch, 28, 28, 1)) < images[i * batch:(i + 1) * batch] / 255)
                .astype(np.float32) for i in range(steps)]
-    p, o, value = plain_step(params, opt, batches[0], jax.random.key(0))
-    jax.block_until_ready(value)
+    p, o, outputs = plain_step(params, opt, batches[0], jax.random.key(0))
+    jax.block_until_ready(outputs)
     tick = time.perf_counter()
     for s in range(steps):
-        p, o, value = plain_step(p, o, batches[s], jax.random.key(s))
-    jax.block_until_ready(value)
+        p, o, outputs = plain_step(p, o, batches[s], jax.random.key(s))
+    jax.block_until_ready(outputs)
     seconds = time.perf_counter() - tick
     print(f"{'plain step, host batches':28s} {seconds * 1e3 / steps:6.2f} ms/step "
           f"{batch * steps / seconds:9,.0f} ex/s")
