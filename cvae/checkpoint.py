@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cvae import model as model_lib
 from cvae import parallel
 
 log = logging.getLogger("cvae")
@@ -48,6 +49,7 @@ def _on_this_device(saved_tree):
 
 
 def all_finite(tree) -> bool:
+    """True when every floating-point leaf of ``tree`` is finite (no NaN or inf)."""
     return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(tree)
                if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
@@ -75,6 +77,7 @@ class Checkpointer:
             manager.wait_until_finished()
 
     def latest_step(self) -> int | None:
+        """The step of the newest periodic save, or None before the first."""
         return self._latest.latest_step()
 
     def restore(self, abstract_state, which: str = "latest"):
@@ -103,8 +106,7 @@ class Checkpointer:
         step = manager.latest_step()
         if step is None:
             return None
-        saved = _saved_tree(manager.item_metadata(step)["state"])
-        return sum(int(np.prod(m.shape)) for m in jax.tree_util.tree_leaves(saved["params"]))
+        return model_lib.count_params(_saved_tree(manager.item_metadata(step)["state"])["params"])
 
     def _restore_newest(self, which: str, state_args):
         """``state_args``: restore args, or a function (manager, step) → restore args."""
@@ -136,6 +138,7 @@ class Checkpointer:
         manager.reload()
 
     def close(self) -> None:
+        """Waits for pending writes and releases both managers."""
         self._latest.close()
         self._best.close()
 

@@ -7,6 +7,8 @@ compiled, and raises a ``ConfigError`` naming the field, the value and the valid
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -41,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.activation = nets.SEED_PRESET["activation"]
     c.model.init = "lecun"  # "lecun" (Flax default) | "torch" (nn.Linear default)
     c.model.posterior = "collapsed"  # "gaussian" | "collapsed" | "deterministic"
-    c.model.sigma0 = 0.01  # the collapsed posterior's fixed standard deviation
+    c.model.sigma0 = posteriors.DEFAULT_SIGMA0  # the collapsed posterior's fixed σ₀
     c.model.code_l2 = 0.0  # deterministic only: RAE penalty (code_l2/2)·‖μ‖²
     c.model.likelihood = "bernoulli"  # "bernoulli" | "gaussian" | "continuous_bernoulli"
     c.model.likelihood_scale = 0.0  # gaussian only: fixed σ, 0 = learned per pixel
@@ -74,8 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_epochs = 1
     c.eval.batch_size = 500
-    c.eval.num_importance_samples = 5000  # K of the importance-sampled log p(x)
-    c.eval.chunk_size = 250  # importance samples evaluated at once (bounds memory)
+    # K of the importance-sampled log p(x): the default of experiments.evaluate and
+    # experiments.main (their --k overrides it); training itself scores the ELBO only.
+    c.eval.num_importance_samples = 5000
+    c.eval.chunk_size = 0  # importance samples evaluated at once (bounds memory); 0 = auto
     return c
 
 
@@ -104,14 +108,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for the first field outside its valid range."""
     c = config
     _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
-    d = c.data
+    validate_data(c.data)
+    validate_model(c.model)
+    validate_objective(c.objective, c.model)
+    validate_train(c.train)
+    validate_eval(c.eval)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def validate_data(d: ml_collections.ConfigDict) -> None:
+    """The ``data`` section."""
     _check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
            "a TFDS name, 'digits' or 'npz:PATH'")
     _check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
     _check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
     _check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
            "False when data.binarize='dynamic' (binarized data is not dequantized)")
-    m = c.model
+
+
+def validate_model(m: ml_collections.ConfigDict) -> None:
+    """The ``model`` section alone (``model.build_model`` calls it too)."""
     _check(m.arch in ("mlp", "conv"), "model.arch", m.arch, "'mlp' or 'conv'")
     _check(isinstance(m.latent_dim, int) and m.latent_dim > 0, "model.latent_dim",
            m.latent_dim, "a positive integer")
@@ -124,37 +143,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(m.activation in nets.ACTIVATIONS, "model.activation", m.activation,
            f"one of {sorted(nets.ACTIVATIONS)}")
     _check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
+    _check(m.arch == "mlp" or m.init == "lecun", "model.init", m.init,
+           "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)")
     _check(m.posterior in posteriors.FAMILIES, "model.posterior", m.posterior,
            f"one of {posteriors.FAMILIES}")
-    _check(m.sigma0 >= 0, "model.sigma0", m.sigma0, "≥ 0 (the collapsed posterior's σ₀)")
+    _check(_finite(m.sigma0) and m.sigma0 >= 0, "model.sigma0", m.sigma0,
+           "finite and ≥ 0 (the collapsed posterior's σ₀)")
     _check(m.posterior != "collapsed" or m.sigma0 > 0, "model.sigma0", m.sigma0,
            "> 0 for the collapsed posterior (σ₀ = 0 is model.posterior='deterministic')")
-    _check(m.code_l2 >= 0, "model.code_l2", m.code_l2, "≥ 0")
+    _check(_finite(m.code_l2) and m.code_l2 >= 0, "model.code_l2", m.code_l2, "finite and ≥ 0")
     _check(m.likelihood in likelihoods.NAMES, "model.likelihood", m.likelihood,
            f"one of {likelihoods.NAMES}")
-    _check(m.likelihood_scale >= 0, "model.likelihood_scale", m.likelihood_scale,
-           "≥ 0 (0 = learned)")
+    _check(_finite(m.likelihood_scale) and m.likelihood_scale >= 0, "model.likelihood_scale",
+           m.likelihood_scale, "finite and ≥ 0 (0 = learned)")
     _check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
-    o = c.objective
+
+
+def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> None:
+    """The ``objective`` section (some choices depend on ``model.posterior``)."""
     _check(o.kind in ("elbo", "iwae"), "objective.kind", o.kind, "'elbo' or 'iwae'")
     _check(isinstance(o.k, int) and o.k >= 1, "objective.k", o.k, "an integer ≥ 1")
     _check(o.kind == "elbo" or m.posterior != "deterministic", "objective.kind", o.kind,
            "'elbo' for a deterministic posterior (the IWAE bound needs a density)")
-    _check(o.beta >= 0, "objective.beta", o.beta, "≥ 0")
+    _check(_finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "finite and ≥ 0")
     _check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
-    _check(o.free_bits >= 0, "objective.free_bits", o.free_bits, "≥ 0 nats")
-    t = c.train
+    _check(_finite(o.free_bits) and o.free_bits >= 0, "objective.free_bits", o.free_bits,
+           "finite and ≥ 0 nats")
+
+
+def validate_train(t: ml_collections.ConfigDict) -> None:
+    """The ``train`` section."""
     _check(isinstance(t.batch_size, int) and t.batch_size > 0, "train.batch_size",
            t.batch_size, "a positive integer")
     _check(isinstance(t.num_epochs, int) and t.num_epochs >= 0, "train.num_epochs",
            t.num_epochs, "an integer ≥ 0")
-    _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
+    _check(_finite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
+           t.learning_rate, "finite and > 0")
     _check(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
-    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "≥ 0")
+    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
+           t.weight_decay, "finite and ≥ 0")
     _check(t.lr_schedule in ("constant", "warmup_cosine"), "train.lr_schedule", t.lr_schedule,
            "'constant' or 'warmup_cosine'")
     _check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, "≥ 0")
-    _check(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "≥ 0 (0 = off)")
+    _check(_finite(t.grad_clip_norm) and t.grad_clip_norm >= 0, "train.grad_clip_norm",
+           t.grad_clip_norm, "finite and ≥ 0 (0 = off)")
     _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
            t.early_stopping_patience, "≥ 0 (0 = off)")
     _check(t.num_devices >= 0, "train.num_devices", t.num_devices, "≥ 0 (0 = all)")
@@ -162,12 +194,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
            t.checkpoint_every_epochs, "≥ 1")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "≥ 1")
     _check(t.image_grid_size >= 0, "train.image_grid_size", t.image_grid_size, "≥ 0")
-    e = c.eval
+
+
+def validate_eval(e: ml_collections.ConfigDict) -> None:
+    """The ``eval`` section."""
     _check(e.every_epochs >= 1, "eval.every_epochs", e.every_epochs, "≥ 1")
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "≥ 1")
-    _check(e.num_importance_samples >= 1, "eval.num_importance_samples",
-           e.num_importance_samples, "≥ 1")
-    _check(e.chunk_size >= 1, "eval.chunk_size", e.chunk_size, "≥ 1")
+    _check(isinstance(e.num_importance_samples, int) and e.num_importance_samples >= 0,
+           "eval.num_importance_samples", e.num_importance_samples,
+           "an integer ≥ 0 (0 = no importance-sampled NLL)")
+    _check(isinstance(e.chunk_size, int) and e.chunk_size >= 0, "eval.chunk_size",
+           e.chunk_size, "an integer ≥ 0 (0 = automatic)")
 
 
 # Fields whose change makes a saved run a different experiment: resuming across them would
@@ -181,6 +218,21 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     return [n for n in names
             if any(n == p or n.startswith(p) for p in RESUME_CRITICAL_PREFIXES)
             and saved.get(n) != current.get(n)]
+
+
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+    """A saved config (config.json) as a ConfigDict with the schema's types: JSON turns
+    tuples into lists, and every field whose default is a tuple becomes one again."""
+    defaults = flatten(base_config())
+    config = ml_collections.ConfigDict(saved)
+    for dotted, value in flatten(saved).items():
+        if isinstance(value, list) and isinstance(defaults.get(dotted), list):
+            *parents, leaf = dotted.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            node[leaf] = tuple(value)
+    return config
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:

@@ -46,6 +46,7 @@ class DatasetNotPreparedError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+    """What a model needs to know of a data set: image shape, classes, raw pixel range."""
     name: str
     shape: tuple[int, int, int]  # H, W, C
     num_classes: int  # 0 when unlabelled
@@ -53,6 +54,7 @@ class DatasetInfo:
 
 
 class Dataset(NamedTuple):
+    """One split in host memory: images, labels (None when unlabelled) and their info."""
     images: np.ndarray  # N×H×W×C
     labels: np.ndarray | None  # N, int32
     info: DatasetInfo
@@ -327,6 +329,7 @@ class ClassTable:
 
     @classmethod
     def from_labels(cls, labels: np.ndarray, num_classes: int) -> ClassTable:
+        """The table of ``labels``; every class must have at least one example."""
         counts = np.bincount(labels, minlength=num_classes).astype(np.int32)
         if np.any(counts == 0):
             missing = np.flatnonzero(counts == 0).tolist()

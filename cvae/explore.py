@@ -7,15 +7,12 @@ records; plotting stays in the notebooks.
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 import jax.numpy as jnp
 import numpy as np
 
-from cvae import checkpoint, metrics, writers
-from cvae import model as model_lib
+from cvae import checkpoint, metrics
 from cvae.run import Run
+from cvae.workdir import as_workdir
 
 
 def project_2d(codes, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -67,15 +64,13 @@ def posterior_diagnostics(run: Run, images) -> dict:
 
 
 def run_summary(workdir) -> dict:
-    """One row of a comparison: the run's config essentials, eval.json and size."""
-    workdir = pathlib.Path(workdir)
-    config = json.loads((workdir / "config.json").read_text())
-    evaluation = {}
-    if (workdir / "eval.json").exists():
-        evaluation = json.loads((workdir / "eval.json").read_text())
-    records = writers.read_metrics(workdir / "metrics.jsonl")
-    train = [r for r in records if r["split"] == "train"]
-    row = {"run": workdir.name, "posterior": config["model"]["posterior"],
+    """One row of a comparison: the run's config essentials, eval.json, sample quality,
+    throughput from metrics.jsonl and the parameter count from checkpoint metadata."""
+    wd = as_workdir(workdir)
+    config = wd.read_config_dict()
+    evaluation = wd.read_eval() or {}
+    train = wd.read_metrics("train")
+    row = {"run": wd.name, "posterior": config["model"]["posterior"],
            # σ₀ is a parameter of the collapsed posterior only
            "sigma0": (config["model"]["sigma0"] if config["model"]["posterior"] == "collapsed"
                       else None),
@@ -87,11 +82,10 @@ def run_summary(workdir) -> dict:
            "wall_s": train[-1]["elapsed_s"] if train else 0.0}
     row.update({k: evaluation[k] for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
                 if k in evaluation})
-    if (workdir / "sample_quality.json").exists():
-        quality = json.loads((workdir / "sample_quality.json").read_text())
-        row.update({k: v for k, v in quality.items() if k.startswith(("fid_", "accuracy_"))})
-    if (workdir / "checkpoints").is_dir():
-        ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    quality = wd.read_sample_quality() or {}
+    row.update({k: v for k, v in quality.items() if k.startswith(("fid_", "accuracy_"))})
+    if wd.checkpoints.is_dir():
+        ckpt = checkpoint.Checkpointer(wd.checkpoints)
         count = ckpt.parameter_count()
         ckpt.close()
         if count is not None:
@@ -101,10 +95,5 @@ def run_summary(workdir) -> dict:
 
 def learning_curves(workdir, split: str = "train") -> dict:
     """{"step": [...], "elbo": [...], "loss": [...]} for one split of metrics.jsonl."""
-    records = [r for r in writers.read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
-               if r["split"] == split]
+    records = as_workdir(workdir).read_metrics(split)
     return {k: [r[k] for r in records] for k in ("step", "epoch", "elbo", "loss", "recon", "kl")}
-
-
-def parameter_count(run: Run) -> int:
-    return model_lib.count_params(run.params)

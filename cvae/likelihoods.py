@@ -16,7 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 NAMES = ("bernoulli", "gaussian", "continuous_bernoulli")
-_EVENT_AXES = (-3, -2, -1)
+
+
+def _flat(a):
+    """(…, H, W, C) → (…, H·W·C). Elementwise work and the sum then run over one contiguous
+    axis: XLA:CPU vectorizes that, while summing over (H, W, C) with C = 1 innermost ran
+    40× slower for the (K, B, 28, 28, 1) arrays of importance sampling."""
+    return a.reshape(a.shape[:-3] + (-1,))
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -65,20 +71,26 @@ class Bernoulli:
     binary_targets: bool = False
 
     def param_shape(self, event_shape):
+        """Decoder outputs per example: one logit per pixel."""
         return tuple(event_shape)
 
     def log_prob(self, x, logits):
+        """log p(x|η) per example (summed over pixels), in nats."""
+        x, logits = _flat(x), _flat(logits)
         if self.binary_targets:
-            return -jnp.sum(softplus((1.0 - 2.0 * x) * logits), axis=_EVENT_AXES)
-        return jnp.sum(x * logits - softplus(logits), axis=_EVENT_AXES)
+            return -jnp.sum(softplus((1.0 - 2.0 * x) * logits), axis=-1)
+        return jnp.sum(x * logits - softplus(logits), axis=-1)
 
     def mean(self, logits):
+        """E[x|η] = sigmoid(η)."""
         return jax.nn.sigmoid(logits)
 
     def sample(self, key, logits):
+        """x ~ Bernoulli(sigmoid(η)), drawn with ``key``."""
         return jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(logits.dtype)
 
     def validate(self, x) -> None:
+        """Refuses data outside [0, 1] (host-side, before compiling)."""
         _check_unit_interval(self.name, x)
 
 
@@ -95,9 +107,11 @@ class Gaussian:
 
     @property
     def learned_scale(self) -> bool:
+        """True when σ is learned per pixel (``scale == 0``)."""
         return self.scale == 0.0
 
     def param_shape(self, event_shape):
+        """Decoder outputs per example: μ per pixel, and a scale per pixel when learned."""
         return ((2,) if self.learned_scale else ()) + tuple(event_shape)
 
     def _mean_and_scale(self, params):
@@ -106,19 +120,25 @@ class Gaussian:
         return params, jnp.asarray(self.scale, params.dtype)
 
     def log_prob(self, x, params):
+        """Σ_i log N(x_i; μ_i, σ_i²) per example, in nats."""
         mu, sigma = self._mean_and_scale(params)
+        x, mu = _flat(x), _flat(mu)
+        sigma = _flat(sigma) if sigma.ndim >= 3 else sigma
         log_density = -0.5 * (((x - mu) / sigma) ** 2 + _LOG_2PI) - jnp.log(sigma)
         return jnp.sum(jnp.broadcast_to(log_density, jnp.broadcast_shapes(x.shape, mu.shape)),
-                       axis=_EVENT_AXES)
+                       axis=-1)
 
     def mean(self, params):
+        """E[x|z] = μ."""
         return self._mean_and_scale(params)[0]
 
     def sample(self, key, params):
+        """x = μ + σ ε, ε ~ N(0, I) drawn with ``key``."""
         mu, sigma = self._mean_and_scale(params)
         return mu + sigma * jax.random.normal(key, mu.shape, mu.dtype)
 
     def validate(self, x) -> None:
+        """Refuses NaN or infinite data."""
         if not np.isfinite(np.asarray(x)).all():
             raise ValueError("likelihood 'gaussian' needs finite data; the input has NaN or inf")
 
@@ -148,11 +168,14 @@ class ContinuousBernoulli:
     name = "continuous_bernoulli"
 
     def param_shape(self, event_shape):
+        """Decoder outputs per example: one logit per pixel."""
         return tuple(event_shape)
 
     def log_prob(self, x, logits):
+        """Σ_i log CB(x_i; λ_i) per example, in nats."""
+        x, logits = _flat(x), _flat(logits)
         per_pixel = x * logits - jax.nn.softplus(logits) + continuous_bernoulli_log_norm(logits)
-        return jnp.sum(per_pixel, axis=_EVENT_AXES)
+        return jnp.sum(per_pixel, axis=-1)
 
     def mean(self, logits):
         """E[x] = λ/(2λ − 1) + 1/(2 artanh(1 − 2λ)) = 1/(1 − e^{−η}) − 1/η, ½ at η = 0."""
@@ -170,6 +193,7 @@ class ContinuousBernoulli:
         return jnp.clip(jnp.where(small, u, exact), 0.0, 1.0)
 
     def validate(self, x) -> None:
+        """Refuses data outside [0, 1]."""
         _check_unit_interval(self.name, x)
 
 

@@ -8,6 +8,7 @@ the encoder and the decoder, and ``decode(z, labels)`` draws class-conditional i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -15,16 +16,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cvae import config as config_lib
 from cvae import likelihoods, nets, posteriors
 
 
 class VAE(nn.Module):
+    """Encoder → posterior family → decoder → likelihood; see the module docstring."""
     encoder: nn.Module
     decoder: nn.Module
     likelihood: Any
     event_shape: tuple[int, int, int]
     posterior_family: str = "gaussian"
-    sigma0: float = 0.01
+    sigma0: float = posteriors.DEFAULT_SIGMA0
     num_classes: int = 0
 
     def _onehot(self, labels):
@@ -38,6 +41,7 @@ class VAE(nn.Module):
         return jax.nn.one_hot(labels, self.num_classes)
 
     def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """q(z|x) for images x (…, H, W, C) in [0, 1], as a posterior object."""
         if tuple(x.shape[-3:]) != tuple(self.event_shape) or x.ndim < 4:
             raise ValueError(
                 f"input of shape {tuple(x.shape)} does not match the model's images "
@@ -47,6 +51,7 @@ class VAE(nn.Module):
         return posteriors.make_posterior(self.posterior_family, mean, log_var, self.sigma0)
 
     def decode(self, z, labels=None, *, train: bool = False):
+        """The likelihood's parameters of p(x|z) for latents z (…, latent_dim)."""
         return self.decoder(z, self._onehot(labels), train=train)
 
     def __call__(self, x, key, labels=None, *, train: bool = False, num_samples=None):
@@ -66,14 +71,7 @@ def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classe
     """
     cfg = model_config
     event_shape = tuple(int(s) for s in event_shape)
-    if cfg.latent_dim <= 0:
-        raise ValueError(f"model.latent_dim must be a positive integer, got {cfg.latent_dim}")
-    if cfg.posterior not in posteriors.FAMILIES:
-        raise ValueError(f"model.posterior must be one of {posteriors.FAMILIES}, "
-                         f"got {cfg.posterior!r}")
-    if cfg.posterior == "collapsed" and not cfg.sigma0 > 0:
-        raise ValueError(f"model.sigma0 must be > 0 for the collapsed posterior, got "
-                         f"{cfg.sigma0}; use model.posterior='deterministic' for σ₀ = 0")
+    config_lib.validate_model(cfg)
     if cfg.conditional and num_classes <= 0:
         raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
     likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
@@ -92,7 +90,7 @@ def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classe
         decoder = nets.ConvDecoder(tuple(cfg.conv_channels), cfg.conv_dense_width, param_shape,
                                    cfg.activation, cfg.dropout_rate)
     else:
-        raise ValueError(f"model.arch must be 'mlp' or 'conv', got {cfg.arch!r}")
+        raise AssertionError(cfg.arch)  # validate_model admits only the two above
     return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood,
                event_shape=event_shape, posterior_family=cfg.posterior,
                sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0)
@@ -107,4 +105,6 @@ def init_params(model: VAE, key: jax.Array, batch_size: int = 1):
 
 
 def count_params(params) -> int:
-    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+    """Number of scalars in a params tree: of arrays, or of their shape metadata alone
+    (``jax.ShapeDtypeStruct``, Orbax's saved-array metadata)."""
+    return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))

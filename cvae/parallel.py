@@ -87,10 +87,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device of ``mesh`` holds the whole array (params, data sets, keys)."""
     return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (example) axis is split along ``data``: each device holds a slice."""
     return NamedSharding(mesh, P("data"))
 
 
@@ -111,3 +113,11 @@ def replicate(tree, mesh: Mesh):
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(place, tree)
+
+
+def shard_batch(host_batch, mesh: Mesh):
+    """A host batch as one global array split along ``data`` (every process passes the
+    same batch and supplies the slices of its own devices, as ``replicate`` does)."""
+    host = np.asarray(host_batch)
+    return jax.make_array_from_callback(host.shape, batch_sharded(mesh),
+                                        lambda index: host[index])

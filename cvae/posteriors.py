@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 
 FAMILIES = ("gaussian", "collapsed", "deterministic")
+DEFAULT_SIGMA0 = 0.01  # the collapsed posterior's σ₀ unless a config says otherwise
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -53,6 +54,7 @@ class GaussianPosterior:
         return _draw(key, self.mean, jnp.exp(0.5 * self.log_var), num_samples)
 
     def log_prob(self, z):
+        """log q(z|x), summed over latent dimensions."""
         return diag_normal_log_prob(z, self.mean, self.log_var)
 
     def kl_per_dim(self):
@@ -65,17 +67,20 @@ class CollapsedPosterior:
     """q(z|x) = N(mean, σ₀² I) with a fixed, non-learned σ₀ > 0."""
 
     mean: jax.Array
-    sigma0: float = struct.field(pytree_node=False, default=0.01)
+    sigma0: float = struct.field(pytree_node=False, default=DEFAULT_SIGMA0)
     has_density = True
 
     @property
     def log_var(self):
+        """log σ₀², the same for every dimension and example."""
         return jnp.full_like(self.mean, 2.0 * math.log(self.sigma0))
 
     def sample(self, key, num_samples: int | None = None):
+        """z = μ + σ₀ ε, ε ~ N(0, I); (num_samples, …, d) if asked."""
         return _draw(key, self.mean, self.sigma0, num_samples)
 
     def log_prob(self, z):
+        """log N(z; μ, σ₀² I), summed over latent dimensions."""
         return diag_normal_log_prob(z, self.mean, self.log_var)
 
     def kl_per_dim(self):
@@ -93,16 +98,19 @@ class DeterministicPosterior:
     log_var = None
 
     def sample(self, key, num_samples: int | None = None):
+        """The mean itself (repeated ``num_samples`` times if asked)."""
         del key  # a point mass needs no randomness; the argument keeps the interface uniform
         if num_samples is None:
             return self.mean
         return jnp.broadcast_to(self.mean, (num_samples,) + self.mean.shape)
 
     def log_prob(self, z):
+        """A point mass has no density: always raises."""
         raise ValueError("a deterministic posterior is a point mass and has no density; "
                          "use model.posterior='collapsed' with a small sigma0 for a density")
 
     def kl_per_dim(self):
+        """Infinite for a point mass: always raises."""
         raise ValueError("KL(point mass ‖ N(0, I)) is infinite; deterministic models use the "
                          "code penalty model.code_l2 instead")
 
@@ -110,7 +118,8 @@ class DeterministicPosterior:
 Posterior = GaussianPosterior | CollapsedPosterior | DeterministicPosterior
 
 
-def make_posterior(family: str, mean, log_var=None, sigma0: float = 0.01) -> Posterior:
+def make_posterior(family: str, mean, log_var=None,
+                   sigma0: float = DEFAULT_SIGMA0) -> Posterior:
     """Builds the posterior of ``family`` from the encoder's heads."""
     if family == "gaussian":
         return GaussianPosterior(mean, log_var)

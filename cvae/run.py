@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import jax
@@ -17,16 +16,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cvae import checkpoint, data, sampling
+from cvae import checkpoint, data, evaluation, parallel, sampling
 from cvae import model as model_lib
+from cvae.workdir import RunNotFoundError, Workdir
 
-
-class RunNotFoundError(ValueError):
-    """The workdir has no trained run (no config.json or no checkpoint)."""
+__all__ = ["Run", "RunNotFoundError", "load_config", "load_run"]
+WHICH = ("best", "latest")
 
 
 @dataclasses.dataclass
 class Run:
+    """A trained run: its config, params (best or latest checkpoint), model and data info."""
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
     params: dict
@@ -34,6 +34,17 @@ class Run:
     info: data.DatasetInfo
     meta: dict
     _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (f"Run({str(self.workdir)!r}, posterior={m.posterior!r}, "
+                f"latent_dim={m.latent_dim}, data={self.config.data.name!r}, "
+                f"epoch={self.meta.get('epoch')}, params={self.num_params:,})")
+
+    @property
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return model_lib.count_params(self.params)
 
     # ---------------------------------------------------------------- inputs
     def _inputs(self, x):
@@ -115,6 +126,27 @@ class Run:
         z = (1 - t) * means[0] + t * means[1]
         return self.mean_image(z, labels)
 
+    def evaluate(self, split: str = "test", k: int | None = None, *,
+                 batch_size: int | None = None, chunk_size: int | None = None,
+                 progress: bool = False) -> dict:
+        """Scores of ``split`` through the one evaluation core (``cvae.evaluation``).
+
+        K, the batch and the chunk default to the run's ``eval`` config; the mesh is the
+        training run's device count where this machine has that many devices (so the
+        test ELBO equals the one training logged), else every local device.
+        """
+        cfg = self.config
+        k = cfg.eval.num_importance_samples if k is None else k
+        dataset = data.load(cfg.data.name, split, cfg.data.data_dir)
+        eval_set = evaluation.EvalSet.from_dataset(dataset, cfg.data.binarize == "dynamic")
+        devices = cfg.train.num_devices if cfg.train.num_devices <= jax.device_count() else 0
+        result = evaluation.evaluate(
+            self.model, self.params, eval_set, k=k, mesh=parallel.make_mesh(devices),
+            batch_size=cfg.eval.batch_size if batch_size is None else batch_size,
+            chunk_size=cfg.eval.chunk_size if chunk_size is None else chunk_size,
+            code_l2=cfg.model.code_l2, progress=progress, description=f"evaluate {split}")
+        return {**result, "split": split}
+
     def training_codes(self, max_examples: int = 20000):
         """Posterior means of (up to ``max_examples``) training images, and their labels."""
         train = data.load(self.config.data.name, "train", self.config.data.data_dir)
@@ -140,30 +172,26 @@ class Run:
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.exists():
-        raise RunNotFoundError(f"{workdir} holds no run (no config.json); train one with "
-                               "`python -m experiments.train --config ... --workdir DIR`")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    """The saved config of a run (tuples restored), or RunNotFoundError."""
+    return Workdir(workdir).read_config()
 
 
 def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
-    """Loads a run's config and params (the best checkpoint by validation ELBO, else latest)."""
-    workdir = pathlib.Path(workdir)
-    if not workdir.is_dir():
-        raise RunNotFoundError(f"workdir {workdir} does not exist")
-    config = load_config(workdir)
-    for key in ("encoder_widths", "decoder_widths", "conv_channels"):
-        config.model[key] = tuple(config.model[key])
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    """Loads a run's config and params: ``which`` = "best" (by validation ELBO; the latest
+    checkpoint when there is no best yet) or "latest"."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    wd = Workdir(workdir)
+    config = wd.read_config()
+    ckpt = checkpoint.Checkpointer(wd.checkpoints, config.train.keep_checkpoints)
     restored = ckpt.restore_params(which)
     ckpt.close()
     if restored is None:
-        raise RunNotFoundError(f"{workdir} has no checkpoint yet; train it first (or wait "
+        raise RunNotFoundError(f"{wd.path} has no checkpoint yet; train it first (or wait "
                                "for its first epoch to finish)")
     params, meta = restored
     info = data.load(config.data.name, "test", config.data.data_dir).info
     model = model_lib.build_model(config.model, info.shape, info.num_classes,
                                   binary_data=config.data.binarize == "dynamic")
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    return Run(workdir, config, params, model, info, meta)
+    return Run(wd.path, config, params, model, info, meta)

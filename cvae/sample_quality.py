@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -50,6 +52,7 @@ def _logits_and_features(module: Classifier, params, x):
 
 @dataclasses.dataclass(frozen=True)
 class TrainedClassifier:
+    """The FID classifier's module and params."""
     module: Classifier
     params: dict
 
@@ -62,8 +65,41 @@ class TrainedClassifier:
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     def accuracy(self, images, labels) -> float:
+        """Fraction of ``images`` assigned to their ``labels``."""
         logits, _ = self.logits_and_features(images)
         return float(np.mean(logits.argmax(-1) == np.asarray(labels)))
+
+
+CLASSIFIER_SUMMARY = "classifier.json"  # recipe, test accuracy and the FID floor
+CLASSIFIER_PARAMS = "params"  # Orbax params directory
+
+
+def save_classifier(directory, classifier: TrainedClassifier, summary: dict) -> None:
+    """Writes ``directory/params`` and ``directory/classifier.json`` (summary plus the
+    architecture that ``load_classifier`` needs)."""
+    from cvae import checkpoint
+    from cvae.workdir import write_json_atomic
+
+    directory = pathlib.Path(directory)
+    checkpoint.save_params(directory / CLASSIFIER_PARAMS, classifier.params)
+    write_json_atomic(directory / CLASSIFIER_SUMMARY,
+                      {**summary, "widths": list(classifier.module.widths),
+                       "num_classes": classifier.module.num_classes})
+
+
+def load_classifier(directory) -> tuple[TrainedClassifier, dict]:
+    """(classifier, summary) written by ``save_classifier``."""
+    from cvae import checkpoint
+
+    directory = pathlib.Path(directory)
+    summary_path = directory / CLASSIFIER_SUMMARY
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{directory} holds no classifier (no {CLASSIFIER_SUMMARY}); "
+                                "run python -m experiments.train_classifier --workdir DIR first")
+    summary = json.loads(summary_path.read_text())
+    module = Classifier(tuple(summary["widths"]), summary["num_classes"])
+    params = checkpoint.load_params(directory / CLASSIFIER_PARAMS)
+    return TrainedClassifier(module, params), summary
 
 
 def train_classifier(images, labels, key, *, num_classes: int = 10, epochs: int = 10,

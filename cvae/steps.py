@@ -1,4 +1,4 @@
-"""The compiled programs of training: the optimizer, one training epoch, one evaluation pass.
+"""The compiled program of training: the optimizer and one training epoch.
 
 A training epoch is one ``jax.jit``-compiled ``lax.scan`` over its batches: the data set
 lives on the device(s), batches are gathered and binarized inside the program, and only
@@ -24,12 +24,19 @@ import optax
 from cvae import data, objectives, parallel
 
 
+def learning_rate(train_cfg, total_steps: int) -> optax.Schedule:
+    """Step → learning rate: constant, or optax's linear warm-up then cosine decay."""
+    if train_cfg.lr_schedule == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, train_cfg.learning_rate, train_cfg.lr_warmup_steps,
+            max(total_steps, train_cfg.lr_warmup_steps + 1))
+    return optax.constant_schedule(train_cfg.learning_rate)
+
+
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
     """Adam or AdamW, a constant or warm-up + cosine learning rate, optional clipping."""
-    lr = train_cfg.learning_rate
-    if train_cfg.lr_schedule == "warmup_cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, lr, train_cfg.lr_warmup_steps,
-                                                max(total_steps, train_cfg.lr_warmup_steps + 1))
+    lr = (train_cfg.learning_rate if train_cfg.lr_schedule == "constant"
+          else learning_rate(train_cfg, total_steps))
     if train_cfg.optimizer == "adamw":
         opt = optax.adamw(lr, weight_decay=train_cfg.weight_decay)
     else:
@@ -56,25 +63,22 @@ def make_objective(model, objective_cfg, model_cfg):
 
 @dataclasses.dataclass
 class TrainPrograms:
-    """The jitted epoch and evaluation functions, with trace counters (for retrace tests)."""
+    """The jitted training epoch, with a trace counter (for retrace tests)."""
 
     train_epoch: callable
-    evaluate: callable
     traces: dict
 
 
 def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
                    num_train: int, class_table: data.ClassTable | None) -> TrainPrograms:
+    """The jitted epoch (see the module docstring) for this model, optimizer and mesh."""
     cfg = config
     batch_size = cfg.train.batch_size
     steps_per_epoch = num_train // batch_size
     objective = make_objective(model, cfg.objective, cfg.model)
     batch_sharding = parallel.batch_sharded(mesh)
-    traces = {"train_epoch": 0, "evaluate": 0}
+    traces = {"train_epoch": 0}
     conditional = model.num_classes > 0
-    # Evaluation inputs stay uint8 on the device (data.evaluation_images); binarized ones
-    # are already {0, 1}, raw ones are scaled here (data.evaluation_scale).
-    eval_scale = 1.0 if preprocess.binarize else preprocess.pixel_max
 
     def epoch_indices(data_key, epoch):
         if class_table is None:
@@ -111,44 +115,16 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
 
         return jax.lax.scan(one_step, state, epoch_indices(data_key, epoch))
 
-    def evaluate(params, images, labels, key):
-        """Per-example ELBO terms and posterior means over padded batches (nb, bs, …); the
-        caller drops the padding with the mask from ``pad_for_evaluation``."""
-        traces["evaluate"] += 1
-
-        def one_batch(_, inputs):
-            batch_index, raw, y = inputs
-            raw = jax.lax.with_sharding_constraint(raw, batch_sharding)
-            x = data.to_unit_interval(raw, eval_scale)
-            y = y if conditional else None
-            _, terms = objectives.elbo_loss(model, params, x, jax.random.fold_in(key, batch_index),
-                                            labels=y, code_l2=cfg.model.code_l2)
-            posterior = model.apply({"params": params}, x, y, method=model.encode)
-            return None, {**terms, "mean": posterior.mean}
-
-        batch_ids = jnp.arange(images.shape[0])
-        _, out = jax.lax.scan(one_batch, None, (batch_ids, images, labels))
-        return out
-
     # Outputs come back replicated: every process can read the whole of them (in a
     # multi-process run a batch-sharded result would not be addressable from one host).
     everywhere = parallel.replicated(mesh)
     return TrainPrograms(jax.jit(train_epoch, donate_argnums=(0,), out_shardings=everywhere),
-                         jax.jit(evaluate, out_shardings=everywhere), traces)
+                         traces)
 
 
-def pad_for_evaluation(images: np.ndarray, labels: np.ndarray | None, batch_size: int,
-                       num_devices: int):
-    """Pads to whole batches (nb, bs, …); the mask marks real examples. bs divides evenly
-    over the devices, and is never larger than the data needs."""
-    n = len(images)
-    bs = min(batch_size, n)
-    bs = -(-bs // num_devices) * num_devices
-    nb = -(-n // bs)
-    pad = nb * bs - n
-    images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-    labels = np.zeros(n, np.int32) if labels is None else labels
-    labels = np.concatenate([labels, np.zeros(pad, np.int32)])
-    mask = np.arange(nb * bs) < n
-    return (images.reshape((nb, bs) + images.shape[1:]), labels.reshape(nb, bs),
-            mask.reshape(nb, bs))
+def place_training_data(train_set: data.Dataset, mesh):
+    """The training images (uint8) and labels (zeros when unlabelled), replicated on every
+    device of ``mesh``: each device gathers its own slice of each batch in the program."""
+    labels = (train_set.labels if train_set.labels is not None
+              else np.zeros(len(train_set), np.int32))
+    return parallel.replicate((train_set.images, labels), mesh)

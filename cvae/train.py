@@ -1,8 +1,11 @@
 """``train_and_evaluate(config, workdir)``: the training loop, read top to bottom.
 
-Sections: config and workdir → mesh → data → model → optimizer and state → resume →
-compiled programs → loop (train epoch, NaN guard, evaluate, log, checkpoint, early stop,
-signals) → final test evaluation. Everything random is a function of (seed, epoch, step).
+The loop itself fits one screen; what it delegates has a name: ``setup`` (data, model,
+optimizer, compiled epoch), ``resume`` (the newest readable checkpoint), ``check_finite``
+(the NaN guard), ``Progress.record_evaluation`` (model selection and early stopping),
+``should_checkpoint`` (the checkpoint policy) and ``stop_requests`` (signals).
+Scores come from the one evaluation core, ``cvae.evaluation.evaluate``.
+Everything random is a function of (seed, epoch, step).
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import pathlib
-import shutil
 import signal
 import sys
 import time
@@ -21,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cvae import checkpoint, data, parallel, steps, writers
+from cvae import checkpoint, data, evaluation, objectives, parallel, steps, writers
 from cvae import config as config_lib
 from cvae import model as model_lib
+from cvae.workdir import Workdir, as_workdir
 
 log = logging.getLogger("cvae")
-EVAL_KEY_SEED = 0  # evaluation draws are fixed across runs so that scores are comparable
 
 
 class TrainingDivergedError(RuntimeError):
@@ -38,7 +39,30 @@ class ConfigMismatchError(ValueError):
 
 
 @dataclasses.dataclass
+class Progress:
+    """Where a run stands between epochs; saved with every checkpoint as its ``meta``."""
+
+    epoch: int = 0  # epochs completed (the data position)
+    best_elbo: float = -float("inf")  # best validation ELBO so far
+    evals_without_improvement: int = 0
+    elapsed_s: float = 0.0
+
+    def record_evaluation(self, elbo: float) -> bool:
+        """Model selection: True when ``elbo`` beats the best so far (a new best)."""
+        if elbo > self.best_elbo:
+            self.best_elbo, self.evals_without_improvement = elbo, 0
+            return True
+        self.evals_without_improvement += 1
+        return False
+
+    def patience_exhausted(self, patience: int) -> bool:
+        """Early stopping: ``patience`` evaluations in a row without improvement (0 = off)."""
+        return patience > 0 and self.evals_without_improvement >= patience
+
+
+@dataclasses.dataclass
 class TrainResult:
+    """What ``train_and_evaluate`` returns: final state, progress, how it ended, test scores."""
     state: dict  # {"step", "params", "opt_state"}
     epoch: int
     interrupted: bool = False
@@ -47,34 +71,121 @@ class TrainResult:
     traces: dict = dataclasses.field(default_factory=dict)  # compilations of each program
 
 
-def prepare_workdir(config, workdir: pathlib.Path) -> None:
+@dataclasses.dataclass
+class Setup:
+    """Everything the loop needs, built from the config before the first epoch."""
+
+    mesh: jax.sharding.Mesh
+    model: model_lib.VAE
+    state: dict
+    programs: steps.TrainPrograms
+    train_data: tuple  # (images, labels) replicated on the mesh
+    num_train: int
+    eval_set: evaluation.EvalSet  # validation split, or the training split without one
+    eval_split: str
+    test_set: evaluation.EvalSet
+    learning_rate: callable  # step → learning rate
+
+
+def prepare_workdir(config, workdir: Workdir) -> None:
     """Refuses to resume a different experiment; honours train.overwrite; writes config.json.
 
     Every process reads the saved config before any process changes the workdir, so all of
     them take the same decision; only the primary one deletes and writes.
     """
-    saved_path = workdir / "config.json"
-    has_run = (workdir / "checkpoints").exists() or (workdir / "metrics.jsonl").exists()
     conflicts = []
-    if saved_path.exists() and has_run:
-        import json
-
-        conflicts = config_lib.resume_conflicts(
-            config_lib.flatten(json.loads(saved_path.read_text())), config_lib.flatten(config))
+    if workdir.config_path.exists() and workdir.has_run():
+        conflicts = config_lib.resume_conflicts(config_lib.flatten(workdir.read_config_dict()),
+                                                config_lib.flatten(config))
         if conflicts and not config.train.overwrite:
             raise ConfigMismatchError(
-                f"{workdir} holds a run whose config differs in {', '.join(conflicts)}; use "
-                "another --workdir, or set --config.train.overwrite=True to discard that run")
+                f"{workdir.path} holds a run whose config differs in {', '.join(conflicts)}; "
+                "use another --workdir, or set --config.train.overwrite=True to discard it")
     parallel.barrier("workdir-read")
     if parallel.is_primary():
         if conflicts:
             log.warning("train.overwrite: discarding the run in %s (it differed in %s)",
-                        workdir, ", ".join(conflicts))
-            for name in ("checkpoints", "tb", "images", "metrics.jsonl", "eval.json"):
-                target = workdir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        writers.write_json_atomic(saved_path, config.to_dict())
+                        workdir.path, ", ".join(conflicts))
+            workdir.clear_run()
+        workdir.write_config(config)
     parallel.barrier("workdir-ready")
+
+
+def setup(cfg) -> Setup:
+    """Mesh, data, model, optimizer state and the compiled epoch, in that order."""
+    mesh = parallel.make_mesh(cfg.train.num_devices)
+    if cfg.train.batch_size % mesh.size:
+        raise config_lib.ConfigError(
+            f"train.batch_size = {cfg.train.batch_size} must be a multiple of the "
+            f"{mesh.size} devices in the mesh (or set train.num_devices)")
+    full_train = data.load(cfg.data.name, "train", cfg.data.data_dir)
+    test_set = data.load(cfg.data.name, "test", cfg.data.data_dir)
+    train_set, val_set = data.split_validation(full_train, cfg.data.validation_size)
+    info = train_set.info
+    if cfg.train.batch_size > len(train_set):
+        raise config_lib.ConfigError(
+            f"train.batch_size = {cfg.train.batch_size} exceeds the {len(train_set)} "
+            "training examples; choose a smaller batch")
+    data.check_fits_on_device(train_set, cfg.data.max_device_bytes)
+    binarize = cfg.data.binarize == "dynamic"
+    class_table = None
+    if cfg.data.class_balanced:
+        if train_set.labels is None:
+            raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
+        class_table = data.ClassTable.from_labels(train_set.labels, info.num_classes)
+
+    model = model_lib.build_model(cfg.model, info.shape, info.num_classes, binary_data=binarize)
+    model.likelihood.validate(train_set.images[:1000].astype(np.float32) / info.pixel_range[1])
+    init_key, _, _ = jax.random.split(jax.random.key(cfg.seed), 3)
+    params = model_lib.init_params(model, init_key)
+    total_steps = len(train_set) // cfg.train.batch_size * cfg.train.num_epochs
+    tx = steps.make_optimizer(cfg.train, total_steps)
+    state = parallel.replicate({"step": jnp.zeros((), jnp.int32), "params": params,
+                                "opt_state": tx.init(params)}, mesh)
+    programs = steps.build_programs(
+        model=model, config=cfg, tx=tx, mesh=mesh, num_train=len(train_set),
+        preprocess=data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize),
+        class_table=class_table)
+    # Without a validation split, model selection evaluates on the training set.
+    eval_source, eval_split = ((val_set, "validation") if val_set is not None
+                               else (train_set, "train_eval"))
+    return Setup(mesh, model, state, programs, steps.place_training_data(train_set, mesh),
+                 len(train_set), evaluation.EvalSet.from_dataset(eval_source, binarize),
+                 eval_split, evaluation.EvalSet.from_dataset(test_set, binarize),
+                 steps.learning_rate(cfg.train, total_steps))
+
+
+def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
+    """(state, Progress) of the newest readable checkpoint, or the fresh ones given."""
+    restored = ckpt.restore(jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+    if restored is None:
+        return state, Progress()
+    state, meta = restored
+    progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)})
+    if parallel.is_primary():
+        workdir.truncate_metrics(int(state["step"]))
+    log.info("resumed from step %d (epoch %d) in %s", int(state["step"]), progress.epoch,
+             workdir.path)
+    return state, progress
+
+
+def check_finite(losses: np.ndarray, first_step: int, epoch: int, last_saved, cfg) -> None:
+    """The NaN guard: raises before a diverged state can be evaluated or saved."""
+    bad = ~np.isfinite(losses)
+    if bad.any():
+        raise TrainingDivergedError(
+            f"the loss became {losses[bad.argmax()]} at step {first_step + int(bad.argmax())} "
+            f"(epoch {epoch + 1}); that state was not saved and the last checkpoint (step "
+            f"{last_saved}) is intact. Likely cause: train.learning_rate = "
+            f"{cfg.train.learning_rate:g} is too high for this model; lower it or set "
+            "train.grad_clip_norm")
+
+
+def should_checkpoint(cfg, epoch_done: int, *, improved: bool, stopping: bool) -> bool:
+    """Save every ``checkpoint_every_epochs``, at the end, at a new best, before stopping."""
+    return (epoch_done % cfg.train.checkpoint_every_epochs == 0
+            or epoch_done == cfg.train.num_epochs or improved or stopping)
 
 
 @contextlib.contextmanager
@@ -96,17 +207,7 @@ def stop_requests():
             signal.signal(sig, old)
 
 
-def evaluate_split(programs, params, padded, key) -> tuple[dict, np.ndarray]:
-    """Mean ELBO terms over the real (unpadded) examples, and their posterior means."""
-    images, labels, mask = padded
-    out = jax.device_get(programs.evaluate(params, images, labels, key))
-    valid = mask.reshape(-1)
-    means = {k: float(np.mean(out[k].reshape(-1)[valid])) for k in ("elbo", "recon", "kl")}
-    means["loss"] = -means["elbo"]
-    return means, out["mean"].reshape((-1, out["mean"].shape[-1]))[valid]
-
-
-def log_images(model, params, images01, labels, key, workdir, step, writer) -> None:
+def log_images(model, params, images01, labels, key, workdir: Workdir, step, writer) -> None:
     """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids.
 
     ``params`` are host (numpy) copies: these few eager ops run on the local device only.
@@ -124,168 +225,90 @@ def log_images(model, params, images01, labels, key, workdir, step, writer) -> N
     for tag, grid in (("reconstructions", np.concatenate([images01, recon])),
                       ("samples", samples)):
         tiled = writers.image_grid(np.asarray(grid), columns)
-        writers.save_png(pathlib.Path(workdir) / "images" / f"{tag}_step{step:08d}.png", tiled)
+        writers.save_png(workdir.image_path(tag, step), tiled)
         writer.image(tag, tiled, step)
 
 
 def train_and_evaluate(config, workdir) -> TrainResult:
-    # ------------------------------------------------------------ config and workdir
-    config_lib.validate(config)
-    cfg = config
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    """Trains ``config`` in ``workdir`` (resuming what is there) and scores the test split.
+
+    Per epoch: one compiled epoch, the NaN guard, a train record; every
+    ``eval.every_epochs`` a validation score, image grids and model selection; a checkpoint
+    by ``should_checkpoint``; early stopping and SIGINT/SIGTERM end the loop after a save.
+    """
+    cfg, workdir = config, as_workdir(workdir)
+    config_lib.validate(cfg)
+    workdir.path.mkdir(parents=True, exist_ok=True)
     prepare_workdir(cfg, workdir)
-
-    # ----------------------------------------------------------------------- mesh
-    mesh = parallel.make_mesh(cfg.train.num_devices)
-    if cfg.train.batch_size % mesh.size:
-        raise config_lib.ConfigError(
-            f"train.batch_size = {cfg.train.batch_size} must be a multiple of the "
-            f"{mesh.size} devices in the mesh (or set train.num_devices)")
-
-    # ----------------------------------------------------------------------- data
-    full_train = data.load(cfg.data.name, "train", cfg.data.data_dir)
-    test_set = data.load(cfg.data.name, "test", cfg.data.data_dir)
-    train_set, val_set = data.split_validation(full_train, cfg.data.validation_size)
-    info = train_set.info
-    if cfg.train.batch_size > len(train_set):
-        raise config_lib.ConfigError(
-            f"train.batch_size = {cfg.train.batch_size} exceeds the {len(train_set)} "
-            "training examples; choose a smaller batch")
-    data.check_fits_on_device(train_set, cfg.data.max_device_bytes)
-    binarize = cfg.data.binarize == "dynamic"
-    preprocess = data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize)
-    class_table = None
-    if cfg.data.class_balanced:
-        if train_set.labels is None:
-            raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
-        class_table = data.ClassTable.from_labels(train_set.labels, info.num_classes)
-
-    # ---------------------------------------------------------------------- model
-    model = model_lib.build_model(cfg.model, info.shape, info.num_classes,
-                                  binary_data=cfg.data.binarize == "dynamic")
-    model.likelihood.validate(train_set.images[:1000].astype(np.float32) / info.pixel_range[1])
-    init_key, data_key, train_key = jax.random.split(jax.random.key(cfg.seed), 3)
-    params = model_lib.init_params(model, init_key)
-
-    # ----------------------------------------------------- optimizer and state
-    steps_per_epoch = len(train_set) // cfg.train.batch_size
-    tx = steps.make_optimizer(cfg.train, steps_per_epoch * cfg.train.num_epochs)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    state = parallel.replicate(state, mesh)
-
-    # -------------------------------------------------------------------- resume
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", cfg.train.keep_checkpoints)
-    record = {"epoch": 0, "best_elbo": -float("inf"), "evals_without_improvement": 0,
-              "elapsed_s": 0.0}
-    restored = ckpt.restore(jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
-    if restored is not None:
-        state, meta = restored
-        record.update({k: meta[k] for k in record})
-        if parallel.is_primary():
-            writers.truncate_metrics(workdir / "metrics.jsonl", int(state["step"]))
-        log.info("resumed from step %d (epoch %d) in %s", int(state["step"]), record["epoch"],
-                 workdir)
+    s = setup(cfg)
+    ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
+    state, progress = resume(ckpt, s.state, workdir)
     log.info("devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); "
-             "workdir: %s",
-             mesh.size, jax.devices()[0].platform, jax.process_count(),
-             model_lib.count_params(params),
-             model_lib.count_params(params["encoder"]), model_lib.count_params(params["decoder"]),
-             workdir)
+             "workdir: %s", s.mesh.size, jax.devices()[0].platform, jax.process_count(),
+             model_lib.count_params(state["params"]),
+             model_lib.count_params(state["params"]["encoder"]),
+             model_lib.count_params(state["params"]["decoder"]), workdir.path)
+    _, data_key, train_key = parallel.replicate(
+        tuple(jax.random.split(jax.random.key(cfg.seed), 3)), s.mesh)
+    score = lambda params, eval_set: evaluation.evaluate(
+        s.model, params, eval_set, batch_size=cfg.eval.batch_size, mesh=s.mesh,
+        code_l2=cfg.model.code_l2)
+    grid = min(cfg.train.image_grid_size, len(s.eval_set))
+    grid_labels = None if s.eval_set.labels is None else s.eval_set.labels[:grid]
+    examples_per_epoch = s.num_train // cfg.train.batch_size * cfg.train.batch_size
 
-    # ------------------------------------------------------- compiled programs
-    programs = steps.build_programs(model=model, config=cfg, tx=tx, mesh=mesh,
-                                    preprocess=preprocess, num_train=len(train_set),
-                                    class_table=class_table)
-    put = lambda x: parallel.replicate(x, mesh)
-    train_images = put(train_set.images)
-    train_labels = put(train_set.labels if train_set.labels is not None
-                       else np.zeros(len(train_set), np.int32))
-    eval_source = val_set if val_set is not None else train_set
-    # Without a validation split, model selection evaluates on (a copy of) the training set.
-    eval_split = "validation" if val_set is not None else "train_eval"
-
-    def padded(ds):
-        return steps.pad_for_evaluation(data.evaluation_images(ds, binarize), ds.labels,
-                                        cfg.eval.batch_size, mesh.size)
-
-    def on_devices(host_padded):
-        images, labels, mask = host_padded
-        return put(images), put(labels), mask
-
-    eval_host = padded(eval_source)
-    eval_padded = on_devices(eval_host)
-    eval_key = put(jax.random.key(EVAL_KEY_SEED))
-    data_key, train_key = put(data_key), put(train_key)
-    grid = min(cfg.train.image_grid_size, len(eval_source))
-    grid_images = data.to_unit_interval(eval_host[0].reshape((-1,) + info.shape)[:grid],
-                                        data.evaluation_scale(eval_source, binarize))
-    grid_labels = eval_host[1].reshape(-1)[:grid]
-
-    # ---------------------------------------------------------------------- loop
     primary = parallel.is_primary()
     writer = writers.MetricsWriter(workdir, enabled=primary)
-    result = TrainResult(state, record["epoch"])
-    started = time.perf_counter() - record["elapsed_s"]
-    bar = tqdm(total=cfg.train.num_epochs, initial=record["epoch"], unit="epoch",
+    if progress.epoch == 0:
+        writer.hparams(cfg)
+    result = TrainResult(state, progress.epoch)
+    started = time.perf_counter() - progress.elapsed_s
+    bar = tqdm(total=cfg.train.num_epochs, initial=progress.epoch, unit="epoch",
                disable=not (primary and sys.stderr.isatty()), desc="train")
     with stop_requests() as stop:
-        for epoch in range(record["epoch"], cfg.train.num_epochs):
-            first_step = int(state["step"])
-            tick = time.perf_counter()
-            state, per_step = programs.train_epoch(state, train_images, train_labels, data_key,
-                                                   train_key, epoch)
+        for epoch in range(progress.epoch, cfg.train.num_epochs):
+            first_step, tick = int(state["step"]), time.perf_counter()
+            state, per_step = s.programs.train_epoch(state, *s.train_data, data_key,
+                                                     train_key, epoch)
             per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - tick
-            bad = ~np.isfinite(per_step["loss"])
-            if bad.any():
-                raise TrainingDivergedError(
-                    f"the loss became {per_step['loss'][bad.argmax()]} at step "
-                    f"{first_step + int(bad.argmax())} (epoch {epoch + 1}); that state was not "
-                    f"saved and the last checkpoint (step {ckpt.latest_step()}) is intact. "
-                    f"Likely cause: train.learning_rate = {cfg.train.learning_rate:g} is too "
-                    "high for this model; lower it or set train.grad_clip_norm")
-            step = int(state["step"])
-            record["epoch"] = epoch + 1
-            record["elapsed_s"] = time.perf_counter() - started
+            check_finite(per_step["loss"], first_step, epoch, ckpt.latest_step(), cfg)
+            step, progress.epoch = int(state["step"]), epoch + 1
+            progress.elapsed_s = time.perf_counter() - started
+            stamp = {"step": step, "epoch": epoch + 1, "elapsed_s": progress.elapsed_s}
             train_metrics = {k: float(np.mean(v)) for k, v in per_step.items()}
-            throughput = steps_per_epoch * cfg.train.batch_size / seconds
-            writer.write({"step": step, "epoch": epoch + 1, "split": "train", **train_metrics,
-                          "examples_per_s": throughput, "elapsed_s": record["elapsed_s"]})
+            writer.write({**stamp, "split": "train", **train_metrics,
+                          "examples_per_s": examples_per_epoch / seconds,
+                          "learning_rate": float(s.learning_rate(step - 1)),
+                          "beta": float(objectives.kl_weight(step - 1, cfg.objective.beta,
+                                                             cfg.objective.kl_warmup_steps))})
             # A signal stops every process at this epoch, wherever it was delivered.
             stopping = parallel.any_process(stop["signal"] is not None)
             bar.update(1)
-            bar.set_postfix(loss=f"{train_metrics['loss']:.2f}", ex_s=f"{throughput:.0f}")
+            bar.set_postfix(loss=f"{train_metrics['loss']:.2f}",
+                            ex_s=f"{examples_per_epoch / seconds:.0f}")
             if bar.disable:  # no terminal: plain log lines instead of the bar
                 log.info("epoch %d/%d step %d: loss %.3f, %.0f examples/s", epoch + 1,
-                         cfg.train.num_epochs, step, train_metrics["loss"], throughput)
+                         cfg.train.num_epochs, step, train_metrics["loss"],
+                         examples_per_epoch / seconds)
 
-            last = epoch + 1 == cfg.train.num_epochs
             improved = False
-            if (epoch + 1) % cfg.eval.every_epochs == 0 or last or stopping:
+            if ((epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.train.num_epochs
+                    or stopping):
                 tick = time.perf_counter()
-                eval_metrics, _ = evaluate_split(programs, state["params"], eval_padded,
-                                                 eval_key)
-                writer.write({"step": step, "epoch": epoch + 1, "split": eval_split,
-                              **eval_metrics,
-                              "examples_per_s": len(eval_source) / (time.perf_counter() - tick),
-                              "elapsed_s": record["elapsed_s"]})
+                scores = score(state["params"], s.eval_set)
+                writer.write({**stamp, "split": s.eval_split, "loss": scores["loss"],
+                              **{k: scores[k] for k in ("elbo", "recon", "kl")},
+                              "examples_per_s": len(s.eval_set) / (time.perf_counter() - tick)})
                 if grid and primary:
-                    log_images(model, jax.device_get(state["params"]), grid_images,
-                               grid_labels, jax.random.key(cfg.seed), workdir, step, writer)
-                improved = eval_metrics["elbo"] > record["best_elbo"]
-                if improved:
-                    record["best_elbo"], record["evals_without_improvement"] = \
-                        eval_metrics["elbo"], 0
-                else:
-                    record["evals_without_improvement"] += 1
-            patience = cfg.train.early_stopping_patience
-            result.stopped_early = (patience > 0
-                                    and record["evals_without_improvement"] >= patience)
-            if ((epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or last or improved
-                    or stopping or result.stopped_early):
-                ckpt.save(step, state, dict(record), best=improved)
+                    log_images(s.model, jax.device_get(state["params"]),
+                               s.eval_set.unit_interval(grid), grid_labels,
+                               jax.random.key(cfg.seed), workdir, step, writer)
+                improved = progress.record_evaluation(scores["elbo"])
+            result.stopped_early = progress.patience_exhausted(cfg.train.early_stopping_patience)
+            if should_checkpoint(cfg, epoch + 1, improved=improved,
+                                 stopping=stopping or result.stopped_early):
+                ckpt.save(step, state, dataclasses.asdict(progress), best=improved)
             if stopping:
                 reason = (f"{stop['signal']} received" if stop["signal"]
                           else "another process received a signal")
@@ -295,16 +318,15 @@ def train_and_evaluate(config, workdir) -> TrainResult:
                 break
             if result.stopped_early:
                 log.info("early stopping: validation ELBO has not improved for %d evaluations",
-                         patience)
+                         cfg.train.early_stopping_patience)
                 break
     bar.close()
 
-    # ------------------------------------------------------ final test evaluation
-    result.state, result.epoch = state, record["epoch"]
+    result.state, result.epoch = state, progress.epoch
     if not result.interrupted:
-        test_metrics, _ = evaluate_split(programs, state["params"], on_devices(padded(test_set)),
-                                         eval_key)
-        writer.write({"step": int(state["step"]), "epoch": record["epoch"], "split": "test",
+        scores = score(state["params"], s.test_set)
+        test_metrics = {"loss": scores["loss"], **{k: scores[k] for k in ("elbo", "recon", "kl")}}
+        writer.write({"step": int(state["step"]), "epoch": progress.epoch, "split": "test",
                       **test_metrics, "examples_per_s": 0.0,
                       "elapsed_s": time.perf_counter() - started})
         result.final_metrics = test_metrics
@@ -312,5 +334,5 @@ def train_and_evaluate(config, workdir) -> TrainResult:
                  test_metrics["recon"], test_metrics["kl"])
     writer.close()
     ckpt.close()
-    result.traces = dict(programs.traces)
+    result.traces = dict(s.programs.traces)
     return result

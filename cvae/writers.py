@@ -1,46 +1,21 @@
 """What a run writes beside its checkpoints: metrics.jsonl, TensorBoard events, PNG grids.
 
 TensorBoard files are written by tensorboardX, which needs no TensorFlow. Image grids are
-plain matplotlib PNGs. Only these functions know the file names and formats.
+plain matplotlib PNGs. File names come from ``cvae.workdir.Workdir``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from cvae import config as config_lib
+from cvae.workdir import Workdir
+
 METRIC_KEYS = ("step", "epoch", "split", "loss", "elbo", "recon", "kl", "examples_per_s",
                "elapsed_s")
-
-
-def write_json_atomic(path: str | pathlib.Path, payload: dict) -> None:
-    """Writes JSON through a temporary file and a rename: never a half-written file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(f.name, path)
-
-
-def read_metrics(path: str | pathlib.Path) -> list[dict]:
-    path = pathlib.Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_metrics(path: str | pathlib.Path, max_step: int) -> None:
-    """Drops records past ``max_step`` (written after the checkpoint a run resumes from)."""
-    records = [r for r in read_metrics(path) if r["step"] <= max_step]
-    path = pathlib.Path(path)
-    if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 class MetricsWriter:
@@ -50,34 +25,46 @@ class MetricsWriter:
     records and writes nothing, so that one run leaves one metrics.jsonl.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True,
-                 enabled: bool = True):
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    def __init__(self, workdir: Workdir, tensorboard: bool = True, enabled: bool = True):
+        self.workdir = workdir
         self.enabled = enabled
         self._tb = None
         if tensorboard and enabled:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+            self._tb = SummaryWriter(str(workdir.tensorboard))
 
     def write(self, record: dict) -> None:
+        """Appends ``record`` (it must hold METRIC_KEYS) and mirrors its numbers."""
         missing = [k for k in METRIC_KEYS if k not in record]
         if missing:
             raise KeyError(f"metrics record lacks {missing}")
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.workdir.append_metrics(record)
         if self._tb is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch", "split") and isinstance(value, int | float):
                     self._tb.add_scalar(f"{record['split']}/{key}", value, record["step"])
 
+    def hparams(self, config) -> None:
+        """The config as TensorBoard hyperparameters (HPARAMS tab), once per run."""
+        if self._tb is None:
+            return
+        from tensorboardX.summary import hparams
+
+        flat = {name: value if isinstance(value, int | float | str | bool) else str(value)
+                for name, value in config_lib.flatten(config).items()}
+        for summary in hparams(flat, {"validation/elbo": 0.0, "test/elbo": 0.0}):
+            self._tb.file_writer.add_summary(summary)
+
     def image(self, tag: str, grid: np.ndarray, step: int) -> None:
+        """Logs an image grid to TensorBoard."""
         if self._tb is not None:
             self._tb.add_image(tag, grid, step, dataformats="HWC")
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writer."""
         if self._tb is not None:
             self._tb.close()
 
@@ -98,6 +85,7 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 
 def save_png(path: str | pathlib.Path, grid: np.ndarray, scale: int = 4) -> None:
+    """Writes ``grid`` (H×W×3 in [0, 1]) as a PNG, each pixel drawn ``scale``×``scale``."""
     # matplotlib.image needs no GUI backend, and leaves a notebook's backend alone.
     from matplotlib import image
 

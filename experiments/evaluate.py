@@ -1,29 +1,39 @@
-"""Evaluate a run: ``python -m experiments.evaluate --workdir DIR [--k 5000] [--split test]``.
+"""Evaluate a run: ``python -m experiments.evaluate --workdir DIR [--k K] [--split test]``.
 
 Writes DIR/eval.json (nll_is, elbo, recon, kl, active_units, k, split, num_examples) and
-prints a table. Memory is bounded for any K (importance samples are chunked)."""
+prints a table. K, the batch and the chunk default to the run's ``eval`` config
+(``eval.num_importance_samples``, ``eval.batch_size``, ``eval.chunk_size``); the flags
+override them. Memory is bounded for any K (importance samples are chunked)."""
 
 from absl import flags
 
-from cvae import evaluation, load_run
+from cvae import Workdir, evaluation, load_run
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
-flags.DEFINE_integer("k", 5000, "Importance samples per example for nll_is.")
+flags.DEFINE_integer("k", None, "Importance samples per example for nll_is "
+                     "(default: the run's eval.num_importance_samples; 0 skips nll_is).")
 flags.DEFINE_string("split", "test", "The split to evaluate.")
-flags.DEFINE_integer("batch_size", 100, "Examples per evaluation batch.")
-flags.DEFINE_integer("chunk_size", 250, "Importance samples evaluated at once.")
+flags.DEFINE_integer("batch_size", None, "Examples per evaluation batch "
+                     "(default: the run's eval.batch_size).")
+flags.DEFINE_integer("chunk_size", None, "Importance samples evaluated at once "
+                     "(default: the run's eval.chunk_size; 0 = automatic).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     workdir = cli.require(FLAGS.workdir, "workdir", "the directory of a trained run")
-    if FLAGS.k <= 0:
+    if FLAGS.k is not None and FLAGS.k <= 0:
         raise cli.UsageError(f"--k must be ≥ 1 importance samples, got {FLAGS.k}")
+    if FLAGS.batch_size is not None and FLAGS.batch_size <= 0:
+        raise cli.UsageError(f"--batch_size must be ≥ 1, got {FLAGS.batch_size}")
+    if FLAGS.chunk_size is not None and FLAGS.chunk_size < 0:
+        raise cli.UsageError(f"--chunk_size must be ≥ 0 (0 = automatic), got {FLAGS.chunk_size}")
     run = load_run(workdir)
-    result = evaluation.evaluate(run, FLAGS.split, FLAGS.k, FLAGS.batch_size, FLAGS.chunk_size)
-    path = evaluation.write_eval(workdir, result)
+    result = run.evaluate(FLAGS.split, FLAGS.k, batch_size=FLAGS.batch_size,
+                          chunk_size=FLAGS.chunk_size, progress=True)
+    path = Workdir(workdir).write_eval(result)
     print(evaluation.format_table(result))
     print(f"wrote {path}")
 

@@ -12,13 +12,14 @@ import time
 import jax
 from absl import flags
 
-from cvae import evaluation, load_run, writers
+from cvae import Workdir, evaluation, load_run, writers
 from cvae.train import train_and_evaluate
 from experiments import cli
 from experiments.configs import digits_cvae
 
 flags.DEFINE_string("workdir", "runs/digits_cvae", "Where the run is written.")
-flags.DEFINE_integer("k", 1000, "Importance samples per test example for nll_is.")
+flags.DEFINE_integer("k", None, "Importance samples per test example for nll_is "
+                     "(default: the config's eval.num_importance_samples).")
 FLAGS = flags.FLAGS
 
 
@@ -32,8 +33,8 @@ def main(argv):
         return
     trained = time.perf_counter()
     run = load_run(workdir)
-    scores = evaluation.evaluate(run, "test", FLAGS.k)
-    evaluation.write_eval(workdir, scores)
+    scores = run.evaluate("test", FLAGS.k, progress=True)
+    Workdir(workdir).write_eval(scores)
     samples = run.sample(jax.random.key(0), 64, sampler="gmm")
     writers.save_png(workdir / "samples_gmm.png", writers.image_grid(jax.device_get(samples)))
     prior = run.sample(jax.random.key(0), 64, sampler="prior")
@@ -42,7 +43,8 @@ def main(argv):
     print(evaluation.format_table(scores))
     print(f"\ntraining {trained - started:.1f} s, evaluation and sampling {done - trained:.1f} s")
     print(f"results in {workdir}/: eval.json, metrics.jsonl, samples_gmm.png, samples_prior.png,"
-          f" images/, tb/ (tensorboard --logdir {workdir}/tb), checkpoints/")
+          f" images/, checkpoints/, tb/ (TensorBoard events: `pip install -e '.[viewer]'`, "
+          f"then `tensorboard --logdir {workdir}/tb`)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pathlib
 
 from absl import flags
 
-from cvae import explore
+from cvae import Workdir, explore
 from experiments import cli
 
 FLAGS = flags.FLAGS
@@ -37,8 +37,7 @@ def main(argv):
     if not workdirs:
         raise cli.UsageError("name one or more workdirs: python -m experiments.report DIR ...")
     for workdir in workdirs:
-        if not (workdir / "config.json").exists():
-            raise cli.UsageError(f"{workdir} holds no run (no config.json)")
+        Workdir(workdir).require_run()
     print(table(workdirs))
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cvae import checkpoint, data, load_run, sample_quality, sampling, writers
+from cvae import Workdir, data, load_run, sample_quality, sampling
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -25,17 +25,6 @@ flags.DEFINE_integer("seed", 0, "PRNG seed of the draws.")
 FLAGS = flags.FLAGS
 
 
-def load_classifier(directory: pathlib.Path):
-    summary_path = directory / "classifier.json"
-    if not summary_path.exists():
-        raise cli.UsageError(f"{directory} holds no classifier (no classifier.json); run "
-                             "python -m experiments.train_classifier --workdir DIR first")
-    summary = json.loads(summary_path.read_text())
-    module = sample_quality.Classifier(tuple(summary["widths"]), summary["num_classes"])
-    params = checkpoint.load_params(directory / "params")
-    return sample_quality.TrainedClassifier(module, params), summary
-
-
 def main(argv):
     del argv
     workdir = pathlib.Path(cli.require(FLAGS.workdir, "workdir", "the directory of a run"))
@@ -43,7 +32,10 @@ def main(argv):
                                               "a directory from experiments.train_classifier"))
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
-    classifier, summary = load_classifier(classifier_dir)
+    try:
+        classifier, summary = sample_quality.load_classifier(classifier_dir)
+    except FileNotFoundError as err:
+        raise cli.UsageError(str(err)) from None
     run = load_run(workdir)
     if summary["dataset"] != run.config.data.name:
         raise cli.UsageError(f"the classifier was trained on {summary['dataset']!r} but the run "
@@ -61,7 +53,7 @@ def main(argv):
         result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)
         if labels is not None:
             result[f"accuracy_{sampler}"] = float(np.mean(logits.argmax(-1) == labels))
-    writers.write_json_atomic(workdir / "sample_quality.json", result)
+    Workdir(workdir).write_sample_quality(result)
     print(json.dumps(result, indent=2))
 
 

@@ -12,7 +12,7 @@ import pathlib
 import jax
 from absl import flags
 
-from cvae import checkpoint, data, sample_quality, writers
+from cvae import data, sample_quality
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "Where to write the classifier.")
@@ -40,12 +40,9 @@ def main(argv):
     accuracy = classifier.accuracy(x_test, test.labels)
     n = min(len(train), len(test), 10000)
     floor = sample_quality.classifier_fid(classifier, x_train[:n], x_test[:n])
-    checkpoint.save_params(workdir / "params", classifier.params)
-    summary = {"dataset": FLAGS.dataset, "epochs": FLAGS.epochs, "seed": FLAGS.seed,
-               "widths": list(classifier.module.widths),
-               "num_classes": classifier.module.num_classes, "test_accuracy": accuracy,
-               "fid_train_vs_test": floor, "fid_examples": n}
-    writers.write_json_atomic(workdir / "classifier.json", summary)
+    sample_quality.save_classifier(workdir, classifier, {
+        "dataset": FLAGS.dataset, "epochs": FLAGS.epochs, "seed": FLAGS.seed,
+        "test_accuracy": accuracy, "fid_train_vs_test": floor, "fid_examples": n})
     print(f"test accuracy {accuracy:.4f}; classifier-feature FID train vs test ({n} each) "
           f"{floor:.3f}; wrote {workdir}")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import train, writers
+from cvae import Workdir, train
 from tests.conftest import make_test_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -144,13 +144,13 @@ def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
                             text=True)
     metrics = tmp_path / "a" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and len(writers.read_metrics(metrics)) < 3:
+    while time.time() < deadline and len(Workdir(metrics.parent).read_metrics()) < 3:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert "SIGTERM received" in err
-    stopped_at = writers.read_metrics(metrics)[-1]["epoch"]
+    stopped_at = Workdir(metrics.parent).read_metrics()[-1]["epoch"]
     assert 3 <= stopped_at < 400
     rerun = _cli(*args, "--workdir", str(tmp_path / "a"))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -161,7 +161,7 @@ def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(interrupted.params),
                     jax.tree_util.tree_leaves(uninterrupted.params), strict=True):
         np.testing.assert_array_equal(x, y)
-    epochs = [r["epoch"] for r in writers.read_metrics(metrics) if r["split"] == "train"]
+    epochs = [r["epoch"] for r in Workdir(metrics.parent).read_metrics() if r["split"] == "train"]
     assert epochs == list(range(1, 401))
 
 

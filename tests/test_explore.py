@@ -46,7 +46,7 @@ def test_diagnostics_and_summaries(run_2d):
     assert 0 <= diag["active_units"] <= 2
     row = explore.run_summary(run_2d.workdir)
     assert row["posterior"] == "gaussian" and row["epochs"] == 3
-    assert row["params"] == explore.parameter_count(run_2d)  # from checkpoint metadata
+    assert row["params"] == run_2d.num_params  # from checkpoint metadata
     curves = explore.learning_curves(run_2d.workdir)
     assert curves["epoch"] == [1, 2, 3]
-    assert explore.parameter_count(run_2d) > 0
+    assert run_2d.num_params > 0

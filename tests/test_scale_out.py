@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import writers
+from cvae import Workdir
 from experiments import launch_local
 from tests.test_experiments import ROOT, TINY
 
@@ -53,8 +53,8 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
 
     # One writer: every record once (two writers would double them), and the training
     # curve and final test score are those of the single-process run.
-    records = writers.read_metrics(tmp_path / "mp" / "metrics.jsonl")
-    expected = writers.read_metrics(tmp_path / "sp" / "metrics.jsonl")
+    records = Workdir(tmp_path / "mp").read_metrics()
+    expected = Workdir(tmp_path / "sp").read_metrics()
     keys = [(r["step"], r["split"]) for r in records]
     assert len(keys) == len(set(keys))
     curve = [r for r in records if r["split"] == "train"]
@@ -79,10 +79,10 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(victim, tmp_path
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.time() + 180
-        while time.time() < deadline and len(writers.read_metrics(metrics)) < 2:
+        while time.time() < deadline and len(Workdir(metrics.parent).read_metrics()) < 2:
             assert all(p.poll() is None for p in procs), "a process stopped before the kill"
             time.sleep(0.2)
-        assert len(writers.read_metrics(metrics)) >= 2, "training never got going"
+        assert len(Workdir(metrics.parent).read_metrics()) >= 2, "training never got going"
         procs[victim].kill()
         killed_at = time.time()
         survivor = procs[1 - victim]
