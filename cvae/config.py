@@ -223,16 +223,22 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
     """A saved config (config.json) as a ConfigDict with the schema's types: JSON turns
     tuples into lists, and every field whose default is a tuple becomes one again."""
-    defaults = flatten(base_config())
-    config = ml_collections.ConfigDict(saved)
-    for dotted, value in flatten(saved).items():
-        if isinstance(value, list) and isinstance(defaults.get(dotted), list):
-            *parents, leaf = dotted.split(".")
-            node = config
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = tuple(value)
-    return config
+    defaults = base_config()
+
+    def restore(node: dict, schema) -> dict:
+        out = {}
+        for key, value in node.items():
+            default = schema.get(key) if schema is not None else None
+            if isinstance(value, dict):
+                out[key] = restore(value, default if isinstance(
+                    default, ml_collections.ConfigDict) else None)
+            elif isinstance(value, list) and isinstance(default, tuple):
+                out[key] = tuple(value)
+            else:
+                out[key] = value
+        return out
+
+    return ml_collections.ConfigDict(restore(saved, defaults))
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:

@@ -56,7 +56,15 @@ def test_train_evaluate_sample_and_load_run_end_to_end(trained_workdir, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     assert png.stat().st_size > 0
 
+    out = _cli("experiments.evaluate", "--workdir", str(trained_workdir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    # K defaults to the run's eval.num_importance_samples (digits_cvae: 1000)
+    assert json.loads((trained_workdir / "eval.json").read_text())["k"] == 1000
+
     run = cvae.load_run(trained_workdir)
+    assert len(repr(run)) < 300 and "collapsed" in repr(run)  # no parameter arrays
+    with pytest.raises(ValueError, match="which must be one of"):
+        cvae.load_run(trained_workdir, which="newest")
     x = run.info  # digits: 8×8×1
     images = np.asarray(cvae.data.load("digits", "test").images[:4])
     mean, log_var = run.encode(images)
@@ -106,6 +114,8 @@ def test_conditional_model_draws_class_conditional_samples(tmp_path):
     (["experiments.evaluate", "--workdir", "EMPTY"], "no config.json"),
     (["experiments.evaluate", "--workdir", "NOCKPT"], "no checkpoint"),
     (["experiments.evaluate", "--workdir", "RUN", "--k", "0"], "--k must be ≥ 1"),
+    (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
+    (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-3"], "--batch_size must"),
     (["experiments.sample", "--workdir", "RUN", "--label", "3"], "unconditional"),
     (["experiments.sample", "--workdir", "RUN", "--sampler", "gmm"], "training codes"),
     (["experiments.sample_quality", "--workdir", "RUN", "--classifier", "EMPTY"],

@@ -104,6 +104,7 @@ def test_conditional_model_uses_labels_and_unconditional_refuses_them():
     ("posterior", "bogus", r"model.posterior.*gaussian"),
     ("likelihood", "poisson", r"model.likelihood.*bernoulli"),
     ("arch", "transformer", r"model.arch"),
+    ("sigma0", float("inf"), r"model.sigma0"),
 ])
 def test_bad_model_config_is_refused_by_name(field, value, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -126,3 +127,8 @@ def test_input_of_the_wrong_shape_is_refused_before_compiling():
         model.apply({"params": params}, jnp.zeros((4, 32, 32, 3)), jax.random.key(0))
     with pytest.raises(ValueError, match="N×H×W×C"):
         model.apply({"params": params}, jnp.zeros((4, 784)), jax.random.key(0))
+
+
+def test_conv_nets_refuse_the_torch_initialisation_instead_of_ignoring_it():
+    with pytest.raises(config_lib.ConfigError, match="model.init.*conv"):
+        model_lib.build_model(_model_config(arch="conv", init="torch"), (28, 28, 1), 10)

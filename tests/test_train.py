@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from cvae import Workdir, checkpoint, train, writers
+from cvae import Workdir, checkpoint, steps, train, writers
 from cvae import config as config_lib
 from tests.conftest import make_test_config
 
@@ -186,3 +186,18 @@ def test_without_a_validation_split_evaluations_are_labelled_train_eval(tmp_path
     train.train_and_evaluate(make_test_config(**{"data.validation_size": 0}), tmp_path)
     splits = [r["split"] for r in Workdir(tmp_path).read_metrics()]
     assert splits == ["train", "train_eval", "train", "train_eval", "test"]
+
+
+def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
+    cfg = make_test_config(**{"objective.kl_warmup_steps": 30, "train.lr_schedule":
+                              "warmup_cosine", "train.lr_warmup_steps": 5,
+                              "train.num_epochs": 3})
+    train.train_and_evaluate(cfg, tmp_path)
+    records = Workdir(tmp_path).read_metrics("train")
+    total = 1400 // 64 * 3
+    schedule = steps.learning_rate(cfg.train, total)
+    for r in records:
+        assert r["beta"] == pytest.approx(min(1.0, (r["step"] - 1) / 30))
+        assert r["learning_rate"] == pytest.approx(float(schedule(r["step"] - 1)))
+    assert records[0]["beta"] < records[-1]["beta"] == 1.0
+    assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())

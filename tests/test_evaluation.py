@@ -1,0 +1,96 @@
+"""The one evaluation core: its estimates, its invariances, and what it refuses."""
+
+import jax
+import numpy as np
+import pytest
+
+from cvae import data, evaluation, parallel, train
+from cvae import model as model_lib
+from tests.conftest import make_test_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-epoch collapsed VAE on digits, with its model, params and test split."""
+    workdir = tmp_path_factory.mktemp("eval_run")
+    cfg = make_test_config()
+    result = train.train_and_evaluate(cfg, workdir)
+    test = data.load("digits", "test")
+    model = model_lib.build_model(cfg.model, test.info.shape, test.info.num_classes,
+                                  binary_data=True)
+    params = jax.device_get(result.state["params"])
+    return model, params, evaluation.EvalSet.from_dataset(test, binarize=True)
+
+
+def test_importance_samples_do_not_depend_on_the_chunking(trained):
+    model, params, eval_set = trained
+    scores = [evaluation.evaluate(model, params, eval_set, k=30, chunk_size=c, batch_size=100)
+              for c in (0, 7, 30)]
+    for other in scores[1:]:
+        assert other["nll_is"] == pytest.approx(scores[0]["nll_is"], abs=1e-4)
+        assert other["elbo"] == scores[0]["elbo"]
+
+
+def test_importance_sampled_nll_lies_between_the_elbo_and_more_samples(trained):
+    model, params, eval_set = trained
+    one = evaluation.evaluate(model, params, eval_set, k=1, batch_size=100)
+    many = evaluation.evaluate(model, params, eval_set, k=200, batch_size=100)
+    assert many["nll_is"] < one["nll_is"]  # L_K rises with K (in expectation; 297 images)
+    assert many["nll_is"] <= -many["elbo"]
+    assert many["num_examples"] == len(eval_set) == 297 and many["k"] == 200
+
+
+def test_one_device_and_eight_devices_score_alike(trained):
+    model, params, eval_set = trained
+    one = evaluation.evaluate(model, params, eval_set, k=20, batch_size=96,
+                              mesh=parallel.make_mesh(1))
+    eight = evaluation.evaluate(model, params, eval_set, k=20, batch_size=96,
+                                mesh=parallel.make_mesh(8))
+    for name in ("elbo", "recon", "kl", "nll_is"):
+        assert eight[name] == pytest.approx(one[name], rel=1e-5), name
+    assert eight["active_units"] == one["active_units"]
+
+
+def test_padding_never_counts(trained):
+    """257 images in batches of 64: the last batch holds 1 real example and 63 padding rows.
+    The collapsed KL is analytic (no draws), so the 257-image mean minus the 256-image one
+    must be exactly that one example's KL: padding rows never enter a mean."""
+    model, params, eval_set = trained
+    subset = lambda n: evaluation.EvalSet(eval_set.images[:n], eval_set.labels[:n],
+                                          eval_set.scale)
+    with_pad = evaluation.evaluate(model, params, subset(257), batch_size=64)
+    without = evaluation.evaluate(model, params, subset(256), batch_size=64)
+    last_kl = 257 * with_pad["kl"] - 256 * without["kl"]
+    posterior = model.apply({"params": params}, subset(257).unit_interval()[256:],
+                            method=model.encode)
+    expected = float(posterior.kl_per_dim().sum())
+    assert last_kl == pytest.approx(expected, rel=1e-4, abs=1e-3)
+    assert with_pad["num_examples"] == 257
+
+
+def test_deterministic_models_have_no_nll(tmp_path):
+    cfg = make_test_config(**{"model.posterior": "deterministic", "train.num_epochs": 1})
+    result = train.train_and_evaluate(cfg, tmp_path)
+    test = data.load("digits", "test")
+    model = model_lib.build_model(cfg.model, test.info.shape, 10, binary_data=True)
+    scores = evaluation.evaluate(model, jax.device_get(result.state["params"]),
+                                 evaluation.EvalSet.from_dataset(test, True), k=10)
+    assert "nll_is" not in scores and np.isfinite(scores["elbo"])
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"k": -1}, "K must be ≥ 0"),
+    ({"batch_size": 0}, "batch size must be ≥ 1"),
+    ({"chunk_size": -2}, "chunk size must be ≥ 0"),
+])
+def test_bad_arguments_are_refused_in_words(trained, kwargs, pattern):
+    model, params, eval_set = trained
+    with pytest.raises(ValueError, match=pattern):
+        evaluation.evaluate(model, params, eval_set, **kwargs)
+
+
+def test_auto_chunk_keeps_about_five_thousand_decoder_rows():
+    assert evaluation.auto_chunk_size(100, 5000) == 50
+    assert evaluation.auto_chunk_size(500, 5000) == 10
+    assert evaluation.auto_chunk_size(100, 20) == 20  # never more than K
+    assert evaluation.auto_chunk_size(10000, 5000) == 1

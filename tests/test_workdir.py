@@ -1,0 +1,48 @@
+"""The run directory's layout, owned by cvae.workdir.Workdir."""
+
+import json
+
+import pytest
+
+from cvae import config as config_lib
+from cvae.workdir import RunNotFoundError, Workdir
+
+
+def test_config_round_trips_with_tuples_restored(tmp_path):
+    wd = Workdir(tmp_path)
+    config = config_lib.base_config()
+    config.model.encoder_widths = (64, 32)
+    wd.write_config(config)
+    assert json.loads(wd.config_path.read_text())["model"]["encoder_widths"] == [64, 32]
+    loaded = wd.read_config()
+    assert loaded.model.encoder_widths == (64, 32) and loaded.model.decoder_widths == ()
+    assert config_lib.flatten(loaded) == config_lib.flatten(config)
+
+
+def test_metrics_append_filter_and_truncate(tmp_path):
+    wd = Workdir(tmp_path)
+    for step, split in [(10, "train"), (10, "validation"), (20, "train"), (30, "train")]:
+        wd.append_metrics({"step": step, "split": split})
+    assert [r["step"] for r in wd.read_metrics("train")] == [10, 20, 30]
+    wd.truncate_metrics(20)
+    assert [(r["step"], r["split"]) for r in wd.read_metrics()] == [
+        (10, "train"), (10, "validation"), (20, "train")]
+    assert not list(tmp_path.glob("*.tmp"))  # the rewrite went through a rename
+
+
+def test_missing_runs_are_named(tmp_path):
+    with pytest.raises(RunNotFoundError, match="does not exist"):
+        Workdir(tmp_path / "nope").read_config()
+    with pytest.raises(RunNotFoundError, match="no config.json"):
+        Workdir(tmp_path).read_config()
+    assert Workdir(tmp_path).read_eval() is None and not Workdir(tmp_path).has_run()
+
+
+def test_clear_run_keeps_only_the_directory_and_unrelated_files(tmp_path):
+    wd = Workdir(tmp_path)
+    wd.write_eval({"elbo": -1.0})
+    wd.append_metrics({"step": 1, "split": "train"})
+    wd.checkpoints.mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    wd.clear_run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
