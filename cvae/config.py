@@ -105,14 +105,26 @@ def _positive_ints(values) -> bool:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for the first field outside its valid range."""
+    """Raises ConfigError for the first field outside its valid range (or missing)."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"a config must be an ml_collections.ConfigDict, got "
+                          f"{type(config).__name__}; get_config() should return "
+                          "cvae.config.base_config() with some fields changed")
     c = config
-    _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
-    validate_data(c.data)
-    validate_model(c.model)
-    validate_objective(c.objective, c.model)
-    validate_train(c.train)
-    validate_eval(c.eval)
+    try:
+        _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
+        validate_data(c.data)
+        validate_model(c.model)
+        validate_objective(c.objective, c.model)
+        validate_train(c.train)
+        validate_eval(c.eval)
+    except (AttributeError, KeyError) as err:
+        raise ConfigError(f"the config lacks a field ({str(err).splitlines()[0]}); start "
+                          "configs from cvae.config.base_config(), which has every field"
+                          ) from None
+    except TypeError as err:  # e.g. a string where a number belongs
+        raise ConfigError(f"a config field has the wrong type ({err}); the defaults in "
+                          "cvae/config.py show each field's type") from None
 
 
 def _finite(value) -> bool:

@@ -153,9 +153,7 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
         try:
             candidate = tfds.builder(name, data_dir=directory)
         except Exception as err:  # unknown name, bad version string, …
-            raise DatasetNotPreparedError(
-                f"data set {name!r} is not known to tensorflow-datasets ({err}); use a TFDS "
-                "name such as 'mnist', 'digits', or 'npz:PATH'") from err
+            raise DatasetNotPreparedError(_unknown_dataset_message(name, err)) from None
         if candidate.is_prepared():
             builder, found_dir = candidate, directory
             break
@@ -188,6 +186,22 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
     info = DatasetInfo(name, tuple(int(s) for s in images.shape[1:]), num_classes,
                        (0.0, 255.0) if images.dtype == np.uint8 else (0.0, 1.0))
     return Dataset(images, labels if label_key else None, info)
+
+
+def _unknown_dataset_message(name: str, err: Exception) -> str:
+    """One line for a name TFDS does not know; TFDS's own message lists ~250 data sets,
+    which serve here only to suggest the closest names."""
+    import difflib
+
+    text = str(err).strip()
+    known = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+    if not known:  # a known set with a bad version or config
+        return (f"data set {name!r}: {text.splitlines()[0] if text else type(err).__name__}; "
+                "use a TFDS name such as 'mnist', 'digits', or 'npz:PATH'")
+    close = difflib.get_close_matches(name, known + ["digits"], n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"data set {name!r} is not known to tensorflow-datasets{hint} (data.name takes a "
+            "TFDS name such as 'mnist', 'digits' for the offline set, or 'npz:PATH')")
 
 
 def _feature_keys(features):

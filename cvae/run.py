@@ -48,10 +48,26 @@ class Run:
 
     # ---------------------------------------------------------------- inputs
     def _inputs(self, x):
-        """uint8 (or raw-range) images → floats in [0, 1]; float images pass unchanged."""
+        """Images as the model takes them: float32 in [0, 1], shaped N×H×W×C.
+
+        uint8 images are scaled by the data set's maximum (255 for 8-bit data); float images
+        must already lie in [0, 1]. Anything else is refused with what was expected, rather
+        than encoded into codes that look plausible and are wrong.
+        """
         x = np.asarray(x)
+        expected = (f"images N×{'×'.join(map(str, self.info.shape))} as uint8 0–255 or as "
+                    "floats in [0, 1] (e.g. data.evaluation_inputs)")
         if x.dtype == np.uint8:
             return jnp.asarray(x, jnp.float32) / self.info.pixel_range[1]
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"images of dtype {x.dtype} are not accepted; pass {expected}")
+        if x.size and not np.isfinite(x).all():
+            raise ValueError(f"the images contain NaN or infinite values; pass {expected}")
+        if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+            hint = (" (they look like 0–255 pixels: divide by 255 or pass uint8)"
+                    if float(x.max()) > 1.0 else "")
+            raise ValueError(f"float images must lie in [0, 1], got values in "
+                             f"[{float(x.min()):g}, {float(x.max()):g}]{hint}; pass {expected}")
         return jnp.asarray(x, jnp.float32)
 
     def _labels(self, labels, n):
@@ -79,8 +95,15 @@ class Run:
 
     def decode(self, z, labels=None):
         """Likelihood parameters of p(x|z): logits for Bernoulli models."""
-        z = jnp.asarray(z, jnp.float32)
-        return self._apply(z, self._labels(labels, len(z)), method=self.model.decode)
+        z = np.asarray(z, np.float32)
+        d = self.config.model.latent_dim
+        if z.ndim != 2 or z.shape[-1] != d:
+            raise ValueError(f"latents must be shaped N×{d} (this run's model.latent_dim), "
+                             f"got {z.shape}")
+        if not np.isfinite(z).all():
+            raise ValueError("the latents contain NaN or infinite values")
+        return self._apply(jnp.asarray(z), self._labels(labels, len(z)),
+                           method=self.model.decode)
 
     def mean_image(self, z, labels=None):
         """E[x|z]: the image a latent decodes to."""
@@ -101,6 +124,8 @@ class Run:
         y alone (a collapsed model's codes carry the class, so codes of other classes would
         override the label); class y's latents come from ``fold_in(key, y)``.
         """
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
         sampler = sampler or sampling.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
         if sampler == "prior":
@@ -120,6 +145,8 @@ class Run:
 
     def interpolate(self, x0, x1, steps: int = 8, labels=None):
         """Images decoded along the straight line between the posterior means of x0 and x1."""
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 2:
+            raise ValueError(f"steps must be an integer ≥ 2 (both ends included), got {steps!r}")
         pair = jnp.stack([self._inputs(x0), self._inputs(x1)])
         means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels))
         t = jnp.linspace(0.0, 1.0, steps)[:, None]

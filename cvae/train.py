@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cvae import checkpoint, data, evaluation, objectives, parallel, steps, writers
 from cvae import config as config_lib
 from cvae import model as model_lib
-from cvae.workdir import Workdir, as_workdir
+from cvae.workdir import Workdir, WorkdirLockedError, as_workdir
 
 log = logging.getLogger("cvae")
 
@@ -46,6 +46,7 @@ class Progress:
     best_elbo: float = -float("inf")  # best validation ELBO so far
     evals_without_improvement: int = 0
     elapsed_s: float = 0.0
+    stopped_early: bool = False  # a rerun of an early-stopped run trains no further
 
     def record_evaluation(self, elbo: float) -> bool:
         """Model selection: True when ``elbo`` beats the best so far (a new best)."""
@@ -159,10 +160,13 @@ def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
     """(state, Progress) of the newest readable checkpoint, or the fresh ones given."""
     restored = ckpt.restore(jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
-    if restored is None:
+    if restored is None:  # a fresh start; records of a run killed before its first save go
+        if parallel.is_primary():
+            workdir.truncate_metrics(0)
         return state, Progress()
     state, meta = restored
-    progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)})
+    progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)
+                           if f.name in meta})
     if parallel.is_primary():
         workdir.truncate_metrics(int(state["step"]))
     log.info("resumed from step %d (epoch %d) in %s", int(state["step"]), progress.epoch,
@@ -239,6 +243,31 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     cfg, workdir = config, as_workdir(workdir)
     config_lib.validate(cfg)
     workdir.path.mkdir(parents=True, exist_ok=True)
+    with one_writer(workdir):
+        return _train(cfg, workdir)
+
+
+@contextlib.contextmanager
+def one_writer(workdir: Workdir):
+    """Holds the workdir's lock (taken by the primary process) for the whole run; every
+    process fails together, with the holder named, when another run holds it."""
+    error = None
+    if parallel.is_primary():
+        try:
+            workdir.acquire_lock()
+        except WorkdirLockedError as err:
+            error = err
+    if parallel.any_process(error is not None):
+        raise error or WorkdirLockedError(f"{workdir.path} is in use by another run")
+    try:
+        yield
+    finally:
+        if parallel.is_primary():
+            workdir.release_lock()
+
+
+def _train(cfg, workdir: Workdir) -> TrainResult:
+    """The body of ``train_and_evaluate``, run while holding the workdir's lock."""
     prepare_workdir(cfg, workdir)
     s = setup(cfg)
     ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
@@ -261,12 +290,13 @@ def train_and_evaluate(config, workdir) -> TrainResult:
     writer = writers.MetricsWriter(workdir, enabled=primary)
     if progress.epoch == 0:
         writer.hparams(cfg)
-    result = TrainResult(state, progress.epoch)
+    result = TrainResult(state, progress.epoch, stopped_early=progress.stopped_early)
     started = time.perf_counter() - progress.elapsed_s
     bar = tqdm(total=cfg.train.num_epochs, initial=progress.epoch, unit="epoch",
                disable=not (primary and sys.stderr.isatty()), desc="train")
+    first_epoch = cfg.train.num_epochs if progress.stopped_early else progress.epoch
     with stop_requests() as stop:
-        for epoch in range(progress.epoch, cfg.train.num_epochs):
+        for epoch in range(first_epoch, cfg.train.num_epochs):
             first_step, tick = int(state["step"]), time.perf_counter()
             state, per_step = s.programs.train_epoch(state, *s.train_data, data_key,
                                                      train_key, epoch)
@@ -305,7 +335,9 @@ def train_and_evaluate(config, workdir) -> TrainResult:
                                s.eval_set.unit_interval(grid), grid_labels,
                                jax.random.key(cfg.seed), workdir, step, writer)
                 improved = progress.record_evaluation(scores["elbo"])
-            result.stopped_early = progress.patience_exhausted(cfg.train.early_stopping_patience)
+            progress.stopped_early = progress.patience_exhausted(
+                cfg.train.early_stopping_patience)
+            result.stopped_early = progress.stopped_early
             if should_checkpoint(cfg, epoch + 1, improved=improved,
                                  stopping=stopping or result.stopped_early):
                 ckpt.save(step, state, dataclasses.asdict(progress), best=improved)

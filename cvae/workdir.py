@@ -14,18 +14,36 @@ Everything else asks a ``Workdir`` for paths and for reading and writing these f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
+import time
 
 import ml_collections
 
 from cvae import config as config_lib
+from cvae.faults import fault_point
+
+log = logging.getLogger("cvae")
+_HELD_LOCKS: set[pathlib.Path] = set()  # lock files this process holds
+
+
+def release_held_locks() -> None:
+    """Removes every workdir lock this process holds (for an exit that skips ``finally``)."""
+    for path in list(_HELD_LOCKS):
+        path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(path)
 
 
 class RunNotFoundError(ValueError):
     """The workdir has no trained run (no directory, no config.json or no checkpoint)."""
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process is training in this workdir."""
 
 
 def write_json_atomic(path: str | pathlib.Path, payload: dict) -> None:
@@ -53,6 +71,7 @@ class Workdir:
     CHECKPOINTS = "checkpoints"
     TENSORBOARD = "tb"
     IMAGES = "images"
+    LOCK = ".lock"  # {"pid", "host", "since"} of the one process writing this run
     # What a run writes while training (deleted together by train.overwrite).
     RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, IMAGES, METRICS, EVAL, SAMPLE_QUALITY)
 
@@ -164,23 +183,103 @@ class Workdir:
 
     # --------------------------------------------------------------- metrics
     def read_metrics(self, split: str | None = None) -> list[dict]:
-        """The records of metrics.jsonl (of one split, if given), in order."""
+        """The records of metrics.jsonl (of one split, if given), in order. A line that is
+        not a whole JSON object (torn by a kill mid-write) is skipped."""
         if not self.metrics_path.exists():
             return []
-        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines()
-                   if line.strip()]
-        return [r for r in records if split is None or r["split"] == split]
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and (split is None or record.get("split") == split):
+                records.append(record)
+        return records
 
     def truncate_metrics(self, max_step: int) -> None:
-        """Drops records past ``max_step`` (written after the checkpoint a run resumes from)."""
+        """Prepares metrics.jsonl for a run resuming at ``max_step``: keeps the records up
+        to it, drops later ones and the final test record (the resumed run writes them
+        again) and any torn line, so the file keeps one record per (split, epoch)."""
         if self.metrics_path.exists():
-            kept = [r for r in self.read_metrics() if r["step"] <= max_step]
+            kept = [r for r in self.read_metrics()
+                    if r.get("step", max_step + 1) <= max_step and r.get("split") != "test"]
             write_lines_atomic(self.metrics_path, [json.dumps(r) for r in kept])
 
     def append_metrics(self, record: dict) -> None:
         """Appends one record as a line of metrics.jsonl."""
+        line = json.dumps(record) + "\n"
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            # Two writes of the same bytes; the fail point between them tears the line.
+            f.write(line[: len(line) // 2])
+            f.flush()
+            fault_point("metrics_write")
+            f.write(line[len(line) // 2:])
+
+    # ------------------------------------------------------------------ lock
+    @property
+    def lock_path(self) -> pathlib.Path:
+        """DIR/.lock"""
+        return self.path / self.LOCK
+
+    def acquire_lock(self) -> None:
+        """Makes this process the run's one writer, or raises WorkdirLockedError naming the
+        holder. A lock left by a dead process on this host is taken over with a warning."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = read_json_or_none(self.lock_path)
+                if holder and holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                    return  # this process holds it already
+                if holder and (holder.get("host") != me["host"] or _alive(holder.get("pid"))):
+                    since = time.strftime("%Y-%m-%d %H:%M:%S",
+                                          time.localtime(holder.get("since", 0)))
+                    raise WorkdirLockedError(
+                        f"{self.path} is in use by process {holder.get('pid')} on "
+                        f"{holder.get('host')} (since {since}); wait for it to finish or use "
+                        f"another --workdir (if that process is gone, delete {self.lock_path})"
+                    ) from None
+                log.warning("taking over the lock of %s from process %s, which is no longer "
+                            "running", self.path, holder.get("pid") if holder else "unknown")
+                self.lock_path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            _HELD_LOCKS.add(self.lock_path)
+            return
+        raise WorkdirLockedError(f"could not take the lock {self.lock_path}; another process "
+                                 "keeps taking it")
+
+    def release_lock(self) -> None:
+        """Removes the lock if this process holds it."""
+        holder = read_json_or_none(self.lock_path)
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == \
+                socket.gethostname():
+            self.lock_path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(self.lock_path)
+
+
+def read_json_or_none(path: pathlib.Path):
+    """The JSON in ``path``, or None when it is missing, empty or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid) -> bool:
+    """True when a process with this pid exists on this host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_lines_atomic(path: pathlib.Path, lines: list[str]) -> None:

@@ -1,12 +1,17 @@
 """What every launcher shares: logging set-up and turning bad use into one line, exit 2.
 
-A mistake by the user (a bad flag or config value, a missing workdir or data set) prints
-``error: <what is wrong and what to do>`` and exits with status 2, without a traceback
-(set CVAE_DEBUG=1 to see one). A diverged run exits with status 1 and its message.
+A mistake by the user (a bad flag or config value, a mistyped config field, a config file
+that does not load, a missing workdir or data set) prints ``error: <what is wrong and what
+to do>`` and exits with status 2, without a traceback (set CVAE_DEBUG=1 to see one). A
+diverged run, or a checkpoint that could not be written (a full disk), exits with status 1
+and its message; Ctrl-C before training started exits quietly with status 130.
+``--help`` prints the flags and exits 0; ``--helpconfig`` lists every config field with its
+default.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import pathlib
@@ -14,7 +19,12 @@ import sys
 
 from absl import app, flags
 
+from cvae import config as config_lib
+from cvae.checkpoint import CheckpointWriteError
 from cvae.train import TrainingDivergedError
+from cvae.workdir import WorkdirLockedError
+
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
 
 
 class UsageError(ValueError):
@@ -51,13 +61,64 @@ def _underscored(argv):
     return out
 
 
+def config_field_help() -> str:
+    """Every config field, its default and its comment-free value, one per line."""
+    return "\n".join(f"  --config.{name}={value!r}"
+                     for name, value in config_lib.flatten(config_lib.base_config()).items())
+
+
+def unknown_config_field(argv) -> str | None:
+    """A message for the first ``--config.a.b=`` override naming no field, else None."""
+    fields = list(config_lib.flatten(config_lib.base_config()))
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        name = arg[len("--config."):].partition("=")[0]
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return (f"unknown config field {name!r}{hint} (--helpconfig lists every field; "
+                    "they are defined in cvae/config.py)")
+    return None
+
+
+def _config_path(argv) -> str:
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name == "--config":
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    return "the config file"
+
+
+def _describe_load_error(argv, err: Exception) -> str:
+    """A config file that fails to load: its name, the exception and where (one line)."""
+    where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+    reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+    return (f"could not load the config file {_config_path(argv)}{where}: "
+            f"{type(err).__name__}: {reason}; a config file defines get_config() returning an "
+            f"ml_collections.ConfigDict (see experiments/configs: {_available_configs()})")
+
+
 def _parse_flags(argv):
+    argv = _underscored(argv)
+    if "--helpconfig" in argv:
+        print("config fields and their defaults (set any with --config.NAME=VALUE):")
+        print(config_field_help())
+        sys.exit(0)
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(flags.FLAGS.main_module_help())
+        print("\n--helpconfig lists every config field and its default.")
+        sys.exit(0)
     try:
-        return flags.FLAGS(_underscored(argv))
+        return flags.FLAGS(argv)
     except flags.Error as err:
         _fail(str(err).splitlines()[0], 2)
     except OSError as err:
-        _fail(_describe_os_error(err), 2)
+        _fail(unknown_config_field(argv) or _describe_os_error(err), 2)
+    except Exception as err:  # the config file's own code failed, or a mistyped field
+        if os.environ.get("CVAE_DEBUG"):
+            raise
+        _fail(unknown_config_field(argv) or _describe_load_error(argv, err), 2)
 
 
 def _describe_os_error(err: OSError) -> str:
@@ -80,8 +141,14 @@ def run(main, positional: bool = False) -> None:
             _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value", 2)
         try:
             return main(argv)
-        except TrainingDivergedError as err:
+        except KeyboardInterrupt:
+            print("interrupted before training got going: nothing was saved; rerun to start",
+                  file=sys.stderr)
+            sys.exit(130)
+        except (TrainingDivergedError, CheckpointWriteError) as err:
             _fail(str(err), 1)
+        except WorkdirLockedError as err:
+            _fail(str(err), 2)
         except (ValueError, OSError) as err:
             if os.environ.get("CVAE_DEBUG"):
                 raise

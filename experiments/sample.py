@@ -24,6 +24,13 @@ def main(argv):
     workdir = cli.require(FLAGS.workdir, "workdir", "the directory of a trained run")
     if FLAGS.n <= 0:
         raise cli.UsageError(f"--n must be ≥ 1, got {FLAGS.n}")
+    if FLAGS.out is not None:
+        out = pathlib.Path(FLAGS.out)
+        if out.is_dir():
+            raise cli.UsageError(f"--out {out} is a directory; name a file such as "
+                                 f"{out / 'samples.png'}")
+        if out.suffix.lower() != ".png":
+            raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)
     sampler = FLAGS.sampler or sampling.default_sampler(run.model.posterior_family)
     images = run.sample(jax.random.key(FLAGS.seed), FLAGS.n, sampler=sampler, labels=FLAGS.label)

@@ -1,0 +1,160 @@
+"""Every user mistake gets one line saying what is wrong, exit status 2, no traceback — on
+the command line — and a plain ValueError from the Python API (issue #19). Keep adding."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import cvae
+from cvae import train
+from tests.conftest import make_test_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = ["--config", "experiments/configs/digits_cvae.py", "--workdir", "W"]
+BAD_CONFIG_FILES = {
+    "SYNTAX": "def get_config(:\n    pass\n",
+    "NOGET": "X = 1\n",
+    "RAISES": "def get_config():\n    raise RuntimeError('boom')\n",
+    "NOTCONFIG": "def get_config():\n    return 5\n",
+}
+
+
+def _cli(*args, timeout=240):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("args,pattern", [
+    # config fields and values
+    (["experiments.train", *CONFIG, "--config.model.latnt_dim=3"],
+     "unknown config field 'model.latnt_dim'; did you mean 'model.latent_dim'?"),
+    (["experiments.train", *CONFIG, "--config.nosuch.x=1"], "unknown config field 'nosuch.x'"),
+    (["experiments.train", *CONFIG, "--config.model.sigma0=inf"], "model.sigma0 = inf"),
+    (["experiments.train", *CONFIG, "--config.train.learning_rate=inf"],
+     "train.learning_rate = inf"),
+    (["experiments.train", *CONFIG, "--config.objective.beta=-1"], "objective.beta"),
+    (["experiments.train", *CONFIG, "--config.model.arch=conv", "--config.model.init=torch"],
+     "model.init"),
+    # config files
+    (["experiments.train", "--config", "SYNTAX", "--workdir", "W"], "(line 1): SyntaxError"),
+    (["experiments.train", "--config", "NOGET", "--workdir", "W"], "no attribute 'get_config'"),
+    (["experiments.train", "--config", "RAISES", "--workdir", "W"], "RuntimeError: boom"),
+    (["experiments.train", "--config", "NOTCONFIG", "--workdir", "W"],
+     "must be an ml_collections.ConfigDict, got int"),
+    # data
+    (["experiments.train", *CONFIG, "--config.data.name=mnsit"], "did you mean 'mnist'"),
+    (["experiments.train", *CONFIG, "--config.data.name=npz:GARBAGE"], "could not be read"),
+    (["experiments.train", *CONFIG, "--config.data.name=npz:NOFILE"], "no such file"),
+    # script flags
+    (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
+    (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-5"], "--batch_size must"),
+    (["experiments.evaluate", "--workdir", "RUN", "--chunk_size=-1"], "--chunk_size must"),
+    (["experiments.sample", "--workdir", "RUN", "--out", "DIR"], "is a directory"),
+    (["experiments.sample", "--workdir", "RUN", "--out", "grid.jpg"], "must end in .png"),
+    (["experiments.sample", "--workdir", "RUN", "--n", "-1"], "--n must be ≥ 1"),
+    (["experiments.evaluate", "--workdir", "RUN", "--nosuchflag=1"], "nosuchflag"),
+])
+def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, run_dir):
+    places = {"W": str(tmp_path / "w"), "RUN": str(run_dir), "DIR": str(tmp_path),
+              "GARBAGE": str(tmp_path / "garbage.npz"), "NOFILE": str(tmp_path / "none.npz")}
+    (tmp_path / "garbage.npz").write_bytes(b"this is not an npz archive")
+    for name, text in BAD_CONFIG_FILES.items():
+        (tmp_path / f"{name.lower()}.py").write_text(text)
+        places[name] = str(tmp_path / f"{name.lower()}.py")
+    def place(arg):
+        prefix, npz, name = arg.partition("npz:")
+        return prefix + npz + places[name] if npz and name in places else places.get(arg, arg)
+
+    out = _cli(*[place(a) for a in args])
+    assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], lines
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("script", ["experiments.train", "experiments.evaluate"])
+def test_help_exits_0_and_config_fields_are_listed(script):
+    out = _cli(script, "--help")
+    assert out.returncode == 0 and "--workdir" in out.stdout
+    fields = _cli(script, "--helpconfig")
+    assert fields.returncode == 0 and "--config.model.latent_dim=16" in fields.stdout
+
+
+@pytest.mark.parametrize("delay_s", [0.2, 2.0])
+def test_ctrl_c_during_start_up_is_quiet(tmp_path, delay_s):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--config",
+                             "experiments/configs/digits_cvae.py", "--workdir", str(tmp_path)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err[-2000:]
+    if proc.returncode == 130:  # before the training loop: nothing trained, one line
+        assert "interrupted (Ctrl-C) before anything was saved" in err
+    else:  # inside the loop: the epoch finished, a save, a clean stop
+        assert proc.returncode == 0 and "SIGINT received" in err, err[-2000:]
+    assert not (tmp_path / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------- the API
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
+    return cvae.load_run(run_dir)
+
+
+@pytest.mark.parametrize("make_input,pattern", [
+    (lambda x: x * 255.0, r"must lie in \[0, 1\].*look like 0–255 pixels"),
+    (lambda x: (x * 255).astype(np.int64), "dtype int64 are not accepted"),
+    (lambda x: x - 0.5, r"must lie in \[0, 1\]"),
+    (lambda x: np.where(x > 0.5, np.nan, x), "NaN"),
+    (lambda x: x[..., 0], "does not match the model's images"),
+])
+def test_encode_refuses_inputs_it_was_not_trained_on(run, make_input, pattern):
+    x = cvae.data.evaluation_inputs(cvae.data.load("digits", "test"), True)[:4]
+    run.encode(x)  # the right input works
+    with pytest.raises(ValueError, match=pattern):
+        run.encode(make_input(x))
+
+
+def test_uint8_images_are_scaled_the_documented_way(run):
+    test = cvae.data.load("digits", "test")
+    as_uint8 = test.images[:4]
+    as_float = as_uint8.astype(np.float32) / 255.0
+    np.testing.assert_allclose(run.encode(as_uint8)[0], run.encode(as_float)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda run: run.sample(jax.random.key(0), -1), "positive integer"),
+    (lambda run: run.sample(jax.random.key(0), 0), "positive integer"),
+    (lambda run: run.sample(jax.random.key(0), 2.5), "positive integer"),
+    (lambda run: run.sample(jax.random.key(0), 4, sampler="flowz"), "sampler must be one of"),
+    (lambda run: run.decode(np.zeros((3, 7))), r"latents must be shaped N×4"),
+    (lambda run: run.decode(np.full((3, 4), np.inf)), "NaN or infinite"),
+    (lambda run: run.interpolate(np.zeros((8, 8, 1)), np.zeros((8, 8, 1)), steps=1),
+     "steps must be an integer ≥ 2"),
+    (lambda run: run.evaluate("test", k=-3), "K must be ≥ 0"),
+    (lambda run: cvae.load_run(run.workdir, which="newest"), "which must be one of"),
+    (lambda run: run.encode(np.zeros((2, 8, 8, 1), np.float32), labels=3), "unconditional"),
+])
+def test_api_misuse_raises_a_plain_value_error(run, call, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        call(run)
