@@ -105,6 +105,12 @@ def _garble(step_dir: pathlib.Path) -> None:
             file.write_bytes(b"\x00garbage")
 
 
+def _truncate(step_dir: pathlib.Path) -> None:
+    for file in step_dir.rglob("*"):
+        if file.is_file():
+            file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
 def test_every_latest_save_damaged_resumes_from_best_without_duplicate_metrics(tmp_path):
     cfg = lambda epochs: make_test_config(**{"train.num_epochs": epochs})
     whole = train.train_and_evaluate(cfg(3), tmp_path / "whole")
@@ -132,11 +138,12 @@ def test_damaged_best_falls_back_to_latest_with_a_warning(tmp_path, caplog):
     assert any("no readable best checkpoint" in r.message for r in caplog.records)
 
 
-def test_a_damaged_checkpoint_costs_one_warning_line_not_tracebacks(tmp_path):
+@pytest.mark.parametrize("damage", [_garble, _truncate])
+def test_a_damaged_checkpoint_costs_one_warning_line_not_tracebacks(tmp_path, damage):
     first = _train_cli(tmp_path, extra=["--config.train.num_epochs=2"])
     assert first.returncode == 0, first.stderr[-2000:]
     latest = tmp_path / "checkpoints" / "latest"
-    _garble(latest / max((p.name for p in latest.iterdir() if p.name.isdigit()), key=int))
+    damage(latest / max((p.name for p in latest.iterdir() if p.name.isdigit()), key=int))
     again = _train_cli(tmp_path, extra=["--config.train.num_epochs=3"])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Traceback" not in again.stderr and "Event loop is closed" not in again.stderr
