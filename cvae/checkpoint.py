@@ -49,9 +49,9 @@ class CheckpointWriteError(RuntimeError):
 
 
 def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
+    _remove_unfinished_saves(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+                                           enable_async_checkpointing=False)
     return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers={
         "state": ocp.StandardCheckpointHandler(), "meta": _MetaHandler()})
 
@@ -228,6 +228,18 @@ class Checkpointer:
         """Waits for pending writes and releases both managers."""
         self._latest.close()
         self._best.close()
+
+
+def _remove_unfinished_saves(directory: pathlib.Path) -> None:
+    """Deletes the temporary directories of saves a kill interrupted (never a finished save).
+
+    Done here, synchronously, rather than by Orbax's ``cleanup_tmp_directories``, which
+    cleans in a background thread that dies noisily when a short command exits first."""
+    if parallel.is_primary() and directory.is_dir():
+        for path in directory.iterdir():
+            if ".orbax-checkpoint-tmp" in path.name:
+                shutil.rmtree(path, ignore_errors=True)
+    parallel.barrier(f"unfinished-saves-{directory.name}")
 
 
 def _write(manager, step: int, state, meta: dict) -> None:

@@ -51,7 +51,12 @@ def main(argv):
                                         heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
         if not parallel.is_primary():  # one process narrates; the others report problems
             logging.getLogger("cvae").setLevel(logging.WARNING)
-    result = train_and_evaluate(FLAGS.config, workdir)
+    config = FLAGS.config
+    try:  # a config file that failed to load raises its load error on first access
+        _ = config.seed
+    except AttributeError:
+        pass  # not a ConfigDict at all: train_and_evaluate says so in one line
+    result = train_and_evaluate(config, workdir)
     state = "interrupted (rerun to resume)" if result.interrupted else "done"
     if parallel.is_primary():
         print(f"{state}: epoch {result.epoch}, step {int(result.state['step'])}; "
