@@ -7,6 +7,8 @@ records; plotting stays in the notebooks.
 
 from __future__ import annotations
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,20 +18,96 @@ from cvae.workdir import as_workdir
 
 
 def project_2d(codes, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """(N, d) codes → (N, 2) with scikit-learn's PCA or t-SNE (identity for d = 2)."""
+    """(N, d) codes → (N, 2) with scikit-learn's PCA or t-SNE, or umap-learn's UMAP
+    (identity for d = 2)."""
     codes = np.asarray(codes, np.float64)
     if codes.shape[-1] == 2:
         return codes
     if method == "pca":
-        from sklearn.decomposition import PCA
-
-        return PCA(2, random_state=seed).fit_transform(codes)
+        center, basis = pca_plane(codes)
+        return (codes - center) @ basis.T
     if method == "tsne":
         from sklearn.manifold import TSNE
 
         perplexity = min(30.0, (len(codes) - 1) / 3)
         return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
-    raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    if method == "umap":
+        if not umap_available():
+            raise ValueError("method='umap' needs umap-learn: pip install -e '.[notebooks]'")
+        import umap
+
+        neighbours = int(min(15, len(codes) - 1))
+        with warnings.catch_warnings():  # "n_jobs overridden by random_state": wanted here
+            warnings.simplefilter("ignore", UserWarning)
+            return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed
+                             ).fit_transform(codes)
+    raise ValueError(f"method must be 'pca', 'tsne' or 'umap', got {method!r}")
+
+
+def umap_available() -> bool:
+    """True when umap-learn is installed (the ``notebooks`` extra)."""
+    with warnings.catch_warnings():  # umap imports tqdm.auto, which warns outside Jupyter
+        warnings.simplefilter("ignore")
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def pca_plane(codes) -> tuple[np.ndarray, np.ndarray]:
+    """(center (d,), basis (2, d)): the plane of the first two principal components, so
+    that ``(codes − center) @ basis.T`` is the PCA projection (up to the components' signs)."""
+    from sklearn.decomposition import PCA
+
+    codes = np.asarray(codes, np.float64)
+    pca = PCA(2).fit(codes)
+    return pca.mean_, pca.components_
+
+
+def mixture_density_on_plane(mixture, center, basis, xs, ys) -> np.ndarray:
+    """The ex-post mixture's marginal density on a 2-D plane, on the grid ``xs × ys``.
+
+    A linear projection of a Gaussian mixture is a Gaussian mixture: component k projects
+    to N(B(μ_k − c), B Σ_k Bᵀ), so the contours are the exact marginal density of
+    p̂(z) in the plane, not a density re-fitted to projected codes. Returns (len(ys), len(xs)).
+    """
+    basis = np.asarray(basis, np.float64)
+    means = (np.asarray(mixture.means, np.float64) - center) @ basis.T  # (K, 2)
+    chol = np.asarray(mixture.cholesky, np.float64)
+    covs = np.einsum("ij,kjl,ml->kim", basis, chol @ np.swapaxes(chol, 1, 2), basis)
+    grid = np.stack(np.meshgrid(xs, ys), -1)[..., None, :] - means  # (ny, nx, K, 2)
+    inv = np.linalg.inv(covs)
+    mahalanobis = np.einsum("yxki,kij,yxkj->yxk", grid, inv, grid)
+    log_norm = -np.log(2 * np.pi) - 0.5 * np.log(np.linalg.det(covs))
+    weights = np.exp(np.asarray(mixture.log_weights, np.float64))
+    return np.sum(weights * np.exp(log_norm - 0.5 * mahalanobis), axis=-1)
+
+
+def code_statistics(codes) -> dict:
+    """Per code dimension j, over the data: E[μ_j], Var(μ_j) and ½E[μ_j²].
+
+    For a collapsed posterior the KL of dimension j is ½E[μ_j²] + ½(σ₀² − 1 − log σ₀²):
+    the first term is the informative part, the second a constant shared by every
+    dimension (``collapsed_kl_constant``)."""
+    codes = np.asarray(codes, np.float64)
+    return {"mean": codes.mean(0), "variance": codes.var(0),
+            "half_mean_square": 0.5 * np.mean(codes**2, axis=0)}
+
+
+def collapsed_kl_constant(sigma0: float) -> float:
+    """½(σ₀² − 1 − log σ₀²): each dimension's KL at μ_j = 0, in nats."""
+    return 0.5 * (sigma0**2 - 1.0 - np.log(sigma0**2))
+
+
+def nearest_training_images(samples, training_images, k: int = 1):
+    """(indices (N, k), distances (N, k)) of each sample's k nearest training images in
+    pixel space (Euclidean, images in [0, 1]): a generated image at distance ≈ 0 is a copy."""
+    a = np.asarray(samples, np.float32).reshape(len(samples), -1)
+    b = np.asarray(training_images, np.float32).reshape(len(training_images), -1)
+    squared = (a**2).sum(1)[:, None] - 2 * a @ b.T + (b**2).sum(1)[None, :]
+    order = np.argsort(squared, axis=1)[:, :k]
+    return order, np.sqrt(np.maximum(np.take_along_axis(squared, order, 1), 0.0))
 
 
 def traversal(run: Run, x, dims, values) -> np.ndarray:
@@ -91,6 +169,24 @@ def run_summary(workdir) -> dict:
         if count is not None:
             row["params"] = count
     return row
+
+
+def run_label(row: dict) -> str:
+    """A legend label for one ``run_summary`` row: the run's name, its posterior and σ₀."""
+    detail = row["posterior"] + (f", σ₀={row['sigma0']:g}" if row.get("sigma0") is not None
+                                 else "")
+    return f"{row['run']} ({detail})"
+
+
+def by_sigma0(rows, metric: str) -> dict:
+    """Collapsed runs grouped by σ₀: {σ₀: (mean, standard deviation, number of runs)} of
+    ``metric`` over the runs (seeds) that share it."""
+    groups: dict[float, list[float]] = {}
+    for row in rows:
+        if row.get("sigma0") is not None and row.get(metric) is not None:
+            groups.setdefault(row["sigma0"], []).append(float(row[metric]))
+    return {s: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+            for s, v in sorted(groups.items())}
 
 
 def learning_curves(workdir, split: str = "train") -> dict:

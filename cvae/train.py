@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cvae import checkpoint, data, evaluation, objectives, parallel, steps, writers
+from cvae import checkpoint, data, evaluation, objectives, parallel, provenance, steps, writers
 from cvae import config as config_lib
 from cvae import model as model_lib
 from cvae.workdir import Workdir, WorkdirLockedError, as_workdir
@@ -109,6 +109,7 @@ def prepare_workdir(config, workdir: Workdir) -> None:
                         workdir.path, ", ".join(conflicts))
             workdir.clear_run()
         workdir.write_config(config)
+        workdir.write_provenance(provenance.collect())
     parallel.barrier("workdir-ready")
 
 

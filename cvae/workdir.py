@@ -4,6 +4,7 @@
     DIR/metrics.jsonl          one JSON record per (split, epoch)
     DIR/eval.json              experiments.evaluate's scores (written atomically)
     DIR/sample_quality.json    experiments.sample_quality's scores
+    DIR/provenance.json        code commit, library versions and machine of the training
     DIR/checkpoints/           Orbax checkpoints (latest/ and best/; see cvae.checkpoint)
     DIR/tb/                    TensorBoard events
     DIR/images/                reconstruction and sample grids, one PNG per evaluation
@@ -68,12 +69,13 @@ class Workdir:
     METRICS = "metrics.jsonl"
     EVAL = "eval.json"
     SAMPLE_QUALITY = "sample_quality.json"
+    PROVENANCE = "provenance.json"
     CHECKPOINTS = "checkpoints"
     TENSORBOARD = "tb"
     IMAGES = "images"
     LOCK = ".lock"  # {"pid", "host", "since"} of the one process writing this run
     # What a run writes while training (deleted together by train.overwrite).
-    RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, IMAGES, METRICS, EVAL, SAMPLE_QUALITY)
+    RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, IMAGES, METRICS, EVAL, SAMPLE_QUALITY, PROVENANCE)
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
@@ -180,6 +182,14 @@ class Workdir:
         """Writes sample_quality.json atomically."""
         write_json_atomic(self.sample_quality_path, result)
         return self.sample_quality_path
+
+    def read_provenance(self) -> dict | None:
+        """provenance.json, or None for a run trained before it existed."""
+        return read_json(self.path / self.PROVENANCE)
+
+    def write_provenance(self, record: dict) -> None:
+        """Writes provenance.json atomically (rewritten by each training invocation)."""
+        write_json_atomic(self.path / self.PROVENANCE, record)
 
     # --------------------------------------------------------------- metrics
     def read_metrics(self, split: str | None = None) -> list[dict]:

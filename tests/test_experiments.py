@@ -212,3 +212,20 @@ def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_pa
     assert "accuracy_prior" not in result  # unconditional run
     report = _cli("experiments.report", str(trained_workdir))
     assert f"{result['fid_gmm']:.2f}" in report.stdout
+
+
+def test_the_readme_quotes_what_the_quickstart_produces_now(tmp_path):
+    """The Results section's quickstart line must match `make run` as the code stands."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"\*\*Quickstart\*\*.*?test ELBO −([\d.]+) nats,\s+importance-sampled "
+                       r"NLL ([\d.]+) nats \(K = (\d+)\), (\d+)/(\d+) active units", readme,
+                       re.S)
+    assert quoted, "the README's quickstart line changed form; update this test with it"
+    out = _cli("experiments.main", "--workdir", str(tmp_path / "quick"), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores = json.loads((tmp_path / "quick" / "eval.json").read_text())
+    assert f"{-scores['elbo']:.2f}" == quoted.group(1)
+    assert f"{scores['nll_is']:.2f}" == quoted.group(2)
+    assert scores["k"] == int(quoted.group(3)) and scores["active_units"] == int(quoted.group(4))

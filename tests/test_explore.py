@@ -22,8 +22,9 @@ def test_projections_are_2d_and_pca_keeps_the_top_variance_directions():
     assert pca.shape == (200, 2)
     np.testing.assert_allclose(np.var(pca, axis=0), np.var(codes[:, :2], axis=0), rtol=0.1)
     assert explore.project_2d(codes[:60], "tsne").shape == (60, 2)
+    assert explore.project_2d(codes[:60], "umap").shape == (60, 2)
     with pytest.raises(ValueError, match="pca"):
-        explore.project_2d(codes, "umap")
+        explore.project_2d(codes, "isomap")
 
 
 def test_traversal_changes_only_with_the_traversed_dimension(run_2d):
@@ -50,3 +51,39 @@ def test_diagnostics_and_summaries(run_2d):
     curves = explore.learning_curves(run_2d.workdir)
     assert curves["epoch"] == [1, 2, 3]
     assert run_2d.num_params > 0
+
+
+def test_projected_mixture_density_is_the_exact_marginal():
+    from scipy.stats import multivariate_normal
+
+    from cvae import sampling
+
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(400, 3)) @ np.diag([2.0, 1.0, 0.3])
+    mixture = sampling.fit_latent_mixture(codes, num_components=2)
+    center, basis = explore.pca_plane(codes)
+    xs, ys = np.linspace(-8, 8, 161), np.linspace(-6, 6, 121)
+    density = explore.mixture_density_on_plane(mixture, center, basis, xs, ys)
+    assert density.sum() * (xs[1] - xs[0]) * (ys[1] - ys[0]) == pytest.approx(1.0, abs=1e-2)
+    weights = np.exp(mixture.log_weights)
+    point = np.array([0.5, -0.3])
+    cov = lambda k: basis @ (mixture.cholesky[k] @ mixture.cholesky[k].T) @ basis.T
+    expected = sum(w * multivariate_normal((mixture.means[k] - center) @ basis.T, cov(k)).pdf(point)
+                   for k, w in enumerate(weights))
+    got = explore.mixture_density_on_plane(mixture, center, basis, [point[0]], [point[1]])
+    assert got[0, 0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_nearest_training_images_finds_a_copy_and_collapsed_constant():
+    rng = np.random.default_rng(0)
+    train_images = rng.random((50, 4, 4, 1))
+    samples = np.stack([train_images[7], rng.random((4, 4, 1))])
+    index, distance = explore.nearest_training_images(samples, train_images)
+    assert index[0, 0] == 7 and distance[0, 0] == pytest.approx(0.0, abs=1e-3)
+    assert distance[1, 0] > 0.1
+    from cvae import posteriors
+
+    kl = posteriors.CollapsedPosterior(np.zeros((1, 3)), 0.1).kl_per_dim()
+    np.testing.assert_allclose(kl, explore.collapsed_kl_constant(0.1), rtol=1e-5)
+    stats = explore.code_statistics(np.array([[1.0, -2.0], [3.0, 2.0]]))
+    np.testing.assert_allclose(stats["half_mean_square"], [2.5, 2.0])

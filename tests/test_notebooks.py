@@ -1,15 +1,19 @@
-"""The notebooks run top to bottom (executed with nbclient) and are committed clean."""
+"""The notebooks run top to bottom (executed with nbclient) on the digits quickstart, on a
+conditional run and on an unlabelled npz set; the committed copies carry the outputs of
+``python -m experiments.notebooks`` and no error."""
 
 import pathlib
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from cvae import train
+from cvae import data, train
 from tests.conftest import make_test_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["explore_latents.ipynb", "compare_runs.ipynb"]
 
 
 def _execute(name: str):
@@ -19,6 +23,18 @@ def _execute(name: str):
     return book
 
 
+def _outputs(book):
+    return [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def _text(book):
+    return "".join(o.get("text", "") for o in _outputs(book))
+
+
+def _figures(book):
+    return [o for o in _outputs(book) if "image/png" in o.get("data", {})]
+
+
 @pytest.fixture(autouse=True)
 def single_device_kernel(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
@@ -26,30 +42,53 @@ def single_device_kernel(monkeypatch):
     monkeypatch.setenv("CVAE_QUICKSTART_EPOCHS", "5")
 
 
-@pytest.mark.parametrize("name", ["explore_latents.ipynb", "compare_runs.ipynb"])
-def test_notebooks_are_committed_without_outputs(name):
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebooks_show_their_outputs_and_no_error(name):
     book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code")
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), "run python -m experiments.notebooks"
+    assert not [o for o in _outputs(book) if o.get("output_type") == "error"]
+    assert len(_figures(book)) >= 3
 
 
 def test_explore_latents_trains_the_quickstart_when_no_workdir_is_given(monkeypatch):
     monkeypatch.delenv("CVAE_WORKDIR", raising=False)
     book = _execute("explore_latents.ipynb")
-    outputs = [o for c in book.cells for o in c.get("outputs", [])]
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 5
+    assert len(_figures(book)) >= 8  # recon, histograms, projections, …, neighbours
+    text = _text(book)
+    assert "median distance of samples to their nearest training image" in text
+    assert "does not apply: unconditional model" in text
 
 
 def test_explore_latents_on_a_conditional_run(monkeypatch, tmp_path):
     train.train_and_evaluate(make_test_config(**{"model.conditional": True}), tmp_path)
     monkeypatch.setenv("CVAE_WORKDIR", str(tmp_path))
     book = _execute("explore_latents.ipynb")
-    text = "".join(o.get("text", "") for c in book.cells for o in c.get("outputs", []))
+    text = _text(book)
     assert "unconditional model" not in text
+    assert len(_figures(book)) >= 9  # the class-conditional rows are drawn too
 
 
-def test_compare_runs_builds_the_table():
+def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
+    digits = data.load("digits", "train")
+    test = data.load("digits", "test")
+    npz = tmp_path / "unlabelled.npz"
+    np.savez(npz, x=digits.images[..., 0], x_test=test.images[..., 0])  # no y
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(make_test_config(**{"data.name": f"npz:{npz}",
+                                                 "train.num_epochs": 2}), workdir)
+    monkeypatch.setenv("CVAE_WORKDIR", str(workdir))
+    book = _execute("explore_latents.ipynb")
+    assert "labels: none (unlabelled data)" in _text(book)
+    assert len(_figures(book)) >= 8
+
+
+def test_compare_runs_labels_runs_by_name_and_plots_sigma0():
     book = _execute("compare_runs.ipynb")
-    text = "".join(o.get("text", "") for c in book.cells for o in c.get("outputs", []))
-    for posterior in ("gaussian", "collapsed", "deterministic"):
-        assert posterior in text
+    text = _text(book) + "".join(str(o.get("data", {}).get("text/plain", ""))
+                                 for o in _outputs(book))
+    for label in ("vae (gaussian)", "cvae_s0.01 (collapsed, σ₀=0.01)",
+                  "cvae_s0.1 (collapsed, σ₀=0.1)", "ae (deterministic)"):
+        assert label in text
+    assert "does not apply" not in text  # two σ₀ values: the σ₀ figure is drawn
+    assert len(_figures(book)) == 3

@@ -46,3 +46,21 @@ def test_clear_run_keeps_only_the_directory_and_unrelated_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     wd.clear_run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_training_records_its_provenance_and_report_prints_it(tmp_path):
+    import jax
+
+    from cvae import provenance, train
+    from experiments import report
+    from tests.conftest import make_test_config
+
+    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    record = Workdir(tmp_path).read_provenance()
+    assert record["versions"]["jax"] == jax.__version__
+    assert record["device_count"] == jax.device_count() and record["platform"] == "cpu"
+    assert record == {**provenance.collect()}  # same process, same answer
+    line = report.provenance_lines([tmp_path])
+    assert line.startswith(f"Runs {tmp_path.name}: ") and f"jax {jax.__version__}" in line
+    if record["git_commit"]:  # a git checkout (CI clones one)
+        assert len(record["git_commit"]) == 40 and "commit " + record["git_commit"][:10] in line
