@@ -8,6 +8,7 @@
     DIR/checkpoints/           Orbax checkpoints (latest/ and best/; see cvae.checkpoint)
     DIR/tb/                    TensorBoard events
     DIR/images/                reconstruction and sample grids, one PNG per evaluation
+    DIR/samples_<sampler>.png  sample grids drawn by experiments.sample / experiments.main
 
 Everything else asks a ``Workdir`` for paths and for reading and writing these files.
 """
@@ -121,6 +122,10 @@ class Workdir:
     def tensorboard(self) -> pathlib.Path:
         """DIR/tb/"""
         return self.path / self.TENSORBOARD
+
+    def samples_path(self, sampler: str) -> pathlib.Path:
+        """DIR/samples_<sampler>.png (experiments.sample and experiments.main)"""
+        return self.path / f"samples_{sampler}.png"
 
     def image_path(self, tag: str, step: int) -> pathlib.Path:
         """DIR/images/<tag>_step<step>.png"""

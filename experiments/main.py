@@ -35,10 +35,10 @@ def main(argv):
     run = load_run(workdir)
     scores = run.evaluate("test", FLAGS.k, progress=True)
     Workdir(workdir).write_eval(scores)
-    samples = run.sample(jax.random.key(0), 64, sampler="gmm")
-    writers.save_png(workdir / "samples_gmm.png", writers.image_grid(jax.device_get(samples)))
-    prior = run.sample(jax.random.key(0), 64, sampler="prior")
-    writers.save_png(workdir / "samples_prior.png", writers.image_grid(jax.device_get(prior)))
+    for sampler in ("gmm", "prior"):
+        samples = run.sample(jax.random.key(0), 64, sampler=sampler)
+        writers.save_png(Workdir(workdir).samples_path(sampler),
+                         writers.image_grid(jax.device_get(samples)))
     done = time.perf_counter()
     print(evaluation.format_table(scores))
     print(f"\ntraining {trained - started:.1f} s, evaluation and sampling {done - trained:.1f} s")

@@ -7,7 +7,7 @@ import pathlib
 import jax
 from absl import flags
 
-from cvae import load_run, sampling, writers
+from cvae import Workdir, load_run, sampling, writers
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -34,7 +34,7 @@ def main(argv):
     run = load_run(workdir)
     sampler = FLAGS.sampler or sampling.default_sampler(run.model.posterior_family)
     images = run.sample(jax.random.key(FLAGS.seed), FLAGS.n, sampler=sampler, labels=FLAGS.label)
-    out = pathlib.Path(FLAGS.out or pathlib.Path(workdir) / f"samples_{sampler}.png")
+    out = pathlib.Path(FLAGS.out) if FLAGS.out else Workdir(workdir).samples_path(sampler)
     writers.save_png(out, writers.image_grid(jax.device_get(images)))
     print(f"wrote {FLAGS.n} {sampler} samples to {out}")
 

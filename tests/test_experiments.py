@@ -178,8 +178,10 @@ def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
 def test_report_prints_a_row_per_run_and_refuses_non_runs(trained_workdir, tmp_path):
     out = _cli("experiments.report", str(trained_workdir))
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
+    table, _, provenance = out.stdout.strip().partition("\n\n")
+    lines = table.splitlines()
     assert lines[0].startswith("| run | posterior") and len(lines) == 3
+    assert provenance.startswith(f"Runs {trained_workdir.name}: ") and "jax " in provenance
     assert f"| {trained_workdir.name} | collapsed | elbo | 0.01 | 4 | 2 |" in lines[2]
     missing = _cli("experiments.report", str(tmp_path))
     assert missing.returncode == 2 and "no config.json" in missing.stderr
