@@ -7,12 +7,14 @@ records; plotting stays in the notebooks.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 
 import jax.numpy as jnp
 import numpy as np
 
 from cvae import checkpoint, metrics
+from cvae import config as config_lib
 from cvae.run import Run
 from cvae.workdir import as_workdir
 
@@ -187,6 +189,51 @@ def by_sigma0(rows, metric: str) -> dict:
             groups.setdefault(row["sigma0"], []).append(float(row[metric]))
     return {s: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
             for s, v in sorted(groups.items())}
+
+
+SUMMARY_METRICS = ("nll_is", "elbo", "recon", "kl", "active_units", "fid_prior", "fid_gmm",
+                   "accuracy_prior", "accuracy_gmm")
+
+
+def aggregate(workdirs, group_by: str) -> list[dict]:
+    """Runs grouped by the value of the config field ``group_by`` (dotted, e.g.
+    "model.sigma0"); per group {"value", "n", "runs", metric: (mean, std, ci95), ...}.
+
+    ``std`` is the sample standard deviation over the group's runs (seeds) and ``ci95`` the
+    half-width of the 95% confidence interval of the mean, t_{0.975, n−1} · std / √n
+    (Student's t: a handful of seeds is far from the normal limit); both are NaN for a
+    group of one run.
+    """
+    from scipy import stats
+
+    groups: dict = {}
+    for workdir in workdirs:
+        wd = as_workdir(workdir)
+        flat = config_lib.flatten(wd.read_config_dict())
+        if group_by not in flat:
+            close = difflib.get_close_matches(group_by, list(flat), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"--group_by {group_by!r} is not a config field{hint}")
+        value = flat[group_by]
+        value = tuple(value) if isinstance(value, list) else value
+        groups.setdefault(value, []).append((wd.name, run_summary(wd)))
+    out = []
+    for value in sorted(groups, key=lambda v: (str(type(v)), v)):
+        members = groups[value]
+        entry = {"value": value, "n": len(members), "runs": [name for name, _ in members]}
+        for metric in SUMMARY_METRICS:
+            values = np.array([row[metric] for _, row in members if row.get(metric) is not None],
+                              np.float64)
+            if len(values) == 0:
+                continue
+            if len(values) == 1:
+                entry[metric] = (float(values[0]), float("nan"), float("nan"))
+                continue
+            std = float(values.std(ddof=1))
+            half = float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values)))
+            entry[metric] = (float(values.mean()), std, half)
+        out.append(entry)
+    return out
 
 
 def learning_curves(workdir, split: str = "train") -> dict:

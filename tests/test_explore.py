@@ -87,3 +87,50 @@ def test_nearest_training_images_finds_a_copy_and_collapsed_constant():
     np.testing.assert_allclose(kl, explore.collapsed_kl_constant(0.1), rtol=1e-5)
     stats = explore.code_statistics(np.array([[1.0, -2.0], [3.0, 2.0]]))
     np.testing.assert_allclose(stats["half_mean_square"], [2.5, 2.0])
+
+
+def _fake_run(path, seed, sigma0, nll):
+    from cvae import config as config_lib
+    from cvae.workdir import Workdir
+
+    config = config_lib.base_config()
+    config.seed, config.model.sigma0 = seed, sigma0
+    wd = Workdir(path)
+    wd.write_config(config)
+    wd.write_eval({"nll_is": nll, "elbo": -nll - 1.0, "k": 10})
+    return path
+
+
+def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
+    from scipy import stats
+
+    nll = {0.01: [100.0, 102.0, 104.0], 0.1: [90.0, 91.0]}
+    dirs = [_fake_run(tmp_path / f"s{s}_{i}", i, s, v)
+            for s, values in nll.items() for i, v in enumerate(values)]
+    dirs.append(_fake_run(tmp_path / "lone", 0, 1.0, 80.0))
+    groups = explore.aggregate(dirs, "model.sigma0")
+    assert [g["value"] for g in groups] == [0.01, 0.1, 1.0]
+    assert [g["n"] for g in groups] == [3, 2, 1]
+    mean, std, half = groups[0]["nll_is"]
+    low, high = stats.t.interval(0.95, 2, loc=102.0, scale=stats.sem(nll[0.01]))
+    assert (mean, std) == pytest.approx((102.0, 2.0)) and half == pytest.approx((high - low) / 2)
+    assert np.isnan(groups[2]["nll_is"][2])  # one run: no interval
+    with pytest.raises(ValueError, match="did you mean 'model.sigma0'"):
+        explore.aggregate(dirs, "model.sigma")
+
+
+def test_report_group_by_prints_intervals_and_plots(tmp_path):
+    import subprocess
+    import sys
+
+    dirs = [str(_fake_run(tmp_path / f"r{i}", i, s, 100.0 + i))
+            for i, s in enumerate([0.01, 0.01, 1.0, 1.0])]
+    out = subprocess.run([sys.executable, "-m", "experiments.report", *dirs, "--group-by",
+                          "model.sigma0", "--plot", str(tmp_path / "curve.png")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("| model.sigma0 | runs | nll_is | elbo")
+    assert lines[2].startswith("| 0.01 | 2 | 100.50 ± 6.35 |")  # t(0.975, 1) · 0.707 / √2
+    assert (tmp_path / "curve.png").stat().st_size > 0
