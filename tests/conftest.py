@@ -7,11 +7,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
 from cvae import config as config_lib  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tensorflow_datasets"
 
 
@@ -47,3 +50,10 @@ def make_test_config(**overrides):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def run_cli(*args, timeout=240, env=None):
+    """``python -m ARGS`` from the repository root, as a user runs it: one CPU device."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=timeout,
+                          capture_output=True, text=True)

@@ -14,7 +14,7 @@ import pytest
 
 import cvae
 from cvae import train
-from tests.conftest import make_test_config
+from tests.conftest import make_test_config, run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ["--config", "experiments/configs/digits_cvae.py", "--workdir", "W"]
@@ -26,10 +26,7 @@ BAD_CONFIG_FILES = {
 }
 
 
-def _cli(*args, timeout=240):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=timeout,
-                          capture_output=True, text=True)
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 
 import cvae
 from cvae import Workdir, train
-from tests.conftest import make_test_config
+from tests.conftest import make_test_config, run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = [f"--config.{k}={v}" for k, v in {
@@ -24,10 +24,7 @@ TINY = [f"--config.{k}={v}" for k, v in {
     "train.num_devices": 1}.items()]
 
 
-def _cli(*args, timeout=240):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=timeout,
-                          capture_output=True, text=True)
+_cli = run_cli
 
 
 @pytest.fixture(scope="module")
