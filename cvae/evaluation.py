@@ -110,6 +110,16 @@ def _programs(model, mesh, code_l2: float, scale: float, k: int, chunk_size: int
             jax.jit(log_px, out_shardings=everywhere))
 
 
+def _replicated_on(params, mesh):
+    """``params`` replicated over ``mesh``: as they are when training already placed them
+    there, else copied (e.g. a loaded run's params, which sit on one device)."""
+    target = parallel.replicated(mesh)
+    if all(isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim)
+           for x in jax.tree_util.tree_leaves(params)):
+        return params
+    return parallel.replicate(params, mesh)
+
+
 def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 0,
              batch_size: int = 500, mesh=None, code_l2: float = 0.0,
              progress: bool = False, description: str = "evaluate") -> dict:
@@ -136,6 +146,7 @@ def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 
     chunk = chunk_size or auto_chunk_size(bs, max(k, 1))
     terms, log_px = _programs(model, mesh, float(code_l2), float(eval_set.scale), max(k, 1),
                               min(chunk, max(k, 1)))
+    params = _replicated_on(params, mesh)
     labels = (eval_set.labels if eval_set.labels is not None
               else np.zeros(n, np.int32)).astype(np.int32)
     collected = []

@@ -26,6 +26,11 @@ import sys
 import tempfile
 import time
 
+if "--eval" in sys.argv:  # the evaluation runs as experiments.evaluate does: a device per core
+    from experiments.cpu_cores import split_host_into_cores
+
+    split_host_into_cores()
+
 import jax
 from absl import flags
 

@@ -3,7 +3,16 @@
 Writes DIR/eval.json (nll_is, elbo, recon, kl, active_units, k, split, num_examples) and
 prints a table. K, the batch and the chunk default to the run's ``eval`` config
 (``eval.num_importance_samples``, ``eval.batch_size``, ``eval.chunk_size``); the flags
-override them. Memory is bounded for any K (importance samples are chunked)."""
+override them. Memory is bounded for any K (importance samples are chunked).
+
+On a CPU host the evaluation is split into one XLA device per core
+(``experiments.cpu_cores``; set ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` to
+choose). Its scores then equal the ones training logged to within float rounding, and
+exactly when the device counts match (``train.num_devices`` or that flag)."""
+
+from experiments.cpu_cores import split_host_into_cores
+
+split_host_into_cores()  # before cvae imports jax
 
 from absl import flags
 

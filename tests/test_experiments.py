@@ -228,3 +228,28 @@ def test_the_readme_quotes_what_the_quickstart_produces_now(tmp_path):
     assert f"{-scores['elbo']:.2f}" == quoted.group(1)
     assert f"{scores['nll_is']:.2f}" == quoted.group(2)
     assert scores["k"] == int(quoted.group(3)) and scores["active_units"] == int(quoted.group(4))
+
+
+def test_evaluate_splits_a_cpu_host_into_a_device_per_core(monkeypatch):
+    from experiments import cpu_cores
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    cpu_cores.split_host_into_cores()
+    cores = len(os.sched_getaffinity(0))
+    expected = f"--xla_force_host_platform_device_count={cores}" if cores > 1 else ""
+    assert os.environ["XLA_FLAGS"] == expected
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    cpu_cores.split_host_into_cores()  # a count the user chose is kept
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+
+
+def test_evaluate_on_other_devices_matches_the_logged_test_scores(tmp_path):
+    """Training on 8 devices, experiments.evaluate on one device per core: the same
+    numbers to float rounding (exactly equal only when the device counts match)."""
+    result = train.train_and_evaluate(make_test_config(**{"train.num_devices": 0,
+                                                          "train.num_epochs": 1}), tmp_path)
+    out = _cli("experiments.evaluate", "--workdir", str(tmp_path), "--k", "5")
+    assert out.returncode == 0, out.stderr[-2000:]
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    for name in ("elbo", "recon", "kl"):
+        assert scores[name] == pytest.approx(result.final_metrics[name], rel=1e-5), name
