@@ -69,13 +69,16 @@ def test_explore_latents_on_a_conditional_run(monkeypatch, tmp_path):
     assert len(_figures(book)) >= 9  # the class-conditional rows are drawn too
 
 
-def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
-    digits = data.load("digits", "train")
-    test = data.load("digits", "test")
+def _unlabelled_npz(tmp_path):
+    digits, test = data.load("digits", "train"), data.load("digits", "test")
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, x=digits.images[..., 0], x_test=test.images[..., 0])  # no y
+    return npz
+
+
+def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(make_test_config(**{"data.name": f"npz:{npz}",
+    train.train_and_evaluate(make_test_config(**{"data.name": f"npz:{_unlabelled_npz(tmp_path)}",
                                                  "train.num_epochs": 2}), workdir)
     monkeypatch.setenv("CVAE_WORKDIR", str(workdir))
     book = _execute("explore_latents.ipynb")
@@ -92,3 +95,22 @@ def test_compare_runs_labels_runs_by_name_and_plots_sigma0():
         assert label in text
     assert "does not apply" not in text  # two σ₀ values: the σ₀ figure is drawn
     assert len(_figures(book)) == 3
+
+
+def test_compare_runs_on_unlabelled_runs_given_by_the_user(monkeypatch, tmp_path):
+    import cvae
+
+    npz = _unlabelled_npz(tmp_path)
+    workdirs = []
+    for sigma0 in (0.01, 0.3):
+        workdir = tmp_path / f"s{sigma0}"
+        train.train_and_evaluate(make_test_config(**{"data.name": f"npz:{npz}",
+                                                     "model.sigma0": sigma0,
+                                                     "train.num_epochs": 2}), workdir)
+        cvae.Workdir(workdir).write_eval(cvae.load_run(workdir).evaluate("test", k=5))
+        workdirs.append(str(workdir))
+    monkeypatch.setenv("CVAE_WORKDIRS", ":".join(workdirs))
+    book = _execute("compare_runs.ipynb")
+    assert "s0.3 (collapsed, σ₀=0.3)" in _text(book) + "".join(
+        str(o.get("data", {}).get("text/plain", "")) for o in _outputs(book))
+    assert len(_figures(book)) == 3  # curves, bars, the σ₀ figure
