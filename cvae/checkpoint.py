@@ -161,7 +161,8 @@ class Checkpointer:
         if which == "best":
             restored = self._restore_newest([self._best], on_this_device)
             if restored is None and self._latest.all_steps():
-                if self._best.all_steps() or list(self._corrupt_dirs(self._best)):
+                best_dir = pathlib.Path(self._best.directory)
+                if self._best.all_steps() or any(best_dir.glob("corrupt-*")):
                     log.warning("no readable best checkpoint in %s; using the latest one",
                                 self._best.directory)
                 restored = self._restore_newest([self._latest], on_this_device)
@@ -197,10 +198,6 @@ class Checkpointer:
     def _manager_for(self, which: str) -> ocp.CheckpointManager:
         """The best manager for "best" when it holds a save, else the latest one."""
         return self._best if which == "best" and self._best.all_steps() else self._latest
-
-    @staticmethod
-    def _corrupt_dirs(manager):
-        return pathlib.Path(manager.directory).glob("corrupt-*")
 
     def _discard_partial(self, manager, step: int) -> None:
         """Removes what a failed save of ``step`` left (its temporary or final directory)."""

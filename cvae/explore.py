@@ -182,13 +182,30 @@ def run_label(row: dict) -> str:
 
 def by_sigma0(rows, metric: str) -> dict:
     """Collapsed runs grouped by σ₀: {σ₀: (mean, standard deviation, number of runs)} of
-    ``metric`` over the runs (seeds) that share it."""
+    ``metric`` over the runs (seeds) that share it (the deviation is 0 for a single run)."""
     groups: dict[float, list[float]] = {}
     for row in rows:
         if row.get("sigma0") is not None and row.get(metric) is not None:
             groups.setdefault(row["sigma0"], []).append(float(row[metric]))
-    return {s: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-            for s, v in sorted(groups.items())}
+    out = {}
+    for sigma0, values in sorted(groups.items()):
+        mean, std, _ = seed_statistics(values)
+        out[sigma0] = (mean, 0.0 if np.isnan(std) else std, len(values))
+    return out
+
+
+def seed_statistics(values) -> tuple[float, float, float]:
+    """(mean, sample standard deviation, half-width of the 95% confidence interval of the
+    mean) over runs that differ only in their seed: t_{0.975, n−1} · std / √n (Student's t:
+    a handful of seeds is far from the normal limit). The last two are NaN for one run."""
+    from scipy import stats
+
+    values = np.asarray(values, np.float64)
+    if len(values) == 1:
+        return float(values[0]), float("nan"), float("nan")
+    std = float(values.std(ddof=1))
+    return (float(values.mean()), std,
+            float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))))
 
 
 SUMMARY_METRICS = ("nll_is", "elbo", "recon", "kl", "active_units", "fid_prior", "fid_gmm",
@@ -197,15 +214,9 @@ SUMMARY_METRICS = ("nll_is", "elbo", "recon", "kl", "active_units", "fid_prior",
 
 def aggregate(workdirs, group_by: str) -> list[dict]:
     """Runs grouped by the value of the config field ``group_by`` (dotted, e.g.
-    "model.sigma0"); per group {"value", "n", "runs", metric: (mean, std, ci95), ...}.
-
-    ``std`` is the sample standard deviation over the group's runs (seeds) and ``ci95`` the
-    half-width of the 95% confidence interval of the mean, t_{0.975, n−1} · std / √n
-    (Student's t: a handful of seeds is far from the normal limit); both are NaN for a
-    group of one run.
+    "model.sigma0"); per group {"value", "n", "runs", metric: (mean, std, ci95), ...} with
+    the statistics of ``seed_statistics`` over the group's runs.
     """
-    from scipy import stats
-
     groups: dict = {}
     for workdir in workdirs:
         wd = as_workdir(workdir)
@@ -222,16 +233,9 @@ def aggregate(workdirs, group_by: str) -> list[dict]:
         members = groups[value]
         entry = {"value": value, "n": len(members), "runs": [name for name, _ in members]}
         for metric in SUMMARY_METRICS:
-            values = np.array([row[metric] for _, row in members if row.get(metric) is not None],
-                              np.float64)
-            if len(values) == 0:
-                continue
-            if len(values) == 1:
-                entry[metric] = (float(values[0]), float("nan"), float("nan"))
-                continue
-            std = float(values.std(ddof=1))
-            half = float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values)))
-            entry[metric] = (float(values.mean()), std, half)
+            values = [row[metric] for _, row in members if row.get(metric) is not None]
+            if values:
+                entry[metric] = seed_statistics(values)
         out.append(entry)
     return out
 

@@ -124,8 +124,7 @@ class Run:
         y alone (a collapsed model's codes carry the class, so codes of other classes would
         override the label); class y's latents come from ``fold_in(key, y)``.
         """
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+        _require_int(n, 1, "the number of samples must be a positive integer")
         sampler = sampler or sampling.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
         if sampler == "prior":
@@ -145,8 +144,7 @@ class Run:
 
     def interpolate(self, x0, x1, steps: int = 8, labels=None):
         """Images decoded along the straight line between the posterior means of x0 and x1."""
-        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 2:
-            raise ValueError(f"steps must be an integer ≥ 2 (both ends included), got {steps!r}")
+        _require_int(steps, 2, "steps must be an integer ≥ 2 (both ends included)")
         pair = jnp.stack([self._inputs(x0), self._inputs(x1)])
         means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels))
         t = jnp.linspace(0.0, 1.0, steps)[:, None]
@@ -196,6 +194,12 @@ class Run:
             self._mixtures[num_components, label] = sampling.fit_latent_mixture(
                 codes, num_components, seed=self.config.seed)
         return self._mixtures[num_components, label]
+
+
+def _require_int(value, minimum: int, message: str) -> None:
+    """Raises ``ValueError(message, got value)`` unless ``value`` is an integer ≥ minimum."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{message}, got {value!r}")
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -48,14 +48,19 @@ class WorkdirLockedError(RuntimeError):
     """Another live process is training in this workdir."""
 
 
-def write_json_atomic(path: str | pathlib.Path, payload: dict) -> None:
-    """Writes JSON through a temporary file and a rename: never a half-written file."""
+def write_text_atomic(path: str | pathlib.Path, text: str) -> None:
+    """Replaces ``path`` by ``text`` through a temporary file and a rename: a reader (or a
+    crash) never sees a half-written file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text)
     os.replace(f.name, path)
+
+
+def write_json_atomic(path: str | pathlib.Path, payload: dict) -> None:
+    """Writes indented, key-sorted JSON atomically (``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: pathlib.Path) -> dict | None:
@@ -219,7 +224,7 @@ class Workdir:
         if self.metrics_path.exists():
             kept = [r for r in self.read_metrics()
                     if r.get("step", max_step + 1) <= max_step and r.get("split") != "test"]
-            write_lines_atomic(self.metrics_path, [json.dumps(r) for r in kept])
+            write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append_metrics(self, record: dict) -> None:
         """Appends one record as a line of metrics.jsonl."""
@@ -295,13 +300,6 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def write_lines_atomic(path: pathlib.Path, lines: list[str]) -> None:
-    """Replaces ``path`` by ``lines`` through a temporary file and a rename."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(f.name, path)
 
 
 def as_workdir(path_or_workdir) -> Workdir:

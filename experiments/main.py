@@ -6,7 +6,6 @@ All offline (scikit-learn's bundled digits). Rerunning resumes or, when training
 complete, only re-evaluates and re-samples.
 """
 
-import pathlib
 import time
 
 import jax
@@ -25,26 +24,26 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    workdir = pathlib.Path(FLAGS.workdir)
+    workdir = Workdir(FLAGS.workdir)
     started = time.perf_counter()
     result = train_and_evaluate(digits_cvae.get_config(), workdir)
     if result.interrupted:
-        print(f"interrupted; rerun `make run` to resume from {workdir}")
+        print(f"interrupted; rerun `make run` to resume from {workdir.path}")
         return
     trained = time.perf_counter()
-    run = load_run(workdir)
+    run = load_run(workdir.path)
     scores = run.evaluate("test", FLAGS.k, progress=True)
-    Workdir(workdir).write_eval(scores)
+    workdir.write_eval(scores)
     for sampler in ("gmm", "prior"):
         samples = run.sample(jax.random.key(0), 64, sampler=sampler)
-        writers.save_png(Workdir(workdir).samples_path(sampler),
+        writers.save_png(workdir.samples_path(sampler),
                          writers.image_grid(jax.device_get(samples)))
     done = time.perf_counter()
     print(evaluation.format_table(scores))
     print(f"\ntraining {trained - started:.1f} s, evaluation and sampling {done - trained:.1f} s")
-    print(f"results in {workdir}/: eval.json, metrics.jsonl, samples_gmm.png, samples_prior.png,"
-          f" images/, checkpoints/, tb/ (TensorBoard events: `pip install -e '.[viewer]'`, "
-          f"then `tensorboard --logdir {workdir}/tb`)")
+    print(f"results in {workdir.path}/: eval.json, metrics.jsonl, samples_gmm.png, "
+          f"samples_prior.png, images/, checkpoints/, tb/ (TensorBoard events: "
+          f"`pip install -e '.[viewer]'`, then `tensorboard --logdir {workdir.tensorboard}`)")
 
 
 if __name__ == "__main__":
