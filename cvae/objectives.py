@@ -20,10 +20,11 @@ def _variables(params):
 
 
 def kl_weight(step, beta: float, warmup_steps: int):
-    """β_t = β · min(1, t / warmup_steps): the KL warm-up of Sønderby et al. (2016)."""
-    if warmup_steps <= 0:
-        return jnp.asarray(beta, jnp.float32)
-    return beta * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+    """β_t = β · min(1, t / warmup_steps): the KL warm-up of Sønderby et al. (2016);
+    β itself when ``warmup_steps`` ≤ 0. Branch-free, so β and the warm-up may be traced
+    (a population's members differ in them)."""
+    ramp = jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / jnp.maximum(warmup_steps, 1))
+    return beta * jnp.where(jnp.asarray(warmup_steps) > 0, ramp, 1.0).astype(jnp.float32)
 
 
 def regulariser_per_dim(posterior, code_l2: float = 0.0):
@@ -49,10 +50,10 @@ def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float 
     recon = model.likelihood.log_prob(x, dec)
     kl_dims = regulariser_per_dim(posterior, code_l2)
     kl = jnp.sum(kl_dims, axis=-1)
-    if free_bits > 0:
-        penalty = jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_dims, axis=0)))
-    else:
-        penalty = jnp.mean(kl)
+    # Branch-free (free_bits may be a traced population hyperparameter); λ = 0 selects
+    # the plain mean KL, exactly as without free bits.
+    floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_dims, axis=0)))
+    penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
     loss = -jnp.mean(recon) + beta * penalty
     return loss, {"recon": recon, "kl": kl, "elbo": recon - kl}
 

@@ -14,6 +14,7 @@ contiguous slice of each batch. Only the primary process (index 0) writes files.
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 import numpy as np
@@ -102,17 +103,41 @@ def replicate(tree, mesh: Mesh):
     where the mesh spans processes (there ``jax.device_put`` refuses local arrays); every
     process must pass the same values.
     """
-    sharding = replicated(mesh)
+    return place(tree, replicated(mesh))
 
-    def place(x):
+
+def make_population_mesh(num_members: int, num_devices: int = 0) -> Mesh:
+    """A 2-D ``(member, data)`` mesh for a population (``cvae.population``).
+
+    Of the ``num_devices`` devices (0 = all), gcd(devices, members) go to the ``member``
+    axis — each holds whole members — and the rest split every member's batch along
+    ``data``. Devices are listed process by process, so with at least as many members as
+    processes, each process holds its members whole.
+    """
+    chosen = make_mesh(num_devices).devices.reshape(-1)
+    members = math.gcd(len(chosen), num_members)
+    return Mesh(chosen.reshape(members, len(chosen) // members), ("member", "data"))
+
+
+def member_sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (member) axis is split along ``member``; replicated along ``data``."""
+    return NamedSharding(mesh, P("member"))
+
+
+def place(tree, sharding: NamedSharding):
+    """Every leaf of ``tree`` (host arrays, local jax arrays, PRNG keys) as a global array
+    with ``sharding``; each process supplies its own devices' pieces (every process must
+    pass the same values)."""
+
+    def place_leaf(x):
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            raw = place(jax.random.key_data(x))
+            raw = place_leaf(jax.random.key_data(x))
             return jax.jit(jax.random.wrap_key_data, static_argnames="impl",
                            out_shardings=sharding)(raw, impl=jax.random.key_impl(x))
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    return jax.tree_util.tree_map(place, tree)
+    return jax.tree_util.tree_map(place_leaf, tree)
 
 
 def shard_batch(host_batch, mesh: Mesh):

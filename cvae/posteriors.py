@@ -26,6 +26,12 @@ DEFAULT_SIGMA0 = 0.01  # the collapsed posterior's σ₀ unless a config says ot
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _log(x):
+    """log x: in double precision for a Python number (a run's σ₀), else traced (a
+    population member's σ₀, see cvae.population)."""
+    return math.log(x) if isinstance(x, (int, float)) else jnp.log(x)
+
+
 def _draw(key, mean, scale, num_samples):
     shape = mean.shape if num_samples is None else (num_samples,) + mean.shape
     return mean + scale * jax.random.normal(key, shape, mean.dtype)
@@ -73,7 +79,7 @@ class CollapsedPosterior:
     @property
     def log_var(self):
         """log σ₀², the same for every dimension and example."""
-        return jnp.full_like(self.mean, 2.0 * math.log(self.sigma0))
+        return jnp.full_like(self.mean, 2.0 * _log(self.sigma0))
 
     def sample(self, key, num_samples: int | None = None):
         """z = μ + σ₀ ε, ε ~ N(0, I); (num_samples, …, d) if asked."""
@@ -86,7 +92,7 @@ class CollapsedPosterior:
     def kl_per_dim(self):
         """½(μ_j² + σ₀² − 1 − log σ₀²): summed, ½‖μ‖² + (d/2)(σ₀² − 1 − log σ₀²)."""
         s2 = self.sigma0**2
-        return 0.5 * (self.mean**2 + s2 - 1.0 - math.log(s2))
+        return 0.5 * (self.mean**2 + s2 - 1.0 - _log(s2))
 
 
 @struct.dataclass

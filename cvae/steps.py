@@ -24,61 +24,121 @@ import optax
 from cvae import data, objectives, parallel
 
 
-def learning_rate(train_cfg, total_steps: int) -> optax.Schedule:
-    """Step → learning rate: constant, or optax's linear warm-up then cosine decay."""
+# Fields that may differ between the members of one compiled population (cvae.population):
+# they change values, never array shapes or the program's structure, so they enter the
+# step as traced numbers. Everything else in a config is structure. ``model.dropout_rate``
+# is structure too: Flax's Dropout decides in Python whether to draw a mask at all.
+HYPERPARAMETERS = ("seed", "model.sigma0", "model.code_l2", "objective.beta",
+                   "objective.free_bits", "objective.kl_warmup_steps",
+                   "train.learning_rate", "train.weight_decay")
+
+
+def hyperparameters(cfg) -> dict:
+    """The traced hyperparameters of ``cfg`` (all of HYPERPARAMETERS but the seed), by
+    their last name: the numbers ``make_step`` reads instead of the config's."""
+    return {name.split(".")[-1]: float(_field(cfg, name)) for name in HYPERPARAMETERS[1:]}
+
+
+def _field(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def learning_rate(train_cfg, total_steps: int, peak=None) -> optax.Schedule:
+    """Step → learning rate: constant, or optax's linear warm-up then cosine decay.
+
+    ``peak`` (default ``train_cfg.learning_rate``) may be a traced number."""
+    peak = train_cfg.learning_rate if peak is None else peak
     if train_cfg.lr_schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, train_cfg.learning_rate, train_cfg.lr_warmup_steps,
+            0.0, peak, train_cfg.lr_warmup_steps,
             max(total_steps, train_cfg.lr_warmup_steps + 1))
-    return optax.constant_schedule(train_cfg.learning_rate)
+    return optax.constant_schedule(peak)
 
 
-def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
-    """Adam or AdamW, a constant or warm-up + cosine learning rate, optional clipping."""
-    lr = (train_cfg.learning_rate if train_cfg.lr_schedule == "constant"
-          else learning_rate(train_cfg, total_steps))
+def make_optimizer(train_cfg, total_steps: int, *, learning_rate_value=None,
+                   weight_decay=None) -> optax.GradientTransformation:
+    """Adam or AdamW, a constant or warm-up + cosine learning rate, optional clipping.
+
+    The optimizer's structure (and so its state's) comes from ``train_cfg``; the learning
+    rate and weight decay may be given as traced numbers instead of the config's values.
+    With Adam, whether weight decay is on at all (> 0) is structure: members of one
+    population agree on it (``cvae.sweep`` groups them so).
+    """
+    peak = train_cfg.learning_rate if learning_rate_value is None else learning_rate_value
+    decay = train_cfg.weight_decay if weight_decay is None else weight_decay
+    lr = peak if train_cfg.lr_schedule == "constant" else learning_rate(train_cfg, total_steps,
+                                                                        peak)
     if train_cfg.optimizer == "adamw":
-        opt = optax.adamw(lr, weight_decay=train_cfg.weight_decay)
+        opt = optax.adamw(lr, weight_decay=decay)
     else:
         opt = optax.adam(lr)
         if train_cfg.weight_decay > 0:  # L2 regularisation through the gradient
-            opt = optax.chain(optax.add_decayed_weights(train_cfg.weight_decay), opt)
+            opt = optax.chain(optax.add_decayed_weights(decay), opt)
     if train_cfg.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip_norm), opt)
     return opt
 
 
-def make_objective(model, objective_cfg, model_cfg):
-    """(params, x, key, labels, beta, dropout_key, train) → (loss, per-example terms)."""
+def make_objective(model, objective_cfg, hyper: dict):
+    """(params, x, key, labels, beta, dropout_key, train) → (loss, per-example terms).
+
+    ``hyper`` (see ``hyperparameters``) supplies σ₀, the free bits and the code penalty,
+    as Python floats for one run or traced numbers for a population member."""
     if objective_cfg.kind == "iwae":
-        return functools.partial(objectives.iwae_loss, model, k=objective_cfg.k)
+        return functools.partial(objectives.iwae_loss, model.clone(sigma0=hyper["sigma0"]),
+                                 k=objective_cfg.k)
 
     def elbo(params, x, key, *, labels=None, beta=1.0, train=False, dropout_key=None):
-        return objectives.elbo_loss(model, params, x, key, labels=labels, beta=beta,
-                                    free_bits=objective_cfg.free_bits,
-                                    code_l2=model_cfg.code_l2, train=train,
+        return objectives.elbo_loss(model.clone(sigma0=hyper["sigma0"]), params, x, key,
+                                    labels=labels, beta=beta, free_bits=hyper["free_bits"],
+                                    code_l2=hyper["code_l2"], train=train,
                                     dropout_key=dropout_key)
     return elbo
 
 
-@dataclasses.dataclass
-class TrainPrograms:
-    """The jitted training epoch, with a trace counter (for retrace tests)."""
-
-    train_epoch: callable
-    traces: dict
-
-
-def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
-                   num_train: int, class_table: data.ClassTable | None) -> TrainPrograms:
-    """The jitted epoch (see the module docstring) for this model, optimizer and mesh."""
+def make_step(*, model, config, preprocess: data.Preprocessor, total_steps: int,
+              batch_sharding=None):
+    """One optimizer step of one run: ``(state, batch_indices, images, labels, train_key,
+    hyper) → (state, scalars)``. Pure: ``build_programs`` scans it over an epoch, and
+    ``cvae.population`` vmaps that over members, each with its own keys and ``hyper``."""
     cfg = config
-    batch_size = cfg.train.batch_size
-    steps_per_epoch = num_train // batch_size
-    objective = make_objective(model, cfg.objective, cfg.model)
-    batch_sharding = parallel.batch_sharded(mesh)
-    traces = {"train_epoch": 0}
     conditional = model.num_classes > 0
+
+    def one_step(state, batch_indices, images, labels, train_key, hyper):
+        step = state["step"]
+        sample_key, binarize_key, dropout_key = jax.random.split(
+            jax.random.fold_in(train_key, step), 3)
+        if batch_sharding is not None:
+            batch_indices = jax.lax.with_sharding_constraint(batch_indices, batch_sharding)
+        x = preprocess(binarize_key, images[batch_indices])
+        y = labels[batch_indices] if conditional else None
+        beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
+        objective = make_objective(model, cfg.objective, hyper)
+        tx = make_optimizer(cfg.train, total_steps, learning_rate_value=hyper["learning_rate"],
+                            weight_decay=hyper["weight_decay"])
+
+        def loss_fn(params):
+            return objective(params, x, sample_key, labels=y, beta=beta, train=True,
+                             dropout_key=dropout_key)
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {"step": step + 1,
+                     "params": optax.apply_updates(state["params"], updates),
+                     "opt_state": opt_state}
+        scalars = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}
+        return new_state, scalars
+
+    return one_step
+
+
+def make_epoch_indices(*, num_train: int, batch_size: int,
+                       class_table: data.ClassTable | None):
+    """``(data_key, epoch) → (steps, batch)`` example indices of one epoch."""
+    steps_per_epoch = num_train // batch_size
 
     def epoch_indices(data_key, epoch):
         if class_table is None:
@@ -89,31 +149,34 @@ def build_programs(*, model, config, tx, mesh, preprocess: data.Preprocessor,
                 jnp.asarray(class_table.counts), num_train)
         return order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
 
+    return epoch_indices
+
+
+@dataclasses.dataclass
+class TrainPrograms:
+    """The jitted training epoch, with a trace counter (for retrace tests)."""
+
+    train_epoch: callable
+    traces: dict
+
+
+def build_programs(*, model, config, mesh, preprocess: data.Preprocessor,
+                   num_train: int, class_table: data.ClassTable | None,
+                   total_steps: int) -> TrainPrograms:
+    """The jitted epoch (see the module docstring) for this model, config and mesh."""
+    cfg = config
+    one_step = make_step(model=model, config=cfg, preprocess=preprocess,
+                         total_steps=total_steps, batch_sharding=parallel.batch_sharded(mesh))
+    epoch_indices = make_epoch_indices(num_train=num_train, batch_size=cfg.train.batch_size,
+                                       class_table=class_table)
+    hyper = hyperparameters(cfg)
+    traces = {"train_epoch": 0}
+
     def train_epoch(state, images, labels, data_key, train_key, epoch):
         traces["train_epoch"] += 1  # runs only while tracing
-
-        def one_step(state, batch_indices):
-            step = state["step"]
-            sample_key, binarize_key, dropout_key = jax.random.split(
-                jax.random.fold_in(train_key, step), 3)
-            batch_indices = jax.lax.with_sharding_constraint(batch_indices, batch_sharding)
-            x = preprocess(binarize_key, images[batch_indices])
-            y = labels[batch_indices] if conditional else None
-            beta = objectives.kl_weight(step, cfg.objective.beta, cfg.objective.kl_warmup_steps)
-
-            def loss_fn(params):
-                return objective(params, x, sample_key, labels=y, beta=beta, train=True,
-                                 dropout_key=dropout_key)
-
-            (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            new_state = {"step": step + 1,
-                         "params": optax.apply_updates(state["params"], updates),
-                         "opt_state": opt_state}
-            scalars = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}
-            return new_state, scalars
-
-        return jax.lax.scan(one_step, state, epoch_indices(data_key, epoch))
+        return jax.lax.scan(
+            lambda s, idx: one_step(s, idx, images, labels, train_key, hyper),
+            state, epoch_indices(data_key, epoch))
 
     # Outputs come back replicated: every process can read the whole of them (in a
     # multi-process run a batch-sharded result would not be addressable from one host).

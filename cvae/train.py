@@ -74,18 +74,14 @@ class TrainResult:
 
 @dataclasses.dataclass
 class Setup:
-    """Everything the loop needs, built from the config before the first epoch."""
+    """Everything the single-run loop needs, built from the config before the first epoch."""
 
     mesh: jax.sharding.Mesh
     model: model_lib.VAE
     state: dict
     programs: steps.TrainPrograms
     train_data: tuple  # (images, labels) replicated on the mesh
-    num_train: int
-    eval_set: evaluation.EvalSet  # validation split, or the training split without one
-    eval_split: str
-    test_set: evaluation.EvalSet
-    learning_rate: callable  # step → learning rate
+    data: "TrainingData"
 
 
 def prepare_workdir(config, workdir: Workdir) -> None:
@@ -113,13 +109,31 @@ def prepare_workdir(config, workdir: Workdir) -> None:
     parallel.barrier("workdir-ready")
 
 
-def setup(cfg) -> Setup:
-    """Mesh, data, model, optimizer state and the compiled epoch, in that order."""
-    mesh = parallel.make_mesh(cfg.train.num_devices)
-    if cfg.train.batch_size % mesh.size:
+@dataclasses.dataclass
+class TrainingData:
+    """The splits of a run, checked against its config, ready for the compiled epoch."""
+
+    train_set: data.Dataset
+    eval_set: evaluation.EvalSet  # validation split, or the training split without one
+    eval_split: str
+    test_set: evaluation.EvalSet
+    class_table: data.ClassTable | None
+    preprocess: data.Preprocessor
+
+    @property
+    def info(self) -> data.DatasetInfo:
+        return self.train_set.info
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self.train_set) // batch_size
+
+
+def load_training_data(cfg, num_devices: int) -> TrainingData:
+    """Loads and checks the splits of ``cfg.data`` for batches split over ``num_devices``."""
+    if cfg.train.batch_size % num_devices:
         raise config_lib.ConfigError(
             f"train.batch_size = {cfg.train.batch_size} must be a multiple of the "
-            f"{mesh.size} devices in the mesh (or set train.num_devices)")
+            f"{num_devices} devices in the mesh (or set train.num_devices)")
     full_train = data.load(cfg.data.name, "train", cfg.data.data_dir)
     test_set = data.load(cfg.data.name, "test", cfg.data.data_dir)
     train_set, val_set = data.split_validation(full_train, cfg.data.validation_size)
@@ -135,26 +149,48 @@ def setup(cfg) -> Setup:
         if train_set.labels is None:
             raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
         class_table = data.ClassTable.from_labels(train_set.labels, info.num_classes)
-
-    model = model_lib.build_model(cfg.model, info.shape, info.num_classes, binary_data=binarize)
-    model.likelihood.validate(train_set.images[:1000].astype(np.float32) / info.pixel_range[1])
-    init_key, _, _ = jax.random.split(jax.random.key(cfg.seed), 3)
-    params = model_lib.init_params(model, init_key)
-    total_steps = len(train_set) // cfg.train.batch_size * cfg.train.num_epochs
-    tx = steps.make_optimizer(cfg.train, total_steps)
-    state = parallel.replicate({"step": jnp.zeros((), jnp.int32), "params": params,
-                                "opt_state": tx.init(params)}, mesh)
-    programs = steps.build_programs(
-        model=model, config=cfg, tx=tx, mesh=mesh, num_train=len(train_set),
-        preprocess=data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize),
-        class_table=class_table)
     # Without a validation split, model selection evaluates on the training set.
     eval_source, eval_split = ((val_set, "validation") if val_set is not None
                                else (train_set, "train_eval"))
-    return Setup(mesh, model, state, programs, steps.place_training_data(train_set, mesh),
-                 len(train_set), evaluation.EvalSet.from_dataset(eval_source, binarize),
-                 eval_split, evaluation.EvalSet.from_dataset(test_set, binarize),
-                 steps.learning_rate(cfg.train, total_steps))
+    return TrainingData(train_set, evaluation.EvalSet.from_dataset(eval_source, binarize),
+                        eval_split, evaluation.EvalSet.from_dataset(test_set, binarize),
+                        class_table,
+                        data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize))
+
+
+def build_model(cfg, d: TrainingData) -> model_lib.VAE:
+    """The model of ``cfg`` for the data ``d``, its likelihood checked against the data."""
+    info = d.info
+    model = model_lib.build_model(cfg.model, info.shape, info.num_classes,
+                                  binary_data=d.preprocess.binarize)
+    model.likelihood.validate(d.train_set.images[:1000].astype(np.float32) / info.pixel_range[1])
+    return model
+
+
+def initial_state(model, cfg, total_steps: int) -> dict:
+    """The step-0 state of ``cfg``'s seed, on the host: {"step", "params", "opt_state"}."""
+    init_key, _, _ = jax.random.split(jax.random.key(cfg.seed), 3)
+    params = model_lib.init_params(model, init_key)
+    tx = steps.make_optimizer(cfg.train, total_steps)
+    return jax.device_get({"step": jnp.zeros((), jnp.int32), "params": params,
+                           "opt_state": tx.init(params)})
+
+
+def total_steps(cfg, d: TrainingData) -> int:
+    return d.steps_per_epoch(cfg.train.batch_size) * cfg.train.num_epochs
+
+
+def setup(cfg) -> Setup:
+    """Mesh, data, model, optimizer state and the compiled epoch, in that order."""
+    mesh = parallel.make_mesh(cfg.train.num_devices)
+    d = load_training_data(cfg, mesh.size)
+    model = build_model(cfg, d)
+    steps_total = total_steps(cfg, d)
+    state = parallel.replicate(initial_state(model, cfg, steps_total), mesh)
+    programs = steps.build_programs(
+        model=model, config=cfg, mesh=mesh, num_train=len(d.train_set),
+        total_steps=steps_total, preprocess=d.preprocess, class_table=d.class_table)
+    return Setup(mesh, model, state, programs, steps.place_training_data(d.train_set, mesh), d)
 
 
 def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
@@ -181,8 +217,10 @@ def check_finite(losses: np.ndarray, first_step: int, epoch: int, last_saved, cf
     if bad.any():
         raise TrainingDivergedError(
             f"the loss became {losses[bad.argmax()]} at step {first_step + int(bad.argmax())} "
-            f"(epoch {epoch + 1}); that state was not saved and the last checkpoint (step "
-            f"{last_saved}) is intact. Likely cause: train.learning_rate = "
+            f"(epoch {epoch + 1}); that state was not saved and "
+            + ("nothing had been saved yet" if last_saved is None else
+               f"the last checkpoint (step {last_saved}) is intact")
+            + ". Likely cause: train.learning_rate = "
             f"{cfg.train.learning_rate:g} is too high for this model; lower it or set "
             "train.grad_clip_norm")
 
@@ -267,34 +305,109 @@ def one_writer(workdir: Workdir):
             workdir.release_lock()
 
 
+class RunBook:
+    """The host side of one run between its compiled epochs: the train record, validation
+    and model selection, image grids, early stopping, checkpoints and the final test score.
+
+    The single-run loop keeps one; ``cvae.population`` keeps one per member, so a member
+    records exactly what its run alone would. ``state_of()`` arguments are callables that
+    produce the run's state only when needed (a population slices out one member).
+    """
+
+    def __init__(self, cfg, workdir: Workdir, model, d: TrainingData, mesh, *,
+                 ckpt: checkpoint.Checkpointer, progress: Progress):
+        self.cfg, self.workdir, self.model, self.data = cfg, workdir, model, d
+        self.ckpt, self.progress = ckpt, progress
+        self.eval_mesh = mesh
+        self.learning_rate = steps.learning_rate(cfg.train, total_steps(cfg, d))
+        self.examples_per_epoch = d.steps_per_epoch(cfg.train.batch_size) * cfg.train.batch_size
+        self.primary = parallel.is_primary()
+        self.writer = writers.MetricsWriter(workdir, enabled=self.primary)
+        if progress.epoch == 0:
+            self.writer.hparams(cfg)
+        self.started = time.perf_counter() - progress.elapsed_s
+        self.grid = min(cfg.train.image_grid_size, len(d.eval_set))
+
+    def score(self, params, eval_set: evaluation.EvalSet) -> dict:
+        return evaluation.evaluate(self.model, params, eval_set,
+                                   batch_size=self.cfg.eval.batch_size, mesh=self.eval_mesh,
+                                   code_l2=self.cfg.model.code_l2)
+
+    def after_epoch(self, state_of, per_step: dict, first_step: int, epoch: int,
+                    seconds: float, stopping: bool) -> dict:
+        """Everything after epoch ``epoch``'s compiled program; returns its train record.
+
+        Raises TrainingDivergedError (before anything is written) when a loss is not finite.
+        """
+        cfg, progress = self.cfg, self.progress
+        check_finite(per_step["loss"], first_step, epoch, self.ckpt.latest_step(), cfg)
+        step = first_step + len(per_step["loss"])
+        progress.epoch, progress.elapsed_s = epoch + 1, time.perf_counter() - self.started
+        stamp = {"step": step, "epoch": epoch + 1, "elapsed_s": progress.elapsed_s}
+        record = {**stamp, "split": "train",
+                  **{k: float(np.mean(v, dtype=np.float64)) for k, v in per_step.items()},
+                  "examples_per_s": self.examples_per_epoch / seconds,
+                  "learning_rate": float(self.learning_rate(step - 1)),
+                  "beta": float(objectives.kl_weight(step - 1, cfg.objective.beta,
+                                                     cfg.objective.kl_warmup_steps))}
+        self.writer.write(record)
+        improved = False
+        if ((epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.train.num_epochs
+                or stopping):
+            tick = time.perf_counter()
+            state = state_of()
+            scores = self.score(state["params"], self.data.eval_set)
+            self.writer.write({**stamp, "split": self.data.eval_split, "loss": scores["loss"],
+                               **{k: scores[k] for k in ("elbo", "recon", "kl")},
+                               "examples_per_s": len(self.data.eval_set)
+                               / (time.perf_counter() - tick)})
+            if self.grid and self.primary:
+                labels = self.data.eval_set.labels
+                log_images(self.model, jax.device_get(state["params"]),
+                           self.data.eval_set.unit_interval(self.grid),
+                           None if labels is None else labels[:self.grid],
+                           jax.random.key(cfg.seed), self.workdir, step, self.writer)
+            improved = progress.record_evaluation(scores["elbo"])
+        progress.stopped_early = progress.patience_exhausted(cfg.train.early_stopping_patience)
+        if should_checkpoint(cfg, epoch + 1, improved=improved,
+                             stopping=stopping or progress.stopped_early):
+            self.ckpt.save(step, state_of(), dataclasses.asdict(progress), best=improved)
+        return record
+
+    def finish(self, state) -> dict:
+        """Scores the test split with the final params and writes the test record."""
+        scores = self.score(state["params"], self.data.test_set)
+        test_metrics = {"loss": scores["loss"], **{k: scores[k] for k in ("elbo", "recon", "kl")}}
+        self.writer.write({"step": int(state["step"]), "epoch": self.progress.epoch,
+                           "split": "test", **test_metrics, "examples_per_s": 0.0,
+                           "elapsed_s": time.perf_counter() - self.started})
+        return test_metrics
+
+    def close(self) -> None:
+        self.writer.close()
+        self.ckpt.close()
+
+
+def log_setup(mesh, params, workdir: Workdir) -> None:
+    log.info("devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); "
+             "workdir: %s", mesh.size, jax.devices()[0].platform, jax.process_count(),
+             model_lib.count_params(params), model_lib.count_params(params["encoder"]),
+             model_lib.count_params(params["decoder"]), workdir)
+
+
 def _train(cfg, workdir: Workdir) -> TrainResult:
     """The body of ``train_and_evaluate``, run while holding the workdir's lock."""
     prepare_workdir(cfg, workdir)
     s = setup(cfg)
     ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
     state, progress = resume(ckpt, s.state, workdir)
-    log.info("devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); "
-             "workdir: %s", s.mesh.size, jax.devices()[0].platform, jax.process_count(),
-             model_lib.count_params(state["params"]),
-             model_lib.count_params(state["params"]["encoder"]),
-             model_lib.count_params(state["params"]["decoder"]), workdir.path)
+    log_setup(s.mesh, state["params"], workdir.path)
     _, data_key, train_key = parallel.replicate(
         tuple(jax.random.split(jax.random.key(cfg.seed), 3)), s.mesh)
-    score = lambda params, eval_set: evaluation.evaluate(
-        s.model, params, eval_set, batch_size=cfg.eval.batch_size, mesh=s.mesh,
-        code_l2=cfg.model.code_l2)
-    grid = min(cfg.train.image_grid_size, len(s.eval_set))
-    grid_labels = None if s.eval_set.labels is None else s.eval_set.labels[:grid]
-    examples_per_epoch = s.num_train // cfg.train.batch_size * cfg.train.batch_size
-
-    primary = parallel.is_primary()
-    writer = writers.MetricsWriter(workdir, enabled=primary)
-    if progress.epoch == 0:
-        writer.hparams(cfg)
+    book = RunBook(cfg, workdir, s.model, s.data, s.mesh, ckpt=ckpt, progress=progress)
     result = TrainResult(state, progress.epoch, stopped_early=progress.stopped_early)
-    started = time.perf_counter() - progress.elapsed_s
     bar = tqdm(total=cfg.train.num_epochs, initial=progress.epoch, unit="epoch",
-               disable=not (primary and sys.stderr.isatty()), desc="train")
+               disable=not (book.primary and sys.stderr.isatty()), desc="train")
     first_epoch = cfg.train.num_epochs if progress.stopped_early else progress.epoch
     with stop_requests() as stop:
         for epoch in range(first_epoch, cfg.train.num_epochs):
@@ -303,50 +416,22 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
                                                      train_key, epoch)
             per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - tick
-            check_finite(per_step["loss"], first_step, epoch, ckpt.latest_step(), cfg)
-            step, progress.epoch = int(state["step"]), epoch + 1
-            progress.elapsed_s = time.perf_counter() - started
-            stamp = {"step": step, "epoch": epoch + 1, "elapsed_s": progress.elapsed_s}
-            train_metrics = {k: float(np.mean(v)) for k, v in per_step.items()}
-            writer.write({**stamp, "split": "train", **train_metrics,
-                          "examples_per_s": examples_per_epoch / seconds,
-                          "learning_rate": float(s.learning_rate(step - 1)),
-                          "beta": float(objectives.kl_weight(step - 1, cfg.objective.beta,
-                                                             cfg.objective.kl_warmup_steps))})
             # A signal stops every process at this epoch, wherever it was delivered.
             stopping = parallel.any_process(stop["signal"] is not None)
+            record = book.after_epoch(lambda: state, per_step, first_step, epoch, seconds,
+                                      stopping)
+            result.stopped_early = progress.stopped_early
             bar.update(1)
-            bar.set_postfix(loss=f"{train_metrics['loss']:.2f}",
-                            ex_s=f"{examples_per_epoch / seconds:.0f}")
+            bar.set_postfix(loss=f"{record['loss']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
             if bar.disable:  # no terminal: plain log lines instead of the bar
                 log.info("epoch %d/%d step %d: loss %.3f, %.0f examples/s", epoch + 1,
-                         cfg.train.num_epochs, step, train_metrics["loss"],
-                         examples_per_epoch / seconds)
-
-            improved = False
-            if ((epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.train.num_epochs
-                    or stopping):
-                tick = time.perf_counter()
-                scores = score(state["params"], s.eval_set)
-                writer.write({**stamp, "split": s.eval_split, "loss": scores["loss"],
-                              **{k: scores[k] for k in ("elbo", "recon", "kl")},
-                              "examples_per_s": len(s.eval_set) / (time.perf_counter() - tick)})
-                if grid and primary:
-                    log_images(s.model, jax.device_get(state["params"]),
-                               s.eval_set.unit_interval(grid), grid_labels,
-                               jax.random.key(cfg.seed), workdir, step, writer)
-                improved = progress.record_evaluation(scores["elbo"])
-            progress.stopped_early = progress.patience_exhausted(
-                cfg.train.early_stopping_patience)
-            result.stopped_early = progress.stopped_early
-            if should_checkpoint(cfg, epoch + 1, improved=improved,
-                                 stopping=stopping or result.stopped_early):
-                ckpt.save(step, state, dataclasses.asdict(progress), best=improved)
+                         cfg.train.num_epochs, record["step"], record["loss"],
+                         record["examples_per_s"])
             if stopping:
                 reason = (f"{stop['signal']} received" if stop["signal"]
                           else "another process received a signal")
                 log.warning("%s: saved step %d (epoch %d); rerun the same command to resume",
-                            reason, step, epoch + 1)
+                            reason, record["step"], epoch + 1)
                 result.interrupted = True
                 break
             if result.stopped_early:
@@ -357,15 +442,9 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
 
     result.state, result.epoch = state, progress.epoch
     if not result.interrupted:
-        scores = score(state["params"], s.test_set)
-        test_metrics = {"loss": scores["loss"], **{k: scores[k] for k in ("elbo", "recon", "kl")}}
-        writer.write({"step": int(state["step"]), "epoch": progress.epoch, "split": "test",
-                      **test_metrics, "examples_per_s": 0.0,
-                      "elapsed_s": time.perf_counter() - started})
-        result.final_metrics = test_metrics
-        log.info("test ELBO %.3f nats (recon %.3f, kl %.3f)", test_metrics["elbo"],
-                 test_metrics["recon"], test_metrics["kl"])
-    writer.close()
-    ckpt.close()
+        result.final_metrics = book.finish(state)
+        log.info("test ELBO %.3f nats (recon %.3f, kl %.3f)", result.final_metrics["elbo"],
+                 result.final_metrics["recon"], result.final_metrics["kl"])
+    book.close()
     result.traces = dict(s.programs.traces)
     return result

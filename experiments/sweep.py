@@ -1,0 +1,77 @@
+"""Sweep a grid × seeds: ``python -m experiments.sweep --config FILE --workdir DIR
+--seeds 0:5 --grid model.sigma0=0.001,0.01,0.1,1.0 [--grid objective.beta=0.5,1]
+[--config.a.b=V ...]``. Rerunning the same command resumes.
+
+Members that differ only in hyperparameters (seed, σ₀, code penalty, β, free bits, KL
+warm-up, learning rate, weight decay) train together in one compiled program; other grid
+fields split the sweep into groups run one after another (``--single_program`` refuses
+that instead). Each member is an ordinary run in ``DIR/<field=value>/.../seed=<s>/``;
+``DIR/sweep.json`` lists members, groups and status. Summarise with
+``python -m experiments.report --group_by model.sigma0 DIR``.
+
+``--shard I/N`` trains every N-th member from I: the tasks of a cluster array job (SLURM:
+``--shard $SLURM_ARRAY_TASK_ID/N``) share DIR without clobbering each other. With
+``--distributed`` (or the three process flags of experiments.train) one population spans
+several processes, members sharded over the ``member`` mesh axis.
+
+Exit status: 0 when every member of this task finished, 1 when one failed (diverged:
+sweep.json says which, at which step and why), 2 for a bad grid or config.
+"""
+
+import pathlib
+import shlex
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from cvae import parallel, sweep
+from experiments import cli
+
+config_flags.DEFINE_config_file("config", None, "A config file from experiments/configs/.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "The sweep's directory: one run directory per member.")
+flags.DEFINE_string("seeds", "0:1", "Seeds: START:STOP (e.g. 0:5) or a list (0,3,7).")
+flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: a config field and its values "
+                          "(repeat for a cartesian product).")
+flags.DEFINE_string("shard", None, "I/N: train every N-th member from I (array jobs).")
+flags.DEFINE_bool("single_program", False, "Refuse a grid that needs several compiled "
+                  "programs (naming the field that splits it).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run, layout from the cluster.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    cli.require(FLAGS.config, "config", "e.g. --config experiments/configs/digits_cvae.py")
+    directory = cli.require(FLAGS.workdir, "workdir", "the sweep's directory")
+    seeds = sweep.parse_seeds(FLAGS.seeds)
+    grid = sweep.parse_grid(FLAGS.grid, FLAGS.config)
+    shard = sweep.parse_shard(FLAGS.shard)
+    if (FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes is not None
+            or FLAGS.process_id is not None):
+        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                        FLAGS.process_id)
+    outcomes = sweep.run_sweep(FLAGS.config, directory, seeds=seeds, grid=grid, shard=shard,
+                               single_program=FLAGS.single_program,
+                               command=shlex.join(["python", "-m", "experiments.sweep",
+                                                   *sys.argv[1:]]))
+    if not parallel.is_primary():
+        return
+    for name, outcome in outcomes.items():
+        scores = (f"test ELBO {outcome.final_metrics['elbo']:.2f}"
+                  if outcome.final_metrics else outcome.error or "")
+        print(f"{outcome.status:>13}  {name}  epoch {outcome.epoch}  {scores}")
+    record = sweep.SweepFile(pathlib.Path(directory)).read()
+    print(f"{directory}/sweep.json: {sweep.describe(record)}")
+    if any(o.status == "interrupted" for o in outcomes.values()):
+        print("interrupted: rerun the same command to resume")
+    elif any(o.status == "failed" for o in outcomes.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)

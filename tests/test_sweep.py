@@ -1,0 +1,202 @@
+"""Sweeps (issue #16): a population trains in one program and each member equals its run
+alone; kills and signals resume to the uninterrupted sweep; a diverging member fails
+alone; members shard over a ``member`` mesh axis; shards of an array job share one
+directory; bad grids fail in one line."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import cvae
+from cvae import population, sweep, train
+from cvae.workdir import Workdir
+from tests.conftest import make_test_config, run_cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DETERMINISTIC = ("step", "epoch", "split", "loss", "elbo", "recon", "kl")
+SMALL = {"model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
+         "train.num_epochs": 3, "data.validation_size": 100, "train.image_grid_size": 0,
+         "train.num_devices": 1, "train.checkpoint_every_epochs": 1,
+         "train.keep_checkpoints": 2}
+
+
+def _leaves(tree):
+    return jax.tree_util.tree_leaves(jax.device_get(tree))
+
+
+def _member_params(result, i):
+    return _leaves(jax.tree_util.tree_map(lambda x: x[i], result.state["params"]))
+
+
+def _records(workdir):
+    return [{k: r[k] for k in DETERMINISTIC if k in r} for r in Workdir(workdir).read_metrics()]
+
+
+def _assert_records_close(a, b, rtol):
+    assert [(r["split"], r["step"]) for r in a] == [(r["split"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        for key in ("loss", "elbo", "recon", "kl"):
+            np.testing.assert_allclose(x[key], y[key], rtol=rtol, err_msg=f"{x['split']} {key}")
+
+
+def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_path):
+    configs = [make_test_config(seed=s, **{"model.sigma0": v})
+               for s, v in ((0, 0.01), (1, 0.1), (2, 0.01), (3, 1.0))]
+    result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(4)])
+    assert result.traces["train_epoch"] == 1
+    assert [o.status for o in result.outcomes] == ["done"] * 4
+    for i, cfg in enumerate(configs):
+        alone = train.train_and_evaluate(cfg, tmp_path / f"alone{i}")
+        for x, y in zip(_member_params(result, i), _leaves(alone.state["params"]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        _assert_records_close(_records(tmp_path / f"m{i}"), _records(tmp_path / f"alone{i}"),
+                              rtol=1e-5)
+    # A member's directory is an ordinary run.
+    run = cvae.load_run(tmp_path / "m1")
+    assert run.config.model.sigma0 == 0.1 and run.config.seed == 1
+    assert np.isfinite(run.evaluate("test", k=5)["nll_is"])
+
+
+def test_members_shard_over_a_member_axis_with_the_same_numbers(tmp_path):
+    assert len(jax.devices()) == 8
+    configs = lambda devices: [make_test_config(seed=s, **{"train.num_devices": devices,
+                                                           "train.num_epochs": 1,
+                                                           "model.sigma0": 0.01 * (s + 1)})
+                               for s in range(8)]
+    one = population.train_population(configs(1), [tmp_path / f"a{i}" for i in range(8)])
+    eight = population.train_population(configs(0), [tmp_path / f"b{i}" for i in range(8)])
+    assert eight.state["step"].sharding.mesh.shape["member"] == 8
+    for i in range(8):
+        for x, y in zip(_member_params(eight, i), _member_params(one, i), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_path):
+    # β = 3e38 warmed up over 500 steps: β_t · KL overflows float32 in epoch 2 (step ≥ 21).
+    base = make_test_config(**{"train.num_epochs": 3, "objective.kl_warmup_steps": 500})
+    outcomes = sweep.run_sweep(base, tmp_path, seeds=[0],
+                               grid={"objective.beta": [1.0, 3e38]})
+    good, bad = outcomes["beta=1/seed=0"], outcomes["beta=3e+38/seed=0"]
+    assert good.status == "done" and np.isfinite(good.final_metrics["elbo"])
+    assert bad.status == "failed" and bad.epoch == 1
+    entry = json.loads((tmp_path / "sweep.json").read_text())["members"]["beta=3e+38/seed=0"]
+    assert entry["status"] == "failed" and "(epoch 2)" in entry["error"]
+    assert "the last checkpoint (step 21) is intact" in entry["error"]
+    frozen = cvae.load_run(tmp_path / "beta=3e+38/seed=0", "latest")
+    assert frozen.meta["epoch"] == 1
+    assert all(np.all(np.isfinite(p)) for p in _leaves(frozen.params))
+    # The good member finished exactly as its run alone does.
+    alone = train.train_and_evaluate(base, tmp_path / "alone")
+    _assert_records_close(_records(tmp_path / "beta=1/seed=0"), _records(tmp_path / "alone"),
+                          rtol=1e-5)
+
+
+def _sweep_cli(directory, *extra, fault=None, wait=True):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env.pop("CVAE_FAULT", None)
+    if fault:
+        env["CVAE_FAULT"] = fault
+    args = [sys.executable, "-m", "experiments.sweep", "--config",
+            "experiments/configs/digits_cvae.py", "--workdir", str(directory), "--seeds", "0:2",
+            "--grid", "model.sigma0=0.01,0.3", *[f"--config.{k}={v}" for k, v in SMALL.items()],
+            *extra]
+    if not wait:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+MEMBERS = ["sigma0=0.01/seed=0", "sigma0=0.01/seed=1", "sigma0=0.3/seed=0",
+           "sigma0=0.3/seed=1"]
+
+
+def _assert_same_sweep(a, b):
+    for name in MEMBERS:
+        assert _records(a / name) == _records(b / name), name
+        for x, y in zip(_leaves(cvae.load_run(a / name, "latest").params),
+                        _leaves(cvae.load_run(b / name, "latest").params), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_killed_sweep_resumes_to_the_uninterrupted_sweep(tmp_path):
+    whole = _sweep_cli(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    # Killed in the middle of epoch 2's saves: some members are one epoch ahead.
+    killed = _sweep_cli(tmp_path / "killed", fault="checkpoint_save:11")
+    assert killed.returncode == -9
+    epochs = {cvae.load_run(tmp_path / "killed" / n, "latest").meta["epoch"] for n in MEMBERS}
+    assert len(epochs) == 2  # the members were caught at different epochs
+    resumed = _sweep_cli(tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_sweep(tmp_path / "whole", tmp_path / "killed")
+    status = json.loads((tmp_path / "killed" / "sweep.json").read_text())["members"]
+    assert {e["status"] for e in status.values()} == {"done"}
+
+
+def test_sigterm_stops_a_sweep_saved_and_the_rerun_finishes_it(tmp_path):
+    import signal
+    import time
+    proc = _sweep_cli(tmp_path / "stopped", "--config.train.num_epochs=30", wait=False)
+    metrics = tmp_path / "stopped" / MEMBERS[-1] / "metrics.jsonl"
+    deadline = time.time() + 200
+    while not (metrics.exists() and metrics.read_text().count('"train"') >= 1):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=200)
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted: rerun the same command to resume" in out
+    status = json.loads((tmp_path / "stopped" / "sweep.json").read_text())["members"]
+    assert {e["status"] for e in status.values()} == {"interrupted"}
+    stopped_at = {e["epoch"] for e in status.values()}
+    assert len(stopped_at) == 1 and 1 <= stopped_at.pop() < 30
+    resumed = _sweep_cli(tmp_path / "stopped")  # 3 epochs: the stop came at or before the end
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_two_array_tasks_share_one_sweep_directory(tmp_path):
+    tasks = [_sweep_cli(tmp_path, "--shard", f"{i}/2", "--grid", "model.latent_dim=2,4",
+                        wait=False) for i in range(2)]
+    for task in tasks:
+        out, err = task.communicate(timeout=300)
+        assert task.returncode == 0, err[-2000:]
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(record["members"]) == 8  # 2 σ₀ × 2 latent sizes × 2 seeds
+    assert {e["status"] for e in record["members"].values()} == {"done"}
+    assert len(record["groups"]) == 2  # latent_dim changes shapes: two programs
+    for name in record["members"]:
+        run = cvae.load_run(tmp_path / name)
+        assert run.config.model.latent_dim == int(name.split("latent_dim=")[1].split("/")[0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "model.sigmo=0.1"], "unknown config field 'model.sigmo'; did you mean 'model.sigma0'"),
+    (["--grid", "model.sigma0=0.1,abc"], "'abc' is not a float"),
+    (["--grid", "model.sigma0=-1"], "model.sigma0 = -1.0 is invalid"),
+    (["--grid", "model.latent_dim=2,4", "--single_program"], "differ in model.latent_dim"),
+    (["--seeds", "5:2"], "a sweep needs at least one seed"),
+    (["--shard", "2/2"], "--shard '2/2' must read I/N"),
+])
+def test_bad_sweep_specs_fail_in_one_line_before_training(tmp_path, args, message):
+    result = run_cli("experiments.sweep", "--config", "experiments/configs/digits_cvae.py",
+                     "--workdir", str(tmp_path / "w"), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_population_refuses_configs_that_differ_in_structure(tmp_path):
+    configs = [make_test_config(), make_test_config(**{"model.latent_dim": 3})]
+    with pytest.raises(population.PopulationStructureError, match="model.latent_dim"):
+        population.train_population(configs, [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(population.PopulationStructureError, match="weight_decay > 0"):
+        population.train_population(
+            [make_test_config(), make_test_config(**{"train.weight_decay": 1e-4})],
+            [tmp_path / "a", tmp_path / "b"])
