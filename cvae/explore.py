@@ -144,7 +144,8 @@ def posterior_diagnostics(run: Run, images) -> dict:
 
 
 def run_summary(workdir) -> dict:
-    """One row of a comparison: the run's config essentials, eval.json, sample quality,
+    """One row of a comparison: the run's config essentials, eval.json (else the test
+    record of metrics.jsonl), sample quality,
     throughput from metrics.jsonl and the parameter count from checkpoint metadata."""
     wd = as_workdir(workdir)
     config = wd.read_config_dict()
@@ -160,6 +161,9 @@ def run_summary(workdir) -> dict:
            "epochs": train[-1]["epoch"] if train else 0,
            "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),
            "wall_s": train[-1]["elapsed_s"] if train else 0.0}
+    # Without eval.json, the test record training wrote (the same evaluation core, K = 0).
+    tested = wd.read_metrics("test")
+    row.update({k: tested[-1][k] for k in ("elbo", "recon", "kl") if tested and k in tested[-1]})
     row.update({k: evaluation[k] for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
                 if k in evaluation})
     quality = wd.read_sample_quality() or {}

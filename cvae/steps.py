@@ -52,9 +52,15 @@ def learning_rate(train_cfg, total_steps: int, peak=None) -> optax.Schedule:
     ``peak`` (default ``train_cfg.learning_rate``) may be a traced number."""
     peak = train_cfg.learning_rate if peak is None else peak
     if train_cfg.lr_schedule == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, peak, train_cfg.lr_warmup_steps,
-            max(total_steps, train_cfg.lr_warmup_steps + 1))
+        decay_steps = max(total_steps, train_cfg.lr_warmup_steps + 1)
+        if isinstance(peak, (int, float)):
+            return optax.warmup_cosine_decay_schedule(0.0, peak, train_cfg.lr_warmup_steps,
+                                                      decay_steps)
+        # optax tests the peak in Python; the schedule is linear in it, so a population
+        # member's traced peak scales the unit schedule (equal to within a float32 ulp).
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, train_cfg.lr_warmup_steps,
+                                                  decay_steps)
+        return lambda step: peak * unit(step)
     return optax.constant_schedule(peak)
 
 

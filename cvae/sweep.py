@@ -272,14 +272,6 @@ def _status(outcome: population.MemberOutcome) -> dict:
     return entry
 
 
-def member_workdirs(directory) -> list[pathlib.Path]:
-    """The workdirs of a sweep directory's members, in the sweep's order."""
-    record = read_json(pathlib.Path(directory) / SWEEP_FILE)
-    if record is None:
-        raise FileNotFoundError(f"{directory} holds no {SWEEP_FILE}; is it a sweep directory?")
-    return [pathlib.Path(directory) / name for name in record["members"]]
-
-
 def describe(record: dict) -> str:
     """One line per status: how many members are in it."""
     counts: dict[str, int] = {}

@@ -95,7 +95,11 @@ class Workdir:
     # ------------------------------------------------------------------ paths
     @property
     def name(self) -> str:
-        """The directory's own name (a run's label in tables)."""
+        """A run's label in tables: the directory's name or, for a member of a sweep, its
+        path inside the sweep (``sigma0=0.01/seed=3``)."""
+        for parent in self.path.parents:
+            if (parent / "sweep.json").is_file():
+                return str(self.path.relative_to(parent))
         return self.path.name
 
     @property

@@ -3,6 +3,7 @@
     python -m experiments.bench --arch seed --batch-size 128 --epochs 3 --init lecun --seed 0
     python -m experiments.bench --sweep        # archs × batch sizes 20, 128, 1024
     python -m experiments.bench --eval --arch iwae --k 5000   # the importance-sampled NLL
+    python -m experiments.bench --members 8 --arch iwae --batch-size 20  # population vs solo
 
 ``--eval`` times ``cvae.evaluation.evaluate`` (the core behind training's scores and
 experiments.evaluate) on the MNIST test images, after one batch that compiles. Its figure is
@@ -10,6 +11,11 @@ images·samples per second, and ``fraction_of_roofline``: the dense layers' forw
 (N·K decoder passes plus N encoder passes, 2 FLOPs per weight) over the time, as a fraction
 of the f32 matmul peak measured in the same process. Params are the preset's random
 initialisation (the speed does not depend on them), or a trained run's with ``--workdir``.
+
+``--members N`` trains N runs (seeds seed … seed+N−1) one after another with
+``train_and_evaluate``, then the same N as one population (``cvae.population``, one
+compiled program), and reports both throughputs summed over members, their ratio, each
+member's test −ELBO beside its solo run's, and the memory a member costs.
 
 Each run calls ``cvae.train.train_and_evaluate`` (no private fast path) on a Gaussian-
 posterior VAE with Bernoulli logits, one-sample ELBO, Adam at 1e-3, dynamic binarization,
@@ -34,7 +40,7 @@ if "--eval" in sys.argv:  # the evaluation runs as experiments.evaluate does: a 
 import jax
 from absl import flags
 
-from cvae import Workdir, data, evaluation, load_run, nets
+from cvae import Workdir, data, evaluation, load_run, nets, population
 from cvae import config as config_lib
 from cvae import model as model_lib
 from cvae.train import train_and_evaluate
@@ -54,6 +60,7 @@ flags.DEFINE_integer("num_examples", 10000, "--eval: test images scored (≤ 10,
 flags.DEFINE_integer("eval_batch_size", 500, "--eval: images per evaluation batch.")
 flags.DEFINE_integer("chunk_size", 0, "--eval: importance samples per chunk (0 = automatic).")
 flags.DEFINE_string("workdir", None, "--eval: score this trained run instead of random params.")
+flags.DEFINE_integer("members", 0, "Population benchmark: N runs solo, then as one population.")
 FLAGS = flags.FLAGS
 IMAGE_PIXELS = 784
 
@@ -91,6 +98,12 @@ def bench_config(arch, batch_size, epochs, init, seed, data_dir):
     return c
 
 
+def _timed_throughput(records, per_epoch_examples, members=1) -> tuple[float, list]:
+    """Examples/s over the epochs after the first (which compiles), and each epoch's time."""
+    epoch_s = [per_epoch_examples / r["examples_per_s"] for r in records]
+    return members * per_epoch_examples * (len(epoch_s) - 1) / sum(epoch_s[1:]), epoch_s
+
+
 def run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict:
     if epochs < 2:
         raise cli.UsageError("--epochs must be ≥ 2 (the first epoch compiles and is not timed)")
@@ -99,8 +112,7 @@ def run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict
                                     workdir)
         records = Workdir(workdir).read_metrics("train")
     per_epoch_examples = (60000 // batch_size) * batch_size
-    epoch_s = [per_epoch_examples / r["examples_per_s"] for r in records]
-    throughput = per_epoch_examples * (epochs - 1) / sum(epoch_s[1:])
+    throughput, epoch_s = _timed_throughput(records, per_epoch_examples)
     flops = dense_flops_per_example(arch)
     return {"peer": "cvae", "arch": arch, "batch_size": batch_size, "epochs": epochs,
             "seed": seed, "init": init, "train_examples_per_s": throughput,
@@ -109,6 +121,45 @@ def run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "matmul_peak_gflops": peak_gflops, "flops_per_example": flops,
             "fraction_of_peak": throughput * flops / (peak_gflops * 1e9),
+            "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}"}
+
+
+def members_one(arch, batch_size, epochs, init, seed, data_dir, members, peak_gflops) -> dict:
+    """N solo runs one after another, then the same N as one population (see above)."""
+    if epochs < 2 or members < 1:
+        raise cli.UsageError("--epochs must be ≥ 2 (the first compiles) and --members ≥ 1")
+    configs = [bench_config(arch, batch_size, epochs, init, seed + i, data_dir)
+               for i in range(members)]
+    per_epoch_examples = (60000 // batch_size) * batch_size
+    with tempfile.TemporaryDirectory(prefix="cvae_bench_") as workdir:
+        solo_s, solo_elbo = 0.0, []
+        for i, cfg in enumerate(configs):
+            result = train_and_evaluate(cfg, f"{workdir}/solo{i}")
+            _, epoch_s = _timed_throughput(Workdir(f"{workdir}/solo{i}").read_metrics("train"),
+                                           per_epoch_examples)
+            solo_s += sum(epoch_s[1:])
+            solo_elbo.append(-result.final_metrics["elbo"])
+        solo_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        pop = population.train_population(configs,
+                                          [f"{workdir}/member{i}" for i in range(members)])
+        pop_throughput, pop_epoch_s = _timed_throughput(
+            Workdir(f"{workdir}/member0").read_metrics("train"), per_epoch_examples, members)
+    solo_throughput = members * per_epoch_examples * (epochs - 1) / solo_s
+    state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(pop.state)) / members
+    flops = dense_flops_per_example(arch)
+    return {"peer": "cvae", "benchmark": "population", "arch": arch, "batch_size": batch_size,
+            "epochs": epochs, "members": members, "seeds": [seed, seed + members - 1],
+            "solo_examples_per_s": solo_throughput, "population_examples_per_s": pop_throughput,
+            "population_over_solo": pop_throughput / solo_throughput,
+            "population_epoch_s": pop_epoch_s,
+            "solo_test_neg_elbo": solo_elbo,
+            "population_test_neg_elbo": [-o.final_metrics["elbo"] for o in pop.outcomes],
+            "state_bytes_per_member": state_bytes,
+            "peak_rss_mb_solo": solo_rss,
+            "peak_rss_mb_population": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "matmul_peak_gflops": peak_gflops,
+            "fraction_of_peak_solo": solo_throughput * flops / (peak_gflops * 1e9),
+            "fraction_of_peak_population": pop_throughput * flops / (peak_gflops * 1e9),
             "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}"}
 
 
@@ -171,6 +222,10 @@ def main(argv):
         print(json.dumps(record))
         print(f"peak {peak:.0f} GFLOP/s after: {matmul_peak_gflops():.0f} GFLOP/s",
               file=sys.stderr)
+        return
+    if FLAGS.members:
+        print(json.dumps(members_one(FLAGS.arch, FLAGS.batch_size, FLAGS.epochs, FLAGS.init,
+                                     FLAGS.seed, FLAGS.data_dir, FLAGS.members, peak)))
         return
     if not FLAGS.sweep:
         print(json.dumps(run_one(FLAGS.arch, FLAGS.batch_size, FLAGS.epochs, FLAGS.init,

@@ -1,6 +1,7 @@
 """Start an N-process training run on this machine, for testing the multi-process path:
 ``python -m experiments.launch_local --num_processes 2 --devices_per_process 2 -- \\
     --config experiments/configs/digits_cvae.py --workdir runs/mp``.
+``--module experiments.sweep`` launches a sweep instead (its members shard over processes).
 
 Each process is ``python -m experiments.train <args> --coordinator_address=127.0.0.1:PORT
 --num_processes=N --process_id=i`` on CPU devices, talking through gloo collectives over
@@ -27,6 +28,8 @@ from experiments import cli
 
 flags.DEFINE_integer("num_processes", 2, "Processes to start.")
 flags.DEFINE_integer("devices_per_process", 2, "Simulated CPU devices in each process.")
+flags.DEFINE_enum("module", "experiments.train", ["experiments.train", "experiments.sweep"],
+                  "The launcher each process runs.")
 flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
 flags.DEFINE_integer("heartbeat_timeout_s", 30,
                      "Seconds before a silent process is declared dead (passed to each one).")
@@ -53,8 +56,9 @@ def child_env(devices_per_process: int, base: dict | None = None) -> dict:
 
 
 def process_commands(train_args: list[str], num_processes: int, port: int,
-                     heartbeat_timeout_s: int) -> list[list[str]]:
-    return [[sys.executable, "-m", "experiments.train", *train_args,
+                     heartbeat_timeout_s: int, module: str = "experiments.train"
+                     ) -> list[list[str]]:
+    return [[sys.executable, "-m", module, *train_args,
              f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
              f"--process_id={i}", f"--heartbeat_timeout_s={heartbeat_timeout_s}"]
             for i in range(num_processes)]
@@ -75,7 +79,8 @@ def main(argv):
                              "experiments/configs/digits_cvae.py --workdir runs/mp")
     port = FLAGS.port or free_port()
     env = child_env(FLAGS.devices_per_process)
-    commands = process_commands(train_args, FLAGS.num_processes, port, FLAGS.heartbeat_timeout_s)
+    commands = process_commands(train_args, FLAGS.num_processes, port, FLAGS.heartbeat_timeout_s,
+                                FLAGS.module)
     children = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True) for cmd in commands]
     relays = [threading.Thread(target=_relay, args=(f"[p{i}] ", c.stdout, sys.stdout),

@@ -1,10 +1,15 @@
 """Summarise evaluated runs as a Markdown table: ``python -m experiments.report DIR [DIR ...]``.
 
+A DIR holding a ``sweep.json`` (``experiments.sweep``) stands for its members; members that
+failed or have not finished are left out, and the report says so.
+
 With ``--group_by FIELD`` (a dotted config field, e.g. ``model.sigma0``), one row per value
 of that field instead: the number of runs (seeds) and, for every metric the runs have, the
 mean ± the half-width of its 95% confidence interval (Student's t over the seeds);
 ``--plot FILE.png`` draws each metric against the field with those error bars (a log axis
-when the values span two decades or more).
+when the values span two decades or more), with ``--reference DIR`` (a run or a sweep:
+one line per grid point) drawn as horizontal lines with their 95% CI bands — the σ₀
+figure's VAE and AE.
 
 Reads each workdir's config.json, metrics.jsonl, eval.json (run experiments.evaluate
 first), sample_quality.json (experiments.sample_quality) and checkpoint metadata, so every
@@ -17,11 +22,13 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from cvae import Workdir, explore, provenance
+from cvae import Workdir, explore, provenance, sweep
 from experiments import cli
 
 flags.DEFINE_string("group_by", None, "Aggregate runs over seeds by this config field.")
 flags.DEFINE_string("plot", None, "With --group_by: a PNG of each metric against the field.")
+flags.DEFINE_multi_string("reference", [], "With --plot: a run or sweep directory drawn as "
+                          "horizontal reference lines (mean and 95%% CI band over seeds).")
 FLAGS = flags.FLAGS
 COLUMNS = [("run", "{}"), ("posterior", "{}"), ("objective", "{}"), ("sigma0", "{:g}"),
            ("latent_dim", "{}"), ("epochs", "{}"), ("wall_s", "{:.0f}"),
@@ -51,14 +58,46 @@ def grouped_table(groups, field: str) -> str:
             if metric not in group:
                 cells.append("—")
                 continue
-            mean, _, half = group[metric]
-            cells.append(f"{mean:.2f}" if np.isnan(half) else f"{mean:.2f} ± {half:.2f}")
+            mean, std, half = group[metric]
+            cells.append(f"{mean:.2f}" if np.isnan(half)
+                         else f"{mean:.2f} ± {half:.2f} (sd {std:.2f})")
         lines.append(f"| {group['value']} | {group['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def grouped_plot(groups, field: str, path: pathlib.Path) -> None:
-    """Each metric against ``field`` with 95% CI error bars (numeric fields only)."""
+def reference_groups(paths) -> list[dict]:
+    """``explore.aggregate``-style entries for reference lines: a run directory is one
+    entry; a sweep directory gives one per grid point (its members pooled over seeds)."""
+    entries = []
+    for path in paths:
+        record = sweep.SweepFile(path).read()
+        if record is None:
+            entries.append({**_pooled([path]), "value": Workdir(path).name})
+            continue
+        points: dict[str, list] = {}
+        for name, entry in record["members"].items():
+            if entry["status"] in ("done", "stopped_early"):
+                point = "/".join(p for p in name.split("/") if not p.startswith("seed="))
+                points.setdefault(point, []).append(path / name)
+        for point, workdirs in points.items():
+            label = path.name + (f" {point}" if point else "")
+            entries.append({**_pooled(workdirs), "value": label})
+    return entries
+
+
+def _pooled(workdirs) -> dict:
+    rows = [explore.run_summary(w) for w in workdirs]
+    entry = {"n": len(rows)}
+    for metric in explore.SUMMARY_METRICS:
+        values = [r[metric] for r in rows if r.get(metric) is not None]
+        if values:
+            entry[metric] = explore.seed_statistics(values)
+    return entry
+
+
+def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
+    """Each metric against ``field`` with 95% CI error bars (numeric fields only), and
+    each reference entry as a horizontal line with its 95% CI as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,16 +107,31 @@ def grouped_plot(groups, field: str, path: pathlib.Path) -> None:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise cli.UsageError(f"--plot needs a numeric --group_by field; {field} takes {values}")
     metrics = [m for m in explore.SUMMARY_METRICS if any(m in g for g in groups)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    columns = min(4, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes.flat, metrics):
         shown = [g for g in groups if metric in g]
         mean = [g[metric][0] for g in shown]
         half = [0.0 if np.isnan(g[metric][2]) else g[metric][2] for g in shown]
-        ax.errorbar([g["value"] for g in shown], mean, yerr=half, marker="o", capsize=3)
+        ax.errorbar([g["value"] for g in shown], mean, yerr=half, marker="o", capsize=3,
+                    color="k", label=field)
+        for i, ref in enumerate(r for r in references if metric in r):
+            ref_mean, _, ref_half = ref[metric]
+            colour = colours[i % len(colours)]
+            ax.axhline(ref_mean, ls="--", lw=1, color=colour, label=ref["value"])
+            if not np.isnan(ref_half):
+                ax.axhspan(ref_mean - ref_half, ref_mean + ref_half, color=colour, alpha=0.15)
         positive = [v for v in values if v > 0]
         if len(positive) == len(values) and max(positive) / min(positive) >= 100:
             ax.set_xscale("log")
         ax.set(title=metric, xlabel=field)
+    fullest = max(axes.flat[:len(metrics)],
+                  key=lambda ax: len(ax.get_legend_handles_labels()[1]))
+    fullest.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=72)
@@ -95,10 +149,31 @@ def table(workdirs) -> str:
     return "\n".join(lines)
 
 
+def expand_sweeps(paths) -> tuple[list[pathlib.Path], list[str]]:
+    """Run directories for ``paths``: a sweep directory stands for its finished members.
+    Also returns a note per sweep with members left out (failed, unfinished)."""
+    workdirs, notes = [], []
+    for path in paths:
+        record = sweep.SweepFile(path).read()
+        if record is None:
+            workdirs.append(path)
+            continue
+        left_out = {}
+        for name, entry in record["members"].items():
+            if entry["status"] in ("done", "stopped_early"):
+                workdirs.append(path / name)
+            else:
+                left_out.setdefault(entry["status"], []).append(name)
+        notes += [f"{path}: left out {len(names)} {status} member(s): {', '.join(names)}"
+                  for status, names in left_out.items()]
+    return workdirs, notes
+
+
 def main(argv):
-    workdirs = [pathlib.Path(a) for a in argv[1:]]
+    workdirs, notes = expand_sweeps([pathlib.Path(a) for a in argv[1:]])
     if not workdirs:
-        raise cli.UsageError("name one or more workdirs: python -m experiments.report DIR ...")
+        raise cli.UsageError("name one or more workdirs or sweep directories with finished "
+                             "runs: python -m experiments.report DIR ...")
     for workdir in workdirs:
         Workdir(workdir).require_run()
     if FLAGS.plot and not FLAGS.group_by:
@@ -107,12 +182,15 @@ def main(argv):
         groups = explore.aggregate(workdirs, FLAGS.group_by)
         print(grouped_table(groups, FLAGS.group_by))
         if FLAGS.plot:
-            grouped_plot(groups, FLAGS.group_by, pathlib.Path(FLAGS.plot))
+            grouped_plot(groups, FLAGS.group_by, pathlib.Path(FLAGS.plot),
+                         reference_groups([pathlib.Path(r) for r in FLAGS.reference]))
             print(f"\nwrote {FLAGS.plot}")
     else:
         print(table(workdirs))
     print()
     print(provenance_lines(workdirs))
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

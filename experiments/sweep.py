@@ -41,6 +41,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.di
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.DEFINE_bool("distributed", False, "Join a multi-process run, layout from the cluster.")
+flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat before a "
+                     "process is declared dead (multi-process runs).")
 FLAGS = flags.FLAGS
 
 
@@ -54,7 +56,8 @@ def main(argv):
     if (FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes is not None
             or FLAGS.process_id is not None):
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
+                                        FLAGS.process_id,
+                                        heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
     outcomes = sweep.run_sweep(FLAGS.config, directory, seeds=seeds, grid=grid, shard=shard,
                                single_program=FLAGS.single_program,
                                command=shlex.join(["python", "-m", "experiments.sweep",

@@ -1,6 +1,8 @@
 """Multi-process training on JAX's distributed runtime, on loopback: 2 processes × 2 CPU
 devices talking through gloo must train the model a 1-process × 4-device run trains."""
 
+import ast
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import Workdir
+from cvae import Workdir, sweep
+from experiments.configs import digits_cvae
 from experiments import launch_local
 from tests.test_experiments import ROOT, TINY
 
@@ -102,3 +105,34 @@ def test_launcher_without_training_flags_says_how_to_use_it():
                          timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: give the training flags after `--`")
+
+
+def test_a_sweep_spans_two_processes_with_the_numbers_of_one(tmp_path):
+    # 4 members over 2 processes × 2 devices: the member axis crosses processes.
+    grid = ["--seeds", "0:2", "--grid", "model.sigma0=0.01,0.3"]
+    launched = subprocess.run(
+        [sys.executable, "-m", "experiments.launch_local", "--module", "experiments.sweep",
+         "--num_processes=2", "--devices_per_process=2", "--heartbeat_timeout_s=20", "--",
+         *DIGITS, *ALL_DEVICES, *grid, "--workdir", str(tmp_path / "mp")],
+        cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, timeout=300, capture_output=True,
+        text=True)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-2000:]
+    assert "4 members, 4 × 1 (member × data) devices" in launched.stdout
+
+    base = digits_cvae.get_config()
+    for flag in ALL_DEVICES:
+        dotted, value = flag[len("--config."):].split("=")
+        node = base
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = type(node[leaf])(ast.literal_eval(value))
+    base.train.num_devices = 4  # one process, the same four-way member axis
+    sweep.run_sweep(base, tmp_path / "sp", seeds=[0, 1], grid={"model.sigma0": [0.01, 0.3]})
+    for name in json.loads((tmp_path / "mp" / "sweep.json").read_text())["members"]:
+        multi = cvae.load_run(tmp_path / "mp" / name, which="latest")
+        reference = cvae.load_run(tmp_path / "sp" / name, which="latest")
+        for x, y in zip(jax.tree_util.tree_leaves(multi.params),
+                        jax.tree_util.tree_leaves(reference.params), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        assert len(Workdir(tmp_path / "mp" / name).read_metrics("test")) == 1

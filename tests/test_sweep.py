@@ -16,6 +16,7 @@ import pytest
 import cvae
 from cvae import population, sweep, train
 from cvae.workdir import Workdir
+from experiments import report
 from tests.conftest import make_test_config, run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,8 +47,11 @@ def _assert_records_close(a, b, rtol):
 
 
 def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_path):
-    configs = [make_test_config(seed=s, **{"model.sigma0": v})
-               for s, v in ((0, 0.01), (1, 0.1), (2, 0.01), (3, 1.0))]
+    schedule = {"train.optimizer": "adamw", "train.weight_decay": 1e-4,
+                "train.lr_schedule": "warmup_cosine", "train.lr_warmup_steps": 10}
+    configs = [make_test_config(seed=s, **schedule, **{"model.sigma0": v,
+                                                       "train.learning_rate": lr})
+               for s, v, lr in ((0, 0.01, 1e-3), (1, 0.1, 1e-3), (2, 0.01, 3e-3), (3, 1.0, 1e-3))]
     result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(4)])
     assert result.traces["train_epoch"] == 1
     assert [o.status for o in result.outcomes] == ["done"] * 4
@@ -91,6 +95,10 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
     frozen = cvae.load_run(tmp_path / "beta=3e+38/seed=0", "latest")
     assert frozen.meta["epoch"] == 1
     assert all(np.all(np.isfinite(p)) for p in _leaves(frozen.params))
+    # Reports aggregate the finished members and say which were left out.
+    workdirs, notes = report.expand_sweeps([tmp_path])
+    assert workdirs == [tmp_path / "beta=1/seed=0"]
+    assert notes == [f"{tmp_path}: left out 1 failed member(s): beta=3e+38/seed=0"]
     # The good member finished exactly as its run alone does.
     alone = train.train_and_evaluate(base, tmp_path / "alone")
     _assert_records_close(_records(tmp_path / "beta=1/seed=0"), _records(tmp_path / "alone"),
@@ -173,6 +181,14 @@ def test_two_array_tasks_share_one_sweep_directory(tmp_path):
     for name in record["members"]:
         run = cvae.load_run(tmp_path / name)
         assert run.config.model.latent_dim == int(name.split("latent_dim=")[1].split("/")[0])
+    summary = run_cli("experiments.report", "--group_by", "model.sigma0", "--plot",
+                      str(tmp_path / "sigma0.png"), "--reference", str(tmp_path), str(tmp_path))
+    assert summary.returncode == 0, summary.stderr
+    assert (tmp_path / "sigma0.png").stat().st_size > 0
+    assert [e["value"] for e in report.reference_groups([tmp_path])] == [
+        f"{tmp_path.name} sigma0={s}/latent_dim={d}" for s in ("0.01", "0.3") for d in (2, 4)]
+    rows = [line for line in summary.stdout.splitlines() if line.startswith(("| 0.01 ", "| 0.3 "))]
+    assert len(rows) == 2 and all(row.split("|")[2].strip() == "4" for row in rows)
 
 
 @pytest.mark.parametrize("args, message", [
