@@ -13,8 +13,10 @@ of the f32 matmul peak measured in the same process. Params are the preset's ran
 initialisation (the speed does not depend on them), or a trained run's with ``--workdir``.
 
 ``--members N`` trains N runs (seeds seed … seed+N−1) one after another with
-``train_and_evaluate``, then the same N as one population (``cvae.population``, one
-compiled program), and reports both throughputs summed over members, their ratio, each
+``train_and_evaluate`` on one device, then the same N as one population
+(``cvae.population``, one compiled program, members spread over every device: on a CPU
+host, set ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` to give each core
+its members), and reports both throughputs summed over members, their ratio, each
 member's test −ELBO beside its solo run's, and the memory a member costs.
 
 Each run calls ``cvae.train.train_and_evaluate`` (no private fast path) on a Gaussian-
@@ -130,10 +132,15 @@ def members_one(arch, batch_size, epochs, init, seed, data_dir, members, peak_gf
         raise cli.UsageError("--epochs must be ≥ 2 (the first compiles) and --members ≥ 1")
     configs = [bench_config(arch, batch_size, epochs, init, seed + i, data_dir)
                for i in range(members)]
+    for cfg in configs:  # the population spreads over every device, (member × data) ...
+        cfg.train.num_devices = 0
+    solo_configs = [config_lib.from_dict(c.to_dict()) for c in configs]
+    for cfg in solo_configs:  # ... a run alone takes one (what experiments.train does on CPU)
+        cfg.train.num_devices = 1
     per_epoch_examples = (60000 // batch_size) * batch_size
     with tempfile.TemporaryDirectory(prefix="cvae_bench_") as workdir:
         solo_s, solo_elbo = 0.0, []
-        for i, cfg in enumerate(configs):
+        for i, cfg in enumerate(solo_configs):
             result = train_and_evaluate(cfg, f"{workdir}/solo{i}")
             _, epoch_s = _timed_throughput(Workdir(f"{workdir}/solo{i}").read_metrics("train"),
                                            per_epoch_examples)
@@ -160,6 +167,7 @@ def members_one(arch, batch_size, epochs, init, seed, data_dir, members, peak_gf
             "matmul_peak_gflops": peak_gflops,
             "fraction_of_peak_solo": solo_throughput * flops / (peak_gflops * 1e9),
             "fraction_of_peak_population": pop_throughput * flops / (peak_gflops * 1e9),
+            "member_devices": int(pop.state["step"].sharding.mesh.shape["member"]),
             "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}"}
 
 

@@ -58,3 +58,21 @@ def test_bench_prints_the_documented_json_line():
         record["train_examples_per_s"] * record["flops_per_example"]
         / (record["matmul_peak_gflops"] * 1e9))
     assert 80 < record["test_neg_elbo"] < 300  # a binarized-MNIST ELBO after two epochs
+
+
+@requires_mnist
+def test_bench_members_compares_a_population_with_the_same_runs_alone():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "TFDS_DATA_DIR": mnist_data_dir()}
+    out = subprocess.run([sys.executable, "-m", "experiments.bench", "--members", "2",
+                          "--arch", "seed", "--batch-size", "1024", "--epochs", "2"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["benchmark"] == "population" and record["members"] == 2
+    assert record["population_over_solo"] == pytest.approx(
+        record["population_examples_per_s"] / record["solo_examples_per_s"])
+    # Each member trains what its run alone trains: the same test −ELBO.
+    np.testing.assert_allclose(record["population_test_neg_elbo"],
+                               record["solo_test_neg_elbo"], rtol=1e-5)
+    assert record["state_bytes_per_member"] > 0
