@@ -95,11 +95,11 @@ class Workdir:
     # ------------------------------------------------------------------ paths
     @property
     def name(self) -> str:
-        """A run's label in tables: the directory's name or, for a member of a sweep, its
-        path inside the sweep (``sigma0=0.01/seed=3``)."""
+        """A run's label in tables: the directory's name or, for a member of a sweep, the
+        sweep's name and its path inside it (``cvae/sigma0=0.01/seed=3``)."""
         for parent in self.path.parents:
             if (parent / "sweep.json").is_file():
-                return str(self.path.relative_to(parent))
+                return f"{parent.name}/{self.path.relative_to(parent)}"
         return self.path.name
 
     @property

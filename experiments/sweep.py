@@ -22,11 +22,18 @@ import pathlib
 import shlex
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+from experiments.cpu_cores import split_host_into_cores
 
-from cvae import parallel, sweep
-from experiments import cli
+# Before jax is imported: on a CPU host each core becomes a device holding its share of
+# the members (measured 1.44-1.46× the solo runs' throughput on 2 cores, against
+# 1.02-1.07× on one device; README, Performance). GPUs are unaffected.
+split_host_into_cores()
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cvae import parallel, sweep  # noqa: E402
+from experiments import cli  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A config file from experiments/configs/.",
                                 lock_config=True)
