@@ -118,6 +118,9 @@ def test_workdir_holds_the_documented_files(tmp_path):
      "model.posterior": "gaussian"},
     {"model.likelihood": "continuous_bernoulli", "data.binarize": "none"},
     {"model.posterior": "deterministic", "model.code_l2": 1.0},
+    {"model.posterior": "deterministic", "model.code_l2": 1.0, "model.gradient_penalty": 0.1},
+    {"objective.kind": "wae_mmd", "model.posterior": "deterministic"},
+    {"objective.kind": "wae_mmd", "model.posterior": "collapsed", "model.sigma0": 0.1},
     {"model.arch": "conv", "model.conv_channels": (4, 8), "model.conv_dense_width": 16},
     {"model.dropout_rate": 0.2, "train.optimizer": "adamw", "train.weight_decay": 1e-4,
      "train.lr_schedule": "warmup_cosine", "train.lr_warmup_steps": 5,
@@ -161,6 +164,9 @@ def test_early_stopping_lets_an_improving_run_finish(tmp_path):
     ({"model.latent_dim": 0}, "model.latent_dim"),
     ({"objective.kind": "iwae", "model.posterior": "deterministic"}, "objective.kind"),
     ({"data.dequantize": True}, "data.dequantize"),
+    ({"objective.kind": "wae_mmd", "model.posterior": "gaussian"}, "'wae_mmd'"),
+    ({"objective.mmd_weight": -1.0}, "objective.mmd_weight"),
+    ({"model.gradient_penalty": 0.1}, "model.gradient_penalty = 0.1 is invalid.*deterministic"),
 ])
 def test_bad_config_fails_before_training(tmp_path, overrides, pattern):
     with pytest.raises(config_lib.ConfigError, match=pattern):
