@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.0
     c.model.gradient_penalty = 0.0  # deterministic only: RAE-GP weight of ‖∇_z D(z)‖²
     c.model.conditional = False  # condition encoder and decoder on one-hot labels
+    c.model.prior = "standard"  # "standard": N(0, I) | "vamp": VampPrior (Tomczak & Welling)
+    c.model.num_pseudo_inputs = 500  # vamp: K learnable pseudo-inputs
 
     c.objective = ml_collections.ConfigDict()
     c.objective.kind = "elbo"  # "elbo" | "iwae" | "wae_mmd"
@@ -171,6 +173,14 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     _check(_finite(m.likelihood_scale) and m.likelihood_scale >= 0, "model.likelihood_scale",
            m.likelihood_scale, "finite and ≥ 0 (0 = learned)")
     _check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
+    _check(m.prior in ("standard", "vamp"), "model.prior", m.prior, "'standard' or 'vamp'")
+    _check(isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
+           "model.num_pseudo_inputs", m.num_pseudo_inputs, "a positive integer")
+    _check(m.prior == "standard" or m.posterior in ("gaussian", "collapsed"), "model.prior",
+           m.prior, "'standard' for a deterministic posterior (a VampPrior is a mixture of "
+           "posterior densities)")
+    _check(m.prior == "standard" or not m.conditional, "model.prior", m.prior,
+           "'standard' for a conditional model (pseudo-inputs carry no labels)")
     _check(_finite(m.gradient_penalty) and m.gradient_penalty >= 0, "model.gradient_penalty",
            m.gradient_penalty, "finite and ≥ 0")
     _check(m.gradient_penalty == 0 or m.posterior == "deterministic", "model.gradient_penalty",
@@ -187,6 +197,11 @@ def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDic
            "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)")
     _check(_finite(o.mmd_weight) and o.mmd_weight >= 0, "objective.mmd_weight", o.mmd_weight,
            "finite and ≥ 0")
+    _check(m.prior == "standard" or o.kind in ("elbo", "iwae"), "model.prior", m.prior,
+           "'standard' with objective.kind='wae_mmd' (its MMD matches N(0, I))")
+    _check(m.prior == "standard" or o.free_bits == 0, "objective.free_bits", o.free_bits,
+           "0 with model.prior='vamp' (its KL is a Monte-Carlo estimate with no "
+           "per-dimension terms to floor)")
     _check(o.kind == "elbo" or m.gradient_penalty == 0, "model.gradient_penalty",
            m.gradient_penalty, "0 unless objective.kind='elbo' (RAE-GP adds it to the "
            "autoencoder's loss)")

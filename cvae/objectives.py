@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cvae.posteriors import DeterministicPosterior, standard_normal_log_prob
+from cvae.posteriors import DeterministicPosterior
 
 
 def _variables(params):
@@ -40,7 +40,8 @@ def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float 
               dropout_key=None):
     """Negative β-ELBO with one reparameterised sample per example.
 
-    ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ N(0, I)), the KL in closed form. The loss is
+    ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), the KL in closed form for the N(0, I)
+    prior and estimated by log q(z|x) − log p(z) at the sample for the VampPrior. The loss is
     −mean_x E_q log p(x|z) + β Σ_j max(λ, mean_x KL_j): with free bits λ > 0 each latent
     dimension's batch-mean KL is floored at λ nats (Kingma et al., 2016, eq. 15), so
     dimensions under the floor receive no gradient pushing them to collapse.
@@ -50,14 +51,19 @@ def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float 
     al. (2020) — reported as the term "gp".
     """
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
-    posterior, _, dec = model.apply(_variables(params), x, key, labels, train=train, rngs=rngs)
+    posterior, z, dec = model.apply(_variables(params), x, key, labels, train=train, rngs=rngs)
     recon = model.likelihood.log_prob(x, dec)
-    kl_dims = regulariser_per_dim(posterior, code_l2)
-    kl = jnp.sum(kl_dims, axis=-1)
-    # Branch-free (free_bits may be a traced population hyperparameter); λ = 0 selects
-    # the plain mean KL, exactly as without free bits.
-    floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_dims, axis=0)))
-    penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
+    if model.prior == "vamp":  # no closed form: the one-sample estimate log q(z|x) − log p(z)
+        kl = posterior.log_prob(z) - prior_log_prob(model, params, z, train=train,
+                                                   dropout_key=dropout_key)
+        penalty = jnp.mean(kl)
+    else:
+        kl_dims = regulariser_per_dim(posterior, code_l2)
+        kl = jnp.sum(kl_dims, axis=-1)
+        # Branch-free (free_bits may be a traced population hyperparameter); λ = 0 selects
+        # the plain mean KL, exactly as without free bits.
+        floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_dims, axis=0)))
+        penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
     loss = -jnp.mean(recon) + beta * penalty
     terms = {"recon": recon, "kl": kl, "elbo": recon - kl}
     if gradient_penalty is not None:
@@ -123,12 +129,22 @@ def wae_mmd_loss(model, params, x, key, *, labels=None, mmd_weight=10.0, code_l2
     return loss, {"recon": recon, "kl": kl, "elbo": recon - kl, "mmd": mmd}
 
 
+def prior_log_prob(model, params, z, *, train=False, dropout_key=None):
+    """log p(z) under the model's prior (N(0, I) or the VampPrior); the VampPrior's
+    pseudo-inputs pass the encoder with a dropout key of their own."""
+    rngs = {"dropout": jax.random.fold_in(dropout_key, 1)} if dropout_key is not None else {}
+    return model.apply(_variables(params), z, train=train, rngs=rngs,
+                       method=model.prior_log_prob)
+
+
 def log_importance_weights(model, params, x, posterior, z, labels=None, *, train=False,
                            rngs=None):
     """log w = log p(x|z) + log p(z) − log q(z|x) for samples z of shape (k, B, d)."""
     dec = model.apply(_variables(params), z, labels, train=train, rngs=rngs or {},
                       method=model.decode)
-    return (model.likelihood.log_prob(x, dec) + standard_normal_log_prob(z)
+    dropout_key = (rngs or {}).get("dropout")
+    return (model.likelihood.log_prob(x, dec)
+            + prior_log_prob(model, params, z, train=train, dropout_key=dropout_key)
             - posterior.log_prob(z)), dec
 
 
@@ -148,8 +164,12 @@ def iwae_loss(model, params, x, key, *, k: int, labels=None, train: bool = False
     log_w, dec = log_importance_weights(model, params, x, posterior, z, labels, train=train,
                                         rngs=rngs)
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
-    recon = jnp.mean(model.likelihood.log_prob(x, dec), axis=0)
-    kl = jnp.sum(posterior.kl_per_dim(), axis=-1)
+    recon_k = model.likelihood.log_prob(x, dec)
+    recon = jnp.mean(recon_k, axis=0)
+    if model.prior == "vamp":  # the k samples' mean of log q − log p = log p(x|z) − log w
+        kl = jnp.mean(recon_k - log_w, axis=0)
+    else:
+        kl = jnp.sum(posterior.kl_per_dim(), axis=-1)
     return -jnp.mean(bound), {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
 
 

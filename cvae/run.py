@@ -128,7 +128,7 @@ class Run:
         sampler = sampler or sampling.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
         if sampler == "prior":
-            z = sampling.prior_latents(key, n, self.config.model.latent_dim)
+            z = self._apply(key, n, method=self.model.sample_prior)
         elif sampler == "gmm" and labels is None:
             z = self.latent_mixture().sample(key, n)
         elif sampler == "gmm":

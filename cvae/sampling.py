@@ -1,4 +1,5 @@
-"""Drawing latents: from the prior N(0, I), or from an ex-post Gaussian mixture.
+"""Drawing latents from an ex-post Gaussian mixture (the prior's own draws are the
+model's: ``VAE.sample_prior``, N(0, I) or the VampPrior).
 
 Collapsed and deterministic models are not trained to make their aggregate posterior
 match N(0, I), so prior samples fall where the decoder has seen no codes. Ghosh et al.
@@ -15,11 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 SAMPLERS = ("prior", "gmm")
-
-
-def prior_latents(key, num_samples: int, latent_dim: int):
-    """z ~ N(0, I)."""
-    return jax.random.normal(key, (num_samples, latent_dim))
 
 
 @dataclasses.dataclass(frozen=True)
