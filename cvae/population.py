@@ -247,7 +247,7 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
             for i in np.flatnonzero(active):
                 first_step = outcomes[i].step
                 try:
-                    books[i].after_epoch(lambda i=i: member_state(state, i, mesh),
+                    books[i].after_epoch(lambda i=i, s=state: member_state(s, i, mesh),
                                          {k: v[:, i] for k, v in per_step.items()},
                                          first_step, epoch, seconds, stopping)
                 except train.TrainingDivergedError as err:

@@ -23,7 +23,6 @@ import optax
 
 from cvae import data, objectives, parallel
 
-
 # Fields that may differ between the members of one compiled population (cvae.population):
 # they change values, never array shapes or the program's structure, so they enter the
 # step as traced numbers. Everything else in a config is structure. ``model.dropout_rate``

@@ -135,7 +135,7 @@ def expand(base: ml_collections.ConfigDict, seeds, grid: dict[str, list]) -> lis
 
 def _short_names(fields: list[str]) -> dict[str, str]:
     last = [f.split(".")[-1] for f in fields]
-    return {f: (l if last.count(l) == 1 else f) for f, l in zip(fields, last)}
+    return {f: (name if last.count(name) == 1 else f) for f, name in zip(fields, last)}
 
 
 def _format(value) -> str:

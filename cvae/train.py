@@ -81,7 +81,7 @@ class Setup:
     state: dict
     programs: steps.TrainPrograms
     train_data: tuple  # (images, labels) replicated on the mesh
-    data: "TrainingData"
+    data: TrainingData
 
 
 def prepare_workdir(config, workdir: Workdir) -> None:
@@ -418,7 +418,7 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
             seconds = time.perf_counter() - tick
             # A signal stops every process at this epoch, wherever it was delivered.
             stopping = parallel.any_process(stop["signal"] is not None)
-            record = book.after_epoch(lambda: state, per_step, first_step, epoch, seconds,
+            record = book.after_epoch(lambda s=state: s, per_step, first_step, epoch, seconds,
                                       stopping)
             result.stopped_early = progress.stopped_early
             bar.update(1)

@@ -14,8 +14,8 @@ import pytest
 
 import cvae
 from cvae import Workdir, sweep
-from experiments.configs import digits_cvae
 from experiments import launch_local
+from experiments.configs import digits_cvae
 from tests.test_experiments import ROOT, TINY
 
 # Every device of every process: the global batch of 64 splits 4 ways in both layouts.

@@ -100,7 +100,7 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
     assert workdirs == [tmp_path / "beta=1/seed=0"]
     assert notes == [f"{tmp_path}: left out 1 failed member(s): beta=3e+38/seed=0"]
     # The good member finished exactly as its run alone does.
-    alone = train.train_and_evaluate(base, tmp_path / "alone")
+    train.train_and_evaluate(base, tmp_path / "alone")
     _assert_records_close(_records(tmp_path / "beta=1/seed=0"), _records(tmp_path / "alone"),
                           rtol=1e-5)
 
@@ -192,7 +192,8 @@ def test_two_array_tasks_share_one_sweep_directory(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--grid", "model.sigmo=0.1"], "unknown config field 'model.sigmo'; did you mean 'model.sigma0'"),
+    (["--grid", "model.sigmo=0.1"],
+     "unknown config field 'model.sigmo'; did you mean 'model.sigma0'"),
     (["--grid", "model.sigma0=0.1,abc"], "'abc' is not a float"),
     (["--grid", "model.sigma0=-1"], "model.sigma0 = -1.0 is invalid"),
     (["--grid", "model.latent_dim=2,4", "--single_program"], "differ in model.latent_dim"),
