@@ -156,8 +156,10 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
            "a tuple of positive integers (empty = mirrored)")
     _check(_positive_ints(m.conv_channels) and len(m.conv_channels) > 0, "model.conv_channels",
            m.conv_channels, "a non-empty tuple of positive integers")
-    _check(m.activation in nets.ACTIVATIONS, "model.activation", m.activation,
-           f"one of {sorted(nets.ACTIVATIONS)}")
+    _check(m.activation in nets.ACTIVATIONS or m.activation == nets.GATED, "model.activation",
+           m.activation, f"one of {sorted(nets.ACTIVATIONS) + [nets.GATED]}")
+    _check(m.activation != nets.GATED or m.arch == "mlp", "model.activation", m.activation,
+           "not 'gated' for conv nets (gated dense layers are an MLP option)")
     _check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
     _check(m.arch == "mlp" or m.init == "lecun", "model.init", m.init,
            "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)")

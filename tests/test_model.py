@@ -173,3 +173,15 @@ def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_its_samples_follow_the
         - mixture_mean**2
     np.testing.assert_allclose(np.mean(np.asarray(z), axis=0), mixture_mean, atol=0.03)
     np.testing.assert_allclose(np.var(np.asarray(z), axis=0), mixture_var, rtol=0.05)
+
+
+def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
+    import flax.linen as nn
+
+    from cvae import nets
+    stack = nets.MLPStack((5,), activation="gated")
+    h = jax.random.normal(jax.random.key(0), (3, 4))
+    params = nn.Module.init(stack, jax.random.key(1), h)["params"]  # its `init` field shadows
+    linear = lambda name: h @ params[name]["dense"]["kernel"] + params[name]["dense"]["bias"]
+    np.testing.assert_allclose(stack.apply({"params": params}, h),
+                               linear("hidden_0") * jax.nn.sigmoid(linear("gate_0")), rtol=1e-5)
