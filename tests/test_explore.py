@@ -132,5 +132,6 @@ def test_report_group_by_prints_intervals_and_plots(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("| model.sigma0 | runs | nll_is | elbo")
-    assert lines[2].startswith("| 0.01 | 2 | 100.50 ± 6.35 |")  # t(0.975, 1) · 0.707 / √2
+    # mean ± t(0.975, 1) · 0.707 / √2, and the standard deviation 0.707
+    assert lines[2].startswith("| 0.01 | 2 | 100.50 ± 6.35 (sd 0.71) |")
     assert (tmp_path / "curve.png").stat().st_size > 0
