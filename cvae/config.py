@@ -48,14 +48,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.likelihood = "bernoulli"  # "bernoulli" | "gaussian" | "continuous_bernoulli"
     c.model.likelihood_scale = 0.0  # gaussian only: fixed σ, 0 = learned per pixel
     c.model.dropout_rate = 0.0
+    c.model.gradient_penalty = 0.0  # deterministic only: RAE-GP weight of ‖∇_z D(z)‖²
     c.model.conditional = False  # condition encoder and decoder on one-hot labels
+    c.model.prior = "standard"  # "standard": N(0, I) | "vamp": VampPrior (Tomczak & Welling)
+    c.model.num_pseudo_inputs = 500  # vamp: K learnable pseudo-inputs
 
     c.objective = ml_collections.ConfigDict()
-    c.objective.kind = "elbo"  # "elbo" | "iwae"
+    c.objective.kind = "elbo"  # "elbo" | "iwae" | "wae_mmd"
     c.objective.k = 1  # importance samples of the IWAE bound
     c.objective.beta = 1.0  # weight of the KL term (β-VAE)
     c.objective.kl_warmup_steps = 0  # β rises linearly from 0 over this many steps
     c.objective.free_bits = 0.0  # per-dimension KL floor λ in nats (Kingma et al., 2016)
+    c.objective.mmd_weight = 10.0  # wae_mmd: λ of λ·MMD(codes, N(0, I)) (Tolstikhin et al.)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # the global batch, split over devices
@@ -152,8 +156,10 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
            "a tuple of positive integers (empty = mirrored)")
     _check(_positive_ints(m.conv_channels) and len(m.conv_channels) > 0, "model.conv_channels",
            m.conv_channels, "a non-empty tuple of positive integers")
-    _check(m.activation in nets.ACTIVATIONS, "model.activation", m.activation,
-           f"one of {sorted(nets.ACTIVATIONS)}")
+    _check(m.activation in nets.ACTIVATIONS or m.activation == nets.GATED, "model.activation",
+           m.activation, f"one of {sorted(nets.ACTIVATIONS) + [nets.GATED]}")
+    _check(m.activation != nets.GATED or m.arch == "mlp", "model.activation", m.activation,
+           "not 'gated' for conv nets (gated dense layers are an MLP option)")
     _check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
     _check(m.arch == "mlp" or m.init == "lecun", "model.init", m.init,
            "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)")
@@ -169,14 +175,42 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     _check(_finite(m.likelihood_scale) and m.likelihood_scale >= 0, "model.likelihood_scale",
            m.likelihood_scale, "finite and ≥ 0 (0 = learned)")
     _check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
+    _check(m.prior in ("standard", "vamp"), "model.prior", m.prior, "'standard' or 'vamp'")
+    _check(isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
+           "model.num_pseudo_inputs", m.num_pseudo_inputs, "a positive integer")
+    _check(m.prior == "standard" or m.posterior in ("gaussian", "collapsed"), "model.prior",
+           m.prior, "'standard' for a deterministic posterior (a VampPrior is a mixture of "
+           "posterior densities)")
+    _check(m.prior == "standard" or not m.conditional, "model.prior", m.prior,
+           "'standard' for a conditional model (pseudo-inputs carry no labels)")
+    _check(_finite(m.gradient_penalty) and m.gradient_penalty >= 0, "model.gradient_penalty",
+           m.gradient_penalty, "finite and ≥ 0")
+    _check(m.gradient_penalty == 0 or m.posterior == "deterministic", "model.gradient_penalty",
+           m.gradient_penalty, "0 unless model.posterior='deterministic' (RAE-GP regularises "
+           "a deterministic autoencoder's decoder)")
 
 
 def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> None:
     """The ``objective`` section (some choices depend on ``model.posterior``)."""
-    _check(o.kind in ("elbo", "iwae"), "objective.kind", o.kind, "'elbo' or 'iwae'")
+    _check(o.kind in ("elbo", "iwae", "wae_mmd"), "objective.kind", o.kind,
+           "'elbo', 'iwae' or 'wae_mmd'")
+    _check(o.kind != "wae_mmd" or m.posterior in ("deterministic", "collapsed"),
+           "objective.kind", o.kind, "used with model.posterior='deterministic' or "
+           "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)")
+    _check(_finite(o.mmd_weight) and o.mmd_weight >= 0, "objective.mmd_weight", o.mmd_weight,
+           "finite and ≥ 0")
+    _check(m.prior == "standard" or o.kind in ("elbo", "iwae"), "model.prior", m.prior,
+           "'standard' with objective.kind='wae_mmd' (its MMD matches N(0, I))")
+    _check(m.prior == "standard" or o.free_bits == 0, "objective.free_bits", o.free_bits,
+           "0 with model.prior='vamp' (its KL is a Monte-Carlo estimate with no "
+           "per-dimension terms to floor)")
+    _check(o.kind == "elbo" or m.gradient_penalty == 0, "model.gradient_penalty",
+           m.gradient_penalty, "0 unless objective.kind='elbo' (RAE-GP adds it to the "
+           "autoencoder's loss)")
     _check(isinstance(o.k, int) and o.k >= 1, "objective.k", o.k, "an integer ≥ 1")
-    _check(o.kind == "elbo" or m.posterior != "deterministic", "objective.kind", o.kind,
-           "'elbo' for a deterministic posterior (the IWAE bound needs a density)")
+    _check(o.kind != "iwae" or m.posterior != "deterministic", "objective.kind", o.kind,
+           "'elbo' or 'wae_mmd' for a deterministic posterior (the IWAE bound needs a "
+           "density)")
     _check(_finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "finite and ≥ 0")
     _check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
     _check(_finite(o.free_bits) and o.free_bits >= 0, "objective.free_bits", o.free_bits,
@@ -226,6 +260,7 @@ RESUME_CRITICAL_PREFIXES = ("seed", "data.", "model.", "objective.", "train.batc
 
 def resume_conflicts(saved: dict, current: dict) -> list[str]:
     """Dotted names of resume-critical fields that differ between two flattened configs."""
+    saved = {**flatten(base_config()), **saved}  # fields added since: their defaults
     names = sorted(set(saved) | set(current))
     return [n for n in names
             if any(n == p or n.startswith(p) for p in RESUME_CRITICAL_PREFIXES)
@@ -234,7 +269,9 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
     """A saved config (config.json) as a ConfigDict with the schema's types: JSON turns
-    tuples into lists, and every field whose default is a tuple becomes one again."""
+    tuples into lists, and every field whose default is a tuple becomes one again. Fields
+    added to the schema after the run was saved take their defaults (which reproduce the
+    behaviour of the code that saved it)."""
     defaults = base_config()
 
     def restore(node: dict, schema) -> dict:
@@ -250,7 +287,14 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
                 out[key] = value
         return out
 
-    return ml_collections.ConfigDict(restore(saved, defaults))
+    def merged(default: dict, node: dict) -> dict:
+        out = dict(default)
+        for key, value in node.items():
+            out[key] = (merged(default[key], value) if isinstance(value, dict)
+                        and isinstance(default.get(key), dict) else value)
+        return out
+
+    return ml_collections.ConfigDict(merged(defaults.to_dict(), restore(saved, defaults)))
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:

@@ -4,6 +4,11 @@
 likelihood's parameters, and ``VAE.__call__(x, key)`` draws z ~ q(z|x) with the key it is
 given. With ``num_classes > 0`` the model is a conditional VAE: one-hot labels enter both
 the encoder and the decoder, and ``decode(z, labels)`` draws class-conditional images.
+
+The prior is N(0, I), or with ``prior = "vamp"`` the VampPrior of Tomczak & Welling (2018):
+p(z) = (1/K) Σ_k q(z | u_k), the mixture of the encoder's own posteriors at K learnable
+pseudo-inputs u_k (a ``pseudo_inputs`` parameter, clipped to the pixel range [0, 1]).
+``prior_log_prob(z)`` and ``sample_prior(key, n)`` serve either prior.
 """
 
 from __future__ import annotations
@@ -29,6 +34,15 @@ class VAE(nn.Module):
     posterior_family: str = "gaussian"
     sigma0: float = posteriors.DEFAULT_SIGMA0
     num_classes: int = 0
+    prior: str = "standard"  # "standard": N(0, I) | "vamp": the VampPrior
+    num_pseudo_inputs: int = 0
+
+    def setup(self):
+        if self.prior == "vamp":
+            # The VampPrior authors' initialisation: N(0.05, 0.01²) pixels.
+            self.pseudo_inputs = self.param(
+                "pseudo_inputs", lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
+                (self.num_pseudo_inputs,) + tuple(self.event_shape))
 
     def _onehot(self, labels):
         if self.num_classes == 0:
@@ -53,6 +67,30 @@ class VAE(nn.Module):
     def decode(self, z, labels=None, *, train: bool = False):
         """The likelihood's parameters of p(x|z) for latents z (…, latent_dim)."""
         return self.decoder(z, self._onehot(labels), train=train)
+
+    def pseudo_posterior(self, *, train: bool = False) -> posteriors.Posterior:
+        """q(z | u_k) for the K pseudo-inputs (a batch of K posteriors)."""
+        return self.encode(jnp.clip(self.pseudo_inputs, 0.0, 1.0), train=train)
+
+    def prior_log_prob(self, z, *, train: bool = False):
+        """log p(z), summed over latent dimensions, for z (…, latent_dim).
+
+        VampPrior: log (1/K) Σ_k q(z | u_k), a log-sum-exp over the pseudo-inputs."""
+        if self.prior != "vamp":
+            return posteriors.standard_normal_log_prob(z)
+        components = self.pseudo_posterior(train=train)
+        per_component = components.log_prob(z[..., None, :])  # (…, K)
+        return jax.nn.logsumexp(per_component, axis=-1) - math.log(self.num_pseudo_inputs)
+
+    def sample_prior(self, key, num_samples: int):
+        """z ~ p(z): N(0, I), or a uniformly chosen pseudo-input's posterior (VampPrior)."""
+        if self.prior != "vamp":
+            return jax.random.normal(key, (num_samples, self.encoder.latent_dim))
+        component_key, draw_key = jax.random.split(key)
+        k = jax.random.randint(component_key, (num_samples,), 0, self.num_pseudo_inputs)
+        components = self.pseudo_posterior()
+        chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], components)
+        return chosen.sample(draw_key)
 
     def __call__(self, x, key, labels=None, *, train: bool = False, num_samples=None):
         """Returns (posterior, z, likelihood params); z has a leading sample axis if asked."""
@@ -93,7 +131,9 @@ def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classe
         raise AssertionError(cfg.arch)  # validate_model admits only the two above
     return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood,
                event_shape=event_shape, posterior_family=cfg.posterior,
-               sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0)
+               sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0,
+               prior=cfg.prior,
+               num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0)
 
 
 def init_params(model: VAE, key: jax.Array, batch_size: int = 1):

@@ -25,6 +25,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "softplus": nn.softplus,
     "leaky_relu": nn.leaky_relu,
 }
+# "gated": h = (W x + b) ⊙ σ(V x + c), the gated dense layer of Dauphin et al. (2017) that
+# the VampPrior paper's MLPs use (Tomczak & Welling, 2018); it has twice the weights.
+GATED = "gated"
 INITS = ("lecun", "torch")
 
 # The documented "seed" architecture: encoder 784-128-64-32 (ReLU) -> 16, decoder mirrored.
@@ -79,9 +82,13 @@ class MLPStack(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
-        act = ACTIVATIONS[self.activation]
         for i, width in enumerate(self.widths):
-            h = act(Linear(width, self.init, name=f"hidden_{i}")(h))
+            if self.activation == GATED:
+                h = (Linear(width, self.init, name=f"hidden_{i}")(h)
+                     * nn.sigmoid(Linear(width, self.init, name=f"gate_{i}")(h)))
+            else:
+                h = Linear(width, self.init, name=f"hidden_{i}")(h)
+                h = ACTIVATIONS[self.activation](h)
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         return h

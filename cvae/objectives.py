@@ -1,4 +1,5 @@
-"""Training objectives: the ELBO (with β, KL warm-up and free bits) and the IWAE bound.
+"""Training objectives: the ELBO (with β, KL warm-up and free bits; for a deterministic
+encoder the RAE's code and decoder-gradient penalties), the IWAE bound and WAE-MMD.
 
 Pure functions of (model, params, batch, key): safe under jit and vmap. Each returns the
 scalar loss to minimise and a dict of per-example terms in nats:
@@ -12,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cvae.posteriors import DeterministicPosterior, standard_normal_log_prob
+from cvae.posteriors import DeterministicPosterior
 
 
 def _variables(params):
@@ -35,27 +36,105 @@ def regulariser_per_dim(posterior, code_l2: float = 0.0):
 
 
 def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float = 0.0,
-              code_l2: float = 0.0, train: bool = False, dropout_key=None):
+              code_l2: float = 0.0, gradient_penalty=None, train: bool = False,
+              dropout_key=None):
     """Negative β-ELBO with one reparameterised sample per example.
 
-    ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ N(0, I)), the KL in closed form. The loss is
+    ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), the KL in closed form for the N(0, I)
+    prior and estimated by log q(z|x) − log p(z) at the sample for the VampPrior. The loss is
     −mean_x E_q log p(x|z) + β Σ_j max(λ, mean_x KL_j): with free bits λ > 0 each latent
     dimension's batch-mean KL is floored at λ nats (Kingma et al., 2016, eq. 15), so
     dimensions under the floor receive no gradient pushing them to collapse.
     For a deterministic posterior the "kl" slot holds the code penalty and "elbo" is not
-    a bound on log p(x).
+    a bound on log p(x); a ``gradient_penalty`` weight λ (None = off, which saves the extra
+    backward pass) adds λ · mean ``decoder_gradient_penalty`` — the RAE-GP of Ghosh et
+    al. (2020) — reported as the term "gp".
     """
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
-    posterior, _, dec = model.apply(_variables(params), x, key, labels, train=train, rngs=rngs)
+    posterior, z, dec = model.apply(_variables(params), x, key, labels, train=train, rngs=rngs)
     recon = model.likelihood.log_prob(x, dec)
-    kl_dims = regulariser_per_dim(posterior, code_l2)
-    kl = jnp.sum(kl_dims, axis=-1)
-    # Branch-free (free_bits may be a traced population hyperparameter); λ = 0 selects
-    # the plain mean KL, exactly as without free bits.
-    floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_dims, axis=0)))
-    penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
+    if model.prior == "vamp":  # no closed form: the one-sample estimate log q(z|x) − log p(z)
+        kl = posterior.log_prob(z) - prior_log_prob(model, params, z, train=train,
+                                                   dropout_key=dropout_key)
+        penalty = jnp.mean(kl)
+    else:
+        kl_dims = regulariser_per_dim(posterior, code_l2)
+        kl = jnp.sum(kl_dims, axis=-1)
+        # Branch-free (free_bits may be a traced population hyperparameter); λ = 0 selects
+        # the plain mean KL, exactly as without free bits.
+        floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_dims, axis=0)))
+        penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
     loss = -jnp.mean(recon) + beta * penalty
-    return loss, {"recon": recon, "kl": kl, "elbo": recon - kl}
+    terms = {"recon": recon, "kl": kl, "elbo": recon - kl}
+    if gradient_penalty is not None:
+        terms["gp"] = decoder_gradient_penalty(model, params, posterior.mean, labels,
+                                               train=train, rngs=rngs)
+        loss = loss + gradient_penalty * jnp.mean(terms["gp"])
+    return loss, terms
+
+
+def decoder_gradient_penalty(model, params, z, labels=None, *, train=False, rngs=None):
+    """‖∇_z Σ_i D_i(z)‖² per example: the squared norm of the gradient of the decoded
+    image D(z) = E[x|z] (summed over pixels) at the codes z — the RAE-GP penalty of Ghosh
+    et al. (2020), computed as their implementation does, with one backward pass (the
+    gradient of the summed output) rather than the full Jacobian. Examples do not interact
+    in the decoder, so one gradient of the batch's sum gives every example's row."""
+    def decoded_sum(codes):
+        dec = model.apply(_variables(params), codes, labels, train=train, rngs=rngs or {},
+                          method=model.decode)
+        return jnp.sum(model.likelihood.mean(dec))
+
+    return jnp.sum(jax.grad(decoded_sum)(z) ** 2, axis=-1)
+
+
+# The inverse multiquadratics kernel's scales relative to C = 2 · d · σ_z² (σ_z = 1):
+# Tolstikhin et al. (2018) sum the kernel over these to cover several length scales.
+MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def imq_mmd(a, b, scales=MMD_SCALES):
+    """MMD² between the samples ``a`` and ``b`` (n × d each) with the kernel
+    k(u, v) = Σ_s C_s / (C_s + ‖u − v‖²), C_s = 2 d s (Tolstikhin et al., 2018):
+    [Σ_{i≠j} k(a_i, a_j) + Σ_{i≠j} k(b_i, b_j)] / (n(n−1)) − 2 Σ_{i,j} k(a_i, b_j) / n²,
+    unbiased within each sample, ≈ 0 when both come from one distribution."""
+    n, d = a.shape
+
+    def kernel(u, v):
+        sq = jnp.sum((u[:, None, :] - v[None, :, :]) ** 2, axis=-1)
+        return sum(2.0 * d * s / (2.0 * d * s + sq) for s in scales)
+
+    off_diagonal = 1.0 - jnp.eye(n, dtype=a.dtype)
+    within = jnp.sum((kernel(a, a) + kernel(b, b)) * off_diagonal) / (n * (n - 1))
+    return within - 2.0 * jnp.mean(kernel(a, b))
+
+
+def wae_mmd_loss(model, params, x, key, *, labels=None, mmd_weight=10.0, code_l2=0.0,
+                 train: bool = False, dropout_key=None, **unused):
+    """WAE-MMD (Tolstikhin et al., 2018): −mean_x log p(x|z) + λ · MMD²(codes, N(0, I)).
+
+    The codes are one draw z ~ q(z|x) per example (μ(x) itself for a deterministic
+    encoder); the prior sample has the batch's size and is drawn from its own key, split
+    from ``key``. "kl" reports the KL (collapsed) or code penalty (deterministic) of the
+    codes, which the loss does not contain; "mmd" is the batch's MMD².
+    """
+    del unused  # β and free bits belong to the ELBO
+    rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+    code_key, prior_key = jax.random.split(key)
+    posterior, z, dec = model.apply(_variables(params), x, code_key, labels, train=train,
+                                    rngs=rngs)
+    recon = model.likelihood.log_prob(x, dec)
+    mmd = imq_mmd(z, jax.random.normal(prior_key, z.shape, z.dtype))
+    kl = jnp.sum(regulariser_per_dim(posterior, code_l2), axis=-1)
+    loss = -jnp.mean(recon) + mmd_weight * mmd
+    return loss, {"recon": recon, "kl": kl, "elbo": recon - kl, "mmd": mmd}
+
+
+def prior_log_prob(model, params, z, *, train=False, dropout_key=None):
+    """log p(z) under the model's prior (N(0, I) or the VampPrior); the VampPrior's
+    pseudo-inputs pass the encoder with a dropout key of their own."""
+    rngs = {"dropout": jax.random.fold_in(dropout_key, 1)} if dropout_key is not None else {}
+    return model.apply(_variables(params), z, train=train, rngs=rngs,
+                       method=model.prior_log_prob)
 
 
 def log_importance_weights(model, params, x, posterior, z, labels=None, *, train=False,
@@ -63,7 +142,9 @@ def log_importance_weights(model, params, x, posterior, z, labels=None, *, train
     """log w = log p(x|z) + log p(z) − log q(z|x) for samples z of shape (k, B, d)."""
     dec = model.apply(_variables(params), z, labels, train=train, rngs=rngs or {},
                       method=model.decode)
-    return (model.likelihood.log_prob(x, dec) + standard_normal_log_prob(z)
+    dropout_key = (rngs or {}).get("dropout")
+    return (model.likelihood.log_prob(x, dec)
+            + prior_log_prob(model, params, z, train=train, dropout_key=dropout_key)
             - posterior.log_prob(z)), dec
 
 
@@ -83,8 +164,12 @@ def iwae_loss(model, params, x, key, *, k: int, labels=None, train: bool = False
     log_w, dec = log_importance_weights(model, params, x, posterior, z, labels, train=train,
                                         rngs=rngs)
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
-    recon = jnp.mean(model.likelihood.log_prob(x, dec), axis=0)
-    kl = jnp.sum(posterior.kl_per_dim(), axis=-1)
+    recon_k = model.likelihood.log_prob(x, dec)
+    recon = jnp.mean(recon_k, axis=0)
+    if model.prior == "vamp":  # the k samples' mean of log q − log p = log p(x|z) − log w
+        kl = jnp.mean(recon_k - log_w, axis=0)
+    else:
+        kl = jnp.sum(posterior.kl_per_dim(), axis=-1)
     return -jnp.mean(bound), {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
 
 

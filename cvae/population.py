@@ -54,13 +54,15 @@ class PopulationStructureError(ValueError):
 
 def population_structure(cfg) -> dict:
     """What must be equal across a population's members: every field but the
-    hyperparameters, plus the one structural fact about a hyperparameter — with Adam,
-    whether weight decay is on at all (it adds a transformation to the optimizer)."""
+    hyperparameters, plus two structural facts about hyperparameters — with Adam, whether
+    weight decay is on at all (it adds a transformation to the optimizer), and whether
+    the decoder-gradient penalty is (it adds a backward pass)."""
     flat = config_lib.flatten(cfg)
     structure = {k: v for k, v in flat.items()
                  if k not in steps.HYPERPARAMETERS and k not in BOOKKEEPING}
     if cfg.train.optimizer == "adam":
         structure["train.weight_decay > 0"] = cfg.train.weight_decay > 0
+    structure["model.gradient_penalty > 0"] = cfg.model.gradient_penalty > 0
     return structure
 
 

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import pathlib
 
 import jax
@@ -16,9 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cvae import checkpoint, data, evaluation, parallel, sampling
+from cvae import checkpoint, data, evaluation, ex_post, parallel, sampling
 from cvae import model as model_lib
 from cvae.workdir import RunNotFoundError, Workdir
+
+log = logging.getLogger("cvae")
 
 __all__ = ["Run", "RunNotFoundError", "load_config", "load_run"]
 WHICH = ("best", "latest")
@@ -128,15 +132,15 @@ class Run:
         sampler = sampler or sampling.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
         if sampler == "prior":
-            z = sampling.prior_latents(key, n, self.config.model.latent_dim)
-        elif sampler == "gmm" and labels is None:
-            z = self.latent_mixture().sample(key, n)
-        elif sampler == "gmm":
+            z = self._apply(key, n, method=self.model.sample_prior)
+        elif sampler in ex_post.EX_POST and labels is None:
+            z = self.ex_post(sampler).sample(key, n)
+        elif sampler in ex_post.EX_POST:
             wanted = np.asarray(labels)
             z = np.zeros((n, self.config.model.latent_dim), np.float32)
             for label in np.unique(wanted):
                 rows = np.flatnonzero(wanted == label)
-                z[rows] = self.latent_mixture(label=int(label)).sample(
+                z[rows] = self.ex_post(sampler, label=int(label)).sample(
                     jax.random.fold_in(key, int(label)), len(rows))
         else:
             raise ValueError(f"sampler must be one of {sampling.SAMPLERS}, got {sampler!r}")
@@ -183,17 +187,49 @@ class Run:
                  for i in range(0, len(images), 1000)]
         return np.concatenate([np.asarray(c) for c in codes]), labels
 
-    def latent_mixture(self, num_components: int = 10,
-                       label: int | None = None) -> sampling.LatentMixture:
-        """The ex-post density: a Gaussian mixture fitted to the training codes (cached);
-        with ``label``, to the codes of that class only."""
-        if (num_components, label) not in self._mixtures:
-            codes, labels = self.training_codes()
-            if label is not None:
-                codes = codes[np.asarray(labels) == label]
-            self._mixtures[num_components, label] = sampling.fit_latent_mixture(
-                codes, num_components, seed=self.config.seed)
-        return self._mixtures[num_components, label]
+    def latent_mixture(self, label: int | None = None) -> sampling.LatentMixture:
+        """The ex-post Gaussian mixture (``ex_post("gmm")``)."""
+        return self.ex_post("gmm", label)
+
+    def ex_post(self, kind: str, label: int | None = None):
+        """The ex-post density ``kind`` (gmm | flow | two_stage, see ``cvae.ex_post``) of the
+        training codes — with ``label``, of that class's codes only.
+
+        Fitted once per set of params and saved in ``DIR/samplers/``: a later call, or a
+        later process, loads it instead of refitting (a run trained further refits). The
+        fit draws from ``fold_in(key(seed), i)``, i the kind's index, and the mixture uses
+        the run's seed: a rerun gives the same samples.
+        """
+        name = kind if label is None else f"{kind}-label{label}"
+        if name not in self._mixtures:
+            directory = Workdir(self.workdir).sampler_dir(name)
+            fingerprint = _fingerprint(self.params)
+            loaded = ex_post.load(directory)
+            if loaded is not None and loaded[1].get("params_sha256") == fingerprint:
+                self._mixtures[name] = loaded[0]
+            else:
+                codes, labels = self.training_codes()
+                if label is not None:
+                    codes = codes[np.asarray(labels) == label]
+                key = jax.random.fold_in(jax.random.key(self.config.seed),
+                                         ex_post.EX_POST.index(kind))
+                fitted = ex_post.fit(kind, codes, key, seed=self.config.seed)
+                try:
+                    ex_post.save(fitted, directory, {"params_sha256": fingerprint,
+                                                     "num_codes": len(codes), "label": label})
+                except OSError as err:  # a read-only run still samples
+                    log.warning("could not save the fitted %s sampler in %s: %s", kind,
+                                directory, err)
+                self._mixtures[name] = fitted
+        return self._mixtures[name]
+
+
+def _fingerprint(params) -> str:
+    """A digest of a params tree's values: which params a saved sampler was fitted to."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 def _require_int(value, minimum: int, message: str) -> None:

@@ -1,4 +1,5 @@
-"""Drawing latents: from the prior N(0, I), or from an ex-post Gaussian mixture.
+"""Drawing latents from an ex-post Gaussian mixture (the prior's own draws are the
+model's: ``VAE.sample_prior``, N(0, I) or the VampPrior).
 
 Collapsed and deterministic models are not trained to make their aggregate posterior
 match N(0, I), so prior samples fall where the decoder has seen no codes. Ghosh et al.
@@ -14,12 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SAMPLERS = ("prior", "gmm")
-
-
-def prior_latents(key, num_samples: int, latent_dim: int):
-    """z ~ N(0, I)."""
-    return jax.random.normal(key, (num_samples, latent_dim))
+SAMPLERS = ("prior", "gmm", "flow", "two_stage")  # the last three: cvae.ex_post
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +34,18 @@ class LatentMixture:
         eps = jax.random.normal(noise_key, (num_samples, self.means.shape[-1]))
         chol = jnp.asarray(self.cholesky)[c]
         return jnp.asarray(self.means)[c] + jnp.einsum("nij,nj->ni", chol, eps)
+
+    def log_prob(self, z):
+        """log Σ_k π_k N(z; μ_k, L_k L_kᵀ) for z (N, d)."""
+        z = jnp.asarray(z, jnp.float32)
+        diff = z[:, None, :] - jnp.asarray(self.means)[None]  # (N, K, d)
+        chol = jnp.asarray(self.cholesky)
+        solved = jax.vmap(lambda L, r: jax.scipy.linalg.solve_triangular(L, r.T, lower=True).T,
+                          in_axes=(0, 1), out_axes=1)(chol, diff)
+        log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        log_normal = (-0.5 * jnp.sum(solved**2, axis=-1) - log_det
+                      - 0.5 * z.shape[-1] * jnp.log(2 * jnp.pi))
+        return jax.nn.logsumexp(jnp.asarray(self.log_weights) + log_normal, axis=-1)
 
 
 def fit_latent_mixture(codes, num_components: int = 10, seed: int = 0) -> LatentMixture:

@@ -27,9 +27,9 @@ from cvae import data, objectives, parallel
 # they change values, never array shapes or the program's structure, so they enter the
 # step as traced numbers. Everything else in a config is structure. ``model.dropout_rate``
 # is structure too: Flax's Dropout decides in Python whether to draw a mask at all.
-HYPERPARAMETERS = ("seed", "model.sigma0", "model.code_l2", "objective.beta",
-                   "objective.free_bits", "objective.kl_warmup_steps",
-                   "train.learning_rate", "train.weight_decay")
+HYPERPARAMETERS = ("seed", "model.sigma0", "model.code_l2", "model.gradient_penalty",
+                   "objective.beta", "objective.free_bits", "objective.kl_warmup_steps",
+                   "objective.mmd_weight", "train.learning_rate", "train.weight_decay")
 
 
 def hyperparameters(cfg) -> dict:
@@ -87,19 +87,25 @@ def make_optimizer(train_cfg, total_steps: int, *, learning_rate_value=None,
     return opt
 
 
-def make_objective(model, objective_cfg, hyper: dict):
+def make_objective(model, config, hyper: dict):
     """(params, x, key, labels, beta, dropout_key, train) → (loss, per-example terms).
 
-    ``hyper`` (see ``hyperparameters``) supplies σ₀, the free bits and the code penalty,
-    as Python floats for one run or traced numbers for a population member."""
-    if objective_cfg.kind == "iwae":
-        return functools.partial(objectives.iwae_loss, model.clone(sigma0=hyper["sigma0"]),
-                                 k=objective_cfg.k)
+    ``hyper`` (see ``hyperparameters``) supplies σ₀, the free bits, the penalties' weights
+    and λ of WAE-MMD, as Python floats for one run or traced numbers for a population
+    member; ``config`` decides which objective, and whether the gradient penalty is on."""
+    model = model.clone(sigma0=hyper["sigma0"])
+    kind = config.objective.kind
+    if kind == "iwae":
+        return functools.partial(objectives.iwae_loss, model, k=config.objective.k)
+    if kind == "wae_mmd":
+        return functools.partial(objectives.wae_mmd_loss, model,
+                                 mmd_weight=hyper["mmd_weight"], code_l2=hyper["code_l2"])
+    gradient_penalty = hyper["gradient_penalty"] if config.model.gradient_penalty > 0 else None
 
     def elbo(params, x, key, *, labels=None, beta=1.0, train=False, dropout_key=None):
-        return objectives.elbo_loss(model.clone(sigma0=hyper["sigma0"]), params, x, key,
-                                    labels=labels, beta=beta, free_bits=hyper["free_bits"],
-                                    code_l2=hyper["code_l2"], train=train,
+        return objectives.elbo_loss(model, params, x, key, labels=labels, beta=beta,
+                                    free_bits=hyper["free_bits"], code_l2=hyper["code_l2"],
+                                    gradient_penalty=gradient_penalty, train=train,
                                     dropout_key=dropout_key)
     return elbo
 
@@ -121,7 +127,7 @@ def make_step(*, model, config, preprocess: data.Preprocessor, total_steps: int,
         x = preprocess(binarize_key, images[batch_indices])
         y = labels[batch_indices] if conditional else None
         beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
-        objective = make_objective(model, cfg.objective, hyper)
+        objective = make_objective(model, cfg, hyper)
         tx = make_optimizer(cfg.train, total_steps, learning_rate_value=hyper["learning_rate"],
                             weight_decay=hyper["weight_decay"])
 

@@ -260,7 +260,7 @@ def log_images(model, params, images01, labels, key, workdir: Workdir, step, wri
     posterior = model.apply({"params": params}, images01, labels, method=model.encode)
     recon = model.likelihood.mean(model.apply({"params": params}, posterior.mean, labels,
                                               method=model.decode))
-    z = jax.random.normal(key, (n, posterior.mean.shape[-1]))
+    z = model.apply({"params": params}, key, n, method=model.sample_prior)
     sample_labels = jnp.arange(n) % model.num_classes if model.num_classes else None
     samples = model.likelihood.mean(model.apply({"params": params}, z, sample_labels,
                                                 method=model.decode))

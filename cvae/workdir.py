@@ -9,6 +9,8 @@
     DIR/tb/                    TensorBoard events
     DIR/images/                reconstruction and sample grids, one PNG per evaluation
     DIR/samples_<sampler>.png  sample grids drawn by experiments.sample / experiments.main
+    DIR/samplers/<kind>/       fitted ex-post densities (cvae.ex_post), reused while the
+                               params they were fitted to are the run's
 
 Everything else asks a ``Workdir`` for paths and for reading and writing these files.
 """
@@ -79,9 +81,11 @@ class Workdir:
     CHECKPOINTS = "checkpoints"
     TENSORBOARD = "tb"
     IMAGES = "images"
+    SAMPLERS = "samplers"
     LOCK = ".lock"  # {"pid", "host", "since"} of the one process writing this run
     # What a run writes while training (deleted together by train.overwrite).
-    RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, IMAGES, METRICS, EVAL, SAMPLE_QUALITY, PROVENANCE)
+    RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, IMAGES, METRICS, EVAL, SAMPLE_QUALITY, PROVENANCE,
+                   SAMPLERS)
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
@@ -135,6 +139,10 @@ class Workdir:
     def samples_path(self, sampler: str) -> pathlib.Path:
         """DIR/samples_<sampler>.png (experiments.sample and experiments.main)"""
         return self.path / f"samples_{sampler}.png"
+
+    def sampler_dir(self, name: str) -> pathlib.Path:
+        """DIR/samplers/<name>/ (an ex-post density, e.g. "flow" or "gmm-label3")"""
+        return self.path / self.SAMPLERS / name
 
     def image_path(self, tag: str, step: int) -> pathlib.Path:
         """DIR/images/<tag>_step<step>.png"""

@@ -1,6 +1,8 @@
-"""Draw samples: ``python -m experiments.sample --workdir DIR [--n 64] [--sampler prior|gmm]
-[--label C] [--out FILE.png]``. gmm (an ex-post Gaussian mixture on training codes) is the
-default for collapsed and deterministic models, prior for the gaussian VAE."""
+"""Draw samples: ``python -m experiments.sample --workdir DIR [--n 64]
+[--sampler prior|gmm|flow|two_stage] [--label C] [--out FILE.png]``. gmm (an ex-post
+Gaussian mixture on training codes) is the default for collapsed and deterministic models,
+prior for the gaussian VAE; flow and two_stage are the other ex-post densities
+(cvae.ex_post), fitted once and saved in DIR/samplers/."""
 
 import pathlib
 
@@ -12,7 +14,8 @@ from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_integer("n", 64, "Number of samples.")
-flags.DEFINE_enum("sampler", None, ["prior", "gmm"], "Where latents come from.")
+flags.DEFINE_enum("sampler", None, list(sampling.SAMPLERS),
+                  "Where latents come from: the prior or an ex-post density.")
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
 flags.DEFINE_string("out", None, "PNG path (default DIR/samples_<sampler>.png).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draw.")

@@ -1,11 +1,12 @@
 """Score a run's samples with the FID classifier:
 ``python -m experiments.sample_quality --workdir RUN --classifier runs/mnist_classifier``.
 
-Draws ``--n`` samples E[x|z] with z from the prior and from the ex-post mixture, and writes
-``RUN/sample_quality.json``: ``fid_prior``, ``fid_gmm`` (classifier-feature FID against
+Draws ``--n`` samples E[x|z] with z from each of ``--samplers`` (default: the prior and
+every ex-post density — gmm, flow, two_stage; fitted ones are reused from RUN/samplers/),
+and writes ``RUN/sample_quality.json``: ``fid_<sampler>`` (classifier-feature FID against
 the real test images), ``fid_floor`` (real training vs real test, from the classifier),
-and for conditional models ``accuracy_prior``/``accuracy_gmm`` — how often the classifier
-recognises the class each sample was drawn for.
+and for conditional models ``accuracy_<sampler>`` — how often the classifier recognises
+the class each sample was drawn for.
 """
 
 import json
@@ -22,6 +23,7 @@ flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_string("classifier", None, "A directory written by experiments.train_classifier.")
 flags.DEFINE_integer("n", 10000, "Samples per sampler.")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draws.")
+flags.DEFINE_list("samplers", list(sampling.SAMPLERS), "Samplers to score (comma-separated).")
 FLAGS = flags.FLAGS
 
 
@@ -46,8 +48,13 @@ def main(argv):
     result = {"classifier": str(classifier_dir), "n": FLAGS.n,
               "fid_floor": summary["fid_train_vs_test"]}
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
-    for index, sampler in enumerate(sampling.SAMPLERS):
-        key = jax.random.fold_in(jax.random.key(FLAGS.seed), index)
+    unknown = sorted(set(FLAGS.samplers) - set(sampling.SAMPLERS))
+    if unknown or not FLAGS.samplers:
+        raise cli.UsageError(f"--samplers {','.join(FLAGS.samplers)}: choose from "
+                             f"{','.join(sampling.SAMPLERS)}")
+    for sampler in FLAGS.samplers:
+        # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored.
+        key = jax.random.fold_in(jax.random.key(FLAGS.seed), sampling.SAMPLERS.index(sampler))
         images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
         logits, features = classifier.logits_and_features(images)
         result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 from cvae import config as config_lib
 from cvae import model as model_lib
@@ -132,3 +133,55 @@ def test_input_of_the_wrong_shape_is_refused_before_compiling():
 def test_conv_nets_refuse_the_torch_initialisation_instead_of_ignoring_it():
     with pytest.raises(config_lib.ConfigError, match="model.init.*conv"):
         model_lib.build_model(_model_config(arch="conv", init="torch"), (28, 28, 1), 10)
+
+
+def _vamp_model(posterior="gaussian", latent_dim=1, k=3):
+    cfg = config_lib.base_config().model
+    cfg.posterior, cfg.encoder_widths, cfg.latent_dim = posterior, (8,), latent_dim
+    cfg.prior, cfg.num_pseudo_inputs = "vamp", k
+    model = model_lib.build_model(cfg, (4, 4, 1), 0)
+    return model, model_lib.init_params(model, jax.random.key(0))
+
+
+@pytest.mark.parametrize("posterior", ["gaussian", "collapsed"])
+def test_vamp_prior_density_is_the_mixture_of_pseudo_input_posteriors(posterior):
+    model, params = _vamp_model(posterior)
+    pseudo = np.clip(np.asarray(params["pseudo_inputs"]), 0, 1)
+    q = model.apply({"params": params}, pseudo, method=model.encode)
+    means = np.asarray(q.mean, np.float64)[:, 0]
+    variances = np.exp(np.asarray(q.log_var, np.float64))[:, 0]
+    z = np.linspace(-3, 3, 13)[:, None]
+    log_normal = -0.5 * (z - means) ** 2 / variances - 0.5 * np.log(2 * np.pi * variances)
+    brute = scipy.special.logsumexp(log_normal, axis=1) - np.log(len(means))
+    got = model.apply({"params": params}, jnp.asarray(z, jnp.float32),
+                      method=model.prior_log_prob)
+    np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
+
+
+def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_its_samples_follow_the_mixture():
+    from cvae import objectives
+    model, params = _vamp_model("gaussian", latent_dim=2, k=4)
+    x = (jax.random.uniform(jax.random.key(1), (16, 4, 4, 1)) < 0.4).astype(jnp.float32)
+    grads = jax.grad(lambda p: objectives.elbo_loss(model, p, x, jax.random.key(2))[0])(params)
+    assert float(jnp.abs(grads["pseudo_inputs"]).sum()) > 0
+    z = model.apply({"params": params}, jax.random.key(3), 20000, method=model.sample_prior)
+    q = model.apply({"params": params}, jnp.clip(params["pseudo_inputs"], 0, 1),
+                    method=model.encode)
+    # The mixture's mean and variance (law of total variance) against the samples'.
+    mixture_mean = np.mean(np.asarray(q.mean), axis=0)
+    mixture_var = np.mean(np.exp(np.asarray(q.log_var)) + np.asarray(q.mean) ** 2, axis=0) \
+        - mixture_mean**2
+    np.testing.assert_allclose(np.mean(np.asarray(z), axis=0), mixture_mean, atol=0.03)
+    np.testing.assert_allclose(np.var(np.asarray(z), axis=0), mixture_var, rtol=0.05)
+
+
+def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
+    import flax.linen as nn
+
+    from cvae import nets
+    stack = nets.MLPStack((5,), activation="gated")
+    h = jax.random.normal(jax.random.key(0), (3, 4))
+    params = nn.Module.init(stack, jax.random.key(1), h)["params"]  # its `init` field shadows
+    linear = lambda name: h @ params[name]["dense"]["kernel"] + params[name]["dense"]["bias"]
+    np.testing.assert_allclose(stack.apply({"params": params}, h),
+                               linear("hidden_0") * jax.nn.sigmoid(linear("gate_0")), rtol=1e-5)
