@@ -42,7 +42,8 @@ def main(argv):
     print(evaluation.format_table(scores))
     print(f"\ntraining {trained - started:.1f} s, evaluation and sampling {done - trained:.1f} s")
     print(f"results in {workdir.path}/: eval.json, metrics.jsonl, samples_gmm.png, "
-          f"samples_prior.png, images/, checkpoints/, tb/ (TensorBoard events: "
+          f"samples_prior.png, samplers/ (the fitted mixture), images/, checkpoints/, tb/ "
+          f"(TensorBoard events: "
           f"`pip install -e '.[viewer]'`, then `tensorboard --logdir {workdir.tensorboard}`)")
 
 
