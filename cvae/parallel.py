@@ -1,9 +1,13 @@
-"""Devices and processes: the mesh, the two shardings training uses, and the process layout.
+"""Devices and processes: the meshes, the shardings training uses, and the process layout.
 
 One named axis, ``data``: params and data sets are replicated, batches are split along it,
 and XLA inserts the gradient all-reduce. No pmap: the same jit program runs on any number
 of devices — and, after ``initialize_distributed``, of processes — and gives the same
 numbers for the same global batch.
+
+A population of runs (``cvae.population``) adds a ``member`` axis: the mesh is
+``(member, data)``, members' stacked states are split along ``member`` and each member's
+batch along ``data`` (``make_population_mesh``, ``member_sharded``).
 
 Several processes (hosts) run the same program on JAX's own multi-controller runtime: every
 process executes every jitted call, the mesh spans the devices of all of them, and
