@@ -235,12 +235,19 @@ def aggregate(workdirs, group_by: str) -> list[dict]:
     out = []
     for value in sorted(groups, key=lambda v: (str(type(v)), v)):
         members = groups[value]
-        entry = {"value": value, "n": len(members), "runs": [name for name, _ in members]}
-        for metric in SUMMARY_METRICS:
-            values = [row[metric] for _, row in members if row.get(metric) is not None]
-            if values:
-                entry[metric] = seed_statistics(values)
-        out.append(entry)
+        out.append({"value": value, "n": len(members), "runs": [name for name, _ in members],
+                    **metric_statistics([row for _, row in members])})
+    return out
+
+
+def metric_statistics(rows) -> dict:
+    """{metric: ``seed_statistics`` of its values} over ``run_summary`` rows, for every
+    metric of SUMMARY_METRICS that at least one row has."""
+    out = {}
+    for metric in SUMMARY_METRICS:
+        values = [row[metric] for row in rows if row.get(metric) is not None]
+        if values:
+            out[metric] = seed_statistics(values)
     return out
 
 

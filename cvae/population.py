@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 
@@ -154,15 +155,11 @@ def member_state(state, index: int, mesh: Mesh):
     return _take_member(mesh)(state, jnp.int32(index))
 
 
-_TAKERS: dict = {}
-
-
+@functools.cache
 def _take_member(mesh: Mesh):
-    if mesh not in _TAKERS:
-        take = lambda state, i: jax.tree_util.tree_map(
-            lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state)
-        _TAKERS[mesh] = jax.jit(take, out_shardings=parallel.replicated(mesh))
-    return _TAKERS[mesh]
+    take = lambda state, i: jax.tree_util.tree_map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state)
+    return jax.jit(take, out_shardings=parallel.replicated(mesh))
 
 
 def _stack(trees):
@@ -216,7 +213,7 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
 
     by_member = parallel.member_sharded(mesh)
     state = parallel.place(_stack(states), by_member)
-    keys = [jax.random.split(jax.random.key(cfg.seed), 3) for cfg in configs]
+    keys = [train.run_keys(cfg.seed) for cfg in configs]
     data_keys = parallel.place(jnp.stack([k[1] for k in keys]), by_member)
     train_keys = parallel.place(jnp.stack([k[2] for k in keys]), by_member)
     hyper = parallel.place({name: np.asarray(values, np.float32) for name, values in

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cvae import config as config_lib
 from cvae import data, objectives, parallel
 
 # Fields that may differ between the members of one compiled population (cvae.population):
@@ -35,14 +36,8 @@ HYPERPARAMETERS = ("seed", "model.sigma0", "model.code_l2", "model.gradient_pena
 def hyperparameters(cfg) -> dict:
     """The traced hyperparameters of ``cfg`` (all of HYPERPARAMETERS but the seed), by
     their last name: the numbers ``make_step`` reads instead of the config's."""
-    return {name.split(".")[-1]: float(_field(cfg, name)) for name in HYPERPARAMETERS[1:]}
-
-
-def _field(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+    flat = config_lib.flatten(cfg)
+    return {name.split(".")[-1]: float(flat[name]) for name in HYPERPARAMETERS[1:]}
 
 
 def learning_rate(train_cfg, total_steps: int, peak=None) -> optax.Schedule:

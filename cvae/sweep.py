@@ -272,6 +272,9 @@ def _status(outcome: population.MemberOutcome) -> dict:
     return entry
 
 
+FINISHED = ("done", "stopped_early")  # members whose runs are complete and can be reported
+
+
 def describe(record: dict) -> str:
     """One line per status: how many members are in it."""
     counts: dict[str, int] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import sys
@@ -167,9 +168,14 @@ def build_model(cfg, d: TrainingData) -> model_lib.VAE:
     return model
 
 
+def run_keys(seed: int):
+    """(init, data, train) keys of a run: everything random in training descends from them."""
+    return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
 def initial_state(model, cfg, total_steps: int) -> dict:
     """The step-0 state of ``cfg``'s seed, on the host: {"step", "params", "opt_state"}."""
-    init_key, _, _ = jax.random.split(jax.random.key(cfg.seed), 3)
+    init_key, _, _ = run_keys(cfg.seed)
     params = model_lib.init_params(model, init_key)
     tx = steps.make_optimizer(cfg.train, total_steps)
     return jax.device_get({"step": jnp.zeros((), jnp.int32), "params": params,
@@ -340,6 +346,7 @@ class RunBook:
         Raises TrainingDivergedError (before anything is written) when a loss is not finite.
         """
         cfg, progress = self.cfg, self.progress
+        state_of = functools.cache(state_of)  # evaluation and checkpoint share one fetch
         check_finite(per_step["loss"], first_step, epoch, self.ckpt.latest_step(), cfg)
         step = first_step + len(per_step["loss"])
         progress.epoch, progress.elapsed_s = epoch + 1, time.perf_counter() - self.started
@@ -402,8 +409,7 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
     ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
     state, progress = resume(ckpt, s.state, workdir)
     log_setup(s.mesh, state["params"], workdir.path)
-    _, data_key, train_key = parallel.replicate(
-        tuple(jax.random.split(jax.random.key(cfg.seed), 3)), s.mesh)
+    _, data_key, train_key = parallel.replicate(run_keys(cfg.seed), s.mesh)
     book = RunBook(cfg, workdir, s.model, s.data, s.mesh, ckpt=ckpt, progress=progress)
     result = TrainResult(state, progress.epoch, stopped_early=progress.stopped_early)
     bar = tqdm(total=cfg.train.num_epochs, initial=progress.epoch, unit="epoch",

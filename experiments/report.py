@@ -76,7 +76,7 @@ def reference_groups(paths) -> list[dict]:
             continue
         points: dict[str, list] = {}
         for name, entry in record["members"].items():
-            if entry["status"] in ("done", "stopped_early"):
+            if entry["status"] in sweep.FINISHED:
                 point = "/".join(p for p in name.split("/") if not p.startswith("seed="))
                 points.setdefault(point, []).append(path / name)
         for point, workdirs in points.items():
@@ -87,12 +87,7 @@ def reference_groups(paths) -> list[dict]:
 
 def _pooled(workdirs) -> dict:
     rows = [explore.run_summary(w) for w in workdirs]
-    entry = {"n": len(rows)}
-    for metric in explore.SUMMARY_METRICS:
-        values = [r[metric] for r in rows if r.get(metric) is not None]
-        if values:
-            entry[metric] = explore.seed_statistics(values)
-    return entry
+    return {"n": len(rows), **explore.metric_statistics(rows)}
 
 
 def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
@@ -160,7 +155,7 @@ def expand_sweeps(paths) -> tuple[list[pathlib.Path], list[str]]:
             continue
         left_out = {}
         for name, entry in record["members"].items():
-            if entry["status"] in ("done", "stopped_early"):
+            if entry["status"] in sweep.FINISHED:
                 workdirs.append(path / name)
             else:
                 left_out.setdefault(entry["status"], []).append(name)
