@@ -4,6 +4,8 @@
     python -m experiments.bench --sweep        # archs × batch sizes 20, 128, 1024
     python -m experiments.bench --eval --arch iwae --k 5000   # the importance-sampled NLL
     python -m experiments.bench --members 8 --arch iwae --batch-size 20  # population vs solo
+    python -m experiments.bench --members 8 --dataset npz:mnist.npz  # MNIST saved as npz, on a
+                                                                     # machine without TFDS
 
 ``--eval`` times ``cvae.evaluation.evaluate`` (the core behind training's scores and
 experiments.evaluate) on the MNIST test images, after one batch that compiles. Its figure is
@@ -55,6 +57,8 @@ flags.DEFINE_integer("epochs", 3, "Epochs (≥ 2: the first, which compiles, is 
 flags.DEFINE_enum("init", "lecun", list(nets.INITS), "Dense-layer initialisation.")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_string("data_dir", None, "TFDS directory holding mnist (else $TFDS_DATA_DIR).")
+flags.DEFINE_string("dataset", "mnist", "The MNIST images: the TFDS name, or npz:PATH holding "
+                    "them (a machine without TFDS, e.g. a lent GPU).")
 flags.DEFINE_bool("sweep", False, "Print a table over archs and batch sizes 20, 128, 1024.")
 flags.DEFINE_bool("eval", False, "Benchmark the importance-sampled NLL instead of training.")
 flags.DEFINE_integer("k", 5000, "--eval: importance samples per image.")
@@ -85,7 +89,7 @@ def dense_flops_per_example(arch: str) -> int:
 def bench_config(arch, batch_size, epochs, init, seed, data_dir):
     c = config_lib.apply_preset(config_lib.base_config(), arch)
     c.seed = seed
-    c.data.name = "mnist"
+    c.data.name = FLAGS.dataset
     c.data.data_dir = data_dir
     c.data.validation_size = 0
     c.model.posterior = "gaussian"
