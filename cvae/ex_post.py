@@ -8,8 +8,9 @@ posterior; it is sampled through a density fitted to its training codes afterwar
 * ``flow``: a masked autoregressive flow (Papamakarios et al., 2017) with affine
   transformers, from flowjax, fitted by maximum likelihood to the standardised codes.
 * ``two_stage``: the two-stage VAE of Dai & Wipf (2019): a second, small VAE trained on
-  the codes — Gaussian decoder N(z; D(u), γ I) with a learned γ, prior u ~ N(0, I) — and
-  sampled through its own prior. Its ``log_prob`` is an importance-sampled estimate.
+  the standardised codes — Gaussian decoder N(z; D(u), γ I) with a learned γ, prior
+  u ~ N(0, I) — and sampled through its own prior. Its ``log_prob`` is an importance-sampled
+  estimate.
 
 Fitting is a function of the codes and an explicit key. ``save`` writes a sampler to a
 directory (a temporary one, renamed when complete) and ``load`` reads it back
@@ -36,6 +37,9 @@ from cvae import sampling
 
 EX_POST = ("gmm", "flow", "two_stage")
 _META = "sampler.json"
+# Raised whenever a fitting procedure changes: a save of another version is not loaded (the
+# run refits). 2: the two-stage VAE standardises its codes and warms its KL up.
+FIT_VERSION = 2
 
 
 # ------------------------------------------------------------------ flow (flowjax)
@@ -136,11 +140,14 @@ def _code_log_weights(module, params, z, key, k: int):
 
 @dataclasses.dataclass
 class TwoStageSampler:
-    """Samples z = D(u), u ~ N(0, I), through the second-stage VAE's decoder mean."""
+    """z = shift + scale ⊙ D(u), u ~ N(0, I): the second-stage VAE's decoder mean, over
+    standardised codes."""
 
     params: dict
     dim: int
     width: int
+    shift: np.ndarray
+    scale: np.ndarray
 
     @property
     def module(self) -> _CodeVAE:
@@ -148,30 +155,50 @@ class TwoStageSampler:
 
     def sample(self, key, num_samples: int):
         u = jax.random.normal(key, (num_samples, self.dim))
-        return self.module.apply({"params": self.params}, u, method=_CodeVAE.decode)
+        decoded = self.module.apply({"params": self.params}, u, method=_CodeVAE.decode)
+        return jnp.asarray(self.shift) + jnp.asarray(self.scale) * decoded
 
     def log_prob(self, z, key=None, k: int = 200):
-        """Importance-sampled log p(z) with k samples (key 0 unless given)."""
+        """Importance-sampled log p(z) with k samples (key 0 unless given), the
+        standardisation's Jacobian included."""
         key = jax.random.key(0) if key is None else key
-        log_w = _code_log_weights(self.module, self.params, jnp.asarray(z), key, k)
-        return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
+        standard = (jnp.asarray(z) - self.shift) / self.scale
+        log_w = _code_log_weights(self.module, self.params, standard, key, k)
+        return (jax.nn.logsumexp(log_w, axis=0) - math.log(k)
+                - float(np.sum(np.log(self.scale))))
 
 
-def fit_two_stage(codes, key, *, width: int = 256, epochs: int = 100,
+def fit_two_stage(codes, key, *, width: int = 256, epochs: int = 100, warmup_epochs: int = 20,
                   batch_size: int = 100, learning_rate: float = 1e-3) -> TwoStageSampler:
-    """Trains the second stage on the codes (Adam, one-sample ELBO with the learned γ of
-    Dai & Wipf), the whole fit one compiled ``lax.scan`` over epochs and batches."""
-    codes = jnp.asarray(codes, jnp.float32)
+    """Trains the second stage on the standardised codes (Adam, one-sample ELBO with the
+    learned γ of Dai & Wipf), the whole fit one compiled ``lax.scan`` over epochs and batches.
+
+    Standardising is what keeps it alive: on raw codes of variance ≈ 0.5, below the initial
+    γ = 1, u bought less reconstruction than its KL cost and the second stage collapsed
+    (q(u|z) = N(0, I) for every z, γ → the codes' variance, every sample the mean code —
+    classifier-FID 384 on a collapsed VAE's codes). The KL weight also warms up from 0 to 1
+    over ``warmup_epochs``, which raised the held-out log-density of MNIST codes by
+    0.1–0.5 nats.
+    """
+    codes = np.asarray(codes, np.float32)
+    shift, scale = codes.mean(axis=0), codes.std(axis=0) + 1e-6
+    standard = jnp.asarray((codes - shift) / scale)
     n, dim = codes.shape
     batch_size = min(batch_size, n)
     steps = n // batch_size
+    warmup_steps = max(1, warmup_epochs * steps)
     module = _CodeVAE(dim, width)
     init_key, order_key, noise_key = jax.random.split(key, 3)
-    params = module.init(init_key, codes[:1])["params"]
+    params = module.init(init_key, standard[:1])["params"]
     tx = optax.adam(learning_rate)
 
-    def loss(params, batch, key):
-        return -jnp.mean(_code_log_weights(module, params, batch, key, 1)[0])
+    def loss(params, batch, key, kl_weight):
+        mean, log_var = module.apply({"params": params}, batch, method=module.encode)
+        u = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape)
+        decoded = module.apply({"params": params}, u, method=module.decode)
+        log_gamma = jnp.broadcast_to(params["log_gamma"], batch.shape)
+        kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean**2 - 1.0 - log_var, axis=-1)
+        return -jnp.mean(_gaussian_log_prob(batch, decoded, log_gamma) - kl_weight * kl)
 
     def epoch(carry, e):
         params, opt_state = carry
@@ -179,8 +206,10 @@ def fit_two_stage(codes, key, *, width: int = 256, epochs: int = 100,
 
         def step(carry, s):
             params, opt_state = carry
-            batch = codes[jax.lax.dynamic_slice_in_dim(order, s * batch_size, batch_size)]
-            grads = jax.grad(loss)(params, batch, jax.random.fold_in(noise_key, e * steps + s))
+            batch = standard[jax.lax.dynamic_slice_in_dim(order, s * batch_size, batch_size)]
+            t = e * steps + s
+            kl_weight = jnp.minimum(1.0, (t + 1) / warmup_steps)
+            grads = jax.grad(loss)(params, batch, jax.random.fold_in(noise_key, t), kl_weight)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
 
@@ -188,7 +217,7 @@ def fit_two_stage(codes, key, *, width: int = 256, epochs: int = 100,
 
     (params, _), _ = jax.jit(lambda p, o: jax.lax.scan(epoch, (p, o), jnp.arange(epochs)))(
         params, tx.init(params))
-    return TwoStageSampler(jax.device_get(params), dim, width)
+    return TwoStageSampler(jax.device_get(params), dim, width, shift, scale)
 
 
 # ------------------------------------------------------------------ one interface
@@ -227,23 +256,28 @@ def save(sampler, directory, meta: dict) -> None:
     elif isinstance(sampler, TwoStageSampler):
         kind = "two_stage"
         (staging / "params.msgpack").write_bytes(serialization.to_bytes(sampler.params))
+        np.savez(staging / "standardise.npz", shift=sampler.shift, scale=sampler.scale)
         shape = {"dim": sampler.dim, "width": sampler.width}
     else:
         raise TypeError(f"cannot save a {type(sampler).__name__}")
-    (staging / _META).write_text(json.dumps({**meta, "kind": kind, "shape": shape}, indent=2))
+    (staging / _META).write_text(json.dumps(
+        {**meta, "kind": kind, "shape": shape, "fit_version": FIT_VERSION}, indent=2))
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)
 
 
 def load(directory):
-    """(sampler, meta) saved by ``save``; None when ``directory`` holds none."""
+    """(sampler, meta) saved by ``save``; None when ``directory`` holds none, or one fitted
+    by an older procedure (``FIT_VERSION``)."""
     import equinox as eqx
 
     directory = pathlib.Path(directory)
     if not (directory / _META).is_file():
         return None
     meta = json.loads((directory / _META).read_text())
+    if meta.get("fit_version") != FIT_VERSION:
+        return None
     shape = meta["shape"]
     if meta["kind"] == "gmm":
         with np.load(directory / "mixture.npz") as f:
@@ -258,4 +292,6 @@ def load(directory):
     template = _CodeVAE(shape["dim"], shape["width"]).init(
         jax.random.key(0), jnp.zeros((1, shape["dim"])))["params"]
     params = serialization.from_bytes(template, (directory / "params.msgpack").read_bytes())
-    return TwoStageSampler(jax.device_get(params), shape["dim"], shape["width"]), meta
+    with np.load(directory / "standardise.npz") as f:
+        return TwoStageSampler(jax.device_get(params), shape["dim"], shape["width"],
+                               f["shift"], f["scale"]), meta
