@@ -213,7 +213,7 @@ def seed_statistics(values) -> tuple[float, float, float]:
 
 
 SUMMARY_METRICS = ("nll_is", "elbo", "recon", "kl", "active_units", "fid_prior", "fid_gmm",
-                   "accuracy_prior", "accuracy_gmm")
+                   "fid_flow", "fid_two_stage", "accuracy_prior", "accuracy_gmm")
 
 
 def aggregate(workdirs, group_by: str) -> list[dict]:

@@ -191,6 +191,11 @@ class Run:
         """The ex-post Gaussian mixture (``ex_post("gmm")``)."""
         return self.ex_post("gmm", label)
 
+    @property
+    def params_sha256(self) -> str:
+        """A digest of the params' values: what a fitted sampler or a score was made from."""
+        return _fingerprint(self.params)
+
     def ex_post(self, kind: str, label: int | None = None):
         """The ex-post density ``kind`` (gmm | flow | two_stage, see ``cvae.ex_post``) of the
         training codes — with ``label``, of that class's codes only.
@@ -203,7 +208,7 @@ class Run:
         name = kind if label is None else f"{kind}-label{label}"
         if name not in self._mixtures:
             directory = Workdir(self.workdir).sampler_dir(name)
-            fingerprint = _fingerprint(self.params)
+            fingerprint = self.params_sha256
             loaded = ex_post.load(directory)
             if loaded is not None and loaded[1].get("params_sha256") == fingerprint:
                 self._mixtures[name] = loaded[0]

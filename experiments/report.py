@@ -35,7 +35,8 @@ COLUMNS = [("run", "{}"), ("posterior", "{}"), ("objective", "{}"), ("sigma0", "
            ("examples_per_s", "{:,.0f}"),
            ("nll_is", "{:.2f}"), ("elbo", "{:.2f}"), ("recon", "{:.2f}"), ("kl", "{:.2f}"),
            ("active_units", "{}"), ("k", "{}"), ("params", "{:,}"), ("fid_prior", "{:.2f}"),
-           ("fid_gmm", "{:.2f}"), ("accuracy_prior", "{:.3f}"), ("accuracy_gmm", "{:.3f}")]
+           ("fid_gmm", "{:.2f}"), ("fid_flow", "{:.2f}"), ("fid_two_stage", "{:.2f}"),
+           ("accuracy_prior", "{:.3f}"), ("accuracy_gmm", "{:.3f}")]
 
 
 def provenance_lines(workdirs) -> str:

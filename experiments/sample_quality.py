@@ -6,7 +6,9 @@ every ex-post density — gmm, flow, two_stage; fitted ones are reused from RUN/
 and writes ``RUN/sample_quality.json``: ``fid_<sampler>`` (classifier-feature FID against
 the real test images), ``fid_floor`` (real training vs real test, from the classifier),
 and for conditional models ``accuracy_<sampler>`` — how often the classifier recognises
-the class each sample was drawn for.
+the class each sample was drawn for. Scores of other samplers already in the file are kept
+when they were drawn the same way (same classifier, ``--n``, ``--seed`` and params), so
+samplers can be scored one at a time.
 """
 
 import json
@@ -45,8 +47,11 @@ def main(argv):
     test = data.load(run.config.data.name, "test", run.config.data.data_dir)
     real = data.evaluation_inputs(test, False)  # grey intensities in [0, 1]
     _, real_features = classifier.logits_and_features(real)
-    result = {"classifier": str(classifier_dir), "n": FLAGS.n,
-              "fid_floor": summary["fid_train_vs_test"]}
+    result = {"classifier": str(classifier_dir), "n": FLAGS.n, "seed": FLAGS.seed,
+              "params_sha256": run.params_sha256, "fid_floor": summary["fid_train_vs_test"]}
+    previous = Workdir(workdir).read_sample_quality() or {}
+    if all(previous.get(k) == result[k] for k in ("classifier", "n", "seed", "params_sha256")):
+        result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
     unknown = sorted(set(FLAGS.samplers) - set(sampling.SAMPLERS))
     if unknown or not FLAGS.samplers:

@@ -211,6 +211,15 @@ def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_pa
     assert "accuracy_prior" not in result  # unconditional run
     report = _cli("experiments.report", str(trained_workdir))
     assert f"{result['fid_gmm']:.2f}" in report.stdout
+    # One sampler at a time: the others' scores stay while the draws are the same ones.
+    rescore = ["--workdir", str(trained_workdir), "--classifier", str(tmp_path / "clf"),
+               "--n", "1000", "--samplers", "prior"]
+    assert _cli("experiments.sample_quality", *rescore).returncode == 0
+    again = json.loads((trained_workdir / "sample_quality.json").read_text())
+    assert again == result
+    assert _cli("experiments.sample_quality", *rescore, "--seed", "1").returncode == 0
+    other_draws = json.loads((trained_workdir / "sample_quality.json").read_text())
+    assert "fid_gmm" not in other_draws and other_draws["fid_prior"] != result["fid_prior"]
 
 
 def test_the_readme_quotes_what_the_quickstart_produces_now(tmp_path):
