@@ -5,8 +5,8 @@ latent dimensions, Bernoulli decoder, dynamically binarized MNIST; VampPrior wit
 pseudo-inputs (N(0.05, 0.01²) initialisation); Adam at 5e-4, batch 100, KL warm-up over
 the first 100 epochs; their early stopping (50 epochs without improvement on a
 validation split). The standard-prior baseline is the same command with
-`--config.model.prior=standard`. The paper reports a test log-likelihood of about
-−85.6 nats with the VampPrior against about −88.6 with N(0, I) (its Table 2, K = 5000).
+`--config.model.prior=standard`. The paper's Table 2: −85.57 nats with the VampPrior
+against −88.56 with N(0, I) (K = 5000).
 
     python -m experiments.train --config experiments/configs/mnist_vamp_paper.py \\
         --workdir runs/vamp_paper
@@ -14,8 +14,10 @@ validation split). The standard-prior baseline is the same command with
         --workdir runs/vamp_paper_standard --config.model.prior=standard
     python -m experiments.evaluate --workdir runs/vamp_paper --k 5000
 
-Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Not yet run: the
-reproduction of issue #17 is open.
+Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir), or MNIST saved as
+npz (`--config.data.name=npz:PATH`). Measured (seed 0, one H200, to the early stop; README,
+Results): VampPrior test NLL 82.59 nats (epoch 747, 332 s), standard prior 84.51 (epoch
+905, 314 s) — a 1.92-nat gain, both 3–4 nats better than the paper's figures.
 """
 
 from experiments.configs.common import mnist
