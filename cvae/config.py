@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "digits"  # a TFDS name, "digits", or "npz:PATH"
     c.data.data_dir = config_dict.placeholder(str)  # TFDS directory; else $TFDS_DATA_DIR
     c.data.validation_size = 0  # examples carved from the training split (fixed choice)
+    # TFDS split strings (any source): "train", "validation", "train[:90%]", "train+test", …
+    c.data.train_split = "train"
+    c.data.validation_split = ""  # "" = carve data.validation_size from the train split
+    c.data.test_split = "test"
     c.data.binarize = "dynamic"  # "dynamic" (fresh Bernoulli draw each use) | "none"
     c.data.dequantize = False  # uniform dequantization (x + u)/256, for continuous likelihoods
     c.data.class_balanced = False  # each class drawn equally often per epoch
@@ -140,6 +144,13 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     _check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
            "a TFDS name, 'digits' or 'npz:PATH'")
     _check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
+    _check(not (d.validation_split and d.validation_size), "data.validation_split",
+           d.validation_split, "empty when data.validation_size > 0 (a validation split is "
+           "either named or carved from the train split, not both)")
+    for role in ("train", "test"):
+        split = d[f"{role}_split"]
+        _check(isinstance(split, str) and split, f"data.{role}_split", split,
+               "a TFDS split string such as 'train' or 'train[:90%]'")
     _check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
     _check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
            "False when data.binarize='dynamic' (binarized data is not dequantized)")

@@ -10,7 +10,13 @@ N×H×W×C, uint8 where the data are 8-bit):
   are mapped to 0–255 (round(v·255/16)); the split is fixed: a permutation drawn by
   ``numpy.random.default_rng(0)``, first 1,500 images train, remaining 297 test.
 * ``npz:PATH``: ``x`` (N×H×W[×C], uint8 0–255 or float in [0, 1]) and optional ``y``
-  for the train split; ``x_test`` / ``y_test`` for the test split.
+  for the train split; ``x_<split>`` / ``y_<split>`` for any other (``x_test``, …).
+
+Splits are TFDS split strings for every source: a name (``"train"``, ``"validation"``),
+a slice (``"train[:90%]"``, ``"train[-5000:]"``) or a sum (``"train+test[:100]"``), parsed
+by TFDS's own ``ReadInstruction``. A config names the split of each role
+(``data.train_split``, ``data.validation_split``, ``data.test_split``; ``load_role``); a
+split that does not exist fails in one line naming those that do (``SplitError``).
 
 Preprocessing: images are scaled to [0, 1]; training draws a fresh binarization
 x ~ Bernoulli(intensity) at every use (``dynamic_binarize``); evaluation binarizes once,
@@ -24,11 +30,14 @@ covers every example, padding the last batch and masking the padding out.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import hashlib
 import os
 import pathlib
 import tempfile
+import types
 from typing import NamedTuple
 
 import jax
@@ -63,30 +72,107 @@ class Dataset(NamedTuple):
         return len(self.images)
 
 
+class SplitError(ValueError):
+    """A split string names a split the data set does not have, or cannot be parsed."""
+
+
+ROLES = ("train", "validation", "test")
+
+
 def load(name: str, split: str, data_dir: str | None = None) -> Dataset:
-    """Loads ``split`` of the data set called ``name`` into host memory."""
+    """Loads ``split`` (a TFDS split string) of the data set called ``name`` into host
+    memory."""
     if name == "digits":
-        return _load_digits(split)
+        return _select(_digits_splits(), split, name)
     if name.startswith("npz:"):
-        return _load_npz(name[4:], split)
+        return _select(_npz_splits(name[4:]), split, name)
     return _load_tfds(name, split, data_dir)
 
 
-def _load_digits(split: str) -> Dataset:
+def split_of(data_cfg, role: str) -> str:
+    """The split string a config gives ``role`` (train | validation | test); any other
+    string is taken as a split string itself. An empty ``data.validation_split`` means the
+    validation examples are carved from the train split (``data.validation_size``)."""
+    if role in ROLES:
+        return data_cfg.get(f"{role}_split", role if role != "validation" else "")
+    return role
+
+
+def load_role(data_cfg, role: str) -> Dataset:
+    """The split of ``role`` (see ``split_of``) of the config's data set: what training,
+    evaluation and sampling read. ``role = "validation"`` without a validation split
+    gives the carved subset."""
+    split = split_of(data_cfg, role)
+    if role == "validation" and not split:
+        train = load(data_cfg.name, split_of(data_cfg, "train"), data_cfg.data_dir)
+        validation = split_validation(train, data_cfg.validation_size)[1]
+        if validation is None:
+            raise SplitError(f"{data_cfg.name} has no validation split in this config: set "
+                             "data.validation_split (a split string) or data.validation_size")
+        return validation
+    return load(data_cfg.name, split, data_cfg.data_dir)
+
+
+def _select(splits: dict, spec: str, name: str) -> Dataset:
+    """The examples ``spec`` (a TFDS split string) picks from ``splits``: split name → a
+    function reading that split (called only for the splits ``spec`` names)."""
+    import tensorflow_datasets as tfds
+
+    read = {k: functools.cache(reader) for k, reader in splits.items()}
+
+    class Sizes(collections.abc.Mapping):  # what ReadInstruction.to_absolute reads
+        def __getitem__(self, split):
+            return types.SimpleNamespace(num_examples=len(read[split]()))
+
+        def __iter__(self):
+            return iter(read)
+
+        def __len__(self):
+            return len(read)
+
+    try:
+        parts = tfds.core.ReadInstruction.from_spec(spec).to_absolute(Sizes())
+    except (ValueError, KeyError, AssertionError) as err:
+        raise SplitError(_split_message(name, spec, sorted(splits), err)) from None
+    pieces = []
+    for part in parts:
+        whole = read[part.splitname]()
+        rows = slice(part.from_, part.to)
+        pieces.append(Dataset(whole.images[rows],
+                              None if whole.labels is None else whole.labels[rows], whole.info))
+    if any(len(piece) == 0 for piece in pieces):
+        raise SplitError(f"split {spec!r} of {name} selects no examples; widen the slice")
+    if len(pieces) == 1:
+        return pieces[0]
+    labels = (None if any(p.labels is None for p in pieces)
+              else np.concatenate([p.labels for p in pieces]))
+    return Dataset(np.concatenate([p.images for p in pieces]), labels, pieces[0].info)
+
+
+def _split_message(name: str, spec: str, known, err) -> str:
+    text = str(err).strip().strip("'\"")
+    first = text.splitlines()[0].rstrip(".") if text else type(err).__name__
+    return (f"data set {name!r}: cannot read split {spec!r} ({first}); its splits are "
+            f"{', '.join(map(repr, known))}, and a split may be sliced or summed, e.g. "
+            "'train[:90%]' or 'train+test'")
+
+
+def _digits_splits() -> dict:
+    """digits' fixed split: a permutation by default_rng(0), 1,500 train, 297 test."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     order = np.random.default_rng(0).permutation(len(bunch.images))
     chosen = {"train": order[:DIGITS_TRAIN_SIZE], "test": order[DIGITS_TRAIN_SIZE:]}
-    if split not in chosen:
-        raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
-    idx = chosen[split]
-    images = np.round(bunch.images[idx] * 255.0 / 16.0).astype(np.uint8)[..., None]
+    images = np.round(bunch.images * 255.0 / 16.0).astype(np.uint8)[..., None]
     info = DatasetInfo("digits", (8, 8, 1), 10, (0.0, 255.0))
-    return Dataset(images, bunch.target[idx].astype(np.int32), info)
+    return {split: (lambda idx=idx: Dataset(images[idx], bunch.target[idx].astype(np.int32),
+                                            info))
+            for split, idx in chosen.items()}
 
 
-def _load_npz(path: str, split: str) -> Dataset:
+def _npz_splits(path: str) -> dict:
+    """Every split of an npz data set: ``x``/``y`` is "train", ``x_<s>``/``y_<s>`` is s."""
     file = pathlib.Path(path)
     if not file.is_file():
         raise ValueError(f"npz data set {path!r}: no such file")
@@ -95,11 +181,17 @@ def _load_npz(path: str, split: str) -> Dataset:
     except Exception as err:  # a truncated or non-npz file
         raise ValueError(f"npz data set {path!r} could not be read ({err}); save it with "
                          "numpy.savez(path, x=images, y=labels)") from err
+    names = ["train" if k == "x" else k[2:] for k in archive.files
+             if k == "x" or k.startswith("x_")]
+    if not names:
+        raise ValueError(f"npz data set {path!r} has no images (it has "
+                         f"{sorted(archive.files)}); the train split is 'x' (and 'y'), "
+                         "other splits 'x_<split>'")
+    return {name: functools.partial(_npz_split, archive, path, name) for name in names}
+
+
+def _npz_split(archive, path: str, split: str) -> Dataset:
     x_key, y_key = ("x", "y") if split == "train" else (f"x_{split}", f"y_{split}")
-    if x_key not in archive:
-        raise ValueError(f"npz data set {path!r} has no array {x_key!r} for split {split!r} "
-                         f"(it has {sorted(archive.files)}); the train split is 'x' (and "
-                         "'y'), other splits 'x_<split>'")
     x = archive[x_key]
     if x.ndim == 3:
         x = x[..., None]
@@ -164,6 +256,10 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
             f"--data_dir DIR --file_format array_record`, then point data.data_dir (or "
             "TFDS_DATA_DIR) at DIR")
     image_key, label_key, num_classes = _feature_keys(builder.info.features)
+    try:  # the split string against the prepared splits, before anything is read
+        tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+    except (ValueError, KeyError, AssertionError) as err:
+        raise SplitError(_split_message(name, split, sorted(builder.info.splits), err)) from None
     cache = _cache_path(name, str(builder.info.version), split, found_dir)
     if cache.exists():
         with np.load(cache) as cached:

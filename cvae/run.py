@@ -158,7 +158,9 @@ class Run:
     def evaluate(self, split: str = "test", k: int | None = None, *,
                  batch_size: int | None = None, chunk_size: int | None = None,
                  progress: bool = False) -> dict:
-        """Scores of ``split`` through the one evaluation core (``cvae.evaluation``).
+        """Scores of ``split`` through the one evaluation core (``cvae.evaluation``):
+        a role (train | validation | test: the split the run's config names for it, the
+        carved validation subset included) or any TFDS split string.
 
         K, the batch and the chunk default to the run's ``eval`` config; the mesh is the
         training run's device count where this machine has that many devices (so the
@@ -166,7 +168,7 @@ class Run:
         """
         cfg = self.config
         k = cfg.eval.num_importance_samples if k is None else k
-        dataset = data.load(cfg.data.name, split, cfg.data.data_dir)
+        dataset = data.load_role(cfg.data, split)
         eval_set = evaluation.EvalSet.from_dataset(dataset, cfg.data.binarize == "dynamic")
         devices = cfg.train.num_devices if cfg.train.num_devices <= jax.device_count() else 0
         result = evaluation.evaluate(
@@ -178,7 +180,7 @@ class Run:
 
     def training_codes(self, max_examples: int = 20000):
         """Posterior means of (up to ``max_examples``) training images, and their labels."""
-        train = data.load(self.config.data.name, "train", self.config.data.data_dir)
+        train = data.load_role(self.config.data, "train")
         images = data.evaluation_inputs(train, self.config.data.binarize == "dynamic")
         images, labels = images[:max_examples], train.labels
         labels = None if labels is None else labels[:max_examples]
@@ -262,7 +264,7 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
         raise RunNotFoundError(f"{wd.path} has no checkpoint yet; train it first (or wait "
                                "for its first epoch to finish)")
     params, meta = restored
-    info = data.load(config.data.name, "test", config.data.data_dir).info
+    info = data.load_role(config.data, "test").info
     model = model_lib.build_model(config.model, info.shape, info.num_classes,
                                   binary_data=config.data.binarize == "dynamic")
     params = jax.tree_util.tree_map(jnp.asarray, params)

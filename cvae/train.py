@@ -135,9 +135,11 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
         raise config_lib.ConfigError(
             f"train.batch_size = {cfg.train.batch_size} must be a multiple of the "
             f"{num_devices} devices in the mesh (or set train.num_devices)")
-    full_train = data.load(cfg.data.name, "train", cfg.data.data_dir)
-    test_set = data.load(cfg.data.name, "test", cfg.data.data_dir)
+    full_train = data.load_role(cfg.data, "train")
+    test_set = data.load_role(cfg.data, "test")
     train_set, val_set = data.split_validation(full_train, cfg.data.validation_size)
+    if cfg.data.validation_split:
+        val_set = data.load_role(cfg.data, "validation")
     info = train_set.info
     if cfg.train.batch_size > len(train_set):
         raise config_lib.ConfigError(

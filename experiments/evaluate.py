@@ -22,7 +22,9 @@ from experiments import cli
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_integer("k", None, "Importance samples per example for nll_is "
                      "(default: the run's eval.num_importance_samples; 0 skips nll_is).")
-flags.DEFINE_string("split", "test", "The split to evaluate.")
+flags.DEFINE_string("split", "test", "The split to evaluate: train, validation or test (the "
+                    "run's data.*_split for that role), or a TFDS split string such as "
+                    "'train[:10%]'.")
 flags.DEFINE_integer("batch_size", None, "Examples per evaluation batch "
                      "(default: the run's eval.batch_size).")
 flags.DEFINE_integer("chunk_size", None, "Importance samples evaluated at once "

@@ -40,7 +40,7 @@ def _label(run) -> str:
 
 
 def _inputs(run, split: str):
-    dataset = data.load(run.config.data.name, split, run.config.data.data_dir)
+    dataset = data.load_role(run.config.data, split)
     return dataset, data.evaluation_inputs(dataset, run.config.data.binarize == "dynamic")
 
 

@@ -44,7 +44,7 @@ def main(argv):
     if summary["dataset"] != run.config.data.name:
         raise cli.UsageError(f"the classifier was trained on {summary['dataset']!r} but the run "
                              f"on {run.config.data.name!r}; train one for that data set")
-    test = data.load(run.config.data.name, "test", run.config.data.data_dir)
+    test = data.load_role(run.config.data, "test")
     real = data.evaluation_inputs(test, False)  # grey intensities in [0, 1]
     _, real_features = classifier.logits_and_features(real)
     result = {"classifier": str(classifier_dir), "n": FLAGS.n, "seed": FLAGS.seed,

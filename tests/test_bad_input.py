@@ -57,6 +57,10 @@ def run_dir(tmp_path_factory):
     (["experiments.train", *CONFIG, "--config.data.name=mnsit"], "did you mean 'mnist'"),
     (["experiments.train", *CONFIG, "--config.data.name=npz:GARBAGE"], "could not be read"),
     (["experiments.train", *CONFIG, "--config.data.name=npz:NOFILE"], "no such file"),
+    (["experiments.train", *CONFIG, "--config.data.test_split=validation"],
+     "data set 'digits': cannot read split 'validation'"),
+    (["experiments.train", *CONFIG, "--config.data.validation_split=test"],
+     "data.validation_split = 'test' is invalid"),
     # script flags
     (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
     (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-5"], "--batch_size must"),

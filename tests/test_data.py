@@ -98,6 +98,60 @@ def test_missing_tfds_dataset_gives_one_clear_error(tmp_path):
     assert "'mnist'" in message and str(tmp_path) in message and "tfds build mnist" in message
 
 
+@requires_mnist
+def test_tfds_split_strings_slice_and_sum():
+    train = data.load("mnist", "train", mnist_data_dir())
+    test = data.load("mnist", "test", mnist_data_dir())
+    picked = data.load("mnist", "train[:10%]+test[-100:]", mnist_data_dir())
+    np.testing.assert_array_equal(picked.images,
+                                  np.concatenate([train.images[:6000], test.images[-100:]]))
+    np.testing.assert_array_equal(picked.labels,
+                                  np.concatenate([train.labels[:6000], test.labels[-100:]]))
+    with pytest.raises(data.SplitError, match="its splits are 'test', 'train'"):
+        data.load("mnist", "validation", mnist_data_dir())
+
+
+@pytest.mark.parametrize("name", ["digits", "npz"])
+def test_every_source_takes_tfds_split_strings(name, tmp_path):
+    if name == "npz":
+        rng = np.random.default_rng(0)
+        name = f"npz:{tmp_path / 'set.npz'}"
+        np.savez(tmp_path / "set.npz", x=rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
+                 y=np.arange(50) % 5, x_test=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
+                 y_test=np.arange(20) % 5)
+    train, test = data.load(name, "train"), data.load(name, "test")
+    picked = data.load(name, "train[:10]+test[50%:]")
+    np.testing.assert_array_equal(picked.images, np.concatenate(
+        [train.images[:10], test.images[len(test) // 2:]]))
+    np.testing.assert_array_equal(picked.labels, np.concatenate(
+        [train.labels[:10], test.labels[len(test) // 2:]]))
+    with pytest.raises(data.SplitError) as err:
+        data.load(name, "validation")
+    assert "'validation'" in str(err.value) and "its splits are 'test', 'train'" in str(err.value)
+    with pytest.raises(data.SplitError, match="cannot read split 'train\\[:abc\\]'"):
+        data.load(name, "train[:abc]")
+    with pytest.raises(data.SplitError, match="selects no examples"):
+        data.load(name, "train[5:5]")
+
+
+def test_a_config_names_the_split_of_each_role(tmp_path):
+    from ml_collections import config_dict
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "set.npz", x=rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
+             x_val=rng.integers(0, 256, (7, 4, 4), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (9, 4, 4), dtype=np.uint8))
+    cfg = config_dict.ConfigDict({"name": f"npz:{tmp_path / 'set.npz'}", "data_dir": None,
+                                  "train_split": "train[:40]", "validation_split": "val",
+                                  "test_split": "test+val", "validation_size": 0})
+    assert [len(data.load_role(cfg, r)) for r in ("train", "validation", "test")] == [40, 7, 16]
+    assert len(data.load_role(cfg, "train[40:]")) == 10  # any other string is a split itself
+    cfg.validation_split, cfg.validation_size = "", 5  # carved from the train split
+    carved = data.load_role(cfg, "validation")
+    expected = data.split_validation(data.load_role(cfg, "train"), 5)[1]
+    np.testing.assert_array_equal(carved.images, expected.images)
+
+
 def test_npz_roundtrip_and_test_split(tmp_path):
     path = tmp_path / "mine.npz"
     x = np.random.default_rng(0).integers(0, 256, (20, 5, 6), dtype=np.uint8)

@@ -232,3 +232,20 @@ def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overri
     assert samples.shape == (8, 8, 8, 1) and np.all(np.isfinite(samples))
     if "nll_is" in scores:  # a density: the K = 50 bound is tighter than the ELBO
         assert -scores["nll_is"] >= scores["elbo"] - 0.5
+
+
+def test_training_reads_the_splits_the_config_names(tmp_path):
+    """data.*_split pick the examples of each role; a run evaluates on the named split."""
+    cfg = make_test_config(**{"data.validation_size": 0, "data.train_split": "train[:1000]",
+                              "data.validation_split": "train[1000:]",
+                              "data.test_split": "test[:100]", "train.num_epochs": 1})
+    d = train.load_training_data(cfg, 1)
+    assert (len(d.train_set), len(d.eval_set.images), len(d.test_set.images)) == (1000, 500, 100)
+    assert d.eval_split == "validation"
+    train.train_and_evaluate(cfg, tmp_path / "run")
+    splits = [r["split"] for r in Workdir(tmp_path / "run").read_metrics()]
+    assert splits == ["train", "validation", "test"]
+    import cvae
+
+    scored = cvae.load_run(tmp_path / "run").evaluate("test", k=2)
+    assert scored["num_examples"] == 100
