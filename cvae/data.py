@@ -184,8 +184,8 @@ def _npz_splits(path: str) -> dict:
     names = ["train" if k == "x" else k[2:] for k in archive.files
              if k == "x" or k.startswith("x_")]
     if not names:
-        raise ValueError(f"npz data set {path!r} has no images (it has "
-                         f"{sorted(archive.files)}); the train split is 'x' (and 'y'), "
+        raise ValueError(f"npz data set {path!r} has no array 'x' nor any 'x_<split>' (it "
+                         f"has {sorted(archive.files)}); the train split is 'x' (and 'y'), "
                          "other splits 'x_<split>'")
     return {name: functools.partial(_npz_split, archive, path, name) for name in names}
 
@@ -237,6 +237,30 @@ def _cache_path(name: str, version: str, split: str, data_dir: str) -> pathlib.P
 
 
 def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
+    builder, found_dir = tfds_builder(name, split, data_dir)
+    image_key, label_key, num_classes = feature_keys(builder.info.features)
+    cache = _cache_path(name, str(builder.info.version), split, found_dir)
+    if cache.exists():
+        with np.load(cache) as cached:
+            images = cached["images"]
+            labels = cached["labels"] if label_key else None
+    else:
+        source = tfds_data_source(name, split, found_dir)
+        records = source.__getitems__(list(range(len(source))))
+        images = np.stack([r[image_key] for r in records])
+        labels = (np.asarray([r[label_key] for r in records], np.int32) if label_key
+                  else np.zeros(0, np.int32))
+        _atomic_savez(cache, images=images, labels=labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    info = DatasetInfo(name, tuple(int(s) for s in images.shape[1:]), num_classes,
+                       (0.0, 255.0) if images.dtype == np.uint8 else (0.0, 1.0))
+    return Dataset(images, labels if label_key else None, info)
+
+
+def tfds_builder(name: str, split: str, data_dir: str | None):
+    """(builder, directory) of the prepared TFDS data set ``name``, its ``split`` string
+    checked against the prepared splits; one-line errors for what is missing."""
     import tensorflow_datasets as tfds
 
     searched = _tfds_candidate_dirs(data_dir)
@@ -255,33 +279,23 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
             f"downloads. On a machine with network access run `tfds build {name} "
             f"--data_dir DIR --file_format array_record`, then point data.data_dir (or "
             "TFDS_DATA_DIR) at DIR")
-    image_key, label_key, num_classes = _feature_keys(builder.info.features)
     try:  # the split string against the prepared splits, before anything is read
         tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
     except (ValueError, KeyError, AssertionError) as err:
         raise SplitError(_split_message(name, split, sorted(builder.info.splits), err)) from None
-    cache = _cache_path(name, str(builder.info.version), split, found_dir)
-    if cache.exists():
-        with np.load(cache) as cached:
-            images = cached["images"]
-            labels = cached["labels"] if label_key else None
-    else:
-        try:
-            source = tfds.data_source(name, split=split, data_dir=found_dir, download=False)
-        except NotImplementedError as err:
-            raise DatasetNotPreparedError(
-                f"data set {name!r} in {found_dir} is not in a random-access format ({err}); "
-                f"rebuild it with `tfds build {name} --file_format array_record`") from err
-        records = source.__getitems__(list(range(len(source))))
-        images = np.stack([r[image_key] for r in records])
-        labels = (np.asarray([r[label_key] for r in records], np.int32) if label_key
-                  else np.zeros(0, np.int32))
-        _atomic_savez(cache, images=images, labels=labels)
-    if images.ndim == 3:
-        images = images[..., None]
-    info = DatasetInfo(name, tuple(int(s) for s in images.shape[1:]), num_classes,
-                       (0.0, 255.0) if images.dtype == np.uint8 else (0.0, 1.0))
-    return Dataset(images, labels if label_key else None, info)
+    return builder, found_dir
+
+
+def tfds_data_source(name: str, split: str, directory: str):
+    """TFDS's random-access source over ``split`` (array_record files; no TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=directory, download=False)
+    except NotImplementedError as err:
+        raise DatasetNotPreparedError(
+            f"data set {name!r} in {directory} is not in a random-access format ({err}); "
+            f"rebuild it with `tfds build {name} --file_format array_record`") from err
 
 
 def _unknown_dataset_message(name: str, err: Exception) -> str:
@@ -300,7 +314,7 @@ def _unknown_dataset_message(name: str, err: Exception) -> str:
             "TFDS name such as 'mnist', 'digits' for the offline set, or 'npz:PATH')")
 
 
-def _feature_keys(features):
+def feature_keys(features):
     import tensorflow_datasets as tfds
 
     image_key = label_key = None
