@@ -35,7 +35,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.binarize = "dynamic"  # "dynamic" (fresh Bernoulli draw each use) | "none"
     c.data.dequantize = False  # uniform dequantization (x + u)/256, for continuous likelihoods
     c.data.class_balanced = False  # each class drawn equally often per epoch
-    c.data.max_device_bytes = 4 * 2**30  # larger data sets are refused (no streaming path yet)
+    # "device": the training split lives on the device(s), batches gathered in the compiled
+    # epoch; "stream": batches read from the split as needed (cvae.stream, Grain); "auto":
+    # the device when the split's uint8 images fit in data.max_device_bytes, else the stream.
+    c.data.pipeline = "auto"
+    c.data.max_device_bytes = 4 * 2**30
+    c.data.stream_chunk_steps = 32  # batches per call of the streaming program
+    c.data.stream_workers = 0  # reader processes (0: threads in this process)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "mlp"  # "mlp" | "conv"
@@ -152,6 +158,12 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
         _check(isinstance(split, str) and split, f"data.{role}_split", split,
                "a TFDS split string such as 'train' or 'train[:90%]'")
     _check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
+    _check(d.pipeline in ("auto", "device", "stream"), "data.pipeline", d.pipeline,
+           "'auto', 'device' or 'stream'")
+    _check(isinstance(d.stream_chunk_steps, int) and d.stream_chunk_steps >= 1,
+           "data.stream_chunk_steps", d.stream_chunk_steps, "an integer ≥ 1")
+    _check(isinstance(d.stream_workers, int) and d.stream_workers >= 0,
+           "data.stream_workers", d.stream_workers, "an integer ≥ 0")
     _check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
            "False when data.binarize='dynamic' (binarized data is not dequantized)")
 

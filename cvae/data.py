@@ -343,15 +343,20 @@ def _atomic_savez(path: pathlib.Path, **arrays) -> None:
 # --------------------------------------------------------------------------- splits
 
 
+def validation_indices(num_examples: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of ``split_validation``, sorted."""
+    if size >= num_examples:
+        raise ValueError(f"data.validation_size = {size} leaves no training data "
+                         f"({num_examples} training examples); choose fewer")
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(num_examples)
+    return np.sort(order[size:]), np.sort(order[:size])
+
+
 def split_validation(dataset: Dataset, size: int) -> tuple[Dataset, Dataset | None]:
     """(train, validation): a fixed subset of ``size`` examples, the same for every seed."""
     if size == 0:
         return dataset, None
-    if size >= len(dataset):
-        raise ValueError(f"data.validation_size = {size} leaves no training data "
-                         f"({len(dataset)} training examples); choose fewer")
-    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(dataset))
-    val, train = np.sort(order[:size]), np.sort(order[size:])
+    train, val = validation_indices(len(dataset), size)
     pick = lambda idx: Dataset(dataset.images[idx],
                                None if dataset.labels is None else dataset.labels[idx],
                                dataset.info)
@@ -483,13 +488,3 @@ def class_balanced_indices(key, indices, counts, num_draws: int):
     position = (slots // num_classes) % counts[cls]
     drawn = indices[cls, member_order[cls, position]]
     return jax.random.permutation(shuffle_key, drawn)
-
-
-def check_fits_on_device(dataset: Dataset, max_bytes: int) -> None:
-    """Data sets live on the device; larger ones are refused (no streaming path yet)."""
-    if dataset.images.nbytes > max_bytes:
-        raise ValueError(
-            f"{dataset.info.name} needs {dataset.images.nbytes / 2**30:.2f} GiB on the device, "
-            f"over data.max_device_bytes = {max_bytes / 2**30:.2f} GiB; cvae keeps data sets "
-            "on the device and has no streaming path yet: raise the limit if the device has "
-            "room, or use a subset (e.g. data.name='npz:PATH')")

@@ -144,6 +144,26 @@ def place(tree, sharding: NamedSharding):
     return jax.tree_util.tree_map(place_leaf, tree)
 
 
+def chunk_sharded(mesh: Mesh) -> NamedSharding:
+    """A chunk of batches (steps × batch × …): the batch axis split along ``data``."""
+    return NamedSharding(mesh, P(None, "data"))
+
+
+def place_local_rows(local, mesh: Mesh, global_batch: int):
+    """A chunk of which this process read only its own rows of every batch, as one global
+    array split along ``data`` (``jax.make_array_from_process_local_data``)."""
+    local = np.asarray(local)
+    global_shape = (local.shape[0], global_batch) + local.shape[2:]
+    return jax.make_array_from_process_local_data(chunk_sharded(mesh), local, global_shape)
+
+
+def process_rows(global_batch: int) -> slice:
+    """This process's rows of every global batch: the slice its devices hold along
+    ``data`` (processes list their devices in order, each an equal share)."""
+    share = global_batch // jax.process_count()
+    return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+
 def shard_batch(host_batch, mesh: Mesh):
     """A host batch as one global array split along ``data`` (every process passes the
     same batch and supplies the slices of its own devices, as ``replicate`` does)."""

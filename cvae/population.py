@@ -197,6 +197,12 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
     mesh = parallel.make_population_mesh(len(configs), cfg0.train.num_devices)
     eval_mesh = Mesh(mesh.devices.reshape(-1), ("data",))  # evaluation splits every batch
     d = train.load_training_data(cfg0, mesh.shape["data"])
+    if d.pipeline != "device":
+        raise config_lib.ConfigError(
+            f"a population keeps its training data on the device, but {d.info.name}'s "
+            "training split is streamed (data.pipeline, data.max_device_bytes): train its "
+            "runs one by one with experiments.train, or raise data.max_device_bytes if the "
+            "device has room")
     total_steps = train.total_steps(cfg0, d)
     models = [train.build_model(cfg, d) for cfg in configs]
     books, states = [], []

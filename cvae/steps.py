@@ -191,6 +191,31 @@ def build_programs(*, model, config, mesh, preprocess: data.Preprocessor,
                          traces)
 
 
+def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
+                         total_steps: int) -> TrainPrograms:
+    """The streaming path's program: ``(state, images, labels, train_key) → (state,
+    scalars)`` over a chunk of batches read by ``cvae.stream`` (images (n, B, H, W, C)
+    uint8, sharded along the batch axis). The same ``make_step`` as the compiled epoch,
+    given each batch as its own tiny data set (indices 0 … B−1): the same keys and the
+    same arithmetic as the on-device path's step."""
+    cfg = config
+    one_step = make_step(model=model, config=cfg, preprocess=preprocess,
+                         total_steps=total_steps, batch_sharding=parallel.batch_sharded(mesh))
+    hyper = hyperparameters(cfg)
+    traces = {"train_epoch": 0}
+
+    def train_chunk(state, images, labels, train_key):
+        traces["train_epoch"] += 1  # runs only while tracing
+        in_batch = jnp.arange(images.shape[1])
+        return jax.lax.scan(
+            lambda s, batch: one_step(s, in_batch, batch[0], batch[1], train_key, hyper),
+            state, (images, labels))
+
+    everywhere = parallel.replicated(mesh)
+    return TrainPrograms(jax.jit(train_chunk, donate_argnums=(0,), out_shardings=everywhere),
+                         traces)
+
+
 def place_training_data(train_set: data.Dataset, mesh):
     """The training images (uint8) and labels (zeros when unlabelled), replicated on every
     device of ``mesh``: each device gathers its own slice of each batch in the program."""

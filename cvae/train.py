@@ -23,7 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cvae import checkpoint, data, evaluation, objectives, parallel, provenance, steps, writers
+from cvae import (
+    checkpoint,
+    data,
+    evaluation,
+    objectives,
+    parallel,
+    provenance,
+    steps,
+    stream,
+    writers,
+)
 from cvae import config as config_lib
 from cvae import model as model_lib
 from cvae.workdir import Workdir, WorkdirLockedError, as_workdir
@@ -81,8 +91,33 @@ class Setup:
     model: model_lib.VAE
     state: dict
     programs: steps.TrainPrograms
-    train_data: tuple  # (images, labels) replicated on the mesh
+    train_data: tuple | None  # (images, labels) replicated on the mesh; None when streamed
     data: TrainingData
+    stream: stream.Stream | None = None  # the streaming pipeline's reader
+
+    def run_epoch(self, state, data_key, train_key, epoch: int):
+        """Epoch ``epoch``: (state, per-step scalars) through the run's pipeline — one
+        compiled epoch over on-device data, or the streamed chunks of the same batches."""
+        if self.stream is None:
+            return self.programs.train_epoch(state, *self.train_data, data_key, train_key,
+                                             epoch)
+        order = self.epoch_order(data_key, epoch)
+        per_chunk = []
+        for images, labels in self.stream.chunks(order):
+            batch = order.shape[1]
+            state, scalars = self.programs.train_epoch(
+                state, parallel.place_local_rows(images, self.mesh, batch),
+                parallel.place_local_rows(labels, self.mesh, batch), train_key)
+            per_chunk.append(scalars)
+        return state, jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *per_chunk)
+
+    @functools.cached_property
+    def epoch_order(self):
+        """``(data_key, epoch) →`` the epoch's (steps, batch) example indices on the host:
+        the on-device path's own function, so both paths read the same batches."""
+        indices = jax.jit(steps.make_epoch_indices(
+            num_train=self.data.num_train, batch_size=self.data.batch_size, class_table=None))
+        return lambda key, epoch: np.asarray(indices(key, epoch).addressable_data(0))
 
 
 def prepare_workdir(config, workdir: Workdir) -> None:
@@ -114,19 +149,35 @@ def prepare_workdir(config, workdir: Workdir) -> None:
 class TrainingData:
     """The splits of a run, checked against its config, ready for the compiled epoch."""
 
-    train_set: data.Dataset
+    train_set: data.Dataset | None  # in host memory (the device pipeline); None if streamed
     eval_set: evaluation.EvalSet  # validation split, or the training split without one
     eval_split: str
     test_set: evaluation.EvalSet
     class_table: data.ClassTable | None
     preprocess: data.Preprocessor
+    train_source: object = None  # the stream pipeline's source (cvae.stream)
+    batch_size: int = 0
+
+    @property
+    def pipeline(self) -> str:
+        return "device" if self.train_set is not None else "stream"
 
     @property
     def info(self) -> data.DatasetInfo:
-        return self.train_set.info
+        return (self.train_set if self.train_set is not None else self.train_source).info
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_set if self.train_set is not None else self.train_source)
 
     def steps_per_epoch(self, batch_size: int) -> int:
-        return len(self.train_set) // batch_size
+        return self.num_train // batch_size
+
+    def first_images(self, n: int) -> np.ndarray:
+        """Up to ``n`` raw training images (for checks of the data against the model)."""
+        if self.train_set is not None:
+            return self.train_set.images[:n]
+        return self.train_source.read(np.arange(min(n, self.num_train)))[0]
 
 
 def load_training_data(cfg, num_devices: int) -> TrainingData:
@@ -135,19 +186,33 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
         raise config_lib.ConfigError(
             f"train.batch_size = {cfg.train.batch_size} must be a multiple of the "
             f"{num_devices} devices in the mesh (or set train.num_devices)")
-    full_train = data.load_role(cfg.data, "train")
+    source = stream.open_source(cfg.data, "train")
+    pipeline = choose_pipeline(cfg.data, source)
     test_set = data.load_role(cfg.data, "test")
-    train_set, val_set = data.split_validation(full_train, cfg.data.validation_size)
-    if cfg.data.validation_split:
-        val_set = data.load_role(cfg.data, "validation")
-    info = train_set.info
-    if cfg.train.batch_size > len(train_set):
+    val_set = data.load_role(cfg.data, "validation") if cfg.data.validation_split else None
+    if pipeline == "device":  # the whole split in host memory (TFDS: decoded once, cached)
+        train_set, carved = data.split_validation(data.load_role(cfg.data, "train"),
+                                                  cfg.data.validation_size)
+        train_source = None
+    else:  # the same examples, read as training goes
+        train_set, train_source, carved = None, source, None
+        if cfg.data.validation_size:
+            train_idx, val_idx = data.validation_indices(len(source), cfg.data.validation_size)
+            train_source = stream.Subset(source, train_idx)
+            carved = stream.read_dataset(source, val_idx)
+    val_set = val_set if val_set is not None else carved
+    num_train = len(train_set if train_set is not None else train_source)
+    info = source.info
+    if cfg.train.batch_size > num_train:
         raise config_lib.ConfigError(
-            f"train.batch_size = {cfg.train.batch_size} exceeds the {len(train_set)} "
+            f"train.batch_size = {cfg.train.batch_size} exceeds the {num_train} "
             "training examples; choose a smaller batch")
-    data.check_fits_on_device(train_set, cfg.data.max_device_bytes)
     binarize = cfg.data.binarize == "dynamic"
     class_table = None
+    if cfg.data.class_balanced and train_set is None:
+        raise config_lib.ConfigError(
+            "data.class_balanced = True is not supported by the streaming pipeline yet; "
+            "set data.pipeline='device' (raise data.max_device_bytes if needed)")
     if cfg.data.class_balanced:
         if train_set.labels is None:
             raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
@@ -155,10 +220,34 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
     # Without a validation split, model selection evaluates on the training set.
     eval_source, eval_split = ((val_set, "validation") if val_set is not None
                                else (train_set, "train_eval"))
+    if eval_source is None:  # streamed without a validation split: a bounded sample
+        eval_source = stream.read_dataset(train_source, np.arange(min(num_train, 10000)))
     return TrainingData(train_set, evaluation.EvalSet.from_dataset(eval_source, binarize),
                         eval_split, evaluation.EvalSet.from_dataset(test_set, binarize),
                         class_table,
-                        data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize))
+                        data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize),
+                        train_source, cfg.train.batch_size)
+
+
+def choose_pipeline(data_cfg, source) -> str:
+    """``data.pipeline``, with "auto" resolved by the split's size against
+    ``data.max_device_bytes``; "device" refuses a split over that limit."""
+    nbytes = stream.split_nbytes(source)
+    fits = nbytes <= data_cfg.max_device_bytes
+    if data_cfg.pipeline == "device" and not fits:
+        raise config_lib.ConfigError(
+            f"{source.info.name} needs {nbytes / 2**30:.2f} GiB on the device, over "
+            f"data.max_device_bytes = {data_cfg.max_device_bytes / 2**30:.2f} GiB: set "
+            "data.pipeline='stream' (or 'auto') to read it as training goes, or raise the "
+            "limit if the device has room")
+    if data_cfg.pipeline == "auto":
+        pipeline = "device" if fits else "stream"
+        if pipeline == "stream":
+            log.info("data: %.2f GiB of training images exceed data.max_device_bytes "
+                     "(%.2f GiB): streaming them", nbytes / 2**30,
+                     data_cfg.max_device_bytes / 2**30)
+        return pipeline
+    return data_cfg.pipeline
 
 
 def build_model(cfg, d: TrainingData) -> model_lib.VAE:
@@ -166,7 +255,7 @@ def build_model(cfg, d: TrainingData) -> model_lib.VAE:
     info = d.info
     model = model_lib.build_model(cfg.model, info.shape, info.num_classes,
                                   binary_data=d.preprocess.binarize)
-    model.likelihood.validate(d.train_set.images[:1000].astype(np.float32) / info.pixel_range[1])
+    model.likelihood.validate(d.first_images(1000).astype(np.float32) / info.pixel_range[1])
     return model
 
 
@@ -195,8 +284,15 @@ def setup(cfg) -> Setup:
     model = build_model(cfg, d)
     steps_total = total_steps(cfg, d)
     state = parallel.replicate(initial_state(model, cfg, steps_total), mesh)
+    if d.pipeline == "stream":
+        programs = steps.build_stream_program(model=model, config=cfg, mesh=mesh,
+                                              preprocess=d.preprocess, total_steps=steps_total)
+        reader = stream.Stream(d.train_source, cfg.data.stream_chunk_steps,
+                               workers=cfg.data.stream_workers,
+                               rows=parallel.process_rows(cfg.train.batch_size))
+        return Setup(mesh, model, state, programs, None, d, reader)
     programs = steps.build_programs(
-        model=model, config=cfg, mesh=mesh, num_train=len(d.train_set),
+        model=model, config=cfg, mesh=mesh, num_train=d.num_train,
         total_steps=steps_total, preprocess=d.preprocess, class_table=d.class_table)
     return Setup(mesh, model, state, programs, steps.place_training_data(d.train_set, mesh), d)
 
@@ -420,8 +516,7 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
     with stop_requests() as stop:
         for epoch in range(first_epoch, cfg.train.num_epochs):
             first_step, tick = int(state["step"]), time.perf_counter()
-            state, per_step = s.programs.train_epoch(state, *s.train_data, data_key,
-                                                     train_key, epoch)
+            state, per_step = s.run_epoch(state, data_key, train_key, epoch)
             per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - tick
             # A signal stops every process at this epoch, wherever it was delivered.

@@ -21,6 +21,7 @@ from absl import app, flags
 
 from cvae import config as config_lib
 from cvae.checkpoint import CheckpointWriteError
+from cvae.stream import PipelineError
 from cvae.train import TrainingDivergedError
 from cvae.workdir import WorkdirLockedError
 
@@ -147,7 +148,7 @@ def run(main, positional: bool = False) -> None:
             sys.exit(130)
         except (TrainingDivergedError, CheckpointWriteError) as err:
             _fail(str(err), 1)
-        except WorkdirLockedError as err:
+        except (WorkdirLockedError, PipelineError) as err:
             _fail(str(err), 2)
         except (ValueError, OSError) as err:
             if os.environ.get("CVAE_DEBUG"):

@@ -1,0 +1,183 @@
+"""The streaming input pipeline: training batches read from the split as they are needed
+(Grain), for training sets that do not fit on the device.
+
+The on-device path (``cvae.steps``) keeps the whole training split on the device and
+gathers each batch inside the compiled epoch. The stream reads the *same* batches — the
+order of epoch e is ``steps.make_epoch_indices`` of ``(data_key, e)``, computed on the
+host — from a random-access ``Source``, ``chunk_steps`` batches at a time, and feeds them
+to a compiled program that scans the same optimizer step over them
+(``steps.build_stream_program``). Binarization, dequantization and every other random
+draw stay inside that step, keyed as on the device path, so the two paths train the same
+run.
+
+Grain does the reading: ``MapDataset.range(steps).map(read one batch).batch(chunk)``,
+iterated with ``ReadOptions`` threads that prefetch in order and, with
+``data.stream_workers > 0``, worker processes (``mp_prefetch``) for sources whose records
+are expensive to decode (TFDS images are stored encoded). Host memory is bounded by the
+prefetch buffers, never by the split.
+
+Position: a run checkpoints at epoch ends, and the order of an epoch is a function of
+``(data_key, epoch)``; the data position is therefore the checkpoint's step (epoch =
+step // steps_per_epoch), and ``chunks(order, start_step)`` can start inside an epoch.
+There is no iterator state to save or to drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from cvae import data
+
+
+class PipelineError(RuntimeError):
+    """Reading the training data failed (a worker died, a file vanished); no state of the
+    half-read epoch is saved."""
+
+
+@dataclasses.dataclass
+class ArraySource:
+    """A split already in host memory (digits, npz, or a TFDS split that fits)."""
+
+    dataset: data.Dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def info(self) -> data.DatasetInfo:
+        return self.dataset.info
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        labels = self.dataset.labels
+        return (self.dataset.images[indices],
+                np.zeros(len(indices), np.int32) if labels is None else labels[indices])
+
+
+class TfdsSource:
+    """A TFDS split read record by record from its array_record files (``tfds.data_source``);
+    nothing is decoded before it is asked for."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None):
+        builder, directory = data.tfds_builder(name, split, data_dir)
+        self.name, self.split, self.directory = name, split, directory
+        self.image_key, self.label_key, num_classes = data.feature_keys(builder.info.features)
+        shape = tuple(int(d) for d in builder.info.features[self.image_key].shape)
+        shape = shape + (1,) if len(shape) == 2 else shape
+        if None in shape or any(d <= 0 for d in shape):
+            raise ValueError(f"{name}: images of varying size {shape} cannot be streamed yet; "
+                             "resize them when preparing the data set")
+        self.info = data.DatasetInfo(name, shape, num_classes, (0.0, 255.0))
+        self._source = None
+
+    @property
+    def source(self):
+        if self._source is None:  # opened lazily: also in each worker process
+            self._source = data.tfds_data_source(self.name, self.split, self.directory)
+        return self._source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getstate__(self):  # worker processes reopen the files themselves
+        return {**self.__dict__, "_source": None}
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        records = self.source.__getitems__([int(i) for i in indices])
+        images = np.stack([r[self.image_key] for r in records]).reshape(
+            (len(records),) + self.info.shape)
+        labels = (np.asarray([r[self.label_key] for r in records], np.int32)
+                  if self.label_key else np.zeros(len(records), np.int32))
+        return images, labels
+
+
+@dataclasses.dataclass
+class Subset:
+    """The examples ``indices`` of ``source`` (the train split less a carved validation)."""
+
+    source: object
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def info(self) -> data.DatasetInfo:
+        return self.source.info
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        return self.source.read(self.indices[np.asarray(indices)])
+
+
+def read_dataset(source, indices=None) -> data.Dataset:
+    """Examples of ``source`` (all of them by default) in host memory, as a Dataset."""
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    images, labels = source.read(indices)
+    return data.Dataset(images, labels if source.info.num_classes else None, source.info)
+
+
+def open_source(data_cfg, role: str):
+    """The split of ``role`` (``data.split_of``) as a Source: TFDS splits are streamed from
+    their files; digits and npz sets are small by nature and read into memory."""
+    name = data_cfg.name
+    if name == "digits" or name.startswith("npz:"):
+        return ArraySource(data.load_role(data_cfg, role))
+    return TfdsSource(name, data.split_of(data_cfg, role), data_cfg.data_dir)
+
+
+def split_nbytes(source) -> int:
+    """The bytes the split would take on the device as uint8 images."""
+    return len(source) * math.prod(source.info.shape)
+
+
+@dataclasses.dataclass
+class Stream:
+    """Chunks of ``chunk_steps`` batches of one epoch's order, read ahead by Grain.
+
+    ``rows`` picks this process's share of every batch (a slice of the batch axis) in a
+    multi-process run; every process reads only its own rows.
+    """
+
+    source: object
+    chunk_steps: int
+    threads: int = 4
+    prefetch: int = 8
+    workers: int = 0
+    rows: slice = dataclasses.field(default_factory=lambda: slice(None))
+
+    def chunks(self, order: np.ndarray, start_step: int = 0):
+        """Yields (images (n, b, H, W, C) uint8, labels (n, b) int32) for steps
+        ``start_step`` … of ``order`` (steps × batch example indices), n ≤ chunk_steps."""
+        import grain
+
+        order = np.asarray(order)[start_step:, self.rows]
+        source = self.source
+        dataset = (grain.MapDataset.range(len(order))
+                   .map(lambda step: source.read(order[step]))
+                   .batch(self.chunk_steps))
+        iterable = dataset.to_iter_dataset(grain.ReadOptions(
+            num_threads=self.threads, prefetch_buffer_size=self.prefetch))
+        if self.workers > 0:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; a notebook
+                flags.FLAGS.mark_as_parsed()  # or a test has parsed none: take the defaults
+            iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.workers, per_worker_buffer_size=self.prefetch))
+        iterator = iter(iterable)
+        while True:
+            try:
+                images, labels = next(iterator)
+            except StopIteration:
+                return
+            except Exception as err:  # a dead worker, an unreadable record, …
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+                raise PipelineError(
+                    f"the input pipeline failed while reading training data "
+                    f"({type(err).__name__}: {first}); "
+                    "nothing of this epoch was saved: fix the data (or set "
+                    "data.stream_workers=0 to read in this process) and rerun the same "
+                    "command to resume") from err
+            yield images, labels

@@ -1,0 +1,95 @@
+"""The streaming pipeline (issue #18): the same run as the on-device path, chosen by size,
+resumable, with worker processes, and failing cleanly when the data cannot be read."""
+
+import jax
+import numpy as np
+import pytest
+
+from cvae import Workdir, checkpoint, stream, train
+from cvae import config as config_lib
+from tests.conftest import make_test_config, mnist_data_dir, requires_mnist
+
+
+def _params(result):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(result.state["params"])]
+
+
+def _assert_same_params(a, b):
+    for x, y in zip(_params(a), _params(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def device_run(tmp_path_factory):
+    cfg = make_test_config(**{"data.pipeline": "device", "train.num_epochs": 3})
+    return train.train_and_evaluate(cfg, tmp_path_factory.mktemp("device") / "run")
+
+
+def _stream_config(**overrides):
+    # 21 batches of 64 per epoch in chunks of 5: four full chunks and a last one of 1.
+    return make_test_config(**{"data.pipeline": "stream", "train.num_epochs": 3,
+                               "data.stream_chunk_steps": 5, **overrides})
+
+
+def test_the_stream_trains_the_same_run_as_the_device_path_bitwise(device_run, tmp_path):
+    streamed = train.train_and_evaluate(_stream_config(), tmp_path / "run")
+    _assert_same_params(streamed, device_run)  # measured: bitwise on XLA:CPU
+    assert streamed.final_metrics == device_run.final_metrics
+    records = Workdir(tmp_path / "run").read_metrics()
+    assert [r["split"] for r in records].count("validation") == 3  # the carved 100 examples
+
+
+def test_a_resumed_stream_run_is_the_uninterrupted_run(device_run, tmp_path):
+    train.train_and_evaluate(_stream_config(**{"train.num_epochs": 1}), tmp_path / "run")
+    resumed = train.train_and_evaluate(_stream_config(), tmp_path / "run")
+    _assert_same_params(resumed, device_run)
+
+
+def test_worker_processes_read_the_same_batches(device_run, tmp_path):
+    streamed = train.train_and_evaluate(_stream_config(**{"data.stream_workers": 2}),
+                                        tmp_path / "run")
+    _assert_same_params(streamed, device_run)
+
+
+def test_auto_streams_what_exceeds_the_device_limit_and_device_refuses_it():
+    small = {"data.max_device_bytes": 50_000}  # digits' 1,500 × 64 bytes = 96,000
+    assert train.load_training_data(make_test_config(**small), 1).pipeline == "stream"
+    assert train.load_training_data(make_test_config(), 1).pipeline == "device"
+    with pytest.raises(config_lib.ConfigError, match="data.pipeline='stream'"):
+        train.load_training_data(make_test_config(**small, **{"data.pipeline": "device"}), 1)
+    with pytest.raises(config_lib.ConfigError, match="data.pipeline"):
+        config_lib.validate(make_test_config(**{"data.pipeline": "disk"}))
+
+
+def test_a_failing_read_stops_the_run_without_saving_the_half_read_epoch(tmp_path,
+                                                                         monkeypatch):
+    calls = {"n": 0}
+    real_read = stream.Subset.read
+
+    def failing_read(self, indices):
+        calls["n"] += 1
+        if calls["n"] > 30:  # inside the second epoch (21 batches each)
+            raise OSError("disk went away")
+        return real_read(self, indices)
+
+    monkeypatch.setattr(stream.Subset, "read", failing_read)
+    cfg = _stream_config(**{"train.checkpoint_every_epochs": 1})
+    with pytest.raises(stream.PipelineError, match="OSError: disk went away.*rerun the same"):
+        train.train_and_evaluate(cfg, tmp_path / "run")
+    ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
+    assert ckpt.latest_step() == 21  # epoch 1's save; nothing of epoch 2
+    ckpt.close()
+    monkeypatch.setattr(stream.Subset, "read", real_read)
+    assert train.train_and_evaluate(cfg, tmp_path / "run").epoch == 3  # the rerun resumes
+
+
+@requires_mnist
+def test_mnist_streamed_from_its_tfds_files_equals_the_device_path(tmp_path):
+    common = {"data.name": "mnist", "data.data_dir": mnist_data_dir(),
+              "data.train_split": "train[:3000]", "data.test_split": "test[:500]",
+              "data.validation_size": 500, "train.num_epochs": 1, "train.batch_size": 100}
+    runs = {p: train.train_and_evaluate(make_test_config(**common, **{"data.pipeline": p}),
+                                        tmp_path / p) for p in ("device", "stream")}
+    assert isinstance(train.load_training_data(make_test_config(
+        **common, **{"data.pipeline": "stream"}), 1).train_source.source, stream.TfdsSource)
+    _assert_same_params(runs["stream"], runs["device"])
