@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_device_bytes = 4 * 2**30
     c.data.stream_chunk_steps = 32  # batches per call of the streaming program
     c.data.stream_workers = 0  # reader processes (0: threads in this process)
+    c.data.stream_cache = True  # decode a TFDS split once into $CVAE_CACHE_DIR, stream from it
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "mlp"  # "mlp" | "conv"

@@ -195,6 +195,7 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
                                                   cfg.data.validation_size)
         train_source = None
     else:  # the same examples, read as training goes
+        source = stream.streaming_source(source, cfg.data)
         train_set, train_source, carved = None, source, None
         if cfg.data.validation_size:
             train_idx, val_idx = data.validation_indices(len(source), cfg.data.validation_size)

@@ -88,8 +88,13 @@ def test_mnist_streamed_from_its_tfds_files_equals_the_device_path(tmp_path):
     common = {"data.name": "mnist", "data.data_dir": mnist_data_dir(),
               "data.train_split": "train[:3000]", "data.test_split": "test[:500]",
               "data.validation_size": 500, "train.num_epochs": 1, "train.batch_size": 100}
-    runs = {p: train.train_and_evaluate(make_test_config(**common, **{"data.pipeline": p}),
-                                        tmp_path / p) for p in ("device", "stream")}
-    assert isinstance(train.load_training_data(make_test_config(
-        **common, **{"data.pipeline": "stream"}), 1).train_source.source, stream.TfdsSource)
-    _assert_same_params(runs["stream"], runs["device"])
+    variants = {"device": {"data.pipeline": "device"},
+                "decoded": {"data.pipeline": "stream"},  # decoded once into a cache
+                "records": {"data.pipeline": "stream", "data.stream_cache": False}}
+    runs = {name: train.train_and_evaluate(make_test_config(**common, **overrides),
+                                           tmp_path / name)
+            for name, overrides in variants.items()}
+    for name, kind in (("decoded", stream.DecodedSource), ("records", stream.TfdsSource)):
+        d = train.load_training_data(make_test_config(**common, **variants[name]), 1)
+        assert isinstance(d.train_source.source, kind)
+        _assert_same_params(runs[name], runs["device"])
