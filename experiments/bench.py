@@ -6,6 +6,7 @@
     python -m experiments.bench --members 8 --arch iwae --batch-size 20  # population vs solo
     python -m experiments.bench --members 8 --dataset npz:mnist.npz  # MNIST saved as npz, on a
                                                                      # machine without TFDS
+    python -m experiments.bench --pipeline stream  # the streaming input pipeline vs on-device
 
 ``--eval`` times ``cvae.evaluation.evaluate`` (the core behind training's scores and
 experiments.evaluate) on the MNIST test images, after one batch that compiles. Its figure is
@@ -13,6 +14,12 @@ images·samples per second, and ``fraction_of_roofline``: the dense layers' forw
 (N·K decoder passes plus N encoder passes, 2 FLOPs per weight) over the time, as a fraction
 of the f32 matmul peak measured in the same process. Params are the preset's random
 initialisation (the speed does not depend on them), or a trained run's with ``--workdir``.
+
+``--pipeline stream`` measures the streaming input pipeline (``cvae.stream``) three ways
+in one process: the loader alone (one epoch's batches read and delivered, no training),
+training through it, and training on the on-device path; it prints their examples/s, the
+loader's over the streamed training's (how far the input is from limiting training), and
+the streamed training's over the on-device training's.
 
 ``--members N`` trains N runs (seeds seed … seed+N−1) one after another with
 ``train_and_evaluate`` on one device, then the same N as one population
@@ -42,9 +49,10 @@ if "--eval" in sys.argv:  # the evaluation runs as experiments.evaluate does: a 
     split_host_into_cores()
 
 import jax
+import numpy as np
 from absl import flags
 
-from cvae import Workdir, data, evaluation, load_run, nets, population
+from cvae import Workdir, data, evaluation, load_run, nets, population, steps
 from cvae import config as config_lib
 from cvae import model as model_lib
 from cvae.train import train_and_evaluate
@@ -67,6 +75,9 @@ flags.DEFINE_integer("eval_batch_size", 500, "--eval: images per evaluation batc
 flags.DEFINE_integer("chunk_size", 0, "--eval: importance samples per chunk (0 = automatic).")
 flags.DEFINE_string("workdir", None, "--eval: score this trained run instead of random params.")
 flags.DEFINE_integer("members", 0, "Population benchmark: N runs solo, then as one population.")
+flags.DEFINE_enum("pipeline", "device", ["device", "stream"],
+                  "stream: the streaming input pipeline against the on-device path.")
+flags.DEFINE_integer("stream_workers", 0, "--pipeline stream: reader processes.")
 FLAGS = flags.FLAGS
 IMAGE_PIXELS = 784
 
@@ -110,12 +121,14 @@ def _timed_throughput(records, per_epoch_examples, members=1) -> tuple[float, li
     return members * per_epoch_examples * (len(epoch_s) - 1) / sum(epoch_s[1:]), epoch_s
 
 
-def run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict:
+def run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops,
+            pipeline: str = "device") -> dict:
     if epochs < 2:
         raise cli.UsageError("--epochs must be ≥ 2 (the first epoch compiles and is not timed)")
+    cfg = bench_config(arch, batch_size, epochs, init, seed, data_dir)
+    cfg.data.pipeline, cfg.data.stream_workers = pipeline, FLAGS.stream_workers
     with tempfile.TemporaryDirectory(prefix="cvae_bench_") as workdir:
-        result = train_and_evaluate(bench_config(arch, batch_size, epochs, init, seed, data_dir),
-                                    workdir)
+        result = train_and_evaluate(cfg, workdir)
         records = Workdir(workdir).read_metrics("train")
     per_epoch_examples = (60000 // batch_size) * batch_size
     throughput, epoch_s = _timed_throughput(records, per_epoch_examples)
@@ -128,6 +141,42 @@ def run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict
             "matmul_peak_gflops": peak_gflops, "flops_per_example": flops,
             "fraction_of_peak": throughput * flops / (peak_gflops * 1e9),
             "device": f"{jax.device_count()} × {jax.devices()[0].device_kind}"}
+
+
+def pipeline_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict:
+    """The loader alone, training through it, and training on device (see above)."""
+    from cvae import stream, train
+
+    cfg = bench_config(arch, batch_size, epochs, init, seed, data_dir)
+    cfg.data.pipeline, cfg.data.stream_workers = "stream", FLAGS.stream_workers
+    d = train.load_training_data(cfg, 1)  # builds the decoded cache on first use
+    reader = stream.Stream(d.train_source, cfg.data.stream_chunk_steps,
+                           workers=FLAGS.stream_workers)
+    order = np.asarray(steps.make_epoch_indices(num_train=d.num_train, batch_size=batch_size,
+                                                class_table=None)(jax.random.key(seed), 0))
+    loader = []
+    for _ in range(2):  # the first pass warms the file cache and the threads
+        tick, examples = time.perf_counter(), 0
+        for images, _labels in reader.chunks(order):
+            examples += images.shape[0] * images.shape[1]
+        loader.append(examples / (time.perf_counter() - tick))
+    streamed = run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops,
+                       pipeline="stream")
+    on_device = run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops)
+    return {"peer": "cvae", "benchmark": "pipeline", "arch": arch, "batch_size": batch_size,
+            "epochs": epochs, "dataset": cfg.data.name, "stream_workers": FLAGS.stream_workers,
+            "chunk_steps": cfg.data.stream_chunk_steps,
+            "loader_examples_per_s": loader[-1], "loader_first_pass_examples_per_s": loader[0],
+            "stream_train_examples_per_s": streamed["train_examples_per_s"],
+            "device_train_examples_per_s": on_device["train_examples_per_s"],
+            "loader_over_stream_training": loader[-1] / streamed["train_examples_per_s"],
+            "stream_over_device": (streamed["train_examples_per_s"]
+                                   / on_device["train_examples_per_s"]),
+            "stream_fraction_of_peak": streamed["fraction_of_peak"],
+            "device_fraction_of_peak": on_device["fraction_of_peak"],
+            "same_test_neg_elbo": streamed["test_neg_elbo"] == on_device["test_neg_elbo"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "matmul_peak_gflops": peak_gflops, "device": streamed["device"]}
 
 
 def members_one(arch, batch_size, epochs, init, seed, data_dir, members, peak_gflops) -> dict:
@@ -234,6 +283,10 @@ def main(argv):
         print(json.dumps(record))
         print(f"peak {peak:.0f} GFLOP/s after: {matmul_peak_gflops():.0f} GFLOP/s",
               file=sys.stderr)
+        return
+    if FLAGS.pipeline == "stream":
+        print(json.dumps(pipeline_one(FLAGS.arch, FLAGS.batch_size, FLAGS.epochs, FLAGS.init,
+                                      FLAGS.seed, FLAGS.data_dir, peak)))
         return
     if FLAGS.members:
         print(json.dumps(members_one(FLAGS.arch, FLAGS.batch_size, FLAGS.epochs, FLAGS.init,

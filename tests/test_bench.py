@@ -77,3 +77,19 @@ def test_bench_members_compares_a_population_with_the_same_runs_alone():
     np.testing.assert_allclose(record["population_test_neg_elbo"],
                                record["solo_test_neg_elbo"], rtol=1e-3)
     assert record["state_bytes_per_member"] > 0
+
+
+@requires_mnist
+def test_bench_pipeline_stream_compares_the_loader_stream_and_device_paths(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "TFDS_DATA_DIR": mnist_data_dir(), "CVAE_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "experiments.bench", "--pipeline", "stream",
+                          "--arch", "seed", "--batch-size", "1024", "--epochs", "2"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["benchmark"] == "pipeline" and record["loader_examples_per_s"] > 0
+    assert record["stream_over_device"] == pytest.approx(
+        record["stream_train_examples_per_s"] / record["device_train_examples_per_s"])
+    assert record["same_test_neg_elbo"]  # the two paths train the same run
+    assert list(tmp_path.glob("mnist-*.images.npy"))  # decoded once, into the cache dir
