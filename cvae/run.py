@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cvae import checkpoint, data, evaluation, ex_post, parallel, sampling
+from cvae import checkpoint, data, evaluation, ex_post, parallel, sampling, stream
 from cvae import model as model_lib
 from cvae.workdir import RunNotFoundError, Workdir
 
@@ -179,11 +179,16 @@ class Run:
         return {**result, "split": split}
 
     def training_codes(self, max_examples: int = 20000):
-        """Posterior means of (up to ``max_examples``) training images, and their labels."""
-        train = data.load_role(self.config.data, "train")
-        images = data.evaluation_inputs(train, self.config.data.binarize == "dynamic")
-        images, labels = images[:max_examples], train.labels
-        labels = None if labels is None else labels[:max_examples]
+        """Posterior means of (up to ``max_examples``) training images, and their labels.
+
+        Only those images are read (a streamed split is never loaded whole), and they are
+        binarized exactly as the first rows of the whole split's evaluation binarization.
+        """
+        source = stream.streaming_source(stream.open_source(self.config.data, "train"),
+                                         self.config.data)
+        sample = stream.read_dataset(source, np.arange(min(max_examples, len(source))))
+        images = data.evaluation_inputs(sample, self.config.data.binarize == "dynamic")
+        labels = sample.labels
         cond = labels if self.model.num_classes else None
         codes = [self.encode(images[i:i + 1000], None if cond is None else cond[i:i + 1000])[0]
                  for i in range(0, len(images), 1000)]
@@ -264,7 +269,7 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
         raise RunNotFoundError(f"{wd.path} has no checkpoint yet; train it first (or wait "
                                "for its first epoch to finish)")
     params, meta = restored
-    info = data.load_role(config.data, "test").info
+    info = stream.open_source(config.data, "test").info  # a TFDS split is not read
     model = model_lib.build_model(config.model, info.shape, info.num_classes,
                                   binary_data=config.data.binarize == "dynamic")
     params = jax.tree_util.tree_map(jnp.asarray, params)
