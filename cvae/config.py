@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.stream_cache = True  # decode a TFDS split once into $CVAE_CACHE_DIR, stream from it
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "mlp"  # "mlp" | "conv"
+    c.model.arch = "mlp"  # "mlp" | "conv" | "resnet" (residual, GroupNorm; 32×32, 64×64)
     c.model.encoder_widths = nets.SEED_PRESET["encoder_widths"]
     c.model.decoder_widths = ()  # empty: the encoder's widths mirrored
     c.model.conv_channels = (32, 64)
@@ -171,7 +171,8 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
 
 def validate_model(m: ml_collections.ConfigDict) -> None:
     """The ``model`` section alone (``model.build_model`` calls it too)."""
-    _check(m.arch in ("mlp", "conv"), "model.arch", m.arch, "'mlp' or 'conv'")
+    _check(m.arch in ("mlp", "conv", "resnet"), "model.arch", m.arch,
+           "'mlp', 'conv' or 'resnet'")
     _check(isinstance(m.latent_dim, int) and m.latent_dim > 0, "model.latent_dim",
            m.latent_dim, "a positive integer")
     _check(_positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,
@@ -185,6 +186,9 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     _check(m.activation != nets.GATED or m.arch == "mlp", "model.activation", m.activation,
            "not 'gated' for conv nets (gated dense layers are an MLP option)")
     _check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
+    _check(m.arch != "resnet" or all(c % 8 == 0 for c in m.conv_channels),
+           "model.conv_channels", m.conv_channels,
+           "multiples of 8 with model.arch='resnet' (its GroupNorm uses 8 groups)")
     _check(m.arch == "mlp" or m.init == "lecun", "model.init", m.init,
            "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)")
     _check(m.posterior in posteriors.FAMILIES, "model.posterior", m.posterior,

@@ -204,3 +204,103 @@ class ConvDecoder(nn.Module):
         out = out.reshape(out.shape[:3] + (n_par, depth))
         out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
         return out.reshape(lead + tuple(self.param_shape))
+
+
+# ------------------------------------------------------------------ residual conv nets
+# For 32×32 and 64×64 colour images. Normalisation is GroupNorm: it normalises within each
+# example, so a run computes the same function whatever the batch, its split over devices
+# or processes, and at evaluation — BatchNorm's batch statistics would make the loss of an
+# example depend on its neighbours and on the device layout, and would need running
+# averages saved beside the params.
+
+
+class ResidualBlock(nn.Module):
+    """h + conv(act(GN(conv(act(GN(h)))))) at constant resolution and width (pre-activation,
+    He et al., 2016)."""
+
+    channels: int
+    activation: str = "relu"
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, h):
+        act = ACTIVATIONS[self.activation]
+        r = nn.Conv(self.channels, (3, 3), padding="SAME", name="conv_a")(
+            act(nn.GroupNorm(self.groups, name="norm_a")(h)))
+        r = nn.Conv(self.channels, (3, 3), padding="SAME", name="conv_b")(
+            act(nn.GroupNorm(self.groups, name="norm_b")(r)))
+        return h + r
+
+
+def check_resnet_shape(height: int, width: int, stages: int) -> None:
+    """The residual nets halve H and W once per stage and need them to divide evenly."""
+    if height % 2**stages or width % 2**stages:
+        raise ValueError(
+            f"model.arch='resnet' with {stages} stages halves the image {stages} times, so H "
+            f"and W must be multiples of {2**stages}; got {height}×{width}: resize the data "
+            "(e.g. 32×32 or 64×64) or use fewer model.conv_channels stages")
+
+
+class ResNetEncoder(nn.Module):
+    """A stem convolution, then per stage a residual block and a stride-2 convolution to
+    the next width; the flattened features feed the mean (and log-variance) heads."""
+
+    channels: Sequence[int]
+    latent_dim: int
+    variance_head: bool = True
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, labels_onehot=None, *, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        check_resnet_shape(x.shape[-3], x.shape[-2], len(self.channels))
+        lead = x.shape[:-3]
+        h = nn.Conv(self.channels[0], (3, 3), padding="SAME", name="stem")(
+            x.reshape((-1,) + x.shape[-3:]))
+        for i, ch in enumerate(self.channels):
+            h = ResidualBlock(h.shape[-1], self.activation, name=f"block_{i}")(h)
+            h = nn.Conv(ch, (4, 4), strides=(2, 2), padding="SAME", name=f"down_{i}")(act(h))
+        h = act(nn.GroupNorm(8, name="norm_out")(h)).reshape(lead + (-1,))
+        h = _with_labels(h, labels_onehot)
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        mean = nn.Dense(self.latent_dim, name="mean")(h)
+        log_var = nn.Dense(self.latent_dim, name="log_var")(h) if self.variance_head else None
+        return mean, log_var
+
+
+class ResNetDecoder(nn.Module):
+    """The encoder mirrored: a dense projection to an (H/2ⁿ)×(W/2ⁿ) grid, then per stage a
+    nearest-neighbour ×2 upsampling, a convolution to the stage's width and a residual
+    block; a last 3×3 convolution emits every likelihood parameter per pixel."""
+
+    channels: Sequence[int]
+    param_shape: tuple[int, ...]
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, z, labels_onehot=None, *, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        height, width, depth = self.param_shape[-3:]
+        leading_params = tuple(self.param_shape[:-3])
+        stages = len(self.channels)
+        check_resnet_shape(height, width, stages)
+        lead = z.shape[:-1]
+        h = _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + (
+            0 if labels_onehot is None else labels_onehot.shape[-1])))
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        top = self.channels[-1]
+        h = nn.Dense((height >> stages) * (width >> stages) * top, name="project")(h)
+        h = h.reshape(-1, height >> stages, width >> stages, top)
+        for i, ch in enumerate(reversed(self.channels)):
+            h = jax.image.resize(h, (h.shape[0], h.shape[1] * 2, h.shape[2] * 2, h.shape[3]),
+                                 "nearest")
+            h = nn.Conv(ch, (3, 3), padding="SAME", name=f"up_{i}")(act(h))
+            h = ResidualBlock(ch, self.activation, name=f"block_{i}")(h)
+        h = act(nn.GroupNorm(8, name="norm_out")(h))
+        n_par = math.prod(leading_params) if leading_params else 1
+        out = nn.Conv(depth * n_par, (3, 3), padding="SAME", name="output")(h)
+        out = out.reshape(out.shape[:3] + (n_par, depth))
+        out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
+        return out.reshape(lead + tuple(self.param_shape))

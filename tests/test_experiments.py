@@ -15,6 +15,7 @@ import pytest
 
 import cvae
 from cvae import Workdir, train
+from cvae import config as config_lib
 from tests.conftest import make_test_config, run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -262,3 +263,12 @@ def test_evaluate_on_other_devices_matches_the_logged_test_scores(tmp_path):
     scores = json.loads((tmp_path / "eval.json").read_text())
     for name in ("elbo", "recon", "kl"):
         assert scores[name] == pytest.approx(result.final_metrics[name], rel=1e-5), name
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments" / "configs").glob(
+    "*.py") if p.name not in ("__init__.py", "common.py")))
+def test_every_shipped_config_validates(path):
+    import importlib
+
+    config = importlib.import_module(f"experiments.configs.{path[:-3]}").get_config()
+    config_lib.validate(config)

@@ -60,6 +60,29 @@ def test_conv_model_handles_any_image_shape(shape, likelihood):
     assert dec.shape == (2, 3) + expected
 
 
+@pytest.mark.parametrize("shape", [(32, 32, 3), (64, 64, 3), (16, 24, 1)])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_residual_nets_map_images_to_codes_and_back(shape, likelihood):
+    cfg = _model_config(arch="resnet", conv_channels=(8, 16), likelihood=likelihood,
+                        posterior="gaussian")
+    model = model_lib.build_model(cfg, shape, 10)
+    params = model_lib.init_params(model, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(2), (3,) + shape)
+    posterior, z, dec = model.apply({"params": params}, x, jax.random.key(1), num_samples=2)
+    assert z.shape == (2, 3, 16) and dec.shape == (2, 3) + model.likelihood.param_shape(shape)
+    # GroupNorm normalises within an example: a code does not depend on the batch around it.
+    alone = model.apply({"params": params}, x[:1], method=model.encode).mean
+    np.testing.assert_allclose(alone, posterior.mean[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_residual_nets_refuse_an_image_size_they_cannot_halve_in_one_line():
+    cfg = _model_config(arch="resnet", conv_channels=(8, 16, 32))
+    with pytest.raises(ValueError, match="multiples of 8; got 28×28"):
+        model_lib.build_model(cfg, (28, 28, 1), 10)
+    with pytest.raises(config_lib.ConfigError, match="multiples of 8 with model.arch='resnet'"):
+        model_lib.build_model(_model_config(arch="resnet", conv_channels=(12,)), (8, 8, 1), 10)
+
+
 FAMILIES = ["gaussian", "collapsed", "deterministic"]
 LIKELIHOODS = [("bernoulli", 0.0), ("gaussian", 0.0), ("gaussian", 0.1),
                ("continuous_bernoulli", 0.0)]

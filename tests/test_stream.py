@@ -98,3 +98,24 @@ def test_mnist_streamed_from_its_tfds_files_equals_the_device_path(tmp_path):
         d = train.load_training_data(make_test_config(**common, **variants[name]), 1)
         assert isinstance(d.train_source.source, kind)
         _assert_same_params(runs[name], runs["device"])
+
+
+def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(tmp_path):
+    """64×64×3 images, 4× a small device limit: auto streams them, a residual net trains on
+    a Gaussian likelihood, and a run stopped after one epoch resumes to the same params."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (112, 64, 64, 3), dtype=np.uint8)
+    np.savez(tmp_path / "colour.npz", x=images, x_test=images[:32])
+    overrides = {"data.name": f"npz:{tmp_path / 'colour.npz'}", "data.binarize": "none",
+                 "data.dequantize": True, "data.validation_size": 16,
+                 "data.max_device_bytes": images.nbytes // 4, "data.stream_chunk_steps": 3,
+                 "model.arch": "resnet", "model.conv_channels": (8, 16),
+                 "model.likelihood": "gaussian", "train.batch_size": 16,
+                 "train.image_grid_size": 4, "eval.num_importance_samples": 2}
+    whole = train.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
+    assert train.load_training_data(make_test_config(**overrides), 1).pipeline == "stream"
+    assert np.isfinite(whole.final_metrics["elbo"])
+    train.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
+                             tmp_path / "split")
+    _assert_same_params(train.train_and_evaluate(make_test_config(**overrides),
+                                                 tmp_path / "split"), whole)
