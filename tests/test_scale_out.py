@@ -23,11 +23,11 @@ ALL_DEVICES = [*TINY, "--config.train.num_devices=0"]
 DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
 
 
-def _launch(workdir, epochs, timeout=300):
+def _launch(workdir, epochs, *extra, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "experiments.launch_local", "--num_processes=2",
          "--devices_per_process=2", "--heartbeat_timeout_s=20", "--", *DIGITS, *ALL_DEVICES,
-         f"--config.train.num_epochs={epochs}", "--workdir", str(workdir)],
+         f"--config.train.num_epochs={epochs}", "--workdir", str(workdir), *extra],
         cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, timeout=timeout, capture_output=True,
         text=True)
 
@@ -68,6 +68,25 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
         assert got["elbo"] == pytest.approx(want["elbo"], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == \
         sorted(p.name for p in (tmp_path / "sp").iterdir())
+
+
+def test_two_processes_stream_their_rows_of_each_batch_like_one_process(tmp_path):
+    """The streaming pipeline across processes: each reads only its rows of every batch
+    (jax.make_array_from_process_local_data); the run equals the on-device one of 1 × 4."""
+    stream = ["--config.data.pipeline=stream", "--config.data.stream_chunk_steps=4"]
+    multi = _launch(tmp_path / "mp", 2, *stream)
+    assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-2000:]
+    single = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *DIGITS, *ALL_DEVICES,
+         "--config.train.num_epochs=2", "--config.data.pipeline=device",
+         "--workdir", str(tmp_path / "sp")],
+        cwd=ROOT, env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": ""}), timeout=300,
+        capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    leaves = jax.tree_util.tree_leaves
+    for x, y in zip(leaves(cvae.load_run(tmp_path / "mp", which="latest").params),
+                    leaves(cvae.load_run(tmp_path / "sp", which="latest").params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker-killed", "coordinator-killed"])
