@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.validation_split = ""  # "" = carve data.validation_size from the train split
     c.data.test_split = "test"
+    c.data.center_crop = 0  # side of a centred square crop of every image (0: none)
+    c.data.resize = 0  # side of the square the (cropped) images are resized to (0: none)
     c.data.binarize = "dynamic"  # "dynamic" (fresh Bernoulli draw each use) | "none"
     c.data.dequantize = False  # uniform dequantization (x + u)/256, for continuous likelihoods
     c.data.class_balanced = False  # each class drawn equally often per epoch
@@ -154,6 +156,9 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     _check(not (d.validation_split and d.validation_size), "data.validation_split",
            d.validation_split, "empty when data.validation_size > 0 (a validation split is "
            "either named or carved from the train split, not both)")
+    for field in ("center_crop", "resize"):
+        _check(isinstance(d[field], int) and d[field] >= 0, f"data.{field}", d[field],
+               "an integer ≥ 0 (0: none)")
     for role in ("train", "test"):
         split = d[f"{role}_split"]
         _check(isinstance(split, str) and split, f"data.{role}_split", split,

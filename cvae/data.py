@@ -99,18 +99,63 @@ def split_of(data_cfg, role: str) -> str:
 
 
 def load_role(data_cfg, role: str) -> Dataset:
-    """The split of ``role`` (see ``split_of``) of the config's data set: what training,
+    """The split of ``role`` (see ``split_of``) of the config's data set, its images
+    transformed as the config says (``data.center_crop``, ``data.resize``): what training,
     evaluation and sampling read. ``role = "validation"`` without a validation split
     gives the carved subset."""
     split = split_of(data_cfg, role)
     if role == "validation" and not split:
-        train = load(data_cfg.name, split_of(data_cfg, "train"), data_cfg.data_dir)
+        train = load_role(data_cfg, "train")
         validation = split_validation(train, data_cfg.validation_size)[1]
         if validation is None:
             raise SplitError(f"{data_cfg.name} has no validation split in this config: set "
                              "data.validation_split (a split string) or data.validation_size")
         return validation
-    return load(data_cfg.name, split, data_cfg.data_dir)
+    loaded = load(data_cfg.name, split, data_cfg.data_dir)
+    crop, size = transform_of(data_cfg)
+    if not (crop or size):
+        return loaded
+    images = transform_images(loaded.images, crop, size)
+    info = dataclasses.replace(loaded.info, shape=tuple(int(d) for d in images.shape[1:]))
+    return Dataset(images, loaded.labels, info)
+
+
+def transform_of(data_cfg) -> tuple[int, int]:
+    """(center crop side, resized side) of a config; 0 = none."""
+    return int(data_cfg.get("center_crop", 0)), int(data_cfg.get("resize", 0))
+
+
+def transformed_shape(shape, crop: int, size: int) -> tuple[int, int, int]:
+    """The H×W×C of images of ``shape`` after ``transform_images``; one-line errors for a
+    crop larger than the images."""
+    height, width, depth = shape
+    if crop:
+        if crop > min(height, width):
+            raise ValueError(f"data.center_crop = {crop} is larger than the {height}×{width} "
+                             f"images; choose at most {min(height, width)} (or 0 for none)")
+        height = width = crop
+    if size:
+        height = width = size
+    return height, width, depth
+
+
+def transform_images(images: np.ndarray, crop: int, size: int) -> np.ndarray:
+    """A centred square crop of side ``crop``, then a resize to ``size``×``size`` (Pillow's
+    antialiased bicubic filter, on the uint8 pixels); 0 skips a step."""
+    height, width, depth = transformed_shape(images.shape[1:], crop, size)
+    if crop:
+        top, left = (images.shape[1] - crop) // 2, (images.shape[2] - crop) // 2
+        images = images[:, top:top + crop, left:left + crop]
+    if size and images.shape[1:3] != (size, size):
+        from PIL import Image
+
+        if images.dtype != np.uint8:
+            raise ValueError("data.resize works on 8-bit images; this data set's are "
+                             f"{images.dtype}")
+        resized = [np.asarray(Image.fromarray(im[..., 0] if depth == 1 else im).resize(
+            (size, size), Image.Resampling.BICUBIC)) for im in images]
+        images = np.stack(resized).reshape(len(images), size, size, depth)
+    return images
 
 
 def _select(splits: dict, spec: str, name: str) -> Dataset:

@@ -113,17 +113,18 @@ class DecodedSource:
 
     CHUNK = 4096  # examples decoded per write while building
 
-    def __init__(self, source: TfdsSource, cache_dir: str | None = None):
+    def __init__(self, source, cache_dir: str | None = None):
         self.info = source.info
         root = pathlib.Path(cache_dir or os.environ.get("CVAE_CACHE_DIR", "~/.cache/cvae"))
-        tag = hashlib.sha1(f"{os.path.abspath(source.directory)}|{source.split}".encode())
+        tag = hashlib.sha1(f"{os.path.abspath(source.directory)}|{source.split}|"
+                           f"{getattr(source, 'cache_tag', '')}".encode())
         stem = f"{source.name.replace('/', '_')}-{source.version}-{tag.hexdigest()[:12]}"
         self.paths = {k: root.expanduser() / f"{stem}.{k}.npy" for k in ("images", "labels")}
         if not all(p.exists() for p in self.paths.values()):
             self._build(source)
         self._maps = None
 
-    def _build(self, source: TfdsSource) -> None:
+    def _build(self, source) -> None:
         n = len(source)
         log.info("decoding %s %s once for streaming (%d examples) into %s", source.name,
                  source.split, n, self.paths["images"].parent)
@@ -188,19 +189,45 @@ def read_dataset(source, indices=None) -> data.Dataset:
     return data.Dataset(images, labels if source.info.num_classes else None, source.info)
 
 
+class Transformed:
+    """``source`` with its images cropped and resized as it is read (``data.center_crop``,
+    ``data.resize``); a decoded cache of it stores the transformed images."""
+
+    def __init__(self, source, crop: int, size: int):
+        self.source, self.crop, self.size = source, crop, size
+        shape = data.transformed_shape(source.info.shape, crop, size)
+        self.info = dataclasses.replace(source.info, shape=shape)
+        self.cache_tag = f"crop{crop}-size{size}"
+
+    def __getattr__(self, name):  # name, split, version, directory of the source
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = self.source.read(indices)
+        return data.transform_images(images, self.crop, self.size), labels
+
+
 def open_source(data_cfg, role: str):
-    """The split of ``role`` (``data.split_of``) as a Source: TFDS splits are streamed from
-    their files; digits and npz sets are small by nature and read into memory."""
+    """The split of ``role`` (``data.split_of``) as a Source, transformed as the config
+    says: TFDS splits are streamed from their files; digits and npz sets are small by
+    nature and read into memory."""
     name = data_cfg.name
     if name == "digits" or name.startswith("npz:"):
         return ArraySource(data.load_role(data_cfg, role))
-    return TfdsSource(name, data.split_of(data_cfg, role), data_cfg.data_dir)
+    source = TfdsSource(name, data.split_of(data_cfg, role), data_cfg.data_dir)
+    crop, size = data.transform_of(data_cfg)
+    return Transformed(source, crop, size) if crop or size else source
 
 
 def streaming_source(source, data_cfg):
     """What the stream reads ``source`` through: a TFDS split decoded once into a cache
     (``DecodedSource``) unless ``data.stream_cache`` is off; other sources as they are."""
-    if isinstance(source, TfdsSource) and data_cfg.get("stream_cache", True):
+    if isinstance(source, TfdsSource | Transformed) and data_cfg.get("stream_cache", True):
         return DecodedSource(source)
     return source
 

@@ -59,6 +59,8 @@ def run_dir(tmp_path_factory):
     (["experiments.train", *CONFIG, "--config.data.name=npz:NOFILE"], "no such file"),
     (["experiments.train", *CONFIG, "--config.data.test_split=validation"],
      "data set 'digits': cannot read split 'validation'"),
+    (["experiments.train", *CONFIG, "--config.data.center_crop=9"],
+     "data.center_crop = 9 is larger than the 8×8 images"),
     (["experiments.train", *CONFIG, "--config.data.validation_split=test"],
      "data.validation_split = 'test' is invalid"),
     # script flags

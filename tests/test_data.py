@@ -152,6 +152,37 @@ def test_a_config_names_the_split_of_each_role(tmp_path):
     np.testing.assert_array_equal(carved.images, expected.images)
 
 
+def test_center_crop_and_resize():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 10, 14, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(data.transform_images(images, 6, 0), images[:, 2:8, 4:10])
+    rows, cols = np.mgrid[0:8, 0:8]
+    small = (40 + 20 * rows + 10 * cols).astype(np.uint8)[None, ..., None]  # a smooth ramp
+    doubled = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)
+    back = data.transform_images(doubled, 0, 8)
+    assert back.shape == (1, 8, 8, 1) and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - small)[:, 1:-1, 1:-1].max() <= 3  # the ramp, inside
+    flat = np.full((1, 20, 30, 3), 77, np.uint8)
+    np.testing.assert_array_equal(data.transform_images(flat, 18, 9), np.full((1, 9, 9, 3), 77))
+    with pytest.raises(ValueError, match="data.center_crop = 11 is larger than the 10×14"):
+        data.transform_images(images, 11, 0)
+
+
+def test_a_config_crops_and_resizes_every_split_it_reads(tmp_path):
+    from ml_collections import config_dict
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "set.npz", x=rng.integers(0, 256, (6, 12, 10, 3), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8))
+    cfg = config_dict.ConfigDict({"name": f"npz:{tmp_path / 'set.npz'}", "data_dir": None,
+                                  "train_split": "train", "validation_split": "",
+                                  "test_split": "test", "validation_size": 2,
+                                  "center_crop": 8, "resize": 4})
+    for role, n in (("train", 6), ("validation", 2), ("test", 4)):
+        loaded = data.load_role(cfg, role)
+        assert loaded.images.shape == (n, 4, 4, 3) and loaded.info.shape == (4, 4, 3)
+
+
 def test_npz_roundtrip_and_test_split(tmp_path):
     path = tmp_path / "mine.npz"
     x = np.random.default_rng(0).integers(0, 256, (20, 5, 6), dtype=np.uint8)

@@ -119,3 +119,17 @@ def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(t
                              tmp_path / "split")
     _assert_same_params(train.train_and_evaluate(make_test_config(**overrides),
                                                  tmp_path / "split"), whole)
+
+
+def test_cropped_and_resized_images_stream_as_they_train_on_device(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "big.npz", x=rng.integers(0, 256, (96, 20, 18, 3), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (16, 20, 18, 3), dtype=np.uint8))
+    common = {"data.name": f"npz:{tmp_path / 'big.npz'}", "data.center_crop": 16,
+              "data.resize": 8, "data.binarize": "none", "data.validation_size": 16,
+              "train.batch_size": 16, "model.likelihood": "gaussian",
+              "data.stream_chunk_steps": 2, "eval.num_importance_samples": 2}
+    runs = {p: train.train_and_evaluate(make_test_config(**common, **{"data.pipeline": p}),
+                                        tmp_path / p) for p in ("device", "stream")}
+    assert train.load_training_data(make_test_config(**common), 1).info.shape == (8, 8, 3)
+    _assert_same_params(runs["stream"], runs["device"])
