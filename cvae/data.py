@@ -111,6 +111,14 @@ def load_role(data_cfg, role: str) -> Dataset:
             raise SplitError(f"{data_cfg.name} has no validation split in this config: set "
                              "data.validation_split (a split string) or data.validation_size")
         return validation
+    if data_cfg.name != "digits" and not data_cfg.name.startswith("npz:"):
+        # A TFDS split is read through the stream's source — decoded (and cropped and
+        # resized) once into its cache — so its full-resolution images are never all
+        # held in memory at once.
+        from cvae import stream
+
+        source = stream.streaming_source(stream.open_source(data_cfg, role), data_cfg)
+        return stream.read_dataset(source)
     loaded = load(data_cfg.name, split, data_cfg.data_dir)
     crop, size = transform_of(data_cfg)
     if not (crop or size):

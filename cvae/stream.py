@@ -182,10 +182,19 @@ class Subset:
         return self.source.read(self.indices[np.asarray(indices)])
 
 
-def read_dataset(source, indices=None) -> data.Dataset:
-    """Examples of ``source`` (all of them by default) in host memory, as a Dataset."""
+def read_dataset(source, indices=None, chunk: int = 4096) -> data.Dataset:
+    """Examples of ``source`` (all of them by default) in host memory, as a Dataset, read
+    ``chunk`` at a time into one preallocated array (no list of every record)."""
     indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-    images, labels = source.read(indices)
+    images, labels = None, np.empty(len(indices), np.int32)
+    for start in range(0, len(indices), chunk):
+        rows = slice(start, start + chunk)
+        chunk_images, labels[rows] = source.read(indices[rows])
+        if images is None:  # uint8 pixels, or floats in [0, 1] (npz)
+            images = np.empty((len(indices),) + chunk_images.shape[1:], chunk_images.dtype)
+        images[rows] = chunk_images
+    if images is None:
+        images = np.empty((0,) + source.info.shape, np.uint8)
     return data.Dataset(images, labels if source.info.num_classes else None, source.info)
 
 

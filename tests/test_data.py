@@ -213,9 +213,3 @@ def test_unreadable_npz_gives_a_clear_error(tmp_path):
         data.load(f"npz:{path}", "train")
     with pytest.raises(ValueError, match="no such file"):
         data.load(f"npz:{tmp_path / 'absent.npz'}", "train")
-
-
-def test_oversized_data_set_is_refused_with_the_limit():
-    digits = data.load("digits", "train")
-    with pytest.raises(ValueError, match="max_device_bytes"):
-        data.check_fits_on_device(digits, 1000)
