@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # a TFDS name, "digits", or "npz:PATH"
+    c.data.name = "digits"  # a TFDS name, "digits", "npz:PATH" or "npy:DIR"
     c.data.data_dir = config_dict.placeholder(str)  # TFDS directory; else $TFDS_DATA_DIR
     c.data.validation_size = 0  # examples carved from the training split (fixed choice)
     # TFDS split strings (any source): "train", "validation", "train[:90%]", "train+test", …
@@ -151,7 +151,7 @@ def _finite(value) -> bool:
 def validate_data(d: ml_collections.ConfigDict) -> None:
     """The ``data`` section."""
     _check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
-           "a TFDS name, 'digits' or 'npz:PATH'")
+           "a TFDS name, 'digits', 'npz:PATH' or 'npy:DIR'")
     _check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
     _check(not (d.validation_split and d.validation_size), "data.validation_split",
            d.validation_split, "empty when data.validation_size > 0 (a validation split is "

@@ -9,6 +9,8 @@ N×H×W×C, uint8 where the data are 8-bit):
 * ``digits``: scikit-learn's bundled 8×8 digits, offline anywhere. Its 0–16 intensities
   are mapped to 0–255 (round(v·255/16)); the split is fixed: a permutation drawn by
   ``numpy.random.default_rng(0)``, first 1,500 images train, remaining 297 test.
+* ``npy:DIR``: ``x.npy`` (uint8 N×H×W×C), optional ``y.npy``, and ``x_<split>.npy`` /
+  ``y_<split>.npy``: memory-mapped, so a set larger than memory can be streamed from it.
 * ``npz:PATH``: ``x`` (N×H×W[×C], uint8 0–255 or float in [0, 1]) and optional ``y``
   for the train split; ``x_<split>`` / ``y_<split>`` for any other (``x_test``, …).
 
@@ -81,12 +83,19 @@ ROLES = ("train", "validation", "test")
 
 def load(name: str, split: str, data_dir: str | None = None) -> Dataset:
     """Loads ``split`` (a TFDS split string) of the data set called ``name`` into host
-    memory."""
+    memory (an ``npy:`` set's images stay memory-mapped until indexed)."""
     if name == "digits":
         return _select(_digits_splits(), split, name)
     if name.startswith("npz:"):
         return _select(_npz_splits(name[4:]), split, name)
+    if name.startswith("npy:"):
+        return _select(_npy_splits(name[4:]), split, name)
     return _load_tfds(name, split, data_dir)
+
+
+def is_tfds(name: str) -> bool:
+    """Whether ``name`` is a TFDS data set (not digits, npz: or npy:)."""
+    return name != "digits" and not name.startswith(("npz:", "npy:"))
 
 
 def split_of(data_cfg, role: str) -> str:
@@ -111,7 +120,7 @@ def load_role(data_cfg, role: str) -> Dataset:
             raise SplitError(f"{data_cfg.name} has no validation split in this config: set "
                              "data.validation_split (a split string) or data.validation_size")
         return validation
-    if data_cfg.name != "digits" and not data_cfg.name.startswith("npz:"):
+    if is_tfds(data_cfg.name):
         # A TFDS split is read through the stream's source — decoded (and cropped and
         # resized) once into its cache — so its full-resolution images are never all
         # held in memory at once.
@@ -241,6 +250,42 @@ def _npz_splits(path: str) -> dict:
                          f"has {sorted(archive.files)}); the train split is 'x' (and 'y'), "
                          "other splits 'x_<split>'")
     return {name: functools.partial(_npz_split, archive, path, name) for name in names}
+
+
+def _npy_splits(path: str) -> dict:
+    """Every split of an ``npy:DIR`` set: ``x.npy``/``y.npy`` is "train", ``x_<s>.npy`` /
+    ``y_<s>.npy`` is s; uint8 N×H×W×C images, memory-mapped (read only where indexed)."""
+    directory = pathlib.Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"npy data set {path!r}: no such directory (it holds x.npy, "
+                         "optional y.npy, and x_<split>.npy for other splits)")
+    files = {("train" if f.stem == "x" else f.stem[2:]): f for f in directory.glob("x*.npy")
+             if f.stem == "x" or f.stem.startswith("x_")}
+    if not files:
+        raise ValueError(f"npy data set {path!r} has no x.npy nor any x_<split>.npy")
+
+    def read(split: str) -> Dataset:
+        try:
+            x = np.load(files[split], mmap_mode="r")
+        except Exception as err:
+            raise ValueError(f"npy data set {path!r}: {files[split].name} could not be read "
+                             f"({err}); save it with numpy.save") from err
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) == 0:
+            raise ValueError(f"npy data set {path!r}: {files[split].name} must be uint8 "
+                             f"N×H×W×C with N > 0, got {x.dtype} {x.shape}")
+        labels_file = files[split].with_name(files[split].name.replace("x", "y", 1))
+        labels, num_classes = None, 0
+        if labels_file.exists():
+            labels = np.asarray(np.load(labels_file), np.int32)
+            if labels.shape != (len(x),) or labels.min() < 0:
+                raise ValueError(f"npy data set {path!r}: {labels_file.name} must hold "
+                                 f"{len(x)} integer labels ≥ 0, got shape {labels.shape}")
+            num_classes = int(labels.max()) + 1
+        info = DatasetInfo(f"npy:{path}", tuple(int(s) for s in x.shape[1:]), num_classes,
+                           (0.0, 255.0))
+        return Dataset(x, labels, info)
+
+    return {split: functools.partial(read, split) for split in files}
 
 
 def _npz_split(archive, path: str, split: str) -> Dataset:

@@ -58,7 +58,7 @@ class ArraySource:
 
     def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
         labels = self.dataset.labels
-        return (self.dataset.images[indices],
+        return (np.asarray(self.dataset.images[indices]),
                 np.zeros(len(indices), np.int32) if labels is None else labels[indices])
 
 
@@ -226,7 +226,7 @@ def open_source(data_cfg, role: str):
     says: TFDS splits are streamed from their files; digits and npz sets are small by
     nature and read into memory."""
     name = data_cfg.name
-    if name == "digits" or name.startswith("npz:"):
+    if not data.is_tfds(name):  # npy: sets stay memory-mapped until rows are read
         return ArraySource(data.load_role(data_cfg, role))
     source = TfdsSource(name, data.split_of(data_cfg, role), data_cfg.data_dir)
     crop, size = data.transform_of(data_cfg)
@@ -246,9 +246,15 @@ def split_nbytes(source) -> int:
     return len(source) * math.prod(source.info.shape)
 
 
+# A chunk holds at most this many bytes of images (fewer batches than chunk_steps when
+# the batches are large): the read-ahead buffers, not the split, bound the host memory.
+MAX_CHUNK_BYTES = 32 * 2**20
+
+
 @dataclasses.dataclass
 class Stream:
-    """Chunks of ``chunk_steps`` batches of one epoch's order, read ahead by Grain.
+    """Chunks of up to ``chunk_steps`` batches (and ``MAX_CHUNK_BYTES``) of one epoch's
+    order, read ahead by Grain.
 
     ``rows`` picks this process's share of every batch (a slice of the batch axis) in a
     multi-process run; every process reads only its own rows.
@@ -256,9 +262,9 @@ class Stream:
 
     source: object
     chunk_steps: int
-    threads: int = 4
-    prefetch: int = 8
-    workers: int = 0
+    threads: int = 2
+    prefetch: int = 2  # chunks read ahead: with the one in use and its device copy, the
+    workers: int = 0   # stream holds about 4 × MAX_CHUNK_BYTES
     rows: slice = dataclasses.field(default_factory=lambda: slice(None))
 
     def chunks(self, order: np.ndarray, start_step: int = 0):
@@ -268,9 +274,11 @@ class Stream:
 
         order = np.asarray(order)[start_step:, self.rows]
         source = self.source
+        batch_bytes = max(1, order.shape[1] * math.prod(source.info.shape))
+        steps = max(1, min(self.chunk_steps, MAX_CHUNK_BYTES // batch_bytes))
         dataset = (grain.MapDataset.range(len(order))
                    .map(lambda step: source.read(order[step]))
-                   .batch(self.chunk_steps))
+                   .batch(steps))
         iterable = dataset.to_iter_dataset(grain.ReadOptions(
             num_threads=self.threads, prefetch_buffer_size=self.prefetch))
         if self.workers > 0:

@@ -108,7 +108,9 @@ class Setup:
             state, scalars = self.programs.train_epoch(
                 state, parallel.place_local_rows(images, self.mesh, batch),
                 parallel.place_local_rows(labels, self.mesh, batch), train_key)
-            per_chunk.append(scalars)
+            if per_chunk:  # back-pressure: dispatch is asynchronous, and without this wait
+                jax.block_until_ready(per_chunk[-1])  # every chunk read would queue, with
+            per_chunk.append(scalars)  # its images, behind the device: memory ∝ the split
         return state, jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *per_chunk)
 
     @functools.cached_property

@@ -1,6 +1,8 @@
 """The streaming pipeline (issue #18): the same run as the on-device path, chosen by size,
 resumable, with worker processes, and failing cleanly when the data cannot be read."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -133,3 +135,69 @@ def test_cropped_and_resized_images_stream_as_they_train_on_device(tmp_path):
                                         tmp_path / p) for p in ("device", "stream")}
     assert train.load_training_data(make_test_config(**common), 1).info.shape == (8, 8, 3)
     _assert_same_params(runs["stream"], runs["device"])
+
+
+PEAK_MEMORY_SCRIPT = r"""
+import sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from cvae import train
+from tests.conftest import make_test_config
+
+def anonymous_mb():  # resident memory not backed by a file (the memory-mapped set is)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["RssAnon"].split()[0]) / 1024
+
+peak = [0.0]
+def watch():
+    while True:
+        peak[0] = max(peak[0], anonymous_mb())
+        time.sleep(0.002)
+threading.Thread(target=watch, daemon=True).start()
+result = train.train_and_evaluate(make_test_config(**{
+    "data.name": f"npy:{sys.argv[2]}", "data.validation_size": 0, "data.validation_split": "val",
+    "data.binarize": "none", "data.max_device_bytes": 2**20, "model.likelihood": "gaussian",
+    "model.encoder_widths": (16,), "train.batch_size": 512, "train.num_epochs": 1,
+    "data.stream_chunk_steps": 5, "train.image_grid_size": 0,
+    "eval.num_importance_samples": 0}), sys.argv[3])
+time.sleep(0.05)
+print("peak", result.epoch, peak[0], flush=True)
+"""
+
+
+def _write_npy_set(directory, n, rng, shape=(64, 64, 3)):
+    directory.mkdir()
+    images = np.lib.format.open_memmap(directory / "x.npy", "w+", np.uint8, (n,) + shape)
+    for start in range(0, n, 8192):
+        images[start:start + 8192] = rng.integers(0, 256, (min(8192, n - start),) + shape,
+                                                  dtype=np.uint8)
+    images.flush()
+    for split in ("val", "test"):
+        np.save(directory / f"x_{split}.npy", rng.integers(0, 256, (256,) + shape, np.uint8))
+
+
+def test_streaming_memory_does_not_grow_with_the_split(tmp_path):
+    """Peak anonymous memory of a streamed run on a 512 MB split against a 60 MB one with
+    the same shapes (fresh processes): the stream holds a few chunks, never the split."""
+    import subprocess
+    import sys
+
+    from tests.test_experiments import ROOT
+
+    rng = np.random.default_rng(0)
+    _write_npy_set(tmp_path / "small", 10 * 512, rng)  # 60 MB: 2 chunks of 5 batches
+    _write_npy_set(tmp_path / "big", 85 * 512, rng)  # 512 MB: 17 chunks of 5 batches
+    (tmp_path / "script.py").write_text(PEAK_MEMORY_SCRIPT)
+    # Freed buffers go back to the OS at once (glibc would keep some in its arenas and
+    # blur the measurement); the program's own allocations are unchanged.
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+           "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+    peaks = {}
+    for name in ("small", "big"):
+        out = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(ROOT),
+                              str(tmp_path / name), str(tmp_path / f"run-{name}")],
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        epoch, peaks[name] = out.stdout.split()[-2:]
+        assert int(epoch) == 1
+    growth, data_growth = float(peaks["big"]) - float(peaks["small"]), 75 * 512 * 12288 / 2**20
+    assert growth < data_growth / 4, (peaks, data_growth)  # measured: 66 MB for 450 MB
