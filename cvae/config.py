@@ -47,7 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.stream_cache = True  # decode a TFDS split once into $CVAE_CACHE_DIR, stream from it
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "mlp"  # "mlp" | "conv" | "resnet" (residual, GroupNorm; 32×32, 64×64)
+    # "mlp" | "conv" | "resnet" (residual, GroupNorm; 32×32, 64×64) | "ghosh" (the conv
+    # nets of Ghosh et al., 2020: conv_channels (128, 256, 512, 1024), GroupNorm for BatchNorm)
+    c.model.arch = "mlp"
     c.model.encoder_widths = nets.SEED_PRESET["encoder_widths"]
     c.model.decoder_widths = ()  # empty: the encoder's widths mirrored
     c.model.conv_channels = (32, 64)
@@ -176,8 +178,11 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
 
 def validate_model(m: ml_collections.ConfigDict) -> None:
     """The ``model`` section alone (``model.build_model`` calls it too)."""
-    _check(m.arch in ("mlp", "conv", "resnet"), "model.arch", m.arch,
-           "'mlp', 'conv' or 'resnet'")
+    _check(m.arch in ("mlp", "conv", "resnet", "ghosh"), "model.arch", m.arch,
+           "'mlp', 'conv', 'resnet' or 'ghosh'")
+    _check(m.arch != "ghosh" or len(m.conv_channels) == 4, "model.conv_channels",
+           m.conv_channels, "four widths with model.arch='ghosh' (the paper's 128, 256, 512, "
+           "1024)")
     _check(isinstance(m.latent_dim, int) and m.latent_dim > 0, "model.latent_dim",
            m.latent_dim, "a positive integer")
     _check(_positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,

@@ -133,8 +133,14 @@ def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classe
                                      cfg.activation, cfg.dropout_rate)
         decoder = nets.ResNetDecoder(tuple(cfg.conv_channels), param_shape, cfg.activation,
                                      cfg.dropout_rate)
+    elif cfg.arch == "ghosh":
+        nets.check_resnet_shape(event_shape[0], event_shape[1], 3, "ghosh")
+        encoder = nets.GhoshEncoder(tuple(cfg.conv_channels), cfg.latent_dim, variance_head,
+                                    cfg.activation, cfg.dropout_rate)
+        decoder = nets.GhoshDecoder(tuple(cfg.conv_channels), param_shape, cfg.activation,
+                                    cfg.dropout_rate)
     else:
-        raise AssertionError(cfg.arch)  # validate_model admits only the three above
+        raise AssertionError(cfg.arch)  # validate_model admits only the four above
     return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood,
                event_shape=event_shape, posterior_family=cfg.posterior,
                sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0,

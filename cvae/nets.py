@@ -232,11 +232,12 @@ class ResidualBlock(nn.Module):
         return h + r
 
 
-def check_resnet_shape(height: int, width: int, stages: int) -> None:
-    """The residual nets halve H and W once per stage and need them to divide evenly."""
+def check_resnet_shape(height: int, width: int, stages: int, arch: str = "resnet") -> None:
+    """The residual (and Ghosh et al.'s) decoders double a grid ``stages`` times up to H×W,
+    so H and W must divide evenly."""
     if height % 2**stages or width % 2**stages:
         raise ValueError(
-            f"model.arch='resnet' with {stages} stages halves the image {stages} times, so H "
+            f"model.arch='{arch}' with {stages} stages halves the image {stages} times, so H "
             f"and W must be multiples of {2**stages}; got {height}×{width}: resize the data "
             "(e.g. 32×32 or 64×64) or use fewer model.conv_channels stages")
 
@@ -301,6 +302,69 @@ class ResNetDecoder(nn.Module):
         h = act(nn.GroupNorm(8, name="norm_out")(h))
         n_par = math.prod(leading_params) if leading_params else 1
         out = nn.Conv(depth * n_par, (3, 3), padding="SAME", name="output")(h)
+        out = out.reshape(out.shape[:3] + (n_par, depth))
+        out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
+        return out.reshape(lead + tuple(self.param_shape))
+
+
+# ------------------------------------------------------------------ Ghosh et al. (2020)
+
+
+class GhoshEncoder(nn.Module):
+    """The CelebA/CIFAR encoder of Ghosh et al. (2020, "From variational to deterministic
+    autoencoders", their code's non-convolutional bottleneck): 5×5 stride-2 convolutions of
+    ``channels`` (128, 256, 512, 1024 in the paper), each normalised and ReLU'd, flattened
+    into the latent heads. Their BatchNorm is GroupNorm here (see the residual nets)."""
+
+    channels: Sequence[int]
+    latent_dim: int
+    variance_head: bool = True
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, labels_onehot=None, *, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        lead = x.shape[:-3]
+        h = x.reshape((-1,) + x.shape[-3:])
+        for i, ch in enumerate(self.channels):
+            h = nn.Conv(ch, (5, 5), strides=(2, 2), padding="SAME", name=f"conv_{i}")(h)
+            h = act(nn.GroupNorm(min(32, ch), name=f"norm_{i}")(h))
+        h = _with_labels(h.reshape(lead + (-1,)), labels_onehot)
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        mean = nn.Dense(self.latent_dim, name="mean")(h)
+        log_var = nn.Dense(self.latent_dim, name="log_var")(h) if self.variance_head else None
+        return mean, log_var
+
+
+class GhoshDecoder(nn.Module):
+    """Their decoder: a dense layer to an (H/8)×(W/8)×channels[-1] grid, 5×5 stride-2
+    transposed convolutions of channels[-2::-1][:3] (512, 256, 128), normalised and ReLU'd,
+    and a 5×5 convolution to the likelihood's parameters."""
+
+    channels: Sequence[int]
+    param_shape: tuple[int, ...]
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, z, labels_onehot=None, *, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        height, width, depth = self.param_shape[-3:]
+        leading_params = tuple(self.param_shape[:-3])
+        check_resnet_shape(height, width, 3, "ghosh")
+        lead = z.shape[:-1]
+        h = _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + (
+            0 if labels_onehot is None else labels_onehot.shape[-1])))
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        top = self.channels[-1]
+        h = nn.Dense((height // 8) * (width // 8) * top, name="project")(h)
+        h = h.reshape(-1, height // 8, width // 8, top)
+        for i, ch in enumerate(list(reversed(self.channels))[1:4]):
+            h = nn.ConvTranspose(ch, (5, 5), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
+            h = act(nn.GroupNorm(min(32, ch), name=f"norm_{i}")(h))
+        n_par = math.prod(leading_params) if leading_params else 1
+        out = nn.Conv(depth * n_par, (5, 5), padding="SAME", name="output")(h)
         out = out.reshape(out.shape[:3] + (n_par, depth))
         out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
         return out.reshape(lead + tuple(self.param_shape))
