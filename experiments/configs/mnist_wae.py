@@ -11,8 +11,9 @@ The same nets, data and schedule as mnist_ae / mnist_rae / mnist_cvae, for compa
     python -m experiments.sample_quality --workdir runs/mnist_wae \\
         --classifier runs/mnist_classifier
 
-Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Not yet run on
-MNIST (issue #17: the comparison table is still to be measured).
+Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Measured (3
+seeds, 50 epochs; README, Results): recon −71.33 ± 0.51 (the sharpest of the family),
+classifier-FID gmm 6.9 ± 2.1, flow 7.8, two_stage 18.9, prior 51.6.
 """
 
 from experiments.configs.common import mnist
