@@ -60,8 +60,9 @@ def test_conv_model_handles_any_image_shape(shape, likelihood):
     assert dec.shape == (2, 3) + expected
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 3), (64, 64, 3), (16, 24, 1)])
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("shape,likelihood", [((32, 32, 3), "gaussian"),
+                                              ((64, 64, 3), "gaussian"),
+                                              ((16, 24, 1), "bernoulli")])
 @pytest.mark.parametrize("arch,channels", [("resnet", (8, 16)), ("ghosh", (8, 16, 32, 64))])
 def test_image_nets_map_images_to_codes_and_back(shape, likelihood, arch, channels):
     cfg = _model_config(arch=arch, conv_channels=channels, likelihood=likelihood,
