@@ -111,7 +111,7 @@ def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(t
     overrides = {"data.name": f"npz:{tmp_path / 'colour.npz'}", "data.binarize": "none",
                  "data.dequantize": True, "data.validation_size": 16,
                  "data.max_device_bytes": images.nbytes // 4, "data.stream_chunk_steps": 3,
-                 "model.arch": "resnet", "model.conv_channels": (8, 16),
+                 "model.arch": "resnet", "model.conv_channels": (8,),
                  "model.likelihood": "gaussian", "train.batch_size": 16,
                  "train.image_grid_size": 4, "eval.num_importance_samples": 2}
     whole = train.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
