@@ -72,6 +72,30 @@ def _with_labels(h: jax.Array, labels_onehot: jax.Array | None) -> jax.Array:
     return jnp.concatenate([h, labels_onehot.astype(h.dtype)], axis=-1)
 
 
+def _gaussian_heads(h, latent_dim: int, variance_head: bool):
+    """The mean and (when the posterior learns it) log-variance heads of a conv encoder."""
+    mean = nn.Dense(latent_dim, name="mean")(h)
+    return mean, nn.Dense(latent_dim, name="log_var")(h) if variance_head else None
+
+
+def _flat_latents(z, labels_onehot):
+    """A conv decoder's input: latents (with labels) flattened over the leading axes."""
+    extra = 0 if labels_onehot is None else labels_onehot.shape[-1]
+    return _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + extra))
+
+
+def _pixel_params(h, param_shape: tuple[int, ...], lead: tuple[int, ...], kernel: int):
+    """The last convolution of a conv decoder: every likelihood parameter per pixel,
+    (B, H, W, C·P) → (*lead, *P, H, W, C) for ``param_shape`` = (*P, H, W, C)."""
+    height, width, depth = param_shape[-3:]
+    leading_params = tuple(param_shape[:-3])
+    n_par = math.prod(leading_params) if leading_params else 1
+    out = nn.Conv(depth * n_par, (kernel, kernel), padding="SAME", name="output")(h)
+    out = out.reshape(out.shape[:3] + (n_par, depth))
+    out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
+    return out.reshape(lead + tuple(param_shape))
+
+
 class MLPStack(nn.Module):
     """Dense → activation → dropout, once per width."""
 
@@ -162,9 +186,7 @@ class ConvEncoder(nn.Module):
         h = _with_labels(h, labels_onehot)
         h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
             h, train=train)
-        mean = nn.Dense(self.latent_dim, name="mean")(h)
-        log_var = nn.Dense(self.latent_dim, name="log_var")(h) if self.variance_head else None
-        return mean, log_var
+        return _gaussian_heads(h, self.latent_dim, self.variance_head)
 
 
 class ConvDecoder(nn.Module):
@@ -183,13 +205,11 @@ class ConvDecoder(nn.Module):
     @nn.compact
     def __call__(self, z, labels_onehot=None, *, train: bool = False):
         act = ACTIVATIONS[self.activation]
-        height, width, depth = self.param_shape[-3:]
-        leading_params = tuple(self.param_shape[:-3])
+        height, width, _ = self.param_shape[-3:]
         n_up = len(self.channels)
         h0, w0 = math.ceil(height / 2**n_up), math.ceil(width / 2**n_up)
         lead = z.shape[:-1]
-        h = _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + (
-            0 if labels_onehot is None else labels_onehot.shape[-1])))
+        h = _flat_latents(z, labels_onehot)
         h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
             h, train=train)
         top = self.channels[-1]
@@ -198,12 +218,7 @@ class ConvDecoder(nn.Module):
             h = act(nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME",
                                      name=f"deconv_{i}")(h))
         h = h[:, :height, :width, :]
-        n_par = math.prod(leading_params) if leading_params else 1
-        out = nn.Conv(depth * n_par, (3, 3), padding="SAME", name="output")(h)
-        # (B, H, W, C·P) → (B, *P, H, W, C)
-        out = out.reshape(out.shape[:3] + (n_par, depth))
-        out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
-        return out.reshape(lead + tuple(self.param_shape))
+        return _pixel_params(h, self.param_shape, lead, 3)
 
 
 # ------------------------------------------------------------------ residual conv nets
@@ -265,9 +280,7 @@ class ResNetEncoder(nn.Module):
         h = act(nn.GroupNorm(8, name="norm_out")(h)).reshape(lead + (-1,))
         h = _with_labels(h, labels_onehot)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        mean = nn.Dense(self.latent_dim, name="mean")(h)
-        log_var = nn.Dense(self.latent_dim, name="log_var")(h) if self.variance_head else None
-        return mean, log_var
+        return _gaussian_heads(h, self.latent_dim, self.variance_head)
 
 
 class ResNetDecoder(nn.Module):
@@ -283,13 +296,11 @@ class ResNetDecoder(nn.Module):
     @nn.compact
     def __call__(self, z, labels_onehot=None, *, train: bool = False):
         act = ACTIVATIONS[self.activation]
-        height, width, depth = self.param_shape[-3:]
-        leading_params = tuple(self.param_shape[:-3])
+        height, width, _ = self.param_shape[-3:]
         stages = len(self.channels)
         check_resnet_shape(height, width, stages)
         lead = z.shape[:-1]
-        h = _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + (
-            0 if labels_onehot is None else labels_onehot.shape[-1])))
+        h = _flat_latents(z, labels_onehot)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         top = self.channels[-1]
         h = nn.Dense((height >> stages) * (width >> stages) * top, name="project")(h)
@@ -300,11 +311,7 @@ class ResNetDecoder(nn.Module):
             h = nn.Conv(ch, (3, 3), padding="SAME", name=f"up_{i}")(act(h))
             h = ResidualBlock(ch, self.activation, name=f"block_{i}")(h)
         h = act(nn.GroupNorm(8, name="norm_out")(h))
-        n_par = math.prod(leading_params) if leading_params else 1
-        out = nn.Conv(depth * n_par, (3, 3), padding="SAME", name="output")(h)
-        out = out.reshape(out.shape[:3] + (n_par, depth))
-        out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
-        return out.reshape(lead + tuple(self.param_shape))
+        return _pixel_params(h, self.param_shape, lead, 3)
 
 
 # ------------------------------------------------------------------ Ghosh et al. (2020)
@@ -332,9 +339,7 @@ class GhoshEncoder(nn.Module):
             h = act(nn.GroupNorm(min(32, ch), name=f"norm_{i}")(h))
         h = _with_labels(h.reshape(lead + (-1,)), labels_onehot)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        mean = nn.Dense(self.latent_dim, name="mean")(h)
-        log_var = nn.Dense(self.latent_dim, name="log_var")(h) if self.variance_head else None
-        return mean, log_var
+        return _gaussian_heads(h, self.latent_dim, self.variance_head)
 
 
 class GhoshDecoder(nn.Module):
@@ -350,12 +355,10 @@ class GhoshDecoder(nn.Module):
     @nn.compact
     def __call__(self, z, labels_onehot=None, *, train: bool = False):
         act = ACTIVATIONS[self.activation]
-        height, width, depth = self.param_shape[-3:]
-        leading_params = tuple(self.param_shape[:-3])
+        height, width, _ = self.param_shape[-3:]
         check_resnet_shape(height, width, 3, "ghosh")
         lead = z.shape[:-1]
-        h = _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + (
-            0 if labels_onehot is None else labels_onehot.shape[-1])))
+        h = _flat_latents(z, labels_onehot)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         top = self.channels[-1]
         h = nn.Dense((height // 8) * (width // 8) * top, name="project")(h)
@@ -363,8 +366,4 @@ class GhoshDecoder(nn.Module):
         for i, ch in enumerate(list(reversed(self.channels))[1:4]):
             h = nn.ConvTranspose(ch, (5, 5), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
             h = act(nn.GroupNorm(min(32, ch), name=f"norm_{i}")(h))
-        n_par = math.prod(leading_params) if leading_params else 1
-        out = nn.Conv(depth * n_par, (5, 5), padding="SAME", name="output")(h)
-        out = out.reshape(out.shape[:3] + (n_par, depth))
-        out = jnp.moveaxis(out, 3, 1).reshape((-1,) + leading_params + (height, width, depth))
-        return out.reshape(lead + tuple(self.param_shape))
+        return _pixel_params(h, self.param_shape, lead, 5)
