@@ -126,8 +126,7 @@ def load_role(data_cfg, role: str) -> Dataset:
         # held in memory at once.
         from cvae import stream
 
-        source = stream.streaming_source(stream.open_source(data_cfg, role), data_cfg)
-        return stream.read_dataset(source)
+        return stream.in_memory(stream.open_source(data_cfg, role), data_cfg)
     loaded = load(data_cfg.name, split, data_cfg.data_dir)
     crop, size = transform_of(data_cfg)
     if not (crop or size):

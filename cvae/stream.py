@@ -233,6 +233,14 @@ def open_source(data_cfg, role: str):
     return Transformed(source, crop, size) if crop or size else source
 
 
+def in_memory(source, data_cfg) -> data.Dataset:
+    """The whole split of ``source`` in host memory: an in-memory source as it is (not
+    read a second time), a TFDS split through its decoded cache."""
+    if isinstance(source, ArraySource):
+        return source.dataset
+    return read_dataset(streaming_source(source, data_cfg))
+
+
 def streaming_source(source, data_cfg):
     """What the stream reads ``source`` through: a TFDS split decoded once into a cache
     (``DecodedSource``) unless ``data.stream_cache`` is off; other sources as they are."""

@@ -193,7 +193,7 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
     test_set = data.load_role(cfg.data, "test")
     val_set = data.load_role(cfg.data, "validation") if cfg.data.validation_split else None
     if pipeline == "device":  # the whole split in host memory (TFDS: decoded once, cached)
-        train_set, carved = data.split_validation(data.load_role(cfg.data, "train"),
+        train_set, carved = data.split_validation(stream.in_memory(source, cfg.data),
                                                   cfg.data.validation_size)
         train_source = None
     else:  # the same examples, read as training goes
