@@ -493,11 +493,17 @@ def dequantize(key, raw_uint8):
     return (raw_uint8.astype(jnp.float32) + jax.random.uniform(key, raw_uint8.shape)) / 256.0
 
 
-def fixed_binarization(images01: np.ndarray) -> np.ndarray:
+def fixed_binarization(images01: np.ndarray, first_row: int = 0) -> np.ndarray:
     """The evaluation binarization: ``default_rng(0).random((N, D)) < x`` on the flattened
-    images (so for MNIST's test split it is exactly the benchmark's binarization)."""
+    images (so for MNIST's test split it is exactly the benchmark's binarization).
+
+    ``images01`` may be rows ``first_row …`` of a split: the generator is advanced past the
+    ``first_row · D`` uniforms of the rows before (PCG64 draws one 64-bit word per double),
+    so a split binarized batch by batch equals the split binarized whole, bitwise."""
     flat = images01.reshape(len(images01), -1)
-    u = np.random.default_rng(EVAL_BINARIZATION_SEED).random(flat.shape)
+    bits = np.random.PCG64(EVAL_BINARIZATION_SEED)  # what default_rng(seed) wraps
+    bits.advance(first_row * flat.shape[1])
+    u = np.random.Generator(bits).random(flat.shape)
     return (u < flat).astype(np.uint8).reshape(images01.shape)
 
 

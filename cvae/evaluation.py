@@ -5,24 +5,28 @@ Training (validation and the final test score) and ``experiments.evaluate``,
 the same params score the same numbers everywhere: the in-training test ELBO *equals*
 ``experiments.evaluate``'s (same batch size and device count).
 
-How it works. The split is cut into batches of ``batch_size`` (the last one padded; the
-padding is dropped before any mean). Each batch is placed on the mesh sharded along
-``data`` and run through two compiled programs, each compiled once per shape:
+How it works. The split is read from its source (``cvae.stream``: in host memory,
+memory-mapped, or decoded from TFDS files) ``batch_size`` rows at a time, one batch read
+ahead by a thread while the device scores the last; host memory holds two batches and one
+row of running moments, never the split. The last batch is padded (repeating its first
+row) and the padding dropped before any sum. Each batch is placed on the mesh sharded
+along ``data`` and run through two compiled programs, each compiled once per shape:
 
 * ``terms``: the per-example ELBO terms (one reparameterised sample) and the posterior
-  mean, used for the active units;
+  mean, used for the active units (``metrics.RunningMoments``);
 * ``log_px`` (only for K ≥ 1 and a posterior with a density): the importance-sampled
   log p(x) with K samples (``metrics.importance_sampled_log_likelihood``), ``chunk_size``
   samples at a time so that memory is bounded for any K.
 
 Every draw is a function of the batch index: batch b uses ``fold_in(key(EVAL_SEED), b)``,
 split by ``fold_in`` into the ELBO's draw (0) and the importance samples (1). Inputs use
-the fixed evaluation binarization (``data.evaluation_images``), so two evaluations of the
-same params give the same numbers.
+the fixed evaluation binarization (``data.fixed_binarization``, from each row's number),
+so two evaluations of the same params give the same numbers.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -31,7 +35,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from cvae import data, metrics, objectives, parallel
+from cvae import data, metrics, objectives, parallel, stream
 
 EVAL_SEED = 0  # the key of every evaluation draw: scores are comparable across runs
 CHUNK_ROWS = 5000  # decoder rows per importance-sampling chunk when chunk_size = 0 (auto)
@@ -39,28 +43,55 @@ CHUNK_ROWS = 5000  # decoder rows per importance-sampling chunk when chunk_size 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
-    """A split ready for evaluation, compact on the host.
+    """A split to evaluate, read row range by row range from ``source`` (anything with
+    ``len``, ``info`` and ``read(indices) → (images, labels)``: ``cvae.stream``'s sources).
 
-    ``images`` are fixed-binarized {0, 1} uint8, or the raw pixels; dividing by ``scale``
-    brings them to [0, 1]. ``labels`` are int32, or None for unlabelled data.
+    With ``binarize`` the rows come fixed-binarized ({0, 1} uint8, bit for bit what
+    binarizing the whole split gives), else as raw pixels; dividing by ``scale`` brings
+    them to [0, 1]. Unlabelled sources read labels 0.
     """
 
-    images: np.ndarray
-    labels: np.ndarray | None
-    scale: float
+    source: object
+    binarize: bool
 
     @classmethod
     def from_dataset(cls, dataset: data.Dataset, binarize: bool) -> EvalSet:
-        """The evaluation inputs of ``dataset`` (fixed binarization when ``binarize``)."""
-        return cls(data.evaluation_images(dataset, binarize), dataset.labels,
-                   data.evaluation_scale(dataset, binarize))
+        """``dataset`` (a split in host memory) as an evaluation set."""
+        return cls(stream.ArraySource(dataset), binarize)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.source)
 
-    def unit_interval(self, count: int | None = None) -> np.ndarray:
-        """The first ``count`` images as float32 in [0, 1] (what the model sees)."""
-        return self.images[:count].astype(np.float32) / self.scale
+    @property
+    def scale(self) -> float:
+        return 1.0 if self.binarize else float(self.source.info.pixel_range[1])
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(compact images, int32 labels) of rows ``start … stop − 1``."""
+        images, labels = self.source.read(np.arange(start, stop))
+        if self.binarize:
+            pixels01 = images.astype(np.float32) / self.source.info.pixel_range[1]
+            images = data.fixed_binarization(pixels01, first_row=start)
+        return images, np.asarray(labels, np.int32)
+
+    def head(self, count: int) -> EvalSet:
+        """The first ``count`` rows (binarized as they are in the whole set)."""
+        return EvalSet(stream.Subset(self.source, np.arange(min(count, len(self)))),
+                       self.binarize)
+
+    def unit_batches(self, size: int = 1000):
+        """Yields (float32 images in [0, 1], int32 labels) of ``size`` rows at a time."""
+        for start in range(0, len(self), size):
+            images, labels = self.rows(start, min(start + size, len(self)))
+            yield images.astype(np.float32) / self.scale, labels
+
+    def first(self, count: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(images, labels) of the first ``count`` rows (all by default): float32 in [0, 1],
+        as the model sees them; labels None for unlabelled data."""
+        batches = list(self.head(len(self) if count is None else count).unit_batches(4096))
+        images = np.concatenate([b[0] for b in batches])
+        labelled = self.source.info.num_classes > 0
+        return images, (np.concatenate([b[1] for b in batches]) if labelled else None)
 
 
 def auto_chunk_size(batch_size: int, k: int) -> int:
@@ -147,29 +178,40 @@ def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 
     terms, log_px = _programs(model, mesh, float(code_l2), float(eval_set.scale), max(k, 1),
                               min(chunk, max(k, 1)))
     params = _replicated_on(params, mesh)
-    labels = (eval_set.labels if eval_set.labels is not None
-              else np.zeros(n, np.int32)).astype(np.int32)
-    collected = []
+
+    def read(b):
+        start, stop = b * bs, min((b + 1) * bs, n)
+        images, labels = eval_set.rows(start, stop)
+        pad = bs - (stop - start)  # the padding repeats the batch's first row, then is dropped
+        if pad:
+            images = np.concatenate([images, np.repeat(images[:1], pad, axis=0)])
+            labels = np.concatenate([labels, np.repeat(labels[:1], pad)])
+        return images, labels, stop - start
+
+    sums = dict.fromkeys(("elbo", "recon", "kl") + (("log_px",) if with_density else ()), 0.0)
+    moments = metrics.RunningMoments()
     num_batches = math.ceil(n / bs)
-    for b in tqdm(range(num_batches), desc=f"{description} (K={k})", unit="batch",
-                  disable=not progress):
-        rows = np.arange(b * bs, (b + 1) * bs)
-        real = rows < n
-        rows = np.where(real, rows, 0)  # padding repeats example 0, then is dropped
-        raw = parallel.shard_batch(eval_set.images[rows], mesh)
-        y = parallel.shard_batch(labels[rows], mesh)
-        index = np.int32(b)
-        out = jax.device_get(terms(params, raw, y, index))
-        if with_density:
-            out["log_px"] = jax.device_get(log_px(params, raw, y, index))
-        collected.append({name: value[real] for name, value in out.items()})
-    joined = {name: np.concatenate([c[name] for c in collected]) for name in collected[0]}
-    active, _ = metrics.active_units(joined["mean"])
-    result = {name: float(np.mean(joined[name], dtype=np.float64))
-              for name in ("elbo", "recon", "kl")}
-    result.update(loss=-result["elbo"], active_units=active, num_examples=n, k=k)
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read, 0)
+        for b in tqdm(range(num_batches), desc=f"{description} (K={k})", unit="batch",
+                      disable=not progress):
+            images, labels, real = pending.result()
+            if b + 1 < num_batches:  # read the next batch while this one is scored
+                pending = reader.submit(read, b + 1)
+            raw = parallel.shard_batch(images, mesh)
+            y = parallel.shard_batch(labels, mesh)
+            index = np.int32(b)
+            out = jax.device_get(terms(params, raw, y, index))
+            if with_density:
+                out["log_px"] = jax.device_get(log_px(params, raw, y, index))
+            for name in sums:
+                sums[name] += float(np.sum(out[name][:real], dtype=np.float64))
+            moments.add(out["mean"][:real])
+    result = {name: sums[name] / n for name in ("elbo", "recon", "kl")}
+    result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n,
+                  k=k)
     if with_density:
-        result["nll_is"] = float(-np.mean(joined["log_px"], dtype=np.float64))
+        result["nll_is"] = -sums["log_px"] / n
     return result
 
 

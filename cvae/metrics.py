@@ -4,7 +4,8 @@
   z_i ~ q(z|x), evaluated ``chunk_size`` samples at a time with a running log-sum-exp, so
   memory is bounded for any K. Sample i is drawn from ``fold_in(key, i)``, so the estimate
   does not depend on how K is chunked.
-* ``active_units``: dimension j is active when Cov_x(E_q[z_j]) > 0.01 (Burda et al., 2015).
+* ``active_units``: dimension j is active when Cov_x(E_q[z_j]) > 0.01 (Burda et al., 2015);
+  ``RunningMoments`` gives that variance for a split read batch by batch.
 * ``kl_per_dimension``: mean over data of KL(q(z_j|x) ‖ N(0, 1)).
 """
 
@@ -49,10 +50,48 @@ def importance_sampled_log_likelihood(model, params, x, key, num_samples: int = 
     return total - math.log(num_samples)
 
 
-def active_units(posterior_means, threshold: float = 0.01):
+ACTIVE_THRESHOLD = 0.01
+
+
+def active_units(posterior_means, threshold: float = ACTIVE_THRESHOLD):
     """(number of active dimensions, per-dimension variance of E_q[z_j] over the data)."""
     variances = np.var(np.asarray(posterior_means, np.float64), axis=0)
     return int(np.sum(variances > threshold)), variances
+
+
+class RunningMoments:
+    """Per-dimension count, mean and variance of rows added batch by batch, in float64.
+
+    Batches merge by Chan et al.'s pairwise update: with counts n_a, n_b, means μ_a, μ_b
+    and summed squared deviations M_a, M_b, the union has
+    M = M_a + M_b + (μ_b − μ_a)² n_a n_b / (n_a + n_b) — no sum of squares of raw values,
+    so no cancellation when the mean is large. Memory is one row, whatever the split.
+    """
+
+    def __init__(self):
+        self.count, self.mean, self.squares = 0, 0.0, 0.0
+
+    def add(self, rows) -> None:
+        rows = np.asarray(rows, np.float64)
+        n = len(rows)
+        if n == 0:
+            return
+        mean = rows.mean(axis=0)
+        squares = ((rows - mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = mean - self.mean
+        self.squares = self.squares + squares + delta**2 * self.count * n / total
+        self.mean = self.mean + delta * n / total
+        self.count = total
+
+    @property
+    def variance(self) -> np.ndarray:
+        """The population variance (``np.var``'s) of everything added."""
+        return np.asarray(self.squares / max(self.count, 1))
+
+    def active_units(self, threshold: float = ACTIVE_THRESHOLD) -> int:
+        """Dimensions whose variance exceeds ``threshold`` (``active_units``'s count)."""
+        return int(np.sum(self.variance > threshold))
 
 
 def kl_per_dimension(posterior):

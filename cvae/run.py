@@ -168,8 +168,8 @@ class Run:
         """
         cfg = self.config
         k = cfg.eval.num_importance_samples if k is None else k
-        dataset = data.load_role(cfg.data, split)
-        eval_set = evaluation.EvalSet.from_dataset(dataset, cfg.data.binarize == "dynamic")
+        eval_set = evaluation.EvalSet(stream.role_source(cfg.data, split),
+                                      cfg.data.binarize == "dynamic")
         devices = cfg.train.num_devices if cfg.train.num_devices <= jax.device_count() else 0
         result = evaluation.evaluate(
             self.model, self.params, eval_set, k=k, mesh=parallel.make_mesh(devices),
@@ -178,21 +178,34 @@ class Run:
             code_l2=cfg.model.code_l2, progress=progress, description=f"evaluate {split}")
         return {**result, "split": split}
 
+    def eval_set(self, split: str = "test", binarized: bool | None = None):
+        """``split`` (a role or a split string) as evaluation reads it, row range by row
+        range (``evaluation.EvalSet``): fixed-binarized when the run binarizes, unless
+        ``binarized=False`` (the grey intensities). Nothing is read until asked for."""
+        binarized = self.config.data.binarize == "dynamic" if binarized is None else binarized
+        return evaluation.EvalSet(stream.role_source(self.config.data, split), binarized)
+
+    def inputs(self, split: str = "test", count: int | None = None, *,
+               binarized: bool | None = None):
+        """(images, labels) of the first ``count`` examples of ``split`` (all by default):
+        float32 in [0, 1] as the model sees them in evaluation (see ``eval_set``), labels
+        None for unlabelled data. Only those rows are read."""
+        return self.eval_set(split, binarized).first(count)
+
     def training_codes(self, max_examples: int = 20000):
         """Posterior means of (up to ``max_examples``) training images, and their labels.
 
-        Only those images are read (a streamed split is never loaded whole), and they are
-        binarized exactly as the first rows of the whole split's evaluation binarization.
+        Only those images are read, 1,000 at a time (a streamed split is never loaded
+        whole), binarized exactly as the first rows of the whole split's evaluation
+        binarization.
         """
-        source = stream.streaming_source(stream.open_source(self.config.data, "train"),
-                                         self.config.data)
-        sample = stream.read_dataset(source, np.arange(min(max_examples, len(source))))
-        images = data.evaluation_inputs(sample, self.config.data.binarize == "dynamic")
-        labels = sample.labels
-        cond = labels if self.model.num_classes else None
-        codes = [self.encode(images[i:i + 1000], None if cond is None else cond[i:i + 1000])[0]
-                 for i in range(0, len(images), 1000)]
-        return np.concatenate([np.asarray(c) for c in codes]), labels
+        sample = self.eval_set("train").head(max_examples)
+        codes, labels = [], []
+        for images, y in sample.unit_batches(1000):
+            codes.append(np.asarray(self.encode(images, y if self.model.num_classes else None)[0]))
+            labels.append(y)
+        return np.concatenate(codes), (np.concatenate(labels) if self.info.num_classes
+                                       else None)
 
     def latent_mixture(self, label: int | None = None) -> sampling.LatentMixture:
         """The ex-post Gaussian mixture (``ex_post("gmm")``)."""

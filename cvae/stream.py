@@ -233,6 +233,20 @@ def open_source(data_cfg, role: str):
     return Transformed(source, crop, size) if crop or size else source
 
 
+def role_source(data_cfg, role: str):
+    """The split of ``role`` (a role or any split string, as ``data.load_role`` takes)
+    to read rows from: TFDS splits through their decoded cache, the carved validation
+    subset of the train split as a ``Subset``. What evaluation reads, batch by batch."""
+    if role == "validation" and not data.split_of(data_cfg, role):
+        if not data_cfg.validation_size:
+            raise data.SplitError(
+                f"{data_cfg.name} has no validation split in this config: set "
+                "data.validation_split (a split string) or data.validation_size")
+        train = role_source(data_cfg, "train")
+        return Subset(train, data.validation_indices(len(train), data_cfg.validation_size)[1])
+    return streaming_source(open_source(data_cfg, role), data_cfg)
+
+
 def in_memory(source, data_cfg) -> data.Dataset:
     """The whole split of ``source`` in host memory: an in-memory source as it is (not
     read a second time), a TFDS split through its decoded cache."""

@@ -190,20 +190,24 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
             f"{num_devices} devices in the mesh (or set train.num_devices)")
     source = stream.open_source(cfg.data, "train")
     pipeline = choose_pipeline(cfg.data, source)
-    test_set = data.load_role(cfg.data, "test")
-    val_set = data.load_role(cfg.data, "validation") if cfg.data.validation_split else None
+    # Evaluation reads its splits batch by batch from their sources, whichever pipeline
+    # trains: neither the test nor a validation split is ever held whole.
+    test_source = stream.role_source(cfg.data, "test")
+    val_source = (stream.role_source(cfg.data, "validation") if cfg.data.validation_split
+                  else None)
     if pipeline == "device":  # the whole split in host memory (TFDS: decoded once, cached)
         train_set, carved = data.split_validation(stream.in_memory(source, cfg.data),
                                                   cfg.data.validation_size)
         train_source = None
+        carved = None if carved is None else stream.ArraySource(carved)
     else:  # the same examples, read as training goes
         source = stream.streaming_source(source, cfg.data)
         train_set, train_source, carved = None, source, None
         if cfg.data.validation_size:
             train_idx, val_idx = data.validation_indices(len(source), cfg.data.validation_size)
             train_source = stream.Subset(source, train_idx)
-            carved = stream.read_dataset(source, val_idx)
-    val_set = val_set if val_set is not None else carved
+            carved = stream.Subset(source, val_idx)
+    val_source = val_source if val_source is not None else carved
     num_train = len(train_set if train_set is not None else train_source)
     info = source.info
     if cfg.train.batch_size > num_train:
@@ -220,13 +224,17 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
         if train_set.labels is None:
             raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
         class_table = data.ClassTable.from_labels(train_set.labels, info.num_classes)
-    # Without a validation split, model selection evaluates on the training set.
-    eval_source, eval_split = ((val_set, "validation") if val_set is not None
-                               else (train_set, "train_eval"))
-    if eval_source is None:  # streamed without a validation split: a bounded sample
-        eval_source = stream.read_dataset(train_source, np.arange(min(num_train, 10000)))
-    return TrainingData(train_set, evaluation.EvalSet.from_dataset(eval_source, binarize),
-                        eval_split, evaluation.EvalSet.from_dataset(test_set, binarize),
+    # Without a validation split, model selection evaluates on the training set (when
+    # streamed, on its first 10,000 examples).
+    if val_source is not None:
+        eval_source, eval_split = val_source, "validation"
+    elif train_set is not None:
+        eval_source, eval_split = stream.ArraySource(train_set), "train_eval"
+    else:
+        eval_source = stream.Subset(train_source, np.arange(min(num_train, 10000)))
+        eval_split = "train_eval"
+    return TrainingData(train_set, evaluation.EvalSet(eval_source, binarize), eval_split,
+                        evaluation.EvalSet(test_source, binarize),
                         class_table,
                         data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize),
                         train_source, cfg.train.batch_size)
@@ -470,10 +478,8 @@ class RunBook:
                                "examples_per_s": len(self.data.eval_set)
                                / (time.perf_counter() - tick)})
             if self.grid and self.primary:
-                labels = self.data.eval_set.labels
-                log_images(self.model, jax.device_get(state["params"]),
-                           self.data.eval_set.unit_interval(self.grid),
-                           None if labels is None else labels[:self.grid],
+                images, labels = self.data.eval_set.first(self.grid)
+                log_images(self.model, jax.device_get(state["params"]), images, labels,
                            jax.random.key(cfg.seed), self.workdir, step, self.writer)
             improved = progress.record_evaluation(scores["elbo"])
         progress.stopped_early = progress.patience_exhausted(cfg.train.early_stopping_patience)

@@ -299,14 +299,11 @@ def eval_one(arch, k, num_examples, batch_size, chunk_size, seed, data_dir, work
         model = model_lib.build_model(cfg.model, (28, 28, 1), 10, binary_data=True)
         params = model_lib.init_params(model, jax.random.key(seed))
     test = data.load(cfg.data.name, "test", cfg.data.data_dir)
-    eval_set = evaluation.EvalSet.from_dataset(test, cfg.data.binarize == "dynamic")
-    eval_set = evaluation.EvalSet(eval_set.images[:num_examples],
-                                  None if test.labels is None else test.labels[:num_examples],
-                                  eval_set.scale)
+    test_set = evaluation.EvalSet.from_dataset(test, cfg.data.binarize == "dynamic")
+    eval_set = test_set.head(num_examples)
     score = lambda subset: evaluation.evaluate(model, params, subset, k=k,
                                                batch_size=batch_size, chunk_size=chunk_size)
-    warm = evaluation.EvalSet(eval_set.images[:batch_size], None if eval_set.labels is None
-                              else eval_set.labels[:batch_size], eval_set.scale)
+    warm = test_set.head(batch_size)
     tick = time.perf_counter()
     score(warm)  # compiles the two programs for this shape
     compile_s = time.perf_counter() - tick

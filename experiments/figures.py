@@ -23,7 +23,7 @@ import matplotlib
 import numpy as np
 from absl import flags
 
-from cvae import data, explore, load_run, writers
+from cvae import explore, load_run, writers
 from experiments import cli
 
 matplotlib.use("Agg")
@@ -39,9 +39,6 @@ def _label(run) -> str:
     return explore.run_label(explore.run_summary(run.workdir))
 
 
-def _inputs(run, split: str):
-    dataset = data.load_role(run.config.data, split)
-    return dataset, data.evaluation_inputs(dataset, run.config.data.binarize == "dynamic")
 
 
 def samples_figure(runs, n: int, key) -> plt.Figure:
@@ -60,7 +57,7 @@ def samples_figure(runs, n: int, key) -> plt.Figure:
 def reconstructions_figure(runs, n: int, key) -> plt.Figure:
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.5 * len(runs) + 0.4), squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
-        _, x = _inputs(run, "test")
+        x, _ = run.inputs("test", n)
         recon = np.asarray(run.reconstruct(x[:n], key))
         ax.imshow(writers.image_grid(np.concatenate([x[:n], recon]), columns=n))
         ax.set_title(f"{_label(run)}: test images (top), reconstructions (bottom)", fontsize=8)
@@ -72,12 +69,12 @@ def reconstructions_figure(runs, n: int, key) -> plt.Figure:
 def latents_figure(runs) -> plt.Figure:
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        test, x = _inputs(run, "test")
+        x, labels = run.inputs("test", 2000)
         codes = np.concatenate([np.asarray(run.encode(x[i:i + 1000])[0])
-                                for i in range(0, min(len(x), 2000), 1000)])
+                                for i in range(0, len(x), 1000)])
         center, basis = explore.pca_plane(codes)
         xy = (codes - center) @ basis.T
-        colour = (dict(c=test.labels[:len(codes)], cmap="tab10") if test.labels is not None
+        colour = (dict(c=labels, cmap="tab10") if labels is not None
                   else {})
         ax.scatter(xy[:, 0], xy[:, 1], s=3, **colour)
         xs = np.linspace(*np.percentile(xy[:, 0], [0.5, 99.5]), 120)

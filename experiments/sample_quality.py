@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cvae import Workdir, data, load_run, sample_quality, sampling
+from cvae import Workdir, load_run, sample_quality, sampling
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -44,9 +44,10 @@ def main(argv):
     if summary["dataset"] != run.config.data.name:
         raise cli.UsageError(f"the classifier was trained on {summary['dataset']!r} but the run "
                              f"on {run.config.data.name!r}; train one for that data set")
-    test = data.load_role(run.config.data, "test")
-    real = data.evaluation_inputs(test, False)  # grey intensities in [0, 1]
-    _, real_features = classifier.logits_and_features(real)
+    # The test split's grey intensities, read and featurised 1,000 images at a time.
+    real_features = np.concatenate([
+        classifier.logits_and_features(images)[1]
+        for images, _ in run.eval_set("test", binarized=False).unit_batches(1000)])
     result = {"classifier": str(classifier_dir), "n": FLAGS.n, "seed": FLAGS.seed,
               "params_sha256": run.params_sha256, "fid_floor": summary["fid_train_vs_test"]}
     previous = Workdir(workdir).read_sample_quality() or {}

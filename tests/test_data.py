@@ -67,6 +67,17 @@ def test_evaluation_binarization_is_fixed():
     np.testing.assert_array_equal(a.reshape(50, 16), expected)
 
 
+def test_evaluation_binarization_of_row_ranges_equals_the_whole_split():
+    """Evaluation reads a split batch by batch: rows a…b binarized from row a must be the
+    whole split's binarization of those rows, bit for bit."""
+    images = np.random.default_rng(5).random((50, 4, 4, 1)).astype(np.float32)
+    whole = data.fixed_binarization(images)
+    for start, stop in ((0, 7), (7, 8), (13, 50), (49, 50)):
+        np.testing.assert_array_equal(
+            data.fixed_binarization(images[start:stop], first_row=start), whole[start:stop])
+    assert not np.array_equal(data.fixed_binarization(images[13:20]), whole[13:20])
+
+
 def test_class_balanced_sampling_equalises_an_imbalanced_set():
     labels = np.concatenate([np.zeros(900), np.ones(90), np.full(10, 2)]).astype(np.int32)
     table = data.ClassTable.from_labels(labels, 3)

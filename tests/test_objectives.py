@@ -102,6 +102,18 @@ def test_active_units_counts_dimensions_whose_mean_varies():
     assert count == 3 and variances.shape == (5,)
 
 
+def test_running_moments_over_uneven_batches_equal_the_variance_of_the_whole():
+    """Evaluation's active units come from moments merged batch by batch; with a mean of
+    10⁶ a naive sum of squares would lose every digit of a unit variance."""
+    rng = np.random.default_rng(0)
+    means = 1e6 + rng.normal(size=(1000, 4)) * np.array([1.0, 0.2, 0.05, 0.0])
+    moments = metrics.RunningMoments()
+    for start, stop in ((0, 1), (1, 300), (300, 300), (300, 999), (999, 1000)):
+        moments.add(means[start:stop])
+    np.testing.assert_allclose(moments.variance, np.var(means, axis=0), rtol=1e-9, atol=1e-12)
+    assert moments.count == 1000 and moments.active_units() == metrics.active_units(means)[0] == 2
+
+
 def _imq_mmd_reference(a, b, scales=objectives.MMD_SCALES):
     """The WAE-MMD estimator written out with numpy loops over pairs."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -240,7 +240,7 @@ def test_training_reads_the_splits_the_config_names(tmp_path):
                               "data.validation_split": "train[1000:]",
                               "data.test_split": "test[:100]", "train.num_epochs": 1})
     d = train.load_training_data(cfg, 1)
-    assert (len(d.train_set), len(d.eval_set.images), len(d.test_set.images)) == (1000, 500, 100)
+    assert (len(d.train_set), len(d.eval_set), len(d.test_set)) == (1000, 500, 100)
     assert d.eval_split == "validation"
     train.train_and_evaluate(cfg, tmp_path / "run")
     splits = [r["split"] for r in Workdir(tmp_path / "run").read_metrics()]
