@@ -412,18 +412,25 @@ def _unknown_dataset_message(name: str, err: Exception) -> str:
 
 
 def feature_keys(features):
+    """(image key, label key or None, number of classes) of a TFDS features dict.
+
+    The images are the first ``Image`` feature, or else the first uint8 ``Tensor`` of rank
+    2 or 3 (how a data set written without TensorFlow, which TFDS needs to encode images,
+    stores its pixels); the labels are the first ``ClassLabel``."""
     import tensorflow_datasets as tfds
 
-    image_key = label_key = None
-    num_classes = 0
-    for key, feature in features.items():
-        if image_key is None and isinstance(feature, tfds.features.Image):
-            image_key = key
-        if label_key is None and isinstance(feature, tfds.features.ClassLabel):
-            label_key, num_classes = key, feature.num_classes
-    if image_key is None:
+    def is_pixels(feature) -> bool:
+        return (isinstance(feature, tfds.features.Tensor) and feature.np_dtype == np.uint8
+                and len(feature.shape) in (2, 3))
+
+    images = ([k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+              + [k for k, f in features.items() if is_pixels(f)])
+    labels = [(k, f.num_classes) for k, f in features.items()
+              if isinstance(f, tfds.features.ClassLabel)]
+    if not images:
         raise ValueError(f"the TFDS data set has no image feature ({list(features)})")
-    return image_key, label_key, num_classes
+    label_key, num_classes = labels[0] if labels else (None, 0)
+    return images[0], label_key, num_classes
 
 
 def _atomic_savez(path: pathlib.Path, **arrays) -> None:

@@ -33,7 +33,7 @@ import pathlib
 
 import numpy as np
 
-from cvae import data
+from cvae import data, faults
 
 log = logging.getLogger("cvae")
 
@@ -298,9 +298,11 @@ class Stream:
         source = self.source
         batch_bytes = max(1, order.shape[1] * math.prod(source.info.shape))
         steps = max(1, min(self.chunk_steps, MAX_CHUNK_BYTES // batch_bytes))
-        dataset = (grain.MapDataset.range(len(order))
-                   .map(lambda step: source.read(order[step]))
-                   .batch(steps))
+        def read_batch(step):
+            faults.fault_point("stream_read")  # a reader killed here: tests/test_stream.py
+            return source.read(order[step])
+
+        dataset = grain.MapDataset.range(len(order)).map(read_batch).batch(steps)
         iterable = dataset.to_iter_dataset(grain.ReadOptions(
             num_threads=self.threads, prefetch_buffer_size=self.prefetch))
         if self.workers > 0:
@@ -317,11 +319,19 @@ class Stream:
             except StopIteration:
                 return
             except Exception as err:  # a dead worker, an unreadable record, …
-                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-                raise PipelineError(
-                    f"the input pipeline failed while reading training data "
-                    f"({type(err).__name__}: {first}); "
-                    "nothing of this epoch was saved: fix the data (or set "
-                    "data.stream_workers=0 to read in this process) and rerun the same "
-                    "command to resume") from err
+                raise PipelineError(_failure_message(err)) from err
             yield images, labels
+
+
+def _failure_message(err: Exception) -> str:
+    """One line: what failed, and how to go on (the rerun resumes)."""
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    if "terminated unexpectedly" in first:  # Grain's words for a reader process that died
+        cause = f"a reader process died ({first.split('.')[0]}"
+        cause += "; -9 is a SIGKILL, often the out-of-memory killer)" if "-9" in first else ")"
+        fix = "set fewer data.stream_workers (0 reads in this process)"
+    else:
+        cause = ("the input pipeline failed while reading training data "
+                 f"({type(err).__name__}: {first})")
+        fix = "fix the data (or set data.stream_workers=0 to read in this process)"
+    return f"{cause}; nothing of this epoch was saved: {fix} and rerun the same command to resume"

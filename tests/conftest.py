@@ -30,6 +30,39 @@ requires_mnist = pytest.mark.skipif(mnist_data_dir() is None,
                                     reason="prepared TFDS mnist not found (set TFDS_DATA_DIR)")
 
 
+def write_random_colour_tfds(data_dir, num_train: int, num_test: int, shape=(64, 64, 3),
+                             num_classes: int = 3) -> str:
+    """Prepares a TFDS data set ``random_colour`` (array_record files, as ``tfds build``
+    writes them) of uniform random uint8 images under ``data_dir``; returns its name.
+
+    The pixels are a uint8 Tensor feature: encoding an Image feature needs TensorFlow,
+    which the project does not install."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    class RandomColour(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+        url_infos = {}  # nothing to download (TFDS would look for a checksums file)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+                "label": tfds.features.ClassLabel(num_classes=num_classes)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(num_train, 0),
+                    "test": self._generate_examples(num_test, 1)}
+
+        def _generate_examples(self, n, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                yield i, {"image": rng.integers(0, 256, shape, dtype=np.uint8),
+                          "label": i % num_classes}
+
+    RandomColour(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    return "random_colour"
+
+
 def make_test_config(**overrides):
     """A tiny, fast config on the offline digits set; overrides use dotted names."""
     c = config_lib.base_config()

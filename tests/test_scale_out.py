@@ -16,6 +16,7 @@ import cvae
 from cvae import Workdir, sweep
 from experiments import launch_local
 from experiments.configs import digits_cvae
+from tests.conftest import write_random_colour_tfds
 from tests.test_experiments import ROOT, TINY
 
 # Every device of every process: the global batch of 64 splits 4 ways in both layouts.
@@ -23,13 +24,13 @@ ALL_DEVICES = [*TINY, "--config.train.num_devices=0"]
 DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
 
 
-def _launch(workdir, epochs, *extra, timeout=300):
+def _launch(workdir, epochs, *extra, timeout=300, env=None):
     return subprocess.run(
         [sys.executable, "-m", "experiments.launch_local", "--num_processes=2",
          "--devices_per_process=2", "--heartbeat_timeout_s=20", "--", *DIGITS, *ALL_DEVICES,
          f"--config.train.num_epochs={epochs}", "--workdir", str(workdir), *extra],
-        cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, timeout=timeout, capture_output=True,
-        text=True)
+        cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", **(env or {})}, timeout=timeout,
+        capture_output=True, text=True)
 
 
 def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path):
@@ -71,17 +72,23 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
 
 
 def test_two_processes_stream_their_rows_of_each_batch_like_one_process(tmp_path):
-    """The streaming pipeline across processes: each reads only its rows of every batch
+    """The streaming pipeline across processes, on random 64×64×3 images written as a TFDS
+    data set: each process reads only its rows of every batch
     (jax.make_array_from_process_local_data); the run equals the on-device one of 1 × 4."""
-    stream = ["--config.data.pipeline=stream", "--config.data.stream_chunk_steps=4"]
-    multi = _launch(tmp_path / "mp", 2, *stream)
+    name = write_random_colour_tfds(tmp_path / "tfds", num_train=228, num_test=32)
+    colour = [f"--config.data.name={name}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+              "--config.data.binarize=none", "--config.model.likelihood=gaussian",
+              "--config.data.validation_size=100", "--config.train.image_grid_size=0"]
+    cache = {"CVAE_CACHE_DIR": str(tmp_path / "cache")}
+    stream = ["--config.data.pipeline=stream", "--config.data.stream_chunk_steps=1"]
+    multi = _launch(tmp_path / "mp", 2, *colour, *stream, env=cache)
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-2000:]
     single = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *DIGITS, *ALL_DEVICES,
+        [sys.executable, "-m", "experiments.train", *DIGITS, *ALL_DEVICES, *colour,
          "--config.train.num_epochs=2", "--config.data.pipeline=device",
          "--workdir", str(tmp_path / "sp")],
-        cwd=ROOT, env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": ""}), timeout=300,
-        capture_output=True, text=True)
+        cwd=ROOT, env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": "", **cache}),
+        timeout=300, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
     leaves = jax.tree_util.tree_leaves
     for x, y in zip(leaves(cvae.load_run(tmp_path / "mp", which="latest").params),

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from cvae import Workdir, checkpoint, stream, train
+from cvae import Workdir, checkpoint, load_run, stream, train
 from cvae import config as config_lib
 from tests.conftest import make_test_config, mnist_data_dir, requires_mnist
 
@@ -121,6 +121,74 @@ def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(t
                              tmp_path / "split")
     _assert_same_params(train.train_and_evaluate(make_test_config(**overrides),
                                                  tmp_path / "split"), whole)
+
+
+def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_run(tmp_path):
+    """Random 64×64×3 images written as a TFDS data set (array_record files), 4× a small
+    device limit: experiments.train streams them, a SIGTERM mid-run saves and stops, and
+    the rerun ends with the params of a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, run_cli, write_random_colour_tfds
+
+    name = write_random_colour_tfds(tmp_path / "tfds", num_train=160, num_test=32)
+    settings = {"data.name": name, "data.data_dir": tmp_path / "tfds",
+                "data.binarize": "none", "model.likelihood": "gaussian",
+                "data.validation_size": 16, "data.max_device_bytes": 160 * 64 * 64 * 3 // 4,
+                "data.stream_chunk_steps": 1,
+                "model.encoder_widths": "(32,16)", "model.latent_dim": 4,
+                "train.batch_size": 64, "train.num_devices": 1, "train.num_epochs": 100,
+                "eval.every_epochs": 100, "eval.num_importance_samples": 2,
+                "train.image_grid_size": 0}
+    args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py",
+            *[f"--config.{k}={v}" for k, v in settings.items()]]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "CVAE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(Workdir(tmp_path / "a").read_metrics()) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "SIGTERM received" in err, err[-2000:]
+    assert "streaming them" in err  # auto chose the stream
+    stopped_at = Workdir(tmp_path / "a").read_metrics()[-1]["epoch"]
+    assert 3 <= stopped_at < 100
+    for workdir in ("a", "b"):  # the rerun resumes a; b runs whole
+        out = run_cli(*args, "--workdir", str(tmp_path / workdir), env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+    stopped, whole = (load_run(tmp_path / w, which="latest").params for w in ("a", "b"))
+    for x, y in zip(jax.tree_util.tree_leaves(stopped), jax.tree_util.tree_leaves(whole),
+                    strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_killed_reader_process_is_one_line_and_the_rerun_resumes(tmp_path):
+    """A reader process SIGKILLed in the first epoch (a fail point, as the out-of-memory
+    killer would): exit status 2, one line naming it and the fix, no checkpoint; the same
+    command then trains the run."""
+    from tests.conftest import run_cli
+
+    args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py",
+            "--workdir", str(tmp_path / "run"), *[f"--config.{k}={v}" for k, v in {
+                "data.pipeline": "stream", "data.stream_workers": 1, "train.num_epochs": 1,
+                "model.encoder_widths": "(32,16)", "model.latent_dim": 4,
+                "train.num_devices": 1, "train.image_grid_size": 0}.items()]]
+    killed = run_cli(*args, env={"CVAE_FAULT": "stream_read:5"})
+    assert killed.returncode == 2, killed.stderr[-2000:]
+    last = killed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: a reader process died") and "stream_workers" in last, last
+    assert "Traceback" not in killed.stderr
+    assert Workdir(tmp_path / "run").read_metrics() == []
+    assert not list((tmp_path / "run" / "checkpoints").glob("*/[0-9]*"))
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert load_run(tmp_path / "run").meta["epoch"] == 1
 
 
 def test_cropped_and_resized_images_stream_as_they_train_on_device(tmp_path):
