@@ -23,7 +23,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check cvae experiments tests
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses=2
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench --sweep

@@ -98,20 +98,24 @@ def test_help_exits_0_and_config_fields_are_listed(script):
     assert fields.returncode == 0 and "--config.model.latent_dim=16" in fields.stdout
 
 
-def _default_sigint():
-    # A suite started in the background (`nohup make test &`) hands its children SIGINT
-    # ignored, and Python then keeps ignoring it, as a background job should: give the
-    # script a terminal's disposition.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _popen_with_sigint_handled(args, **kwargs):
+    # A suite started in the background (`nohup make test &`) runs with SIGINT ignored, which
+    # children inherit, and Python then keeps ignoring it, as a background job should. A
+    # handled signal is reset to the default on exec: the script starts as from a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(args, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("delay_s", [0.2, 2.0])
 def test_ctrl_c_during_start_up_is_quiet(tmp_path, delay_s):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--config",
-                             "experiments/configs/digits_cvae.py", "--workdir", str(tmp_path)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_sigint)
+    proc = _popen_with_sigint_handled(
+        [sys.executable, "-m", "experiments.train", "--config",
+         "experiments/configs/digits_cvae.py", "--workdir", str(tmp_path)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
