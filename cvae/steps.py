@@ -191,6 +191,18 @@ def build_programs(*, model, config, mesh, preprocess: data.Preprocessor,
                          traces)
 
 
+def unroll_convolutions(config) -> bool:
+    """True where a loop of training steps must be unrolled: a convolutional model on a CPU.
+
+    XLA:CPU rewrites the gradient convolutions into the form its fast (Eigen) kernels take
+    only outside loops; inside a ``lax.scan`` body it runs them as naive loops — measured
+    40–50× slower for the 64×64 residual decoder (jax-ml/jax#12868, open). Unrolled, the
+    steps of a chunk are compiled in line (compile time grows with the chunk: keep
+    ``data.stream_chunk_steps`` small for such models on a CPU).
+    """
+    return config.model.arch != "mlp" and jax.default_backend() == "cpu"
+
+
 def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
                          total_steps: int) -> TrainPrograms:
     """The streaming path's program: ``(state, images, labels, train_key) → (state,
@@ -203,13 +215,14 @@ def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
                          total_steps=total_steps, batch_sharding=parallel.batch_sharded(mesh))
     hyper = hyperparameters(cfg)
     traces = {"train_epoch": 0}
+    unroll = unroll_convolutions(cfg)
 
     def train_chunk(state, images, labels, train_key):
         traces["train_epoch"] += 1  # runs only while tracing
         in_batch = jnp.arange(images.shape[1])
         return jax.lax.scan(
             lambda s, batch: one_step(s, in_batch, batch[0], batch[1], train_key, hyper),
-            state, (images, labels))
+            state, (images, labels), unroll=unroll)
 
     everywhere = parallel.replicated(mesh)
     return TrainPrograms(jax.jit(train_chunk, donate_argnums=(0,), out_shardings=everywhere),

@@ -22,7 +22,7 @@ loader's over the streamed training's (how far the input is from limiting traini
 the streamed training's over the on-device training's. With ``--image_size 64`` it
 measures the same loader on generated 64×64×3 images (8,192 in a memory-mapped ``npy:``
 set) against training celeba64_cvae's residual nets through the stream (on a slice of
-the set: a conv net at 64×64 trains at tens of images/s on a CPU).
+the set: these nets train at about 3 images/s on a 2-core CPU).
 
 ``--members N`` trains N runs (seeds seed … seed+N−1) one after another with
 ``train_and_evaluate`` on one device, then the same N as one population

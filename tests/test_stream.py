@@ -110,7 +110,7 @@ def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(t
     np.savez(tmp_path / "colour.npz", x=images, x_test=images[:32])
     overrides = {"data.name": f"npz:{tmp_path / 'colour.npz'}", "data.binarize": "none",
                  "data.dequantize": True, "data.validation_size": 16,
-                 "data.max_device_bytes": images.nbytes // 4, "data.stream_chunk_steps": 3,
+                 "data.max_device_bytes": images.nbytes // 4, "data.stream_chunk_steps": 1,
                  "model.arch": "resnet", "model.conv_channels": (8,),
                  "model.likelihood": "gaussian", "train.batch_size": 16,
                  "train.image_grid_size": 4, "eval.num_importance_samples": 2}
@@ -281,3 +281,22 @@ def test_streaming_memory_does_not_grow_with_the_split(tmp_path):
     data_growth = 75 * 512 * 1.5 * 12288 / 2**20  # train and test splits: 675 MB
     # Measured: 74 MB for 675 MB more data; 2.7 GB before evaluation read batch by batch.
     assert growth < data_growth / 4, (peaks, data_growth)
+
+
+@pytest.mark.parametrize("arch, loops", [("mlp", True), ("conv", False)])
+def test_a_conv_models_stream_chunk_has_no_loop_on_a_cpu(arch, loops):
+    """XLA:CPU runs a loop body's gradient convolutions without its fast kernels (about 50×
+    slower at 64×64; steps.unroll_convolutions): a conv model's chunk is unrolled there."""
+    overrides = {"data.pipeline": "stream", "data.stream_chunk_steps": 2,
+                 "model.arch": arch, "model.conv_channels": (4, 8),
+                 "model.conv_dense_width": 16}
+    setup = train.setup(make_test_config(**overrides))
+    images = np.zeros((2, 64, 8, 8, 1), np.uint8)  # a chunk: 2 batches of 64 digits
+    labels = np.zeros((2, 64), np.int32)
+    hlo = setup.programs.train_epoch.lower(setup.state, images, labels,
+                                          jax.random.key(0)).compile().as_text()
+    # The loop over steps carries the float params (the random-bit generator's own small
+    # loops carry only integers).
+    step_loops = [line for line in hlo.splitlines()
+                  if " while(" in line and "f32[" in line.partition(" while(")[0]]
+    assert bool(step_loops) is loops
