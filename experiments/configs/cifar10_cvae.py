@@ -14,6 +14,8 @@ Preparation (on a machine with internet; README, Data): `tfds build cifar10 --da
 TFDS_DATA_DIR or data.data_dir at DIR. CIFAR-10 is not prepared on this project's machines:
 this config has not been trained here; its nets are exercised on 32×32×3 and 64×64×3 inputs
 by tests/test_model.py and tests/test_stream.py.
+On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
+XLA:CPU runs conv gradients in a scanned epoch ~50× slower (README, Streaming input).
 """
 
 from cvae.config import base_config
