@@ -191,16 +191,17 @@ def build_programs(*, model, config, mesh, preprocess: data.Preprocessor,
                          traces)
 
 
-def unroll_convolutions(config) -> bool:
-    """True where a loop of training steps must be unrolled: a convolutional model on a CPU.
+def unroll_convolutions(config, mesh) -> bool:
+    """True where a loop of training steps must be unrolled: a convolutional model on the
+    CPU devices of ``mesh``.
 
     XLA:CPU rewrites the gradient convolutions into the form its fast (Eigen) kernels take
     only outside loops; inside a ``lax.scan`` body it runs them as naive loops — measured
-    40–50× slower for the 64×64 residual decoder (jax-ml/jax#12868, open). Unrolled, the
+    51× slower for the 64×64 residual decoder (jax-ml/jax#12868, open). Unrolled, the
     steps of a chunk are compiled in line (compile time grows with the chunk: keep
     ``data.stream_chunk_steps`` small for such models on a CPU).
     """
-    return config.model.arch != "mlp" and jax.default_backend() == "cpu"
+    return config.model.arch != "mlp" and mesh.devices.flat[0].platform == "cpu"
 
 
 def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
@@ -215,7 +216,7 @@ def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
                          total_steps=total_steps, batch_sharding=parallel.batch_sharded(mesh))
     hyper = hyperparameters(cfg)
     traces = {"train_epoch": 0}
-    unroll = unroll_convolutions(cfg)
+    unroll = unroll_convolutions(cfg, mesh)
 
     def train_chunk(state, images, labels, train_key):
         traces["train_epoch"] += 1  # runs only while tracing

@@ -5,8 +5,6 @@ celeba64_cvae (its docstring has the preparation step and the image pipeline).
         --workdir runs/celeba64_vae
 
 Not trained on this project's machines (CelebA is not prepared here).
-On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
-XLA:CPU runs conv gradients in a scanned epoch ~50× slower (README, Streaming input).
 """
 
 from experiments.configs import celeba64_cvae
