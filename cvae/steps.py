@@ -119,7 +119,7 @@ def make_step(*, model, config, preprocess: data.Preprocessor, total_steps: int,
             jax.random.fold_in(train_key, step), 3)
         if batch_sharding is not None:
             batch_indices = jax.lax.with_sharding_constraint(batch_indices, batch_sharding)
-        x = preprocess(binarize_key, images[batch_indices])
+        x = preprocess(binarize_key, gather_rows(images, batch_indices))
         y = labels[batch_indices] if conditional else None
         beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
         objective = make_objective(model, cfg, hyper)
@@ -139,6 +139,17 @@ def make_step(*, model, config, preprocess: data.Preprocessor, total_steps: int,
         return new_state, scalars
 
     return one_step
+
+
+def gather_rows(images, indices):
+    """``images[indices]``, gathered as rows of a 2-D view.
+
+    Exactly the same values; XLA:CPU runs a gather of (1, H, W, C) slices element by
+    element in all four dimensions, 3.3× slower than the same bytes as (1, H·W·C) rows
+    (80 MNIST images: 148 against 45 µs; a population step of iwae/20 gathers that many per
+    device)."""
+    rows = images.reshape(images.shape[0], -1)[indices]
+    return rows.reshape(indices.shape + images.shape[1:])
 
 
 def make_epoch_indices(*, num_train: int, batch_size: int,
