@@ -105,6 +105,24 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
                           rtol=1e-5)
 
 
+def test_a_diverging_member_ends_its_epoch_with_the_state_it_began_it_with(tmp_path):
+    """The population restores a member whose loss turned non-finite to its state from
+    before that epoch — its last checkpoint — while the other member trains on."""
+    base = make_test_config(**{"train.num_epochs": 2, "objective.kl_warmup_steps": 500})
+    diverging = make_test_config(**{"train.num_epochs": 2, "objective.kl_warmup_steps": 500,
+                                    "objective.beta": 3e38})
+    result = population.train_population([base, diverging],
+                                         [tmp_path / "good", tmp_path / "bad"])
+    assert [o.status for o in result.outcomes] == ["done", "failed"]
+    assert int(result.state["step"][1]) == 21 and int(result.state["step"][0]) == 42
+    checkpointed = cvae.load_run(tmp_path / "bad", "latest")
+    for x, y in zip(_member_params(result, 1), _leaves(checkpointed.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    finished = cvae.load_run(tmp_path / "good", "latest")
+    for x, y in zip(_member_params(result, 0), _leaves(finished.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def _sweep_cli(directory, *extra, fault=None, wait=True):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     env.pop("CVAE_FAULT", None)
