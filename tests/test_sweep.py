@@ -108,9 +108,9 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
 def test_a_diverging_member_ends_its_epoch_with_the_state_it_began_it_with(tmp_path):
     """The population restores a member whose loss turned non-finite to its state from
     before that epoch — its last checkpoint — while the other member trains on."""
-    base = make_test_config(**{"train.num_epochs": 2, "objective.kl_warmup_steps": 500})
-    diverging = make_test_config(**{"train.num_epochs": 2, "objective.kl_warmup_steps": 500,
-                                    "objective.beta": 3e38})
+    short = {"train.num_epochs": 2, "objective.kl_warmup_steps": 500}  # checkpoints every epoch
+    base = make_test_config(**short)
+    diverging = make_test_config(**short, **{"objective.beta": 3e38})
     result = population.train_population([base, diverging],
                                          [tmp_path / "good", tmp_path / "bad"])
     assert [o.status for o in result.outcomes] == ["done", "failed"]
