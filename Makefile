@@ -7,8 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/digits_cvae
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test lint docs bench clean venv
 
 venv: $(STAMP)
 
@@ -21,12 +22,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m experiments.main --workdir $(WORKDIR)
 
-test: $(STAMP)
-	$(PY) -m ruff check cvae experiments tests
+# The whole suite: lint, the documentation site, then every test in two worker processes.
+test: lint docs
 	$(PY) -m pytest -n auto --maxprocesses=2
 
+lint: $(STAMP)
+	$(PY) -m ruff check cvae experiments benchmarks tests
+
+# The documentation site (build/site); --strict fails on a broken link or a bad docstring.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 bench: $(STAMP)
-	$(PY) -m experiments.bench --sweep
+	$(PY) -m benchmarks.training --sweep
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs build

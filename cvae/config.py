@@ -7,20 +7,28 @@ compiled, and raises a ``ConfigError`` naming the field, the value and the valid
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 from ml_collections import config_dict
 
-from cvae import likelihoods, nets, posteriors
+from cvae.errors import ConfigError, check, finite
+from cvae.models import posteriors
+from cvae.models.validation import validate_model
 
-
-class ConfigError(ValueError):
-    """A config field has a value outside its valid range."""
+# Named MLP architectures (``apply_preset``): the documented "seed" architecture, encoder
+# 784-128-64-32 (ReLU) -> 16 with the decoder mirrored, and two reference workloads of the
+# benchmarks: the PyTorch example's VAE and Burda et al.'s one-layer IWAE nets.
+SEED_PRESET = {"encoder_widths": (128, 64, 32), "latent_dim": 16, "activation": "relu"}
+TORCH_EXAMPLE_PRESET = {"encoder_widths": (400,), "latent_dim": 20, "activation": "relu"}
+IWAE_PRESET = {"encoder_widths": (200, 200), "latent_dim": 50, "activation": "tanh"}
+PRESETS = {"seed": SEED_PRESET, "torch_example": TORCH_EXAMPLE_PRESET, "iwae": IWAE_PRESET}
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """All fields with their defaults: a collapsed VAE on the offline ``digits`` set."""
+    """All fields with their defaults: a collapsed VAE on the offline ``digits`` set.
+
+    Returns:
+      The schema as a ConfigDict; experiment configs override a few fields.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -38,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.dequantize = False  # uniform dequantization (x + u)/256, for continuous likelihoods
     c.data.class_balanced = False  # each class drawn equally often per epoch
     # "device": the training split lives on the device(s), batches gathered in the compiled
-    # epoch; "stream": batches read from the split as needed (cvae.stream, Grain); "auto":
+    # epoch; "stream": batches read from the split as needed (cvae.data.stream, Grain); "auto":
     # the device when the split's uint8 images fit in data.max_device_bytes, else the stream.
     c.data.pipeline = "auto"
     c.data.max_device_bytes = 4 * 2**30
@@ -50,12 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
     # "mlp" | "conv" | "resnet" (residual, GroupNorm; 32×32, 64×64) | "ghosh" (the conv
     # nets of Ghosh et al., 2020: conv_channels (128, 256, 512, 1024), GroupNorm for BatchNorm)
     c.model.arch = "mlp"
-    c.model.encoder_widths = nets.SEED_PRESET["encoder_widths"]
+    c.model.encoder_widths = SEED_PRESET["encoder_widths"]
     c.model.decoder_widths = ()  # empty: the encoder's widths mirrored
     c.model.conv_channels = (32, 64)
     c.model.conv_dense_width = 256
-    c.model.latent_dim = nets.SEED_PRESET["latent_dim"]
-    c.model.activation = nets.SEED_PRESET["activation"]
+    c.model.latent_dim = SEED_PRESET["latent_dim"]
+    c.model.activation = SEED_PRESET["activation"]
     c.model.init = "lecun"  # "lecun" (Flax default) | "torch" (nn.Linear default)
     c.model.posterior = "collapsed"  # "gaussian" | "collapsed" | "deterministic"
     c.model.sigma0 = posteriors.DEFAULT_SIGMA0  # the collapsed posterior's fixed σ₀
@@ -103,35 +111,48 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
-    """Sets the MLP widths, latent size and activation of a named architecture preset."""
-    if preset not in nets.PRESETS:
+    """Sets the MLP widths, latent size and activation of a named architecture preset.
+
+    Args:
+      config: the config to change (in place).
+      preset: a name in ``PRESETS``: "seed", "torch_example" or "iwae".
+
+    Returns:
+      The same config.
+
+    Raises:
+      ConfigError: an unknown preset.
+    """
+    if preset not in PRESETS:
         raise ConfigError(f"unknown architecture preset {preset!r}; "
-                          f"choose one of {sorted(nets.PRESETS)}")
+                          f"choose one of {sorted(PRESETS)}")
     config.model.arch = "mlp"
-    for key, value in nets.PRESETS[preset].items():
+    for key, value in PRESETS[preset].items():
         config.model[key] = value
     config.model.decoder_widths = ()
     return config
 
 
-def _check(ok: bool, field: str, value, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field} = {value!r} is invalid: it must be {valid}")
 
 
-def _positive_ints(values) -> bool:
-    return all(isinstance(v, int) and v > 0 for v in values)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for the first field outside its valid range (or missing)."""
+    """Raises ConfigError for the first field outside its valid range (or missing).
+
+    Args:
+      config: a whole config.
+
+    Raises:
+      ConfigError: naming the field, the value and the valid range.
+    """
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"a config must be an ml_collections.ConfigDict, got "
                           f"{type(config).__name__}; get_config() should return "
                           "cvae.config.base_config() with some fields changed")
     c = config
     try:
-        _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
+        check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
         validate_data(c.data)
         validate_model(c.model)
         validate_objective(c.objective, c.model)
@@ -146,148 +167,125 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           "cvae/config.py show each field's type") from None
 
 
-def _finite(value) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def validate_data(d: ml_collections.ConfigDict) -> None:
-    """The ``data`` section."""
-    _check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
+    """Checks the ``data`` section.
+
+    Args:
+      d: the section.
+
+    Raises:
+      ConfigError: naming the field, the value and the valid range.
+    """
+    check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
            "a TFDS name, 'digits', 'npz:PATH' or 'npy:DIR'")
-    _check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
-    _check(not (d.validation_split and d.validation_size), "data.validation_split",
+    check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
+    check(not (d.validation_split and d.validation_size), "data.validation_split",
            d.validation_split, "empty when data.validation_size > 0 (a validation split is "
            "either named or carved from the train split, not both)")
     for field in ("center_crop", "resize"):
-        _check(isinstance(d[field], int) and d[field] >= 0, f"data.{field}", d[field],
+        check(isinstance(d[field], int) and d[field] >= 0, f"data.{field}", d[field],
                "an integer ≥ 0 (0: none)")
     for role in ("train", "test"):
         split = d[f"{role}_split"]
-        _check(isinstance(split, str) and split, f"data.{role}_split", split,
+        check(isinstance(split, str) and split, f"data.{role}_split", split,
                "a TFDS split string such as 'train' or 'train[:90%]'")
-    _check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
-    _check(d.pipeline in ("auto", "device", "stream"), "data.pipeline", d.pipeline,
+    check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
+    check(d.pipeline in ("auto", "device", "stream"), "data.pipeline", d.pipeline,
            "'auto', 'device' or 'stream'")
-    _check(isinstance(d.stream_chunk_steps, int) and d.stream_chunk_steps >= 1,
+    check(isinstance(d.stream_chunk_steps, int) and d.stream_chunk_steps >= 1,
            "data.stream_chunk_steps", d.stream_chunk_steps, "an integer ≥ 1")
-    _check(isinstance(d.stream_workers, int) and d.stream_workers >= 0,
+    check(isinstance(d.stream_workers, int) and d.stream_workers >= 0,
            "data.stream_workers", d.stream_workers, "an integer ≥ 0")
-    _check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
+    check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
            "False when data.binarize='dynamic' (binarized data is not dequantized)")
 
 
-def validate_model(m: ml_collections.ConfigDict) -> None:
-    """The ``model`` section alone (``model.build_model`` calls it too)."""
-    _check(m.arch in ("mlp", "conv", "resnet", "ghosh"), "model.arch", m.arch,
-           "'mlp', 'conv', 'resnet' or 'ghosh'")
-    _check(m.arch != "ghosh" or len(m.conv_channels) == 4, "model.conv_channels",
-           m.conv_channels, "four widths with model.arch='ghosh' (the paper's 128, 256, 512, "
-           "1024)")
-    _check(isinstance(m.latent_dim, int) and m.latent_dim > 0, "model.latent_dim",
-           m.latent_dim, "a positive integer")
-    _check(_positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,
-           "model.encoder_widths", m.encoder_widths, "a non-empty tuple of positive integers")
-    _check(_positive_ints(m.decoder_widths), "model.decoder_widths", m.decoder_widths,
-           "a tuple of positive integers (empty = mirrored)")
-    _check(_positive_ints(m.conv_channels) and len(m.conv_channels) > 0, "model.conv_channels",
-           m.conv_channels, "a non-empty tuple of positive integers")
-    _check(m.activation in nets.ACTIVATIONS or m.activation == nets.GATED, "model.activation",
-           m.activation, f"one of {sorted(nets.ACTIVATIONS) + [nets.GATED]}")
-    _check(m.activation != nets.GATED or m.arch == "mlp", "model.activation", m.activation,
-           "not 'gated' for conv nets (gated dense layers are an MLP option)")
-    _check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
-    _check(m.arch != "resnet" or all(c % 8 == 0 for c in m.conv_channels),
-           "model.conv_channels", m.conv_channels,
-           "multiples of 8 with model.arch='resnet' (its GroupNorm uses 8 groups)")
-    _check(m.arch == "mlp" or m.init == "lecun", "model.init", m.init,
-           "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)")
-    _check(m.posterior in posteriors.FAMILIES, "model.posterior", m.posterior,
-           f"one of {posteriors.FAMILIES}")
-    _check(_finite(m.sigma0) and m.sigma0 >= 0, "model.sigma0", m.sigma0,
-           "finite and ≥ 0 (the collapsed posterior's σ₀)")
-    _check(m.posterior != "collapsed" or m.sigma0 > 0, "model.sigma0", m.sigma0,
-           "> 0 for the collapsed posterior (σ₀ = 0 is model.posterior='deterministic')")
-    _check(_finite(m.code_l2) and m.code_l2 >= 0, "model.code_l2", m.code_l2, "finite and ≥ 0")
-    _check(m.likelihood in likelihoods.NAMES, "model.likelihood", m.likelihood,
-           f"one of {likelihoods.NAMES}")
-    _check(_finite(m.likelihood_scale) and m.likelihood_scale >= 0, "model.likelihood_scale",
-           m.likelihood_scale, "finite and ≥ 0 (0 = learned)")
-    _check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
-    _check(m.prior in ("standard", "vamp"), "model.prior", m.prior, "'standard' or 'vamp'")
-    _check(isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
-           "model.num_pseudo_inputs", m.num_pseudo_inputs, "a positive integer")
-    _check(m.prior == "standard" or m.posterior in ("gaussian", "collapsed"), "model.prior",
-           m.prior, "'standard' for a deterministic posterior (a VampPrior is a mixture of "
-           "posterior densities)")
-    _check(m.prior == "standard" or not m.conditional, "model.prior", m.prior,
-           "'standard' for a conditional model (pseudo-inputs carry no labels)")
-    _check(_finite(m.gradient_penalty) and m.gradient_penalty >= 0, "model.gradient_penalty",
-           m.gradient_penalty, "finite and ≥ 0")
-    _check(m.gradient_penalty == 0 or m.posterior == "deterministic", "model.gradient_penalty",
-           m.gradient_penalty, "0 unless model.posterior='deterministic' (RAE-GP regularises "
-           "a deterministic autoencoder's decoder)")
 
 
 def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> None:
-    """The ``objective`` section (some choices depend on ``model.posterior``)."""
-    _check(o.kind in ("elbo", "iwae", "wae_mmd"), "objective.kind", o.kind,
+    """Checks the ``objective`` section (some choices depend on the model).
+
+    Args:
+      o: the section.
+      m: the ``model`` section.
+
+    Raises:
+      ConfigError: naming the field, the value and the valid range.
+    """
+    check(o.kind in ("elbo", "iwae", "wae_mmd"), "objective.kind", o.kind,
            "'elbo', 'iwae' or 'wae_mmd'")
-    _check(o.kind != "wae_mmd" or m.posterior in ("deterministic", "collapsed"),
+    check(o.kind != "wae_mmd" or m.posterior in ("deterministic", "collapsed"),
            "objective.kind", o.kind, "used with model.posterior='deterministic' or "
            "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)")
-    _check(_finite(o.mmd_weight) and o.mmd_weight >= 0, "objective.mmd_weight", o.mmd_weight,
+    check(finite(o.mmd_weight) and o.mmd_weight >= 0, "objective.mmd_weight", o.mmd_weight,
            "finite and ≥ 0")
-    _check(m.prior == "standard" or o.kind in ("elbo", "iwae"), "model.prior", m.prior,
+    check(m.prior == "standard" or o.kind in ("elbo", "iwae"), "model.prior", m.prior,
            "'standard' with objective.kind='wae_mmd' (its MMD matches N(0, I))")
-    _check(m.prior == "standard" or o.free_bits == 0, "objective.free_bits", o.free_bits,
+    check(m.prior == "standard" or o.free_bits == 0, "objective.free_bits", o.free_bits,
            "0 with model.prior='vamp' (its KL is a Monte-Carlo estimate with no "
            "per-dimension terms to floor)")
-    _check(o.kind == "elbo" or m.gradient_penalty == 0, "model.gradient_penalty",
+    check(o.kind == "elbo" or m.gradient_penalty == 0, "model.gradient_penalty",
            m.gradient_penalty, "0 unless objective.kind='elbo' (RAE-GP adds it to the "
            "autoencoder's loss)")
-    _check(isinstance(o.k, int) and o.k >= 1, "objective.k", o.k, "an integer ≥ 1")
-    _check(o.kind != "iwae" or m.posterior != "deterministic", "objective.kind", o.kind,
+    check(isinstance(o.k, int) and o.k >= 1, "objective.k", o.k, "an integer ≥ 1")
+    check(o.kind != "iwae" or m.posterior != "deterministic", "objective.kind", o.kind,
            "'elbo' or 'wae_mmd' for a deterministic posterior (the IWAE bound needs a "
            "density)")
-    _check(_finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "finite and ≥ 0")
-    _check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
-    _check(_finite(o.free_bits) and o.free_bits >= 0, "objective.free_bits", o.free_bits,
+    check(finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "finite and ≥ 0")
+    check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
+    check(finite(o.free_bits) and o.free_bits >= 0, "objective.free_bits", o.free_bits,
            "finite and ≥ 0 nats")
 
 
 def validate_train(t: ml_collections.ConfigDict) -> None:
-    """The ``train`` section."""
-    _check(isinstance(t.batch_size, int) and t.batch_size > 0, "train.batch_size",
+    """Checks the ``train`` section.
+
+    Args:
+      t: the section.
+
+    Raises:
+      ConfigError: naming the field, the value and the valid range.
+    """
+    check(isinstance(t.batch_size, int) and t.batch_size > 0, "train.batch_size",
            t.batch_size, "a positive integer")
-    _check(isinstance(t.num_epochs, int) and t.num_epochs >= 0, "train.num_epochs",
+    check(isinstance(t.num_epochs, int) and t.num_epochs >= 0, "train.num_epochs",
            t.num_epochs, "an integer ≥ 0")
-    _check(_finite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
+    check(finite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
            t.learning_rate, "finite and > 0")
-    _check(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
-    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
+    check(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
+    check(finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
            t.weight_decay, "finite and ≥ 0")
-    _check(t.lr_schedule in ("constant", "warmup_cosine"), "train.lr_schedule", t.lr_schedule,
+    check(t.lr_schedule in ("constant", "warmup_cosine"), "train.lr_schedule", t.lr_schedule,
            "'constant' or 'warmup_cosine'")
-    _check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, "≥ 0")
-    _check(_finite(t.grad_clip_norm) and t.grad_clip_norm >= 0, "train.grad_clip_norm",
+    check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, "≥ 0")
+    check(finite(t.grad_clip_norm) and t.grad_clip_norm >= 0, "train.grad_clip_norm",
            t.grad_clip_norm, "finite and ≥ 0 (0 = off)")
-    _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
+    check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
            t.early_stopping_patience, "≥ 0 (0 = off)")
-    _check(t.num_devices >= 0, "train.num_devices", t.num_devices, "≥ 0 (0 = all)")
-    _check(t.checkpoint_every_epochs >= 1, "train.checkpoint_every_epochs",
+    check(t.num_devices >= 0, "train.num_devices", t.num_devices, "≥ 0 (0 = all)")
+    check(t.checkpoint_every_epochs >= 1, "train.checkpoint_every_epochs",
            t.checkpoint_every_epochs, "≥ 1")
-    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "≥ 1")
-    _check(t.image_grid_size >= 0, "train.image_grid_size", t.image_grid_size, "≥ 0")
+    check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "≥ 1")
+    check(t.image_grid_size >= 0, "train.image_grid_size", t.image_grid_size, "≥ 0")
 
 
 def validate_eval(e: ml_collections.ConfigDict) -> None:
-    """The ``eval`` section."""
-    _check(e.every_epochs >= 1, "eval.every_epochs", e.every_epochs, "≥ 1")
-    _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "≥ 1")
-    _check(isinstance(e.num_importance_samples, int) and e.num_importance_samples >= 0,
+    """Checks the ``eval`` section.
+
+    Args:
+      e: the section.
+
+    Raises:
+      ConfigError: naming the field, the value and the valid range.
+    """
+    check(e.every_epochs >= 1, "eval.every_epochs", e.every_epochs, "≥ 1")
+    check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "≥ 1")
+    check(isinstance(e.num_importance_samples, int) and e.num_importance_samples >= 0,
            "eval.num_importance_samples", e.num_importance_samples,
            "an integer ≥ 0 (0 = no importance-sampled NLL)")
-    _check(isinstance(e.chunk_size, int) and e.chunk_size >= 0, "eval.chunk_size",
+    check(isinstance(e.chunk_size, int) and e.chunk_size >= 0, "eval.chunk_size",
            e.chunk_size, "an integer ≥ 0 (0 = automatic)")
 
 
@@ -297,7 +295,15 @@ RESUME_CRITICAL_PREFIXES = ("seed", "data.", "model.", "objective.", "train.batc
 
 
 def resume_conflicts(saved: dict, current: dict) -> list[str]:
-    """Dotted names of resume-critical fields that differ between two flattened configs."""
+    """Resume-critical fields that differ between a saved config and the current one.
+
+    Args:
+      saved: the saved config, flattened (fields it lacks take today's defaults).
+      current: the current config, flattened.
+
+    Returns:
+      Their dotted names, sorted (seed, data, model, objective and batch size fields).
+    """
     saved = {**flatten(base_config()), **saved}  # fields added since: their defaults
     names = sorted(set(saved) | set(current))
     return [n for n in names
@@ -306,10 +312,18 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
 
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
-    """A saved config (config.json) as a ConfigDict with the schema's types: JSON turns
-    tuples into lists, and every field whose default is a tuple becomes one again. Fields
-    added to the schema after the run was saved take their defaults (which reproduce the
-    behaviour of the code that saved it)."""
+    """A saved config (config.json) as a ConfigDict with the schema's types.
+
+    JSON turns tuples into lists, and every field whose default is a tuple becomes one
+    again. Fields added to the schema after the run was saved take their defaults (which
+    reproduce the behaviour of the code that saved it).
+
+    Args:
+      saved: the parsed config.json.
+
+    Returns:
+      The config.
+    """
     defaults = base_config()
 
     def restore(node: dict, schema) -> dict:
@@ -336,7 +350,15 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
 
 
 def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
-    """{"model.latent_dim": 16, …} with tuples as lists, as they are in config.json."""
+    """A config as {"model.latent_dim": 16, …}, tuples as lists, as they are in config.json.
+
+    Args:
+      config: a ConfigDict or nested dict.
+      prefix: prepended to every name.
+
+    Returns:
+      Dotted name → value.
+    """
     items = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
     flat = {}
     for key, value in items.items():

@@ -5,7 +5,7 @@ and XLA inserts the gradient all-reduce. No pmap: the same jit program runs on a
 of devices — and, after ``initialize_distributed``, of processes — and gives the same
 numbers for the same global batch.
 
-A population of runs (``cvae.population``) adds a ``member`` axis: the mesh is
+A population of runs (``cvae.training.population``) adds a ``member`` axis: the mesh is
 ``(member, data)``, members' stacked states are split along ``member`` and each member's
 batch along ``data`` (``make_population_mesh``, ``member_sharded``).
 
@@ -111,7 +111,7 @@ def replicate(tree, mesh: Mesh):
 
 
 def make_population_mesh(num_members: int, num_devices: int = 0) -> Mesh:
-    """A 2-D ``(member, data)`` mesh for a population (``cvae.population``).
+    """A 2-D ``(member, data)`` mesh for a population (``cvae.training.population``).
 
     Of the ``num_devices`` devices (0 = all), gcd(devices, members) go to the ``member``
     axis — each holds whole members — and the rest split every member's batch along

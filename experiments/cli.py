@@ -12,6 +12,7 @@ default.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 import pathlib
@@ -20,10 +21,11 @@ import sys
 from absl import app, flags
 
 from cvae import config as config_lib
-from cvae.checkpoint import CheckpointWriteError
-from cvae.stream import PipelineError
-from cvae.train import TrainingDivergedError
-from cvae.workdir import WorkdirLockedError
+from cvae.data import PipelineError
+from cvae.runs.checkpoint import CheckpointWriteError
+from cvae.runs.workdir import WorkdirLockedError
+from cvae.training import TrainingDivergedError
+from experiments import quiet_interrupts
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
 
@@ -100,14 +102,14 @@ def _describe_load_error(argv, err: Exception) -> str:
             f"ml_collections.ConfigDict (see experiments/configs: {_available_configs()})")
 
 
-def _parse_flags(argv):
+def _parse_flags(argv, module: str = "__main__"):
     argv = _underscored(argv)
     if "--helpconfig" in argv:
         print("config fields and their defaults (set any with --config.NAME=VALUE):")
         print(config_field_help())
         sys.exit(0)
     if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print(flags.FLAGS.main_module_help())
+        print(flags.FLAGS.module_help(sys.modules[module]))
         print("\n--helpconfig lists every config field and its default.")
         sys.exit(0)
     try:
@@ -135,6 +137,7 @@ def run(main, positional: bool = False) -> None:
     """``app.run(main)`` with the error policy above; ``positional`` admits arguments."""
 
     def guarded(argv):
+        quiet_interrupts()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         logging.getLogger("absl").setLevel(logging.WARNING)
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
@@ -155,7 +158,8 @@ def run(main, positional: bool = False) -> None:
                 raise
             _fail(_describe_os_error(err) if isinstance(err, OSError) else str(err), 2)
 
-    app.run(guarded, flags_parser=_parse_flags)
+    # --help lists the launcher's own flags, also when a console script is the program.
+    app.run(guarded, flags_parser=functools.partial(_parse_flags, module=main.__module__))
 
 
 def require(value, flag: str, hint: str):

@@ -23,7 +23,9 @@ import matplotlib
 import numpy as np
 from absl import flags
 
-from cvae import explore, load_run, writers
+from cvae import load_run
+from cvae.analysis import explore
+from cvae.runs import writers
 from experiments import cli
 
 matplotlib.use("Agg")
@@ -151,5 +153,10 @@ def main(argv):
         print(f"![{caption}]({path})")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main, positional=True)
+
+
+if __name__ == "__main__":
+    entry()

@@ -118,5 +118,10 @@ def main(argv):
         sys.exit(failures[0] if failures[0] > 0 else 1)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main, positional=True)
+
+
+if __name__ == "__main__":
+    entry()

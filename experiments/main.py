@@ -11,8 +11,9 @@ import time
 import jax
 from absl import flags
 
-from cvae import Workdir, evaluation, load_run, writers
-from cvae.train import train_and_evaluate
+from cvae import Workdir, evaluation, load_run
+from cvae.runs import writers
+from cvae.training import train_and_evaluate
 from experiments import cli
 from experiments.configs import digits_cvae
 
@@ -47,5 +48,10 @@ def main(argv):
           f"`pip install -e '.[viewer]'`, then `tensorboard --logdir {workdir.tensorboard}`)")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    entry()

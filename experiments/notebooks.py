@@ -47,5 +47,10 @@ def main(argv):
         print(f"executed notebooks/{name}: {images} figures")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main, positional=True)
+
+
+if __name__ == "__main__":
+    entry()

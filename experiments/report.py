@@ -22,7 +22,10 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from cvae import Workdir, explore, provenance, sweep
+from cvae import Workdir
+from cvae.analysis import explore
+from cvae.runs import provenance
+from cvae.training import sweep
 from experiments import cli
 
 flags.DEFINE_string("group_by", None, "Aggregate runs over seeds by this config field.")
@@ -189,5 +192,10 @@ def main(argv):
         print(note)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main, positional=True)
+
+
+if __name__ == "__main__":
+    entry()

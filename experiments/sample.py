@@ -2,19 +2,21 @@
 [--sampler prior|gmm|flow|two_stage] [--label C] [--out FILE.png]``. gmm (an ex-post
 Gaussian mixture on training codes) is the default for collapsed and deterministic models,
 prior for the gaussian VAE; flow and two_stage are the other ex-post densities
-(cvae.ex_post), fitted once and saved in DIR/samplers/."""
+(cvae.analysis.ex_post), fitted once and saved in DIR/samplers/."""
 
 import pathlib
 
 import jax
 from absl import flags
 
-from cvae import Workdir, load_run, sampling, writers
+from cvae import Workdir, load_run
+from cvae.analysis import ex_post
+from cvae.runs import writers
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_integer("n", 64, "Number of samples.")
-flags.DEFINE_enum("sampler", None, list(sampling.SAMPLERS),
+flags.DEFINE_enum("sampler", None, list(ex_post.SAMPLERS),
                   "Where latents come from: the prior or an ex-post density.")
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
 flags.DEFINE_string("out", None, "PNG path (default DIR/samples_<sampler>.png).")
@@ -35,12 +37,17 @@ def main(argv):
         if out.suffix.lower() != ".png":
             raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)
-    sampler = FLAGS.sampler or sampling.default_sampler(run.model.posterior_family)
+    sampler = FLAGS.sampler or ex_post.default_sampler(run.model.posterior_family)
     images = run.sample(jax.random.key(FLAGS.seed), FLAGS.n, sampler=sampler, labels=FLAGS.label)
     out = pathlib.Path(FLAGS.out) if FLAGS.out else Workdir(workdir).samples_path(sampler)
     writers.save_png(out, writers.image_grid(jax.device_get(images)))
     print(f"wrote {FLAGS.n} {sampler} samples to {out}")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    entry()

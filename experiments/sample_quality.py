@@ -18,14 +18,16 @@ import jax
 import numpy as np
 from absl import flags
 
-from cvae import Workdir, load_run, sample_quality, sampling
+from cvae import Workdir, load_run
+from cvae.analysis import ex_post
+from cvae.evaluation import sample_quality
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_string("classifier", None, "A directory written by experiments.train_classifier.")
 flags.DEFINE_integer("n", 10000, "Samples per sampler.")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draws.")
-flags.DEFINE_list("samplers", list(sampling.SAMPLERS), "Samplers to score (comma-separated).")
+flags.DEFINE_list("samplers", list(ex_post.SAMPLERS), "Samplers to score (comma-separated).")
 FLAGS = flags.FLAGS
 
 
@@ -54,13 +56,13 @@ def main(argv):
     if all(previous.get(k) == result[k] for k in ("classifier", "n", "seed", "params_sha256")):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
-    unknown = sorted(set(FLAGS.samplers) - set(sampling.SAMPLERS))
+    unknown = sorted(set(FLAGS.samplers) - set(ex_post.SAMPLERS))
     if unknown or not FLAGS.samplers:
         raise cli.UsageError(f"--samplers {','.join(FLAGS.samplers)}: choose from "
-                             f"{','.join(sampling.SAMPLERS)}")
+                             f"{','.join(ex_post.SAMPLERS)}")
     for sampler in FLAGS.samplers:
         # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored.
-        key = jax.random.fold_in(jax.random.key(FLAGS.seed), sampling.SAMPLERS.index(sampler))
+        key = jax.random.fold_in(jax.random.key(FLAGS.seed), ex_post.SAMPLERS.index(sampler))
         images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
         logits, features = classifier.logits_and_features(images)
         result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)
@@ -70,5 +72,10 @@ def main(argv):
     print(json.dumps(result, indent=2))
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -32,7 +32,8 @@ split_host_into_cores()
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cvae import parallel, sweep  # noqa: E402
+from cvae import parallel  # noqa: E402
+from cvae.training import sweep  # noqa: E402
 from experiments import cli  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A config file from experiments/configs/.",
@@ -83,5 +84,10 @@ def main(argv):
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cvae import parallel
-from cvae.train import train_and_evaluate
+from cvae.training import train_and_evaluate
 from experiments import cli
 
 config_flags.DEFINE_config_file("config", None, "A config file from experiments/configs/.",
@@ -63,5 +63,10 @@ def main(argv):
               f"workdir {workdir}")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    entry()

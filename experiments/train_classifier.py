@@ -1,7 +1,7 @@
 """Train the classifier behind the classifier-feature FID:
 ``python -m experiments.train_classifier --workdir runs/mnist_classifier [--dataset mnist]``.
 
-The recipe (cvae.sample_quality.train_classifier): an MLP 784-512-128-10 with ReLU and
+The recipe (cvae.evaluation.sample_quality.train_classifier): an MLP 784-512-128-10 with ReLU and
 dropout 0.2, Adam 1e-3, batch 128, 10 epochs, on the training split in [0, 1]. Writes
 ``DIR/params`` (Orbax) and ``DIR/classifier.json`` with its test accuracy and the FID
 floor: the classifier-feature FID between real training and real test images.
@@ -12,7 +12,8 @@ import pathlib
 import jax
 from absl import flags
 
-from cvae import data, sample_quality
+from cvae import data
+from cvae.evaluation import sample_quality
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "Where to write the classifier.")
@@ -47,5 +48,10 @@ def main(argv):
           f"{floor:.3f}; wrote {workdir}")
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (``pyproject.toml``): the same as ``python -m`` this module."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import train
+from cvae import training
 from tests.conftest import make_test_config, run_cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ _cli = run_cli
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), workdir)
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), workdir)
     return workdir
 
 

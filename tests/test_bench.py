@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import common
 from cvae import config as config_lib
-from cvae import model as model_lib
-from experiments import bench
+from cvae.models import vae as model_lib
 from tests.conftest import mnist_data_dir, requires_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def test_flops_per_example_is_six_per_dense_weight_of_the_built_model(arch):
                                    jax.random.key(0))
     kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                if path[-1].key == "kernel"]
-    assert bench.dense_flops_per_example(arch) == 6 * sum(int(np.prod(k.shape)) for k in kernels)
+    assert common.dense_flops_per_example(arch) == 6 * sum(int(np.prod(k.shape)) for k in kernels)
 
 
 def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_in():
@@ -44,7 +44,7 @@ def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_
 def test_bench_prints_the_documented_json_line():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "TFDS_DATA_DIR": mnist_data_dir()}
-    out = subprocess.run([sys.executable, "-m", "experiments.bench", "--arch", "seed",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.training", "--arch", "seed",
                           "--batch-size", "1024", "--epochs", "2"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -64,7 +64,7 @@ def test_bench_prints_the_documented_json_line():
 def test_bench_members_compares_a_population_with_the_same_runs_alone():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "TFDS_DATA_DIR": mnist_data_dir()}
-    out = subprocess.run([sys.executable, "-m", "experiments.bench", "--members", "2",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.population", "--members", "2",
                           "--arch", "seed", "--batch-size", "1024", "--epochs", "2"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -77,13 +77,16 @@ def test_bench_members_compares_a_population_with_the_same_runs_alone():
     np.testing.assert_allclose(record["population_test_neg_elbo"],
                                record["solo_test_neg_elbo"], rtol=1e-3)
     assert record["state_bytes_per_member"] > 0
+    # The layout experiments.sweep uses: one CPU device per usable core, said on stderr.
+    cores = len(os.sched_getaffinity(0))
+    assert record["device"].startswith(f"{cores} ×") and "device layout:" in out.stderr
 
 
 @requires_mnist
-def test_bench_pipeline_stream_compares_the_loader_stream_and_device_paths(tmp_path):
+def test_bench_pipeline_compares_the_loader_stream_and_device_paths(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "TFDS_DATA_DIR": mnist_data_dir(), "CVAE_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "experiments.bench", "--pipeline", "stream",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.pipeline",
                           "--arch", "seed", "--batch-size", "1024", "--epochs", "2"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from cvae import data, evaluation, parallel, stream, train
-from cvae import model as model_lib
+from cvae import data, evaluation, parallel, training
+from cvae.models import vae as model_lib
 from tests.conftest import make_test_config
 
 
@@ -14,7 +14,7 @@ def trained(tmp_path_factory):
     """A 2-epoch collapsed VAE on digits, with its model, params and test split."""
     workdir = tmp_path_factory.mktemp("eval_run")
     cfg = make_test_config()
-    result = train.train_and_evaluate(cfg, workdir)
+    result = training.train_and_evaluate(cfg, workdir)
     test = data.load("digits", "test")
     model = model_lib.build_model(cfg.model, test.info.shape, test.info.num_classes,
                                   binary_data=True)
@@ -59,7 +59,7 @@ def test_a_memory_mapped_split_scores_as_the_same_split_in_memory(trained, tmp_p
     np.save(tmp_path / "x.npy", test.images[:5])  # a train split is required; unused here
     np.save(tmp_path / "x_test.npy", test.images)
     np.save(tmp_path / "y_test.npy", test.labels)
-    mapped = evaluation.EvalSet(stream.ArraySource(data.load(f"npy:{tmp_path}", "test")),
+    mapped = evaluation.EvalSet(data.ArraySource(data.load(f"npy:{tmp_path}", "test")),
                                 binarize=True)
     assert isinstance(mapped.source.dataset.images, np.memmap)
     in_memory = evaluation.evaluate(model, params, eval_set, k=5, batch_size=64)
@@ -85,7 +85,7 @@ def test_padding_never_counts(trained):
 
 def test_deterministic_models_have_no_nll(tmp_path):
     cfg = make_test_config(**{"model.posterior": "deterministic", "train.num_epochs": 1})
-    result = train.train_and_evaluate(cfg, tmp_path)
+    result = training.train_and_evaluate(cfg, tmp_path)
     test = data.load("digits", "test")
     model = model_lib.build_model(cfg.model, test.info.shape, 10, binary_data=True)
     scores = evaluation.evaluate(model, jax.device_get(result.state["params"]),

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import ex_post, train
+from cvae import training
+from cvae.analysis import ex_post
 from tests.conftest import make_test_config
 
 CENTRES = np.array([[-3.0, 0.0], [3.0, 0.0], [0.0, 4.0]], np.float32)
@@ -65,7 +66,7 @@ def test_a_saved_sampler_reloads_bit_identically(fitted, kind, tmp_path):
 
 
 def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch):
-    train.train_and_evaluate(make_test_config(), tmp_path)
+    training.train_and_evaluate(make_test_config(), tmp_path)
     first = {kind: np.asarray(cvae.load_run(tmp_path).sample(jax.random.key(0), 16, kind))
              for kind in ("flow", "two_stage")}
     assert (tmp_path / "samplers" / "flow" / "sampler.json").is_file()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import Workdir, train
+from cvae import Workdir, training
 from cvae import config as config_lib
 from tests.conftest import make_test_config, run_cli
 
@@ -80,7 +80,7 @@ def test_train_evaluate_sample_and_load_run_end_to_end(trained_workdir, tmp_path
 
 def test_conditional_model_draws_class_conditional_samples(tmp_path):
     cfg = make_test_config(**{"model.conditional": True})
-    train.train_and_evaluate(cfg, tmp_path)
+    training.train_and_evaluate(cfg, tmp_path)
     run = cvae.load_run(tmp_path)
     threes = run.sample(jax.random.key(0), 8, sampler="prior", labels=3)
     sevens = run.sample(jax.random.key(0), 8, sampler="prior", labels=7)
@@ -128,7 +128,7 @@ def test_bad_use_gives_one_line_and_status_2(args, pattern, tmp_path, trained_wo
     np.savez(tiny_data, x=np.zeros((30, 8, 8), np.uint8), x_test=np.zeros((5, 8, 8), np.uint8))
     if "RUN" in args and "gmm" in args:
         run_dir = tmp_path / "tinyrun"
-        train.train_and_evaluate(make_test_config(**{
+        training.train_and_evaluate(make_test_config(**{
             "data.name": f"npz:{tiny_data}", "data.validation_size": 0, "train.batch_size": 8,
             "train.num_epochs": 1, "train.image_grid_size": 0}), run_dir)
     else:
@@ -223,15 +223,15 @@ def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_pa
     assert "fid_gmm" not in other_draws and other_draws["fid_prior"] != result["fid_prior"]
 
 
-def test_the_readme_quotes_what_the_quickstart_produces_now(tmp_path):
-    """The Results section's quickstart line must match `make run` as the code stands."""
+def test_the_results_page_quotes_what_the_quickstart_produces_now(tmp_path):
+    """The results page's quickstart line must match `make run` as the code stands."""
     import re
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "results.md").read_text()
     quoted = re.search(r"\*\*Quickstart\*\*.*?test ELBO −([\d.]+) nats,\s+importance-sampled "
                        r"NLL ([\d.]+) nats \(K = (\d+)\), (\d+)/(\d+) active units", readme,
                        re.S)
-    assert quoted, "the README's quickstart line changed form; update this test with it"
+    assert quoted, "the results page's quickstart line changed form; update this test with it"
     out = _cli("experiments.main", "--workdir", str(tmp_path / "quick"), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     scores = json.loads((tmp_path / "quick" / "eval.json").read_text())
@@ -256,7 +256,7 @@ def test_evaluate_splits_a_cpu_host_into_a_device_per_core(monkeypatch):
 def test_evaluate_on_other_devices_matches_the_logged_test_scores(tmp_path):
     """Training on 8 devices, experiments.evaluate on one device per core: the same
     numbers to float rounding (exactly equal only when the device counts match)."""
-    result = train.train_and_evaluate(make_test_config(**{"train.num_devices": 0,
+    result = training.train_and_evaluate(make_test_config(**{"train.num_devices": 0,
                                                           "train.num_epochs": 1}), tmp_path)
     out = _cli("experiments.evaluate", "--workdir", str(tmp_path), "--k", "5")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -272,3 +272,17 @@ def test_every_shipped_config_validates(path):
 
     config = importlib.import_module(f"experiments.configs.{path[:-3]}").get_config()
     config_lib.validate(config)
+
+
+def test_importing_a_launcher_leaves_the_importers_sigint_alone():
+    """Only a launcher started as a program installs its quiet Ctrl-C handler."""
+    script = ("import signal\n"
+              "import experiments.train, benchmarks.training\n"
+              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+              "from experiments import quiet_interrupts\n"
+              "quiet_interrupts()\n"
+              "assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import data, explore, train
+from cvae import data, training
+from cvae.analysis import explore
 from tests.conftest import make_test_config
 
 
@@ -11,7 +12,7 @@ def run_2d(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two_d")
     cfg = make_test_config(**{"model.latent_dim": 2, "model.posterior": "gaussian",
                               "train.num_epochs": 3})
-    train.train_and_evaluate(cfg, workdir)
+    training.train_and_evaluate(cfg, workdir)
     return cvae.load_run(workdir)
 
 
@@ -56,11 +57,11 @@ def test_diagnostics_and_summaries(run_2d):
 def test_projected_mixture_density_is_the_exact_marginal():
     from scipy.stats import multivariate_normal
 
-    from cvae import sampling
+    from cvae.analysis import ex_post
 
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(400, 3)) @ np.diag([2.0, 1.0, 0.3])
-    mixture = sampling.fit_latent_mixture(codes, num_components=2)
+    mixture = ex_post.fit_latent_mixture(codes, num_components=2)
     center, basis = explore.pca_plane(codes)
     xs, ys = np.linspace(-8, 8, 161), np.linspace(-6, 6, 121)
     density = explore.mixture_density_on_plane(mixture, center, basis, xs, ys)
@@ -81,7 +82,7 @@ def test_nearest_training_images_finds_a_copy_and_collapsed_constant():
     index, distance = explore.nearest_training_images(samples, train_images)
     assert index[0, 0] == 7 and distance[0, 0] == pytest.approx(0.0, abs=1e-3)
     assert distance[1, 0] > 0.1
-    from cvae import posteriors
+    from cvae.models import posteriors
 
     kl = posteriors.CollapsedPosterior(np.zeros((1, 3)), 0.1).kl_per_dim()
     np.testing.assert_allclose(kl, explore.collapsed_kl_constant(0.1), rtol=1e-5)
@@ -91,7 +92,7 @@ def test_nearest_training_images_finds_a_copy_and_collapsed_constant():
 
 def _fake_run(path, seed, sigma0, nll):
     from cvae import config as config_lib
-    from cvae.workdir import Workdir
+    from cvae.runs.workdir import Workdir
 
     config = config_lib.base_config()
     config.seed, config.model.sigma0 = seed, sigma0

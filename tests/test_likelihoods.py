@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvae import likelihoods
+from cvae.models import likelihoods
 
 
 def _image(values):

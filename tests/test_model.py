@@ -5,7 +5,7 @@ import pytest
 import scipy.special
 
 from cvae import config as config_lib
-from cvae import model as model_lib
+from cvae.models import vae as model_lib
 
 
 def _model_config(**overrides):
@@ -105,7 +105,7 @@ LIKELIHOODS = [("bernoulli", 0.0), ("gaussian", 0.0), ("gaussian", 0.1),
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("likelihood,scale", LIKELIHOODS)
 def test_gradients_are_finite_for_every_family_and_likelihood(family, likelihood, scale):
-    from cvae import objectives
+    from cvae.models import objectives
 
     cfg = _model_config(posterior=family, likelihood=likelihood, likelihood_scale=scale,
                         encoder_widths=(16,), latent_dim=3, code_l2=0.1)
@@ -196,7 +196,7 @@ def test_vamp_prior_density_is_the_mixture_of_pseudo_input_posteriors(posterior)
 
 
 def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_its_samples_follow_the_mixture():
-    from cvae import objectives
+    from cvae.models import objectives
     model, params = _vamp_model("gaussian", latent_dim=2, k=4)
     x = (jax.random.uniform(jax.random.key(1), (16, 4, 4, 1)) < 0.4).astype(jnp.float32)
     grads = jax.grad(lambda p: objectives.elbo_loss(model, p, x, jax.random.key(2))[0])(params)
@@ -215,7 +215,7 @@ def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_its_samples_follow_the
 def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
     import flax.linen as nn
 
-    from cvae import nets
+    from cvae.models import nets
     stack = nets.MLPStack((5,), activation="gated")
     h = jax.random.normal(jax.random.key(0), (3, 4))
     params = nn.Module.init(stack, jax.random.key(1), h)["params"]  # its `init` field shadows

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from cvae import data, train
+from cvae import data, training
 from tests.conftest import make_test_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_explore_latents_trains_the_quickstart_when_no_workdir_is_given(monkeypa
 
 
 def test_explore_latents_on_a_conditional_run(monkeypatch, tmp_path):
-    train.train_and_evaluate(make_test_config(**{"model.conditional": True}), tmp_path)
+    training.train_and_evaluate(make_test_config(**{"model.conditional": True}), tmp_path)
     monkeypatch.setenv("CVAE_WORKDIR", str(tmp_path))
     book = _execute("explore_latents.ipynb")
     text = _text(book)
@@ -78,7 +78,7 @@ def _unlabelled_npz(tmp_path):
 
 def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(make_test_config(**{"data.name": f"npz:{_unlabelled_npz(tmp_path)}",
+    training.train_and_evaluate(make_test_config(**{"data.name": f"npz:{_unlabelled_npz(tmp_path)}",
                                                  "train.num_epochs": 2}), workdir)
     monkeypatch.setenv("CVAE_WORKDIR", str(workdir))
     book = _execute("explore_latents.ipynb")
@@ -104,7 +104,7 @@ def test_compare_runs_on_unlabelled_runs_given_by_the_user(monkeypatch, tmp_path
     workdirs = []
     for sigma0 in (0.01, 0.3):
         workdir = tmp_path / f"s{sigma0}"
-        train.train_and_evaluate(make_test_config(**{"data.name": f"npz:{npz}",
+        training.train_and_evaluate(make_test_config(**{"data.name": f"npz:{npz}",
                                                      "model.sigma0": sigma0,
                                                      "train.num_epochs": 2}), workdir)
         cvae.Workdir(workdir).write_eval(cvae.load_run(workdir).evaluate("test", k=5))

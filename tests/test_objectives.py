@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from cvae import config as config_lib
-from cvae import metrics, objectives
-from cvae import model as model_lib
+from cvae.evaluation import metrics
+from cvae.models import objectives
+from cvae.models import vae as model_lib
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvae import posteriors
-from cvae.posteriors import standard_normal_log_prob
+from cvae.models import posteriors
+from cvae.models.posteriors import standard_normal_log_prob
 
 N_MC = 200_000
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import checkpoint, train
-from cvae.workdir import Workdir, WorkdirLockedError
+from cvae import training
+from cvae.runs import checkpoint
+from cvae.runs.workdir import Workdir, WorkdirLockedError
 from tests.conftest import make_test_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -113,12 +114,12 @@ def _truncate(step_dir: pathlib.Path) -> None:
 
 def test_every_latest_save_damaged_resumes_from_best_without_duplicate_metrics(tmp_path):
     cfg = lambda epochs: make_test_config(**{"train.num_epochs": epochs})
-    whole = train.train_and_evaluate(cfg(3), tmp_path / "whole")
-    train.train_and_evaluate(cfg(2), tmp_path / "torn")
+    whole = training.train_and_evaluate(cfg(3), tmp_path / "whole")
+    training.train_and_evaluate(cfg(2), tmp_path / "torn")
     latest = tmp_path / "torn" / "checkpoints" / "latest"
     for step_dir in [p for p in latest.iterdir() if p.name.isdigit()]:
         _garble(step_dir)
-    resumed = train.train_and_evaluate(cfg(3), tmp_path / "torn")
+    resumed = training.train_and_evaluate(cfg(3), tmp_path / "torn")
     assert resumed.epoch == 3
     for x, y in zip(jax.tree_util.tree_leaves(whole.state["params"]),
                     jax.tree_util.tree_leaves(resumed.state["params"]), strict=True):
@@ -128,7 +129,7 @@ def test_every_latest_save_damaged_resumes_from_best_without_duplicate_metrics(t
 
 
 def test_damaged_best_falls_back_to_latest_with_a_warning(tmp_path, caplog):
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), tmp_path)
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), tmp_path)
     for step_dir in (tmp_path / "checkpoints" / "best").iterdir():
         if step_dir.name.isdigit():
             _garble(step_dir)
@@ -154,14 +155,14 @@ def test_a_damaged_checkpoint_costs_one_warning_line_not_tracebacks(tmp_path, da
 
 
 def test_a_torn_metrics_line_is_dropped_and_rewritten_on_resume(tmp_path):
-    whole = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+    whole = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
                                      tmp_path / "whole")
     del whole
     wd = Workdir(tmp_path / "torn")
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), wd.path)
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), wd.path)
     with wd.metrics_path.open("a") as f:
         f.write('{"step": 999, "epoch": 3, "split": "tr')  # a kill mid-write
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}), wd.path)
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}), wd.path)
     lines = wd.metrics_path.read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # every line whole again
     strip = lambda w: [{k: v for k, v in r.items() if k not in TIMING}
@@ -179,7 +180,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         (tmp_path / ".lock").write_text(json.dumps(
             {"pid": holder.pid, "host": os.uname().nodename, "since": 0}))
         with pytest.raises(WorkdirLockedError, match=rf"process {holder.pid} on"):
-            train.train_and_evaluate(make_test_config(), tmp_path)
+            training.train_and_evaluate(make_test_config(), tmp_path)
         assert not (tmp_path / "metrics.jsonl").exists()
     finally:
         holder.kill()
@@ -192,7 +193,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     (tmp_path / ".lock").write_text(json.dumps(
         {"pid": dead.pid, "host": os.uname().nodename, "since": 0}))
     with caplog.at_level("WARNING", logger="cvae"):
-        result = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}),
+        result = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}),
                                           tmp_path)
     assert result.epoch == 1 and not (tmp_path / ".lock").exists()
     assert any("taking over the lock" in r.message for r in caplog.records)
@@ -238,12 +239,12 @@ def test_a_full_disk_while_checkpointing_names_the_intact_checkpoint(tmp_path, m
     cfg = make_test_config(**{"train.num_epochs": 3})
     with pytest.raises(checkpoint.CheckpointWriteError,
                        match=r"No space left on device.*previous checkpoint \(step 21\) is intact"):
-        train.train_and_evaluate(cfg, tmp_path)
+        training.train_and_evaluate(cfg, tmp_path)
     monkeypatch.setattr(checkpoint, "_write", real_write)
     leftovers = [p.name for p in (tmp_path / "checkpoints").rglob("*") if "tmp" in p.name]
     assert not leftovers
-    resumed = train.train_and_evaluate(cfg, tmp_path)  # space freed: the rerun finishes
-    whole = train.train_and_evaluate(cfg, tmp_path / "whole")
+    resumed = training.train_and_evaluate(cfg, tmp_path)  # space freed: the rerun finishes
+    whole = training.train_and_evaluate(cfg, tmp_path / "whole")
     for x, y in zip(jax.tree_util.tree_leaves(whole.state["params"]),
                     jax.tree_util.tree_leaves(resumed.state["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -252,7 +253,7 @@ def test_a_full_disk_while_checkpointing_names_the_intact_checkpoint(tmp_path, m
 def test_a_full_disk_in_the_command_line_is_one_line_and_status_1(tmp_path):
     script = (
         "import errno, runpy, sys\n"
-        "from cvae import checkpoint\n"
+        "from cvae.runs import checkpoint\n"
         "def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "checkpoint._write = full\n"
         f"sys.argv = ['train', '--config', 'experiments/configs/digits_cvae.py', "

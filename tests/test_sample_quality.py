@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from cvae import data, sample_quality
+from cvae import data
+from cvae.evaluation import sample_quality
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():

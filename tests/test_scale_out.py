@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import Workdir, sweep
+from cvae import Workdir
+from cvae.training import sweep
 from experiments import launch_local
 from experiments.configs import digits_cvae
 from tests.conftest import write_random_colour_tfds

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from cvae import Workdir, checkpoint, load_run, stream, train
+from cvae import Workdir, data, load_run, training
 from cvae import config as config_lib
+from cvae.runs import checkpoint
 from tests.conftest import make_test_config, mnist_data_dir, requires_mnist
 
 
@@ -24,7 +25,7 @@ def _assert_same_params(a, b):
 @pytest.fixture(scope="module")
 def device_run(tmp_path_factory):
     cfg = make_test_config(**{"data.pipeline": "device", "train.num_epochs": 3})
-    return train.train_and_evaluate(cfg, tmp_path_factory.mktemp("device") / "run")
+    return training.train_and_evaluate(cfg, tmp_path_factory.mktemp("device") / "run")
 
 
 def _stream_config(**overrides):
@@ -34,7 +35,7 @@ def _stream_config(**overrides):
 
 
 def test_the_stream_trains_the_same_run_as_the_device_path_bitwise(device_run, tmp_path):
-    streamed = train.train_and_evaluate(_stream_config(), tmp_path / "run")
+    streamed = training.train_and_evaluate(_stream_config(), tmp_path / "run")
     _assert_same_params(streamed, device_run)  # measured: bitwise on XLA:CPU
     assert streamed.final_metrics == device_run.final_metrics
     records = Workdir(tmp_path / "run").read_metrics()
@@ -42,23 +43,23 @@ def test_the_stream_trains_the_same_run_as_the_device_path_bitwise(device_run, t
 
 
 def test_a_resumed_stream_run_is_the_uninterrupted_run(device_run, tmp_path):
-    train.train_and_evaluate(_stream_config(**{"train.num_epochs": 1}), tmp_path / "run")
-    resumed = train.train_and_evaluate(_stream_config(), tmp_path / "run")
+    training.train_and_evaluate(_stream_config(**{"train.num_epochs": 1}), tmp_path / "run")
+    resumed = training.train_and_evaluate(_stream_config(), tmp_path / "run")
     _assert_same_params(resumed, device_run)
 
 
 def test_worker_processes_read_the_same_batches(device_run, tmp_path):
-    streamed = train.train_and_evaluate(_stream_config(**{"data.stream_workers": 2}),
+    streamed = training.train_and_evaluate(_stream_config(**{"data.stream_workers": 2}),
                                         tmp_path / "run")
     _assert_same_params(streamed, device_run)
 
 
 def test_auto_streams_what_exceeds_the_device_limit_and_device_refuses_it():
     small = {"data.max_device_bytes": 50_000}  # digits' 1,500 × 64 bytes = 96,000
-    assert train.load_training_data(make_test_config(**small), 1).pipeline == "stream"
-    assert train.load_training_data(make_test_config(), 1).pipeline == "device"
+    assert training.load_training_data(make_test_config(**small), 1).pipeline == "stream"
+    assert training.load_training_data(make_test_config(), 1).pipeline == "device"
     with pytest.raises(config_lib.ConfigError, match="data.pipeline='stream'"):
-        train.load_training_data(make_test_config(**small, **{"data.pipeline": "device"}), 1)
+        training.load_training_data(make_test_config(**small, **{"data.pipeline": "device"}), 1)
     with pytest.raises(config_lib.ConfigError, match="data.pipeline"):
         config_lib.validate(make_test_config(**{"data.pipeline": "disk"}))
 
@@ -66,7 +67,7 @@ def test_auto_streams_what_exceeds_the_device_limit_and_device_refuses_it():
 def test_a_failing_read_stops_the_run_without_saving_the_half_read_epoch(tmp_path,
                                                                          monkeypatch):
     calls = {"n": 0}
-    real_read = stream.Subset.read
+    real_read = data.Subset.read
 
     def failing_read(self, indices):
         calls["n"] += 1
@@ -74,15 +75,15 @@ def test_a_failing_read_stops_the_run_without_saving_the_half_read_epoch(tmp_pat
             raise OSError("disk went away")
         return real_read(self, indices)
 
-    monkeypatch.setattr(stream.Subset, "read", failing_read)
+    monkeypatch.setattr(data.Subset, "read", failing_read)
     cfg = _stream_config(**{"train.checkpoint_every_epochs": 1})
-    with pytest.raises(stream.PipelineError, match="OSError: disk went away.*rerun the same"):
-        train.train_and_evaluate(cfg, tmp_path / "run")
+    with pytest.raises(data.PipelineError, match="OSError: disk went away.*rerun the same"):
+        training.train_and_evaluate(cfg, tmp_path / "run")
     ckpt = checkpoint.Checkpointer(tmp_path / "run" / "checkpoints")
     assert ckpt.latest_step() == 21  # epoch 1's save; nothing of epoch 2
     ckpt.close()
-    monkeypatch.setattr(stream.Subset, "read", real_read)
-    assert train.train_and_evaluate(cfg, tmp_path / "run").epoch == 3  # the rerun resumes
+    monkeypatch.setattr(data.Subset, "read", real_read)
+    assert training.train_and_evaluate(cfg, tmp_path / "run").epoch == 3  # the rerun resumes
 
 
 @requires_mnist
@@ -93,11 +94,11 @@ def test_mnist_streamed_from_its_tfds_files_equals_the_device_path(tmp_path):
     variants = {"device": {"data.pipeline": "device"},
                 "decoded": {"data.pipeline": "stream"},  # decoded once into a cache
                 "records": {"data.pipeline": "stream", "data.stream_cache": False}}
-    runs = {name: train.train_and_evaluate(make_test_config(**common, **overrides),
+    runs = {name: training.train_and_evaluate(make_test_config(**common, **overrides),
                                            tmp_path / name)
             for name, overrides in variants.items()}
-    for name, kind in (("decoded", stream.DecodedSource), ("records", stream.TfdsSource)):
-        d = train.load_training_data(make_test_config(**common, **variants[name]), 1)
+    for name, kind in (("decoded", data.DecodedSource), ("records", data.TfdsSource)):
+        d = training.load_training_data(make_test_config(**common, **variants[name]), 1)
         assert isinstance(d.train_source.source, kind)
         _assert_same_params(runs[name], runs["device"])
 
@@ -114,12 +115,12 @@ def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(t
                  "model.arch": "resnet", "model.conv_channels": (8,),
                  "model.likelihood": "gaussian", "train.batch_size": 16,
                  "train.image_grid_size": 4, "eval.num_importance_samples": 2}
-    whole = train.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
-    assert train.load_training_data(make_test_config(**overrides), 1).pipeline == "stream"
+    whole = training.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
+    assert training.load_training_data(make_test_config(**overrides), 1).pipeline == "stream"
     assert np.isfinite(whole.final_metrics["elbo"])
-    train.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
+    training.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
                              tmp_path / "split")
-    _assert_same_params(train.train_and_evaluate(make_test_config(**overrides),
+    _assert_same_params(training.train_and_evaluate(make_test_config(**overrides),
                                                  tmp_path / "split"), whole)
 
 
@@ -199,16 +200,16 @@ def test_cropped_and_resized_images_stream_as_they_train_on_device(tmp_path):
               "data.resize": 8, "data.binarize": "none", "data.validation_size": 16,
               "train.batch_size": 16, "model.likelihood": "gaussian",
               "data.stream_chunk_steps": 2, "eval.num_importance_samples": 2}
-    runs = {p: train.train_and_evaluate(make_test_config(**common, **{"data.pipeline": p}),
+    runs = {p: training.train_and_evaluate(make_test_config(**common, **{"data.pipeline": p}),
                                         tmp_path / p) for p in ("device", "stream")}
-    assert train.load_training_data(make_test_config(**common), 1).info.shape == (8, 8, 3)
+    assert training.load_training_data(make_test_config(**common), 1).info.shape == (8, 8, 3)
     _assert_same_params(runs["stream"], runs["device"])
 
 
 PEAK_MEMORY_SCRIPT = r"""
 import sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from cvae import load_run, train
+from cvae import load_run, training
 from tests.conftest import make_test_config
 
 def anonymous_mb():  # resident memory not backed by a file (the memory-mapped set is)
@@ -221,7 +222,7 @@ def watch():
         peak[0] = max(peak[0], anonymous_mb())
         time.sleep(0.002)
 threading.Thread(target=watch, daemon=True).start()
-result = train.train_and_evaluate(make_test_config(**{
+result = training.train_and_evaluate(make_test_config(**{
     "data.name": f"npy:{sys.argv[2]}", "data.validation_size": 0, "data.validation_split": "val",
     "data.binarize": "dynamic", "data.max_device_bytes": 2**20, "model.likelihood": "bernoulli",
     "model.encoder_widths": (16,), "train.batch_size": 512, "train.num_epochs": 1,
@@ -290,7 +291,7 @@ def test_a_conv_models_stream_chunk_has_no_loop_on_a_cpu(arch, loops):
     overrides = {"data.pipeline": "stream", "data.stream_chunk_steps": 2,
                  "model.arch": arch, "model.conv_channels": (4, 8),
                  "model.conv_dense_width": 16}
-    setup = train.setup(make_test_config(**overrides))
+    setup = training.setup(make_test_config(**overrides))
     images = np.zeros((2, 64, 8, 8, 1), np.uint8)  # a chunk: 2 batches of 64 digits
     labels = np.zeros((2, 64), np.int32)
     hlo = setup.programs.train_epoch.lower(setup.state, images, labels,

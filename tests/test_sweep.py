@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import cvae
-from cvae import population, sweep, train
-from cvae.workdir import Workdir
+from cvae import training
+from cvae.runs.workdir import Workdir
+from cvae.training import population, sweep
 from experiments import report
 from tests.conftest import make_test_config, run_cli
 
@@ -56,7 +57,7 @@ def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_p
     assert result.traces["train_epoch"] == 1
     assert [o.status for o in result.outcomes] == ["done"] * 4
     for i, cfg in enumerate(configs):
-        alone = train.train_and_evaluate(cfg, tmp_path / f"alone{i}")
+        alone = training.train_and_evaluate(cfg, tmp_path / f"alone{i}")
         for x, y in zip(_member_params(result, i), _leaves(alone.state["params"]), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
         _assert_records_close(_records(tmp_path / f"m{i}"), _records(tmp_path / f"alone{i}"),
@@ -100,7 +101,7 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
     assert workdirs == [tmp_path / "beta=1/seed=0"]
     assert notes == [f"{tmp_path}: left out 1 failed member(s): beta=3e+38/seed=0"]
     # The good member finished exactly as its run alone does.
-    train.train_and_evaluate(base, tmp_path / "alone")
+    training.train_and_evaluate(base, tmp_path / "alone")
     _assert_records_close(_records(tmp_path / "beta=1/seed=0"), _records(tmp_path / "alone"),
                           rtol=1e-5)
 

@@ -4,8 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from cvae import Workdir, checkpoint, steps, train, writers
+from cvae import Workdir, training
 from cvae import config as config_lib
+from cvae.runs import checkpoint, writers
+from cvae.training import steps
 from tests.conftest import make_test_config
 
 DETERMINISTIC_KEYS = ("step", "epoch", "split", "loss", "elbo", "recon", "kl")
@@ -26,20 +28,20 @@ def _metrics(workdir):
 
 
 def test_same_config_and_seed_give_identical_metrics_and_params(tmp_path):
-    a = train.train_and_evaluate(make_test_config(), tmp_path / "a")
-    b = train.train_and_evaluate(make_test_config(), tmp_path / "b")
+    a = training.train_and_evaluate(make_test_config(), tmp_path / "a")
+    b = training.train_and_evaluate(make_test_config(), tmp_path / "b")
     _assert_bitwise_equal(a, b)
     assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
-    c = train.train_and_evaluate(make_test_config(seed=1), tmp_path / "c")
+    c = training.train_and_evaluate(make_test_config(seed=1), tmp_path / "c")
     assert not np.array_equal(_params(a)[0], _params(c)[0])
 
 
 def test_resumed_run_equals_uninterrupted_run_and_compiles_once(tmp_path):
-    whole = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+    whole = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
                                      tmp_path / "whole")
     assert whole.traces["train_epoch"] == 1  # three epochs, one compilation
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path / "split")
-    resumed = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path / "split")
+    resumed = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
                                        tmp_path / "split")
     _assert_bitwise_equal(whole, resumed)
     assert int(resumed.state["step"]) == int(whole.state["step"]) == 3 * (1400 // 64)
@@ -49,17 +51,18 @@ def test_resumed_run_equals_uninterrupted_run_and_compiles_once(tmp_path):
 
 def test_eight_devices_match_one_device_for_the_same_global_batch(tmp_path):
     assert len(jax.devices()) == 8
-    one = train.train_and_evaluate(make_test_config(**{"train.num_devices": 1}), tmp_path / "1")
-    eight = train.train_and_evaluate(make_test_config(**{"train.num_devices": 8}), tmp_path / "8")
+    one = training.train_and_evaluate(make_test_config(**{"train.num_devices": 1}), tmp_path / "1")
+    eight = training.train_and_evaluate(make_test_config(**{"train.num_devices": 8}),
+                                        tmp_path / "8")
     for x, y in zip(_params(one), _params(eight), strict=True):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
 
 
 def test_absurd_learning_rate_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    good = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    good = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
     bad = make_test_config(**{"train.num_epochs": 3, "train.learning_rate": 1e30})
-    with pytest.raises(train.TrainingDivergedError, match=r"step \d+ .*learning_rate"):
-        train.train_and_evaluate(bad, tmp_path)
+    with pytest.raises(training.TrainingDivergedError, match=r"step \d+ .*learning_rate"):
+        training.train_and_evaluate(bad, tmp_path)
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == int(good.state["step"])
     params, meta = ckpt.restore_params("latest")
@@ -69,33 +72,33 @@ def test_absurd_learning_rate_stops_the_run_and_keeps_the_last_good_checkpoint(t
 
 
 def test_corrupted_latest_checkpoint_is_skipped_and_the_run_still_matches(tmp_path):
-    whole = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+    whole = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
                                      tmp_path / "whole")
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), tmp_path / "torn")
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), tmp_path / "torn")
     latest = tmp_path / "torn" / "checkpoints" / "latest"
     newest = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
     for file in (latest / str(newest) / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"\x00garbage")
-    resumed = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
+    resumed = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
                                        tmp_path / "torn")
     assert (latest / f"corrupt-{newest}").is_dir()
     _assert_bitwise_equal(whole, resumed)
 
 
 def test_resuming_with_a_different_model_is_refused_unless_overwriting(tmp_path):
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
     changed = make_test_config(**{"train.num_epochs": 1, "model.latent_dim": 3})
-    with pytest.raises(train.ConfigMismatchError, match="model.latent_dim"):
-        train.train_and_evaluate(changed, tmp_path)
+    with pytest.raises(training.ConfigMismatchError, match="model.latent_dim"):
+        training.train_and_evaluate(changed, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model"]["latent_dim"] == 4
     changed.train.overwrite = True
-    result = train.train_and_evaluate(changed, tmp_path)
+    result = training.train_and_evaluate(changed, tmp_path)
     assert result.state["params"]["encoder"]["mean"]["dense"]["kernel"].shape[-1] == 3
 
 
 def test_workdir_holds_the_documented_files(tmp_path):
-    train.train_and_evaluate(make_test_config(), tmp_path)
+    training.train_and_evaluate(make_test_config(), tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
     records = Workdir(tmp_path).read_metrics()
     assert {r["split"] for r in records} == {"train", "validation", "test"}
@@ -130,7 +133,7 @@ def test_workdir_holds_the_documented_files(tmp_path):
      "train.grad_clip_norm": 1.0, "objective.kl_warmup_steps": 10, "objective.free_bits": 0.1},
 ])
 def test_every_option_trains_to_a_finite_improving_elbo(tmp_path, overrides):
-    result = train.train_and_evaluate(make_test_config(**overrides), tmp_path)
+    result = training.train_and_evaluate(make_test_config(**overrides), tmp_path)
     records = [r for r in Workdir(tmp_path).read_metrics()
                if r["split"] == "train"]
     assert np.isfinite(result.final_metrics["elbo"])
@@ -144,7 +147,7 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
     # on any CPU, unlike a divergent learning rate whose path depends on the float maths.
     cfg = make_test_config(**{"train.num_epochs": 8, "train.early_stopping_patience": 2,
                               "train.learning_rate": 1e-30})
-    result = train.train_and_evaluate(cfg, tmp_path)
+    result = training.train_and_evaluate(cfg, tmp_path)
     val = [r["elbo"] for r in Workdir(tmp_path).read_metrics()
            if r["split"] == "validation"]
     assert result.stopped_early and result.epoch == 3  # 1 improvement + 2 without
@@ -154,7 +157,7 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
 def test_early_stopping_lets_an_improving_run_finish(tmp_path):
     # The first epochs of a fresh model improve the validation ELBO by whole nats.
     cfg = make_test_config(**{"train.num_epochs": 4, "train.early_stopping_patience": 1})
-    result = train.train_and_evaluate(cfg, tmp_path)
+    result = training.train_and_evaluate(cfg, tmp_path)
     val = [r["elbo"] for r in Workdir(tmp_path).read_metrics()
            if r["split"] == "validation"]
     assert not result.stopped_early and result.epoch == 4
@@ -175,7 +178,7 @@ def test_early_stopping_lets_an_improving_run_finish(tmp_path):
 ])
 def test_bad_config_fails_before_training(tmp_path, overrides, pattern):
     with pytest.raises(config_lib.ConfigError, match=pattern):
-        train.train_and_evaluate(make_test_config(**overrides), tmp_path)
+        training.train_and_evaluate(make_test_config(**overrides), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -184,7 +187,7 @@ def test_in_training_test_scores_equal_the_evaluation_core(tmp_path):
     evaluation of the saved params computes (same batches, same keys, same program)."""
     import cvae
 
-    result = train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    result = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
     run = cvae.load_run(tmp_path, which="latest")
     scores = run.evaluate("test", k=0)
     for name in ("elbo", "recon", "kl", "loss"):
@@ -194,7 +197,7 @@ def test_in_training_test_scores_equal_the_evaluation_core(tmp_path):
 
 
 def test_without_a_validation_split_evaluations_are_labelled_train_eval(tmp_path):
-    train.train_and_evaluate(make_test_config(**{"data.validation_size": 0}), tmp_path)
+    training.train_and_evaluate(make_test_config(**{"data.validation_size": 0}), tmp_path)
     splits = [r["split"] for r in Workdir(tmp_path).read_metrics()]
     assert splits == ["train", "train_eval", "train", "train_eval", "test"]
 
@@ -203,7 +206,7 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
     cfg = make_test_config(**{"objective.kl_warmup_steps": 30, "train.lr_schedule":
                               "warmup_cosine", "train.lr_warmup_steps": 5,
                               "train.num_epochs": 3})
-    train.train_and_evaluate(cfg, tmp_path)
+    training.train_and_evaluate(cfg, tmp_path)
     records = Workdir(tmp_path).read_metrics("train")
     total = 1400 // 64 * 3
     schedule = steps.learning_rate(cfg.train, total)
@@ -221,10 +224,10 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
 ], ids=["vamp", "wae_mmd", "rae_gp"])
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
-    whole = train.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
-    train.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
+    whole = training.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
+    training.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
                              tmp_path / "split")
-    resumed = train.train_and_evaluate(make_test_config(**overrides), tmp_path / "split")
+    resumed = training.train_and_evaluate(make_test_config(**overrides), tmp_path / "split")
     _assert_bitwise_equal(whole, resumed)
     run = cvae.load_run(tmp_path / "whole")
     scores = run.evaluate("test", k=50)
@@ -239,10 +242,10 @@ def test_training_reads_the_splits_the_config_names(tmp_path):
     cfg = make_test_config(**{"data.validation_size": 0, "data.train_split": "train[:1000]",
                               "data.validation_split": "train[1000:]",
                               "data.test_split": "test[:100]", "train.num_epochs": 1})
-    d = train.load_training_data(cfg, 1)
+    d = training.load_training_data(cfg, 1)
     assert (len(d.train_set), len(d.eval_set), len(d.test_set)) == (1000, 500, 100)
     assert d.eval_split == "validation"
-    train.train_and_evaluate(cfg, tmp_path / "run")
+    training.train_and_evaluate(cfg, tmp_path / "run")
     splits = [r["split"] for r in Workdir(tmp_path / "run").read_metrics()]
     assert splits == ["train", "validation", "test"]
     import cvae

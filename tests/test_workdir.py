@@ -1,11 +1,11 @@
-"""The run directory's layout, owned by cvae.workdir.Workdir."""
+"""The run directory's layout, owned by cvae.runs.workdir.Workdir."""
 
 import json
 
 import pytest
 
 from cvae import config as config_lib
-from cvae.workdir import RunNotFoundError, Workdir
+from cvae.runs.workdir import RunNotFoundError, Workdir
 
 
 def test_config_round_trips_with_tuples_restored(tmp_path):
@@ -51,11 +51,12 @@ def test_clear_run_keeps_only_the_directory_and_unrelated_files(tmp_path):
 def test_training_records_its_provenance_and_report_prints_it(tmp_path):
     import jax
 
-    from cvae import provenance, train
+    from cvae import training
+    from cvae.runs import provenance
     from experiments import report
     from tests.conftest import make_test_config
 
-    train.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
     record = Workdir(tmp_path).read_provenance()
     assert record["versions"]["jax"] == jax.__version__
     assert record["device_count"] == jax.device_count() and record["platform"] == "cpu"

@@ -18,27 +18,17 @@ On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`
 XLA:CPU runs conv gradients in a scanned epoch ~50× slower (README, Streaming input).
 """
 
-from cvae.config import base_config
+from experiments.configs.common import cifar10
 
 
 def get_config():
-    c = base_config()
-    c.data.name = "cifar10"
-    c.data.validation_size = 5000
-    c.data.binarize = "none"
-    c.data.dequantize = True
+    c = cifar10("collapsed")
     c.model.arch = "resnet"
     c.model.conv_channels = (64, 128, 256)
     c.model.latent_dim = 128
-    c.model.posterior = "collapsed"
     c.model.sigma0 = 0.01
-    c.model.likelihood = "gaussian"
-    c.model.likelihood_scale = 0.0  # learned
-    c.train.batch_size = 128
     c.train.num_epochs = 100
     c.train.learning_rate = 1e-3
-    c.train.lr_schedule = "warmup_cosine"
     c.train.lr_warmup_steps = 1000
-    c.eval.every_epochs = 5
     c.eval.num_importance_samples = 100
     return c

@@ -11,25 +11,15 @@ On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`
 XLA:CPU runs conv gradients in a scanned epoch ~50× slower (README, Streaming input).
 """
 
-from cvae.config import base_config
+from experiments.configs.common import cifar10
 
 
 def get_config():
-    c = base_config()
-    c.data.name = "cifar10"
-    c.data.validation_size = 5000
-    c.data.binarize = "none"
-    c.data.dequantize = True
+    c = cifar10("gaussian")
     c.model.arch = "conv"
     c.model.conv_channels = (32, 64, 128)
     c.model.conv_dense_width = 512
     c.model.latent_dim = 64
-    c.model.posterior = "gaussian"
-    c.model.likelihood = "gaussian"
-    c.model.likelihood_scale = 0.0
-    c.train.batch_size = 128
     c.train.num_epochs = 50
-    c.train.lr_schedule = "warmup_cosine"
     c.train.lr_warmup_steps = 500
-    c.eval.every_epochs = 5
     return c

@@ -1,7 +1,7 @@
 """MNIST: WAE-MMD (Tolstikhin et al., 2018), deterministic encoder, seed architecture.
 
 The loss is −log p(x|z) + λ·MMD²(codes, N(0, I)) with the inverse multiquadratics kernel
-summed over the paper's scales (cvae.objectives.imq_mmd), λ = objective.mmd_weight = 10
+summed over the paper's scales (cvae.models.objectives.imq_mmd), λ = objective.mmd_weight = 10
 (the paper's MNIST value); the prior sample of each batch is drawn from the step's key.
 The same nets, data and schedule as mnist_ae / mnist_rae / mnist_cvae, for comparison.
 

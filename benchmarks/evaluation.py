@@ -1,0 +1,95 @@
+"""The importance-sampled NLL's speed: ``cvae.evaluation.evaluate`` (the core behind
+training's scores and experiments.evaluate) on the MNIST test images.
+
+    python -m benchmarks.evaluation --arch iwae --k 5000
+    python -m benchmarks.evaluation --workdir runs/mnist_vae --k 5000   # a trained run's params
+
+After one batch that compiles, it times the whole set. Its figures are images·samples per
+second, and ``fraction_of_roofline``: the dense layers' forward FLOPs (N·K decoder passes
+plus N encoder passes, 2 FLOPs per weight) over the time, as a fraction of the f32 matmul
+peak measured in the same process. Params are the preset's random initialisation (the
+speed does not depend on them), or a trained run's with ``--workdir``. The host's cores
+are split into one device each, as experiments.evaluate does. Results: docs/performance.md.
+"""
+
+from experiments.cpu_cores import split_host_into_cores
+
+split_host_into_cores()  # before jax starts: the evaluation spreads over every core
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    FLAGS,
+    bench_config,
+    dense_forward_flops,
+    device_name,
+)
+from benchmarks.peak import matmul_peak_gflops  # noqa: E402
+from cvae import data, evaluation, load_run  # noqa: E402
+from cvae.models import vae as model_lib  # noqa: E402
+from experiments import cli  # noqa: E402
+
+flags.DEFINE_integer("k", 5000, "Importance samples per image.")
+flags.DEFINE_integer("num_examples", 10000, "Test images scored (≤ 10,000).")
+flags.DEFINE_integer("eval_batch_size", 500, "Images per evaluation batch.")
+flags.DEFINE_integer("chunk_size", 0, "Importance samples per chunk (0 = automatic).")
+flags.DEFINE_string("workdir", None, "Score this trained run instead of random params.")
+
+
+def eval_one(arch, k, num_examples, batch_size, chunk_size, seed, data_dir, workdir,
+             peak_gflops) -> dict:
+    """Times the importance-sampled NLL over ``num_examples`` test images (see above)."""
+    if k < 1 or num_examples < 1 or batch_size < 1 or chunk_size < 0:
+        raise cli.UsageError("--k, --num_examples and --eval_batch_size must be ≥ 1, "
+                             "--chunk_size ≥ 0")
+    if workdir:
+        run = load_run(workdir)
+        model, params, cfg = run.model, run.params, run.config
+        arch = "run"
+    else:
+        cfg = bench_config(arch, 128, 2, FLAGS.init, seed, data_dir)
+        model = model_lib.build_model(cfg.model, (28, 28, 1), 10, binary_data=True)
+        params = model_lib.init_params(model, jax.random.key(seed))
+    test = data.load(cfg.data.name, "test", cfg.data.data_dir)
+    test_set = evaluation.EvalSet.from_dataset(test, cfg.data.binarize == "dynamic")
+    eval_set = test_set.head(num_examples)
+    score = lambda subset: evaluation.evaluate(model, params, subset, k=k,
+                                               batch_size=batch_size, chunk_size=chunk_size)
+    warm = test_set.head(batch_size)
+    tick = time.perf_counter()
+    score(warm)  # compiles the two programs for this shape
+    compile_s = time.perf_counter() - tick
+    tick = time.perf_counter()
+    result = score(eval_set)
+    seconds = time.perf_counter() - tick
+    n = len(eval_set)
+    flops = n * k * dense_forward_flops(params["decoder"]) + n * dense_forward_flops(
+        params["encoder"])
+    return {"peer": "cvae", "benchmark": "nll_is", "arch": arch, "k": k, "num_examples": n,
+            "batch_size": batch_size,
+            "chunk_size": chunk_size or evaluation.auto_chunk_size(
+                evaluation.evaluation_batch_size(batch_size, n, jax.local_device_count()), k),
+            "seconds": seconds, "first_batch_s": compile_s,
+            "image_samples_per_s": n * k / seconds, "nll_is": result.get("nll_is"),
+            "matmul_peak_gflops": peak_gflops, "dense_flops": flops,
+            "fraction_of_roofline": flops / seconds / (peak_gflops * 1e9),
+            "device": device_name()}
+
+
+
+def main(argv):
+    del argv
+    peak = matmul_peak_gflops()
+    record = eval_one(FLAGS.arch, FLAGS.k, FLAGS.num_examples, FLAGS.eval_batch_size,
+                      FLAGS.chunk_size, FLAGS.seed, FLAGS.data_dir, FLAGS.workdir, peak)
+    print(json.dumps(record))
+    print(f"peak {peak:.0f} GFLOP/s after: {matmul_peak_gflops():.0f} GFLOP/s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli.run(main)

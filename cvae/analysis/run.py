@@ -1,0 +1,406 @@
+"""``load_run(workdir)``: a trained run as an object, for notebooks and scripts.
+
+    run = cvae.load_run("runs/digits_cvae")
+    mean, log_var = run.encode(x)           # posterior parameters (log_var None if fixed)
+    logits = run.decode(z)                  # likelihood parameters
+    images = run.sample(jax.random.key(0), 64, sampler="gmm")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cvae import data, evaluation, parallel
+from cvae.analysis import ex_post
+from cvae.models import vae as model_lib
+from cvae.runs import checkpoint
+from cvae.runs.workdir import RunNotFoundError, Workdir
+
+log = logging.getLogger("cvae")
+
+__all__ = ["Run", "RunNotFoundError", "load_config", "load_run"]
+WHICH = ("best", "latest")
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run: its config, params (best or latest checkpoint), model and data info."""
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict
+    params: dict
+    model: model_lib.VAE
+    info: data.DatasetInfo
+    meta: dict
+    _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (f"Run({str(self.workdir)!r}, posterior={m.posterior!r}, "
+                f"latent_dim={m.latent_dim}, data={self.config.data.name!r}, "
+                f"epoch={self.meta.get('epoch')}, params={self.num_params:,})")
+
+    @property
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return model_lib.count_params(self.params)
+
+    # ---------------------------------------------------------------- inputs
+    def _inputs(self, x):
+        """Images as the model takes them: float32 in [0, 1], shaped N×H×W×C.
+
+        uint8 images are scaled by the data set's maximum (255 for 8-bit data); float images
+        must already lie in [0, 1]. Anything else is refused with what was expected, rather
+        than encoded into codes that look plausible and are wrong.
+        """
+        x = np.asarray(x)
+        expected = (f"images N×{'×'.join(map(str, self.info.shape))} as uint8 0–255 or as "
+                    "floats in [0, 1] (e.g. data.evaluation_inputs)")
+        if x.dtype == np.uint8:
+            return jnp.asarray(x, jnp.float32) / self.info.pixel_range[1]
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"images of dtype {x.dtype} are not accepted; pass {expected}")
+        if x.size and not np.isfinite(x).all():
+            raise ValueError(f"the images contain NaN or infinite values; pass {expected}")
+        if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+            hint = (" (they look like 0–255 pixels: divide by 255 or pass uint8)"
+                    if float(x.max()) > 1.0 else "")
+            raise ValueError(f"float images must lie in [0, 1], got values in "
+                             f"[{float(x.min()):g}, {float(x.max()):g}]{hint}; pass {expected}")
+        return jnp.asarray(x, jnp.float32)
+
+    def _labels(self, labels, n):
+        if labels is None:
+            return None
+        labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
+        if not self.model.num_classes:
+            raise ValueError("labels were given but this run is unconditional "
+                             "(model.conditional=False)")
+        if int(labels.min()) < 0 or int(labels.max()) >= self.model.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.model.num_classes}), got "
+                             f"{int(labels.min())}..{int(labels.max())}")
+        return labels
+
+    def _apply(self, *args, method):
+        return self.model.apply({"params": self.params}, *args, method=method)
+
+    # -------------------------------------------------------------- the API
+    def encode(self, x, labels=None):
+        """The parameters of q(z|x).
+
+        Args:
+          x: images (N, H, W, C) in [0, 1] (``inputs`` gives them as evaluation sees them).
+          labels: int labels, one per image, for a conditional model; else None.
+
+        Returns:
+          (mean (N, d), log_var (N, d)); log_var is None for collapsed and deterministic models.
+        """
+        x = self._inputs(x)
+        posterior = self._apply(x, self._labels(labels, len(x)), method=self.model.encode)
+        log_var = posterior.log_var if self.model.posterior_family == "gaussian" else None
+        return posterior.mean, log_var
+
+    def decode(self, z, labels=None):
+        """The likelihood parameters of p(x|z).
+
+        Args:
+          z: latents (N, d).
+          labels: int labels, one per image, for a conditional model; else None.
+
+        Returns:
+          The decoder's output: logits for Bernoulli models.
+        """
+        z = np.asarray(z, np.float32)
+        d = self.config.model.latent_dim
+        if z.ndim != 2 or z.shape[-1] != d:
+            raise ValueError(f"latents must be shaped N×{d} (this run's model.latent_dim), "
+                             f"got {z.shape}")
+        if not np.isfinite(z).all():
+            raise ValueError("the latents contain NaN or infinite values")
+        return self._apply(jnp.asarray(z), self._labels(labels, len(z)),
+                           method=self.model.decode)
+
+    def mean_image(self, z, labels=None):
+        """E[x|z]: the images latents decode to.
+
+        Args:
+          z: latents (N, d).
+          labels: int labels, one per image, for a conditional model; else None.
+
+        Returns:
+          Images (N, H, W, C) in the data's range.
+        """
+        return self.model.likelihood.mean(self.decode(z, labels))
+
+    def reconstruct(self, x, key, labels=None):
+        """E[x|z] for one z ~ q(z|x) per image.
+
+        Args:
+          x: images (N, H, W, C) in [0, 1].
+          key: the PRNG key of the posterior draws.
+          labels: int labels, one per image, for a conditional model; else None.
+
+        Returns:
+          Reconstructions (N, H, W, C).
+        """
+        x = self._inputs(x)
+        labels = self._labels(labels, len(x))
+        posterior = self._apply(x, labels, method=self.model.encode)
+        return self.model.likelihood.mean(
+            self._apply(posterior.sample(key), labels, method=self.model.decode))
+
+    def sample(self, key, n: int, sampler: str | None = None, labels=None):
+        """Images E[x|z], z from the prior or an ex-post density.
+
+        With labels, the ex-post density is p̂(z|y): a mixture fitted to the codes of class
+        y alone (a collapsed model's codes carry the class, so codes of other classes would
+        override the label); class y's latents come from ``fold_in(key, y)``.
+
+        Args:
+          key: the PRNG key of the draws.
+          n: how many images.
+          sampler: "prior", "gmm", "flow" or "two_stage"; None for the family's default
+            (prior for the Gaussian VAE, gmm otherwise).
+          labels: the class of each image, for a conditional model; else None.
+
+        Returns:
+          Images (n, H, W, C).
+        """
+        _require_int(n, 1, "the number of samples must be a positive integer")
+        sampler = sampler or ex_post.default_sampler(self.model.posterior_family)
+        labels = self._labels(labels, n)
+        if sampler == "prior":
+            z = self._apply(key, n, method=self.model.sample_prior)
+        elif sampler in ex_post.EX_POST and labels is None:
+            z = self.ex_post(sampler).sample(key, n)
+        elif sampler in ex_post.EX_POST:
+            wanted = np.asarray(labels)
+            z = np.zeros((n, self.config.model.latent_dim), np.float32)
+            for label in np.unique(wanted):
+                rows = np.flatnonzero(wanted == label)
+                z[rows] = self.ex_post(sampler, label=int(label)).sample(
+                    jax.random.fold_in(key, int(label)), len(rows))
+        else:
+            raise ValueError(f"sampler must be one of {ex_post.SAMPLERS}, got {sampler!r}")
+        return self.mean_image(z, labels)
+
+    def interpolate(self, x0, x1, steps: int = 8, labels=None):
+        """Images decoded along the straight line between the posterior means of two images.
+
+        Args:
+          x0: an image (H, W, C) or a batch of one.
+          x1: an image (H, W, C) or a batch of one.
+          steps: points on the line, ends included.
+          labels: the label of the path, for a conditional model; else None.
+
+        Returns:
+          Images (steps, H, W, C).
+        """
+        _require_int(steps, 2, "steps must be an integer ≥ 2 (both ends included)")
+        pair = jnp.stack([self._inputs(x0), self._inputs(x1)])
+        means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels))
+        t = jnp.linspace(0.0, 1.0, steps)[:, None]
+        z = (1 - t) * means[0] + t * means[1]
+        return self.mean_image(z, labels)
+
+    def evaluate(self, split: str = "test", k: int | None = None, *,
+                 batch_size: int | None = None, chunk_size: int | None = None,
+                 progress: bool = False) -> dict:
+        """Scores of a split through the one evaluation core (``cvae.evaluation``).
+
+        The mesh is the training run's device count where this machine has that many devices
+        (so the test ELBO equals the one training logged), else every local device.
+
+        Args:
+          split: a role (train | validation | test: the split the run's config names for it,
+            the carved validation subset included) or any TFDS split string.
+          k: importance samples for ``nll_is``; None for the run's ``eval`` config.
+          batch_size: examples per batch; None for the run's ``eval`` config.
+          chunk_size: importance samples at once; None for the run's ``eval`` config.
+          progress: show a progress bar.
+
+        Returns:
+          What ``cvae.evaluation.evaluate`` returns: means in nats over every example.
+        """
+        cfg = self.config
+        k = cfg.eval.num_importance_samples if k is None else k
+        eval_set = evaluation.EvalSet(data.role_source(cfg.data, split),
+                                      cfg.data.binarize == "dynamic")
+        devices = cfg.train.num_devices if cfg.train.num_devices <= jax.device_count() else 0
+        result = evaluation.evaluate(
+            self.model, self.params, eval_set, k=k, mesh=parallel.make_mesh(devices),
+            batch_size=cfg.eval.batch_size if batch_size is None else batch_size,
+            chunk_size=cfg.eval.chunk_size if chunk_size is None else chunk_size,
+            code_l2=cfg.model.code_l2, progress=progress, description=f"evaluate {split}")
+        return {**result, "split": split}
+
+    def eval_set(self, split: str = "test", binarized: bool | None = None):
+        """A split as evaluation reads it, row range by row range; nothing is read until asked for.
+
+        Args:
+          split: a role or a split string.
+          binarized: False for the grey intensities; None to binarize when the run binarizes.
+
+        Returns:
+          The evaluation set (``cvae.evaluation.EvalSet``).
+        """
+        binarized = self.config.data.binarize == "dynamic" if binarized is None else binarized
+        return evaluation.EvalSet(data.role_source(self.config.data, split), binarized)
+
+    def inputs(self, split: str = "test", count: int | None = None, *,
+               binarized: bool | None = None):
+        """The first examples of a split as the model sees them in evaluation.
+
+        Only those rows are read.
+
+        Args:
+          split: a role or a split string.
+          count: how many examples; None for all.
+          binarized: False for the grey intensities; None to binarize when the run binarizes.
+
+        Returns:
+          (images float32 in [0, 1], labels or None for unlabelled data).
+        """
+        return self.eval_set(split, binarized).first(count)
+
+    def training_codes(self, max_examples: int = 20000):
+        """Posterior means of training images, and their labels.
+
+        Only those images are read, 1,000 at a time (a streamed split is never loaded whole),
+        binarized exactly as the first rows of the whole split's evaluation binarization.
+
+        Args:
+          max_examples: at most this many images, from the start of the split.
+
+        Returns:
+          (codes (n, d), labels or None).
+        """
+        sample = self.eval_set("train").head(max_examples)
+        codes, labels = [], []
+        for images, y in sample.unit_batches(1000):
+            codes.append(np.asarray(self.encode(images, y if self.model.num_classes else None)[0]))
+            labels.append(y)
+        return np.concatenate(codes), (np.concatenate(labels) if self.info.num_classes
+                                       else None)
+
+    def latent_mixture(self, label: int | None = None) -> ex_post.LatentMixture:
+        """The ex-post Gaussian mixture (``ex_post("gmm")``).
+
+        Args:
+          label: fit to the codes of this class only; None for all codes.
+
+        Returns:
+          The mixture.
+        """
+        return self.ex_post("gmm", label)
+
+    @property
+    def params_sha256(self) -> str:
+        """A digest of the params' values: what a fitted sampler or a score was made from."""
+        return _fingerprint(self.params)
+
+    def ex_post(self, kind: str, label: int | None = None):
+        """An ex-post density of the training codes, fitted once and saved.
+
+        Fitted once per set of params and saved in ``DIR/samplers/``: a later call, or a
+        later process, loads it instead of refitting (a run trained further refits). The
+        fit draws from ``fold_in(key(seed), i)``, i the kind's index, and the mixture uses
+        the run's seed: a rerun gives the same samples.
+
+        Args:
+          kind: "gmm", "flow" or "two_stage" (``cvae.analysis.ex_post``).
+          label: fit to the codes of this class only; None for all codes.
+
+        Returns:
+          The sampler (``sample(key, n)``, ``log_prob(z)``).
+        """
+        name = kind if label is None else f"{kind}-label{label}"
+        if name not in self._mixtures:
+            directory = Workdir(self.workdir).sampler_dir(name)
+            fingerprint = self.params_sha256
+            loaded = ex_post.load(directory)
+            if loaded is not None and loaded[1].get("params_sha256") == fingerprint:
+                self._mixtures[name] = loaded[0]
+            else:
+                codes, labels = self.training_codes()
+                if label is not None:
+                    codes = codes[np.asarray(labels) == label]
+                key = jax.random.fold_in(jax.random.key(self.config.seed),
+                                         ex_post.EX_POST.index(kind))
+                fitted = ex_post.fit(kind, codes, key, seed=self.config.seed)
+                try:
+                    ex_post.save(fitted, directory, {"params_sha256": fingerprint,
+                                                     "num_codes": len(codes), "label": label})
+                except OSError as err:  # a read-only run still samples
+                    log.warning("could not save the fitted %s sampler in %s: %s", kind,
+                                directory, err)
+                self._mixtures[name] = fitted
+        return self._mixtures[name]
+
+
+def _fingerprint(params) -> str:
+    """A digest of a params tree's values: which params a saved sampler was fitted to."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _require_int(value, minimum: int, message: str) -> None:
+    """Raises ``ValueError(message, got value)`` unless ``value`` is an integer ≥ minimum."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{message}, got {value!r}")
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The saved config of a run, tuples restored.
+
+    Args:
+      workdir: the run directory.
+
+    Returns:
+      The config.
+
+    Raises:
+      RunNotFoundError: the directory holds no run.
+    """
+    return Workdir(workdir).read_config()
+
+
+def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
+    """A trained run: its config, model and parameters, ready for notebooks and scripts.
+
+    Args:
+      workdir: the run directory.
+      which: "best" (by validation ELBO; the latest checkpoint when there is no best yet)
+        or "latest".
+
+    Returns:
+      The run.
+
+    Raises:
+      RunNotFoundError: no run, or no checkpoint, in the directory.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    wd = Workdir(workdir)
+    config = wd.read_config()
+    ckpt = checkpoint.Checkpointer(wd.checkpoints, config.train.keep_checkpoints)
+    restored = ckpt.restore_params(which)
+    ckpt.close()
+    if restored is None:
+        raise RunNotFoundError(f"{wd.path} has no checkpoint yet; train it first (or wait "
+                               "for its first epoch to finish)")
+    params, meta = restored
+    info = data.open_source(config.data, "test").info  # a TFDS split is not read
+    model = model_lib.build_model(config.model, info.shape, info.num_classes,
+                                  binary_data=config.data.binarize == "dynamic")
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return Run(wd.path, config, params, model, info, meta)

@@ -1,0 +1,233 @@
+"""The VAE module: encoder → posterior family → decoder → likelihood, wired together.
+
+``VAE.encode`` returns a posterior object (see ``cvae.models.posteriors``), ``VAE.decode`` the
+likelihood's parameters, and ``VAE.__call__(x, key)`` draws z ~ q(z|x) with the key it is
+given. With ``num_classes > 0`` the model is a conditional VAE: one-hot labels enter both
+the encoder and the decoder, and ``decode(z, labels)`` draws class-conditional images.
+
+The prior is N(0, I), or with ``prior = "vamp"`` the VampPrior of Tomczak & Welling (2018):
+p(z) = (1/K) Σ_k q(z | u_k), the mixture of the encoder's own posteriors at K learnable
+pseudo-inputs u_k (a ``pseudo_inputs`` parameter, clipped to the pixel range [0, 1]).
+``prior_log_prob(z)`` and ``sample_prior(key, n)`` serve either prior.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cvae.models import likelihoods, nets, posteriors
+from cvae.models.validation import validate_model
+
+
+class VAE(nn.Module):
+    """Encoder → posterior family → decoder → likelihood; see the module docstring."""
+    encoder: nn.Module
+    decoder: nn.Module
+    likelihood: Any
+    event_shape: tuple[int, int, int]
+    posterior_family: str = "gaussian"
+    sigma0: float = posteriors.DEFAULT_SIGMA0
+    num_classes: int = 0
+    prior: str = "standard"  # "standard": N(0, I) | "vamp": the VampPrior
+    num_pseudo_inputs: int = 0
+
+    def setup(self):
+        """Flax's set-up: a VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel (the
+        VampPrior authors' initialisation).
+        """
+        if self.prior == "vamp":
+            # The VampPrior authors' initialisation: N(0.05, 0.01²) pixels.
+            self.pseudo_inputs = self.param(
+                "pseudo_inputs", lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
+                (self.num_pseudo_inputs,) + tuple(self.event_shape))
+
+    def _onehot(self, labels):
+        if self.num_classes == 0:
+            if labels is not None:
+                raise ValueError("labels were given to an unconditional model; set "
+                                 "model.conditional=True to train a conditional VAE")
+            return None
+        if labels is None:
+            raise ValueError(f"this conditional model needs labels in [0, {self.num_classes})")
+        return jax.nn.one_hot(labels, self.num_classes)
+
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """q(z|x) for images in [0, 1], as a posterior object.
+
+        Args:
+          x: images (…, H, W, C).
+          labels: int labels for a conditional model; else None.
+          train: training mode (dropout on).
+
+        Returns:
+          The posterior (``cvae.models.posteriors``).
+        """
+        if tuple(x.shape[-3:]) != tuple(self.event_shape) or x.ndim < 4:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} does not match the model's images "
+                f"{tuple(self.event_shape)}; pass a batch shaped N×H×W×C = "
+                f"N×{'×'.join(map(str, self.event_shape))}")
+        mean, log_var = self.encoder(x, self._onehot(labels), train=train)
+        return posteriors.make_posterior(self.posterior_family, mean, log_var, self.sigma0)
+
+    def decode(self, z, labels=None, *, train: bool = False):
+        """The likelihood's parameters of p(x|z).
+
+        Args:
+          z: latents (…, latent_dim).
+          labels: int labels for a conditional model; else None.
+          train: training mode (dropout on).
+
+        Returns:
+          The decoder's output, shaped as the likelihood asks (``param_shape``).
+        """
+        return self.decoder(z, self._onehot(labels), train=train)
+
+    def pseudo_posterior(self, *, train: bool = False) -> posteriors.Posterior:
+        """q(z | u_k) for the K pseudo-inputs of a VampPrior (a batch of K posteriors).
+
+        Args:
+          train: training mode (dropout on).
+
+        Returns:
+          The posterior of the pseudo-inputs.
+        """
+        return self.encode(jnp.clip(self.pseudo_inputs, 0.0, 1.0), train=train)
+
+    def prior_log_prob(self, z, *, train: bool = False):
+        """log p(z), summed over latent dimensions.
+
+        VampPrior: log (1/K) Σ_k q(z | u_k), a log-sum-exp over the pseudo-inputs.
+
+        Args:
+          z: latents (…, latent_dim).
+          train: training mode (dropout on).
+
+        Returns:
+          (…,) log-densities in nats.
+        """
+        if self.prior != "vamp":
+            return posteriors.standard_normal_log_prob(z)
+        components = self.pseudo_posterior(train=train)
+        per_component = components.log_prob(z[..., None, :])  # (…, K)
+        return jax.nn.logsumexp(per_component, axis=-1) - math.log(self.num_pseudo_inputs)
+
+    def sample_prior(self, key, num_samples: int):
+        """z ~ p(z): N(0, I), or a uniformly chosen pseudo-input's posterior (VampPrior).
+
+        Args:
+          key: the PRNG key of the draw.
+          num_samples: how many latents.
+
+        Returns:
+          (num_samples, latent_dim) latents.
+        """
+        if self.prior != "vamp":
+            return jax.random.normal(key, (num_samples, self.encoder.latent_dim))
+        component_key, draw_key = jax.random.split(key)
+        k = jax.random.randint(component_key, (num_samples,), 0, self.num_pseudo_inputs)
+        components = self.pseudo_posterior()
+        chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], components)
+        return chosen.sample(draw_key)
+
+    def __call__(self, x, key, labels=None, *, train: bool = False, num_samples=None):
+        """Returns (posterior, z, likelihood params); z has a leading sample axis if asked."""
+        posterior = self.encode(x, labels, train=train)
+        z = posterior.sample(key, num_samples)
+        return posterior, z, self.decode(z, labels, train=train)
+
+
+def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classes: int, *,
+                binary_data: bool = False) -> VAE:
+    """The VAE a config's ``model`` section describes, for images of a given shape.
+
+    Args:
+      model_config: the config's ``model`` section (validated here first).
+      event_shape: (H, W, C) of the images.
+      num_classes: the data set's classes; used only when ``model.conditional`` is set.
+      binary_data: every scored input is {0, 1} (``data.binarize = 'dynamic'``), which lets
+        the Bernoulli likelihood use its cheaper binary form.
+
+    Returns:
+      The module (unbound: parameters come from ``init_params``).
+
+    Raises:
+      ConfigError: a field of the section is invalid.
+      ValueError: a conditional model without labels, or an image size the nets cannot
+        build.
+    """
+    cfg = model_config
+    event_shape = tuple(int(s) for s in event_shape)
+    validate_model(cfg)
+    if cfg.conditional and num_classes <= 0:
+        raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
+    likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
+    param_shape = likelihood.param_shape(event_shape)
+    variance_head = posteriors.has_variance_head(cfg.posterior)
+    decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))
+    if cfg.arch == "mlp":
+        encoder = nets.MLPEncoder(tuple(cfg.encoder_widths), cfg.latent_dim, variance_head,
+                                  cfg.activation, cfg.dropout_rate, cfg.init)
+        decoder = nets.MLPDecoder(decoder_widths, param_shape, cfg.activation,
+                                  cfg.dropout_rate, cfg.init)
+    elif cfg.arch == "conv":
+        encoder = nets.ConvEncoder(tuple(cfg.conv_channels), cfg.conv_dense_width,
+                                   cfg.latent_dim, variance_head, cfg.activation,
+                                   cfg.dropout_rate)
+        decoder = nets.ConvDecoder(tuple(cfg.conv_channels), cfg.conv_dense_width, param_shape,
+                                   cfg.activation, cfg.dropout_rate)
+    elif cfg.arch == "resnet":
+        nets.check_resnet_shape(event_shape[0], event_shape[1], len(cfg.conv_channels))
+        encoder = nets.ResNetEncoder(tuple(cfg.conv_channels), cfg.latent_dim, variance_head,
+                                     cfg.activation, cfg.dropout_rate)
+        decoder = nets.ResNetDecoder(tuple(cfg.conv_channels), param_shape, cfg.activation,
+                                     cfg.dropout_rate)
+    elif cfg.arch == "ghosh":
+        nets.check_resnet_shape(event_shape[0], event_shape[1], 3, "ghosh")
+        encoder = nets.GhoshEncoder(tuple(cfg.conv_channels), cfg.latent_dim, variance_head,
+                                    cfg.activation, cfg.dropout_rate)
+        decoder = nets.GhoshDecoder(tuple(cfg.conv_channels), param_shape, cfg.activation,
+                                    cfg.dropout_rate)
+    else:
+        raise AssertionError(cfg.arch)  # validate_model admits only the four above
+    return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood,
+               event_shape=event_shape, posterior_family=cfg.posterior,
+               sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0,
+               prior=cfg.prior,
+               num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0)
+
+
+def init_params(model: VAE, key: jax.Array, batch_size: int = 1):
+    """Initial parameters from a key; needs no data.
+
+    Args:
+      model: the VAE.
+      key: the PRNG key of the initialisation.
+      batch_size: the dummy batch used to trace the shapes.
+
+    Returns:
+      The parameters (a plain pytree).
+    """
+    x = jnp.zeros((batch_size,) + tuple(model.event_shape), jnp.float32)
+    labels = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None
+    init_key, sample_key = jax.random.split(key)
+    return model.init({"params": init_key}, x, sample_key, labels)["params"]
+
+
+def count_params(params) -> int:
+    """The number of scalars in a params tree.
+
+    Args:
+      params: a tree of arrays or of their shape metadata alone (``jax.ShapeDtypeStruct``,
+        Orbax's saved-array metadata).
+
+    Returns:
+      The count.
+    """
+    return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
