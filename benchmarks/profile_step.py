@@ -5,7 +5,7 @@ Times the epoch program of the VAE on MNIST with parts removed (binarization, th
 on-device gather, the backward pass), and a plain jitted step fed pre-binarized batches
 from a Python loop, in ms per step. Every variant's step returns the loss and the batch
 means of the per-example terms, as the trainer's does (a scalar-only step compiles to a
-different, much slower program on XLA:CPU: README, Performance, finding 6). Then the
+different, much slower program on XLA:CPU: docs/performance.md, finding 6). Then the
 ceiling: the model's dense layers alone (the same matrix shapes, forward and backward,
 nothing else) as a fraction of the f32 matmul peak measured in the same run — no
 implementation of this model can beat it on this machine. Needs the prepared TFDS mnist.

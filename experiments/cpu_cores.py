@@ -2,11 +2,10 @@
 
 XLA runs a CPU program as one device whose small matmuls and elementwise loops use the
 cores unevenly; split into one device per core, a batch sharded along ``data`` runs a
-whole slice on each core with nothing to synchronise. For the importance-sampled NLL that
-measured 531,577 → 717,530 images·samples/s on 2 cores (seed arch, K = 1000; README,
-Performance). A single training run is *not* split this way: its gradient all-reduce
-made two host devices slower than one. A sweep's population is (experiments.sweep): its
-members spread over the devices with nothing to synchronise.
+whole slice on each core with nothing to synchronise: the importance-sampled NLL runs
+faster so (docs/performance.md, Evaluation). A single training run is *not* split this
+way: its gradient all-reduce made two host devices slower than one. A sweep's population
+is (experiments.sweep): its members spread over the devices with nothing to synchronise.
 
 ``split_host_into_cores()`` must run before jax is imported; it changes nothing when
 ``XLA_FLAGS`` already sets a device count, and only the CPU backend is affected (on a GPU

@@ -1,4 +1,4 @@
-"""The README's figures, from finished runs:
+"""The documentation's figures (docs/figures), from finished runs:
 ``python -m experiments.figures DIR [DIR ...] --out docs/figures/``.
 
 Writes, for the runs given (trained by experiments.train; evaluated by experiments.evaluate

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's family comparison (issue #17): WAE-MMD, RAE-GP, the VampPrior VAE and the
+# The family comparison of docs/results.md: WAE-MMD, RAE-GP, the VampPrior VAE and the
 # collapsed VampPrior VAE trained as sweeps over 3 seeds (the σ₀ sweep's nets, data and 50
 # epochs), then every member of those and of the σ₀ sweep's VAE, collapsed σ₀ ∈ {0.01, 0.1},
 # AE and RAE (experiments/mnist_sweep.sh) evaluated (nll_is at K = 1000) and scored with the

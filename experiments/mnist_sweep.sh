@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's MNIST sweep: the collapsed VAE's σ₀ from 0.001 to 1, the Gaussian VAE, the
+# The MNIST sweep of docs/results.md: the collapsed VAE's σ₀ from 0.001 to 1, the Gaussian VAE, the
 # deterministic AE and the RAE, 5 seeds each, trained as three sweeps (three compiled
 # programs: σ₀ is a traced hyperparameter, and so is RAE's code penalty), then every member
 # evaluated (nll_is at K = 1000) and its prior and mixture samples scored with the
@@ -11,7 +11,7 @@
 set -euo pipefail
 EPOCHS=${1:-50}
 PY=${PYTHON:-.venv/bin/python}
-# The README's numbers were trained on one XLA:CPU device; experiments.sweep would split a
+# The published numbers were trained on one XLA:CPU device; experiments.sweep would split a
 # CPU host into a device per core (faster, the same numbers up to float rounding).
 SWEEP=(env "XLA_FLAGS=${XLA_FLAGS:---xla_force_host_platform_device_count=1}" $PY -m experiments.sweep)
 OUT=runs/sweep

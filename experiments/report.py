@@ -13,7 +13,7 @@ figure's VAE and AE.
 
 Reads each workdir's config.json, metrics.jsonl, eval.json (run experiments.evaluate
 first), sample_quality.json (experiments.sample_quality) and checkpoint metadata, so every
-number in the README's results tables can be regenerated; under the table, each run's
+number in the results tables (docs/results.md) can be regenerated; under the table, each run's
 provenance (commit, library versions, device).
 """
 

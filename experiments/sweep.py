@@ -26,7 +26,7 @@ from experiments.cpu_cores import split_host_into_cores
 
 # Before jax is imported: on a CPU host each core becomes a device holding its share of
 # the members (measured 1.44-1.46× the solo runs' throughput on 2 cores, against
-# 1.02-1.07× on one device; README, Performance). GPUs are unaffected.
+# 1.02-1.07× on one device; docs/performance.md). GPUs are unaffected.
 split_host_into_cores()
 
 from absl import flags  # noqa: E402

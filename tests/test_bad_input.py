@@ -1,5 +1,5 @@
 """Every user mistake gets one line saying what is wrong, exit status 2, no traceback — on
-the command line — and a plain ValueError from the Python API (issue #19). Keep adding."""
+the command line — and a plain ValueError from the Python API. Keep adding."""
 
 import os
 import pathlib

@@ -1,4 +1,4 @@
-"""Ex-post densities (issue #17): the flow and the two-stage VAE fit a toy mixture about
+"""Ex-post densities: the flow and the two-stage VAE fit a toy mixture about
 as well as the mixture model does, every kind reloads bit-identically, and a run fits each
 sampler once and reuses it."""
 

@@ -1,5 +1,5 @@
 """Nothing lost under a crash or a mistake: kills at known points, damaged checkpoints, torn
-metrics, a second writer, a full disk (issue #19). Kills are real SIGKILLs of a training
+metrics, a second writer, a full disk. Kills are real SIGKILLs of a training
 subprocess, placed by the fail points of cvae.faults (CVAE_FAULT="name:n")."""
 
 import errno

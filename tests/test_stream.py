@@ -1,4 +1,4 @@
-"""The streaming pipeline (issue #18): the same run as the on-device path, chosen by size,
+"""The streaming pipeline: the same run as the on-device path, chosen by size,
 resumable, with worker processes, and failing cleanly when the data cannot be read."""
 
 import os

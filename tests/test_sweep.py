@@ -1,4 +1,4 @@
-"""Sweeps (issue #16): a population trains in one program and each member equals its run
+"""Sweeps: a population trains in one program and each member equals its run
 alone; kills and signals resume to the uninterrupted sweep; a diverging member fails
 alone; members shard over a ``member`` mesh axis; shards of an array job share one
 directory; bad grids fail in one line."""

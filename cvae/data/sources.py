@@ -67,8 +67,8 @@ class DecodedSource:
     """A TFDS split decoded once into uncompressed uint8 files under ``$CVAE_CACHE_DIR``
     (images and labels ``.npy``), read by rows through read-only memory maps.
 
-    Why: TFDS stores images encoded (PNG, JPEG); decoding MNIST ran at about 8,000 images/s
-    on this 2-core CPU, a tenth of what a small model trains on. A decoded row is a copy.
+    Why: TFDS stores images encoded (PNG, JPEG), and decoding them is slower than a small
+    model trains (docs/data.md has the figures). A decoded row is a copy.
     The files are written chunk by chunk (bounded memory) and renamed into place complete,
     so a crash never leaves a torn cache; the pages they occupy are the OS's file cache,
     not the process's memory.

@@ -146,9 +146,8 @@ def gather_rows(images, indices):
     """``images[indices]``, gathered as rows of a 2-D view.
 
     Exactly the same values; XLA:CPU runs a gather of (1, H, W, C) slices element by
-    element in all four dimensions, 3.3× slower than the same bytes as (1, H·W·C) rows
-    (80 MNIST images: 148 against 45 µs; a population step of iwae/20 gathers that many per
-    device)."""
+    element in all four dimensions, several times slower than the same bytes as
+    (1, H·W·C) rows (docs/performance.md has the measurement)."""
     rows = images.reshape(images.shape[0], -1)[indices]
     return rows.reshape(indices.shape + images.shape[1:])
 
@@ -208,8 +207,8 @@ def unroll_convolutions(config, mesh) -> bool:
     CPU devices of ``mesh``.
 
     XLA:CPU rewrites the gradient convolutions into the form its fast (Eigen) kernels take
-    only outside loops; inside a ``lax.scan`` body it runs them as naive loops — measured
-    51× slower for the 64×64 residual decoder (jax-ml/jax#12868, open). Unrolled, the
+    only outside loops; inside a ``lax.scan`` body it runs them as naive loops, an order of
+    magnitude slower (jax-ml/jax#12868; docs/performance.md, Streaming input). Unrolled, the
     steps of a chunk are compiled in line (compile time grows with the chunk: keep
     ``data.stream_chunk_steps`` small for such models on a CPU).
     """

@@ -9,13 +9,13 @@ uniformly dequantized pixels; the ex-post samplers (gmm, flow, two_stage) draw f
         --workdir runs/cifar10_cvae
     python -m experiments.sample --workdir runs/cifar10_cvae --sampler flow --out flow.png
 
-Preparation (on a machine with internet; README, Data): `tfds build cifar10 --data_dir DIR
+Preparation (on a machine with internet; docs/data.md): `tfds build cifar10 --data_dir DIR
 --file_format array_record` (about 160 MB of disk, a few minutes), then point
 TFDS_DATA_DIR or data.data_dir at DIR. CIFAR-10 is not prepared on this project's machines:
 this config has not been trained here; its nets are exercised on 32×32×3 and 64×64×3 inputs
 by tests/test_model.py and tests/test_stream.py.
 On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
-XLA:CPU runs conv gradients in a scanned epoch ~50× slower (README, Streaming input).
+XLA:CPU runs conv gradients in a scanned epoch ~50× slower (docs/performance.md, Streaming input).
 """
 
 from experiments.configs.common import cifar10

@@ -8,7 +8,7 @@ Needs cifar10 prepared as array_record; it is not prepared on this project's mac
 this config has not been run here (its architecture is exercised on 32×32×3 inputs by
 tests/test_model.py).
 On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
-XLA:CPU runs conv gradients in a scanned epoch ~50× slower (README, Streaming input).
+XLA:CPU runs conv gradients in a scanned epoch ~50× slower (docs/performance.md, Streaming input).
 """
 
 from experiments.configs.common import cifar10

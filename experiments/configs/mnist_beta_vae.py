@@ -6,7 +6,7 @@
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
 Not run yet on the project's machines; no result is claimed. Expected runtime on 2 CPU
-cores from the benchmark's throughput: see the README's performance table.
+cores from the benchmark's throughput: see docs/performance.md.
 """
 
 from experiments.configs.common import mnist

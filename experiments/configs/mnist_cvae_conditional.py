@@ -10,7 +10,7 @@ Measured with --config.train.num_epochs=10 (28 s on 2 CPU cores), then
 --classifier runs/mnist_classifier`: samples from the class-conditional ex-post mixtures
 are recognised as their class 93.9% of the time (classifier-feature FID 7.7); prior samples
 only 14.2% — the collapsed codes carry the class themselves, so the decoder follows z
-rather than the label. See the README's results.
+rather than the label. See docs/results.md.
 """
 
 from experiments.configs.common import mnist

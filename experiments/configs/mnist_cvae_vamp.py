@@ -9,7 +9,7 @@ model (compare `--sampler prior` here with `--sampler gmm` on mnist_cvae).
     python -m experiments.evaluate --workdir runs/mnist_cvae_vamp
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Measured (3 seeds,
-50 epochs; README, Results): it degenerates — the prior's components are spikes of width σ₀,
+50 epochs; docs/results.md): it degenerates — the prior's components are spikes of width σ₀,
 so codes settle on the 500 pseudo-input codes (5–9 active units, KL 3.6–5.2 nats, recon
 −156, nll_is 158.6, classifier-FID ~190). A collapsed posterior needs a prior wider than σ₀.
 """

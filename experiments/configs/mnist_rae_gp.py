@@ -13,7 +13,7 @@ makes the penalty a few nats beside a reconstruction of ≈ 89.
         --classifier runs/mnist_classifier
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Measured (3
-seeds, 50 epochs; README, Results): recon −77.08 ± 2.46, classifier-FID gmm 9.8 ± 3.3, flow
+seeds, 50 epochs; docs/results.md): recon −77.08 ± 2.46, classifier-FID gmm 9.8 ± 3.3, flow
 11.9, two_stage 27.6, prior 55.2.
 """
 

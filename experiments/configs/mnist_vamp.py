@@ -10,7 +10,7 @@ mixture. The same nets, data and schedule as mnist_vae, for comparison.
     python -m experiments.evaluate --workdir runs/mnist_vamp
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Measured (3 seeds,
-50 epochs; README, Results): nll_is 101.36 ± 4.84 (K = 1000), classifier-FID of prior
+50 epochs; docs/results.md): nll_is 101.36 ± 4.84 (K = 1000), classifier-FID of prior
 samples 7.2 ± 3.4 (its ex-post mixture 10.4).
 """
 

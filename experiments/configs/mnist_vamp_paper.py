@@ -15,9 +15,9 @@ against −88.56 with N(0, I) (K = 5000).
     python -m experiments.evaluate --workdir runs/vamp_paper --k 5000
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir), or MNIST saved as
-npz (`--config.data.name=npz:PATH`). Measured (seed 0, one H200, to the early stop; README,
-Results): VampPrior test NLL 82.59 nats (epoch 747, 332 s), standard prior 84.51 (epoch
-905, 314 s) — a 1.92-nat gain, both 3–4 nats better than the paper's figures.
+npz (`--config.data.name=npz:PATH`). Measured (seed 0, one H200, to the early stop;
+docs/results.md): VampPrior test NLL 82.59 nats (epoch 747, 332 s), standard prior 84.51
+(epoch 905, 314 s) — a 1.92-nat gain, both 3–4 nats better than the paper's figures.
 """
 
 from experiments.configs.common import mnist

@@ -12,7 +12,7 @@ The same nets, data and schedule as mnist_ae / mnist_rae / mnist_cvae, for compa
         --classifier runs/mnist_classifier
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir). Measured (3
-seeds, 50 epochs; README, Results): recon −71.33 ± 0.51 (the sharpest of the family),
+seeds, 50 epochs; docs/results.md): recon −71.33 ± 0.51 (the sharpest of the family),
 classifier-FID gmm 6.9 ± 2.1, flow 7.8, two_stage 18.9, prior 51.6.
 """
 
