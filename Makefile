@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/digits_cvae
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test lint docs bench clean venv
+.PHONY: run test test-fast lint docs bench clean venv
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 # The whole suite: lint, the documentation site, then every test in two worker processes.
 test: lint docs
 	$(PY) -m pytest -n auto --maxprocesses=2
+
+# The unit tier for the edit-test loop: no subprocess, no training beyond a few steps.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n auto --maxprocesses=2 -q -m "not slow and not mnist"
 
 lint: $(STAMP)
 	$(PY) -m ruff check cvae experiments benchmarks tests

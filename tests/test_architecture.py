@@ -10,6 +10,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cvae"
 
 # Bottom first; a module may import its own layer's modules and those of lower layers.

@@ -5,13 +5,15 @@ public function says what it takes and what it returns (Args/Returns, Google sty
 checks what a build does not: the README's length and the docstrings' sections.
 """
 
-import pathlib
 import re
 
 import griffe
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.unit
+
 API_PAGES = sorted((ROOT / "docs" / "api").glob("*.md"))
 
 

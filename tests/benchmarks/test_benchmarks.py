@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -13,9 +12,9 @@ import pytest
 from benchmarks import common
 from cvae import config as config_lib
 from cvae.models import vae as model_lib
-from tests.conftest import mnist_data_dir, requires_mnist
+from tests.helpers import ROOT, mnist_data_dir, requires_mnist
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("arch", ["seed", "torch_example", "iwae"])

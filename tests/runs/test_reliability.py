@@ -17,9 +17,10 @@ import cvae
 from cvae import training
 from cvae.runs import checkpoint
 from cvae.runs.workdir import Workdir, WorkdirLockedError
-from tests.conftest import make_test_config
+from tests.helpers import ROOT, make_test_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 SMALL = [f"--config.{k}={v}" for k, v in {
     "model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
     "train.num_epochs": 6, "data.validation_size": 100, "train.image_grid_size": 0,

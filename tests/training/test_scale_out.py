@@ -17,8 +17,9 @@ from cvae import Workdir
 from cvae.training import sweep
 from experiments import launch_local
 from experiments.configs import digits_cvae
-from tests.conftest import write_random_colour_tfds
-from tests.test_experiments import ROOT, TINY
+from tests.helpers import ROOT, TINY, write_random_colour_tfds
+
+pytestmark = pytest.mark.slow
 
 # Every device of every process: the global batch of 64 splits 4 ways in both layouts.
 ALL_DEVICES = [*TINY, "--config.train.num_devices=0"]

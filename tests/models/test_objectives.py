@@ -8,6 +8,8 @@ from cvae.evaluation import metrics
 from cvae.models import objectives
 from cvae.models import vae as model_lib
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def gaussian_setup():
@@ -26,6 +28,7 @@ def _mean_over_keys(fn, n_keys=10):
     return values.mean(), values.std() / np.sqrt(values.size)
 
 
+@pytest.mark.slow
 def test_iwae_bound_rises_with_k_and_sits_above_the_elbo(gaussian_setup):
     model, params, x = gaussian_setup
     elbo, elbo_se = _mean_over_keys(
@@ -50,6 +53,7 @@ def test_importance_sampled_log_likelihood_exceeds_elbo(gaussian_setup):
     assert float(log_px.mean()) > float(iwae50.mean()) > float(elbo.mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size", [7, 50, 120])
 def test_chunking_does_not_change_the_estimate(gaussian_setup, chunk_size):
     model, params, x = gaussian_setup
@@ -77,6 +81,7 @@ def test_same_key_same_loss_different_key_different_loss(gaussian_setup):
     assert float(a) == float(b) and float(a) != float(c)
 
 
+@pytest.mark.slow
 def test_free_bits_remove_the_kl_gradient_below_the_floor(gaussian_setup):
     model, params, x = gaussian_setup
     key = jax.random.key(0)
@@ -146,6 +151,7 @@ def test_imq_mmd_is_near_zero_for_one_gaussian_and_grows_with_a_mean_shift():
     assert all(x < y for x, y in zip(shifted, shifted[1:]))
 
 
+@pytest.mark.slow
 def test_decoder_gradient_penalty_equals_finite_differences():
     cfg = config_lib.base_config().model
     cfg.posterior, cfg.encoder_widths, cfg.latent_dim = "deterministic", (16,), 3
@@ -163,6 +169,7 @@ def test_decoder_gradient_penalty_equals_finite_differences():
                                np.sum(grads**2, axis=-1), rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_wae_loss_is_reconstruction_plus_weighted_mmd_and_draws_the_prior_from_its_key():
     cfg = config_lib.base_config().model
     cfg.posterior, cfg.encoder_widths, cfg.latent_dim = "deterministic", (16,), 3

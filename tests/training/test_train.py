@@ -8,7 +8,9 @@ from cvae import Workdir, training
 from cvae import config as config_lib
 from cvae.runs import checkpoint, writers
 from cvae.training import steps
-from tests.conftest import make_test_config
+from tests.helpers import make_test_config
+
+pytestmark = pytest.mark.slow
 
 DETERMINISTIC_KEYS = ("step", "epoch", "split", "loss", "elbo", "recon", "kl")
 

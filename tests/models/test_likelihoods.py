@@ -5,6 +5,8 @@ import pytest
 
 from cvae.models import likelihoods
 
+pytestmark = pytest.mark.unit
+
 
 def _image(values):
     return jnp.asarray(values, jnp.float32).reshape(1, 1, -1, 1)

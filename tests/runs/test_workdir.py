@@ -7,6 +7,8 @@ import pytest
 from cvae import config as config_lib
 from cvae.runs.workdir import RunNotFoundError, Workdir
 
+pytestmark = pytest.mark.unit
+
 
 def test_config_round_trips_with_tuples_restored(tmp_path):
     wd = Workdir(tmp_path)
@@ -48,13 +50,14 @@ def test_clear_run_keeps_only_the_directory_and_unrelated_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_training_records_its_provenance_and_report_prints_it(tmp_path):
     import jax
 
     from cvae import training
     from cvae.runs import provenance
     from experiments import report
-    from tests.conftest import make_test_config
+    from tests.helpers import make_test_config
 
     training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
     record = Workdir(tmp_path).read_provenance()

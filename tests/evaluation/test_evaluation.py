@@ -6,7 +6,9 @@ import pytest
 
 from cvae import data, evaluation, parallel, training
 from cvae.models import vae as model_lib
-from tests.conftest import make_test_config
+from tests.helpers import make_test_config
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import scipy.special
 from cvae import config as config_lib
 from cvae.models import vae as model_lib
 
+pytestmark = pytest.mark.unit
+
 
 def _model_config(**overrides):
     c = config_lib.base_config().model
@@ -21,6 +23,7 @@ def _kernel_shapes(tree):
             if getattr(path[-1], "key", "") == "kernel"}
 
 
+@pytest.mark.slow
 def test_seed_preset_has_the_documented_layer_sizes():
     cfg = config_lib.apply_preset(config_lib.base_config(), "seed").model
     cfg.posterior = "gaussian"
@@ -46,6 +49,7 @@ def test_collapsed_encoder_has_fewer_parameters_than_gaussian():
     assert counts["gaussian"] - counts["collapsed"] == 32 * 16 + 16  # the log-variance head
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1), (30, 20, 2)])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_conv_model_handles_any_image_shape(shape, likelihood):
@@ -63,6 +67,7 @@ def test_conv_model_handles_any_image_shape(shape, likelihood):
 @pytest.mark.parametrize("shape,likelihood", [((32, 32, 3), "gaussian"),
                                               ((64, 64, 3), "gaussian"),
                                               ((16, 24, 1), "bernoulli")])
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,channels", [("resnet", (8, 16)), ("ghosh", (8, 16, 32, 64))])
 def test_image_nets_map_images_to_codes_and_back(shape, likelihood, arch, channels):
     cfg = _model_config(arch=arch, conv_channels=channels, likelihood=likelihood,
@@ -77,6 +82,7 @@ def test_image_nets_map_images_to_codes_and_back(shape, likelihood, arch, channe
     np.testing.assert_allclose(alone, posterior.mean[:1], rtol=1e-4, atol=1e-5)  # rounding
 
 
+@pytest.mark.slow
 def test_ghosh_nets_have_the_papers_layers_at_64x64():
     cfg = _model_config(arch="ghosh", conv_channels=(128, 256, 512, 1024), latent_dim=64,
                         likelihood="gaussian", posterior="deterministic")
@@ -102,6 +108,7 @@ LIKELIHOODS = [("bernoulli", 0.0), ("gaussian", 0.0), ("gaussian", 0.1),
                ("continuous_bernoulli", 0.0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("likelihood,scale", LIKELIHOODS)
 def test_gradients_are_finite_for_every_family_and_likelihood(family, likelihood, scale):
@@ -158,6 +165,7 @@ def test_negative_or_zero_sigma0_is_refused_for_collapsed():
         model_lib.build_model(_model_config(sigma0=0.0), (28, 28, 1), 10)
 
 
+@pytest.mark.slow
 def test_input_of_the_wrong_shape_is_refused_before_compiling():
     model = model_lib.build_model(_model_config(encoder_widths=(8,), latent_dim=2), (28, 28, 1), 0)
     params = model_lib.init_params(model, jax.random.key(0))
@@ -180,6 +188,7 @@ def _vamp_model(posterior="gaussian", latent_dim=1, k=3):
     return model, model_lib.init_params(model, jax.random.key(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("posterior", ["gaussian", "collapsed"])
 def test_vamp_prior_density_is_the_mixture_of_pseudo_input_posteriors(posterior):
     model, params = _vamp_model(posterior)
@@ -195,6 +204,7 @@ def test_vamp_prior_density_is_the_mixture_of_pseudo_input_posteriors(posterior)
     np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_its_samples_follow_the_mixture():
     from cvae.models import objectives
     model, params = _vamp_model("gaussian", latent_dim=2, k=4)

@@ -5,7 +5,6 @@ directory; bad grids fail in one line."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -18,9 +17,10 @@ from cvae import training
 from cvae.runs.workdir import Workdir
 from cvae.training import population, sweep
 from experiments import report
-from tests.conftest import make_test_config, run_cli
+from tests.helpers import ROOT, make_test_config, run_cli
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 DETERMINISTIC = ("step", "epoch", "split", "loss", "elbo", "recon", "kl")
 SMALL = {"model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
          "train.num_epochs": 3, "data.validation_size": 100, "train.image_grid_size": 0,

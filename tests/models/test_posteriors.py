@@ -8,6 +8,8 @@ import pytest
 from cvae.models import posteriors
 from cvae.models.posteriors import standard_normal_log_prob
 
+pytestmark = pytest.mark.unit
+
 N_MC = 200_000
 
 

@@ -2,7 +2,6 @@
 conditional run and on an unlabelled npz set; the committed copies carry the outputs of
 ``python -m experiments.notebooks`` and no error."""
 
-import pathlib
 
 import nbformat
 import numpy as np
@@ -10,9 +9,10 @@ import pytest
 from nbclient import NotebookClient
 
 from cvae import data, training
-from tests.conftest import make_test_config
+from tests.helpers import ROOT, make_test_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = ["explore_latents.ipynb", "compare_runs.ipynb"]
 
 

@@ -4,7 +4,9 @@ import pytest
 import cvae
 from cvae import data, training
 from cvae.analysis import explore
-from tests.conftest import make_test_config
+from tests.helpers import make_test_config
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +18,7 @@ def run_2d(tmp_path_factory):
     return cvae.load_run(workdir)
 
 
+@pytest.mark.slow
 def test_projections_are_2d_and_pca_keeps_the_top_variance_directions():
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(200, 5)) * np.array([5.0, 3.0, 0.1, 0.1, 0.1])
@@ -28,6 +31,7 @@ def test_projections_are_2d_and_pca_keeps_the_top_variance_directions():
         explore.project_2d(codes, "isomap")
 
 
+@pytest.mark.slow
 def test_traversal_changes_only_with_the_traversed_dimension(run_2d):
     x = data.load("digits", "test").images[0].astype(np.float32) / 255
     grid = explore.traversal(run_2d, x, dims=[0, 1], values=[-2.0, 0.0, 2.0])
@@ -120,6 +124,7 @@ def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
         explore.aggregate(dirs, "model.sigma")
 
 
+@pytest.mark.slow
 def test_report_group_by_prints_intervals_and_plots(tmp_path):
     import subprocess
     import sys

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from cvae import data
-from tests.conftest import mnist_data_dir, requires_mnist
+from tests.helpers import mnist_data_dir, requires_mnist
+
+pytestmark = pytest.mark.unit
 
 
 @requires_mnist
@@ -46,6 +48,7 @@ def test_dynamic_binarization_matches_intensity_and_changes_each_draw():
     assert not np.array_equal(first, second)
 
 
+@pytest.mark.slow
 def test_dynamic_binarization_is_exact_at_the_ends_and_unbiased_at_every_grey_level():
     levels = jnp.arange(256, dtype=jnp.float32) / 255  # every 8-bit intensity
     draws = data.dynamic_binarize(jax.random.key(2), jnp.broadcast_to(levels, (40000, 256)))

@@ -9,7 +9,9 @@ import pytest
 import cvae
 from cvae import training
 from cvae.analysis import ex_post
-from tests.conftest import make_test_config
+from tests.helpers import make_test_config
+
+pytestmark = pytest.mark.slow
 
 CENTRES = np.array([[-3.0, 0.0], [3.0, 0.0], [0.0, 4.0]], np.float32)
 

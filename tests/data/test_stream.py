@@ -10,7 +10,9 @@ import pytest
 from cvae import Workdir, data, load_run, training
 from cvae import config as config_lib
 from cvae.runs import checkpoint
-from tests.conftest import make_test_config, mnist_data_dir, requires_mnist
+from tests.helpers import make_test_config, mnist_data_dir, requires_mnist
+
+pytestmark = pytest.mark.slow
 
 
 def _params(result):
@@ -133,7 +135,7 @@ def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_r
     import sys
     import time
 
-    from tests.conftest import ROOT, run_cli, write_random_colour_tfds
+    from tests.helpers import ROOT, run_cli, write_random_colour_tfds
 
     name = write_random_colour_tfds(tmp_path / "tfds", num_train=160, num_test=32)
     settings = {"data.name": name, "data.data_dir": tmp_path / "tfds",
@@ -173,7 +175,7 @@ def test_a_killed_reader_process_is_one_line_and_the_rerun_resumes(tmp_path):
     """A reader process SIGKILLed in the first epoch (a fail point, as the out-of-memory
     killer would): exit status 2, one line naming it and the fix, no checkpoint; the same
     command then trains the run."""
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py",
             "--workdir", str(tmp_path / "run"), *[f"--config.{k}={v}" for k, v in {
@@ -210,7 +212,7 @@ PEAK_MEMORY_SCRIPT = r"""
 import sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from cvae import load_run, training
-from tests.conftest import make_test_config
+from tests.helpers import make_test_config
 
 def anonymous_mb():  # resident memory not backed by a file (the memory-mapped set is)
     status = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -260,7 +262,7 @@ def test_streaming_memory_does_not_grow_with_the_split(tmp_path):
     import subprocess
     import sys
 
-    from tests.test_experiments import ROOT
+    from tests.helpers import ROOT
 
     rng = np.random.default_rng(0)
     _write_npy_set(tmp_path / "small", 10 * 512, rng)  # 60 MB: 2 chunks of 5 batches

@@ -2,7 +2,6 @@
 the command line — and a plain ValueError from the Python API. Keep adding."""
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -14,9 +13,10 @@ import pytest
 
 import cvae
 from cvae import training
-from tests.conftest import make_test_config, run_cli
+from tests.helpers import ROOT, make_test_config, run_cli
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 CONFIG = ["--config", "experiments/configs/digits_cvae.py", "--workdir", "W"]
 BAD_CONFIG_FILES = {
     "SYNTAX": "def get_config(:\n    pass\n",

@@ -9,6 +9,8 @@ from scipy import linalg
 from cvae import data
 from cvae.evaluation import sample_quality
 
+pytestmark = pytest.mark.unit
+
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
     rng = np.random.default_rng(0)
@@ -46,6 +48,7 @@ def test_frechet_distance_is_finite_with_fewer_samples_than_features_and_rejects
         sample_quality.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
 
 
+@pytest.mark.slow
 def test_classifier_recipe_learns_digits_reproducibly():
     train, test = data.load("digits", "train"), data.load("digits", "test")
     x_train, x_test = train.images / 255.0, test.images / 255.0

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -16,14 +15,9 @@ import pytest
 import cvae
 from cvae import Workdir, training
 from cvae import config as config_lib
-from tests.conftest import make_test_config, run_cli
+from tests.helpers import ROOT, TINY, make_test_config, run_cli
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = [f"--config.{k}={v}" for k, v in {
-    "model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
-    "train.num_epochs": 2, "data.validation_size": 100, "train.image_grid_size": 16,
-    "train.num_devices": 1}.items()]
-
+pytestmark = pytest.mark.slow
 
 _cli = run_cli
 
