@@ -30,8 +30,10 @@ test: lint docs
 test-fast: $(STAMP)
 	$(PY) -m pytest -n auto --maxprocesses=2 -q -m "not slow and not mnist"
 
+# The same checks as .pre-commit-config.yaml: ruff's lint rules and its formatting.
 lint: $(STAMP)
 	$(PY) -m ruff check cvae experiments benchmarks tests
+	$(PY) -m ruff format --check --quiet cvae experiments benchmarks tests
 
 # The documentation site (build/site); --strict fails on a broken link or a bad docstring.
 docs: $(STAMP)

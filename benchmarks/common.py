@@ -25,8 +25,12 @@ flags.DEFINE_integer("epochs", 3, "Epochs (≥ 2: the first, which compiles, is 
 flags.DEFINE_enum("init", "lecun", list(nets.INITS), "Dense-layer initialisation.")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_string("data_dir", None, "TFDS directory holding mnist (else $TFDS_DATA_DIR).")
-flags.DEFINE_string("dataset", "mnist", "The MNIST images: the TFDS name, or npz:PATH holding "
-                    "x, y, x_test, y_test (for a machine without the TFDS files).")
+flags.DEFINE_string(
+    "dataset",
+    "mnist",
+    "The MNIST images: the TFDS name, or npz:PATH holding "
+    "x, y, x_test, y_test (for a machine without the TFDS files).",
+)
 FLAGS = flags.FLAGS
 
 IMAGE_PIXELS = 784
@@ -49,9 +53,11 @@ def dense_flops_per_example(arch: str) -> int:
 
 def dense_forward_flops(params) -> int:
     """2 · Σ fan_in · fan_out over the dense kernels of a params (sub)tree."""
-    return 2 * sum(math.prod(leaf.shape)
-                   for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-                   if path[-1].key == "kernel" and leaf.ndim == 2)
+    return 2 * sum(
+        math.prod(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key == "kernel" and leaf.ndim == 2
+    )
 
 
 def bench_config(arch, batch_size, epochs, init, seed, data_dir):

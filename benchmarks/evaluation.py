@@ -41,12 +41,14 @@ flags.DEFINE_integer("chunk_size", 0, "Importance samples per chunk (0 = automat
 flags.DEFINE_string("workdir", None, "Score this trained run instead of random params.")
 
 
-def eval_one(arch, k, num_examples, batch_size, chunk_size, seed, data_dir, workdir,
-             peak_gflops) -> dict:
+def eval_one(
+    arch, k, num_examples, batch_size, chunk_size, seed, data_dir, workdir, peak_gflops
+) -> dict:
     """Times the importance-sampled NLL over ``num_examples`` test images (see above)."""
     if k < 1 or num_examples < 1 or batch_size < 1 or chunk_size < 0:
-        raise cli.UsageError("--k, --num_examples and --eval_batch_size must be ≥ 1, "
-                             "--chunk_size ≥ 0")
+        raise cli.UsageError(
+            "--k, --num_examples and --eval_batch_size must be ≥ 1, --chunk_size ≥ 0"
+        )
     if workdir:
         run = load_run(workdir)
         model, params, cfg = run.model, run.params, run.config
@@ -58,8 +60,9 @@ def eval_one(arch, k, num_examples, batch_size, chunk_size, seed, data_dir, work
     test = data.load(cfg.data.name, "test", cfg.data.data_dir)
     test_set = evaluation.EvalSet.from_dataset(test, cfg.data.binarize == "dynamic")
     eval_set = test_set.head(num_examples)
-    score = lambda subset: evaluation.evaluate(model, params, subset, k=k,
-                                               batch_size=batch_size, chunk_size=chunk_size)
+    score = lambda subset: evaluation.evaluate(
+        model, params, subset, k=k, batch_size=batch_size, chunk_size=chunk_size
+    )
     warm = test_set.head(batch_size)
     tick = time.perf_counter()
     score(warm)  # compiles the two programs for this shape
@@ -69,24 +72,44 @@ def eval_one(arch, k, num_examples, batch_size, chunk_size, seed, data_dir, work
     seconds = time.perf_counter() - tick
     n = len(eval_set)
     flops = n * k * dense_forward_flops(params["decoder"]) + n * dense_forward_flops(
-        params["encoder"])
-    return {"peer": "cvae", "benchmark": "nll_is", "arch": arch, "k": k, "num_examples": n,
-            "batch_size": batch_size,
-            "chunk_size": chunk_size or evaluation.auto_chunk_size(
-                evaluation.evaluation_batch_size(batch_size, n, jax.local_device_count()), k),
-            "seconds": seconds, "first_batch_s": compile_s,
-            "image_samples_per_s": n * k / seconds, "nll_is": result.get("nll_is"),
-            "matmul_peak_gflops": peak_gflops, "dense_flops": flops,
-            "fraction_of_roofline": flops / seconds / (peak_gflops * 1e9),
-            "device": device_name()}
-
+        params["encoder"]
+    )
+    return {
+        "peer": "cvae",
+        "benchmark": "nll_is",
+        "arch": arch,
+        "k": k,
+        "num_examples": n,
+        "batch_size": batch_size,
+        "chunk_size": chunk_size
+        or evaluation.auto_chunk_size(
+            evaluation.evaluation_batch_size(batch_size, n, jax.local_device_count()), k
+        ),
+        "seconds": seconds,
+        "first_batch_s": compile_s,
+        "image_samples_per_s": n * k / seconds,
+        "nll_is": result.get("nll_is"),
+        "matmul_peak_gflops": peak_gflops,
+        "dense_flops": flops,
+        "fraction_of_roofline": flops / seconds / (peak_gflops * 1e9),
+        "device": device_name(),
+    }
 
 
 def main(argv):
     del argv
     peak = matmul_peak_gflops()
-    record = eval_one(FLAGS.arch, FLAGS.k, FLAGS.num_examples, FLAGS.eval_batch_size,
-                      FLAGS.chunk_size, FLAGS.seed, FLAGS.data_dir, FLAGS.workdir, peak)
+    record = eval_one(
+        FLAGS.arch,
+        FLAGS.k,
+        FLAGS.num_examples,
+        FLAGS.eval_batch_size,
+        FLAGS.chunk_size,
+        FLAGS.seed,
+        FLAGS.data_dir,
+        FLAGS.workdir,
+        peak,
+    )
     print(json.dumps(record))
     print(f"peak {peak:.0f} GFLOP/s after: {matmul_peak_gflops():.0f} GFLOP/s", file=sys.stderr)
 

@@ -28,8 +28,11 @@ from cvae.training import steps, train_and_evaluate
 from experiments import cli
 from experiments.configs import celeba64_cvae
 
-flags.DEFINE_integer("image_size", 0, "Instead of MNIST, generated image_size² × 3 images "
-                     "through celeba64_cvae's residual nets.")
+flags.DEFINE_integer(
+    "image_size",
+    0,
+    "Instead of MNIST, generated image_size² × 3 images through celeba64_cvae's residual nets.",
+)
 
 
 def pipeline_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) -> dict:
@@ -37,33 +40,46 @@ def pipeline_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) ->
     cfg = bench_config(arch, batch_size, epochs, init, seed, data_dir)
     cfg.data.pipeline, cfg.data.stream_workers = "stream", FLAGS.stream_workers
     d = training.load_training_data(cfg, 1)  # builds the decoded cache on first use
-    reader = data.Stream(d.train_source, cfg.data.stream_chunk_steps,
-                           workers=FLAGS.stream_workers)
-    order = np.asarray(steps.make_epoch_indices(num_train=d.num_train, batch_size=batch_size,
-                                                class_table=None)(jax.random.key(seed), 0))
+    reader = data.Stream(d.train_source, cfg.data.stream_chunk_steps, workers=FLAGS.stream_workers)
+    order = np.asarray(
+        steps.make_epoch_indices(num_train=d.num_train, batch_size=batch_size, class_table=None)(
+            jax.random.key(seed), 0
+        )
+    )
     loader = []
     for _ in range(2):  # the first pass warms the file cache and the threads
         tick, examples = time.perf_counter(), 0
         for images, _labels in reader.chunks(order):
             examples += images.shape[0] * images.shape[1]
         loader.append(examples / (time.perf_counter() - tick))
-    streamed = run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops,
-                       pipeline="stream")
+    streamed = run_one(
+        arch, batch_size, epochs, init, seed, data_dir, peak_gflops, pipeline="stream"
+    )
     on_device = run_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops)
-    return {"peer": "cvae", "benchmark": "pipeline", "arch": arch, "batch_size": batch_size,
-            "epochs": epochs, "dataset": cfg.data.name, "stream_workers": FLAGS.stream_workers,
-            "chunk_steps": cfg.data.stream_chunk_steps,
-            "loader_examples_per_s": loader[-1], "loader_first_pass_examples_per_s": loader[0],
-            "stream_train_examples_per_s": streamed["train_examples_per_s"],
-            "device_train_examples_per_s": on_device["train_examples_per_s"],
-            "loader_over_stream_training": loader[-1] / streamed["train_examples_per_s"],
-            "stream_over_device": (streamed["train_examples_per_s"]
-                                   / on_device["train_examples_per_s"]),
-            "stream_fraction_of_peak": streamed["fraction_of_peak"],
-            "device_fraction_of_peak": on_device["fraction_of_peak"],
-            "same_test_neg_elbo": streamed["test_neg_elbo"] == on_device["test_neg_elbo"],
-            "peak_rss_mb": peak_rss_mb(),
-            "matmul_peak_gflops": peak_gflops, "device": streamed["device"]}
+    return {
+        "peer": "cvae",
+        "benchmark": "pipeline",
+        "arch": arch,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "dataset": cfg.data.name,
+        "stream_workers": FLAGS.stream_workers,
+        "chunk_steps": cfg.data.stream_chunk_steps,
+        "loader_examples_per_s": loader[-1],
+        "loader_first_pass_examples_per_s": loader[0],
+        "stream_train_examples_per_s": streamed["train_examples_per_s"],
+        "device_train_examples_per_s": on_device["train_examples_per_s"],
+        "loader_over_stream_training": loader[-1] / streamed["train_examples_per_s"],
+        "stream_over_device": (
+            streamed["train_examples_per_s"] / on_device["train_examples_per_s"]
+        ),
+        "stream_fraction_of_peak": streamed["fraction_of_peak"],
+        "device_fraction_of_peak": on_device["fraction_of_peak"],
+        "same_test_neg_elbo": streamed["test_neg_elbo"] == on_device["test_neg_elbo"],
+        "peak_rss_mb": peak_rss_mb(),
+        "matmul_peak_gflops": peak_gflops,
+        "device": streamed["device"],
+    }
 
 
 def image_pipeline_one(size, batch_size, epochs, seed) -> dict:
@@ -72,23 +88,23 @@ def image_pipeline_one(size, batch_size, epochs, seed) -> dict:
         raise cli.UsageError("--epochs must be ≥ 2 (the first epoch compiles and is not timed)")
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="cvae_bench_") as tmp:
-        images = np.lib.format.open_memmap(f"{tmp}/x.npy", "w+", np.uint8,
-                                           (8192, size, size, 3))
+        images = np.lib.format.open_memmap(f"{tmp}/x.npy", "w+", np.uint8, (8192, size, size, 3))
         for start in range(0, 8192, 1024):
-            images[start:start + 1024] = rng.integers(0, 256, (1024, size, size, 3), np.uint8)
+            images[start : start + 1024] = rng.integers(0, 256, (1024, size, size, 3), np.uint8)
         images.flush()
         for split in ("val", "test"):
-            np.save(f"{tmp}/x_{split}.npy", rng.integers(0, 256, (batch_size, size, size, 3),
-                                                         np.uint8))
+            np.save(
+                f"{tmp}/x_{split}.npy", rng.integers(0, 256, (batch_size, size, size, 3), np.uint8)
+            )
         source = data.ArraySource(data.load(f"npy:{tmp}", "train"))
         reader = data.Stream(source, 32, workers=FLAGS.stream_workers)
-        order = np.random.default_rng(seed).permutation(8192)[: 8192 // batch_size
-                                                              * batch_size]
+        order = np.random.default_rng(seed).permutation(8192)[: 8192 // batch_size * batch_size]
         loader = []
         for _ in range(2):  # the first pass warms the file cache and the threads
             tick = time.perf_counter()
-            examples = sum(im.shape[0] * im.shape[1]
-                           for im, _ in reader.chunks(order.reshape(-1, batch_size)))
+            examples = sum(
+                im.shape[0] * im.shape[1] for im, _ in reader.chunks(order.reshape(-1, batch_size))
+            )
             loader.append(examples / (time.perf_counter() - tick))
         cfg = celeba64_cvae.get_config()
         cfg.data.name, cfg.data.center_crop, cfg.data.resize = f"npy:{tmp}", 0, 0
@@ -101,25 +117,38 @@ def image_pipeline_one(size, batch_size, epochs, seed) -> dict:
         train_and_evaluate(cfg, f"{tmp}/run")
         records = Workdir(f"{tmp}/run").read_metrics("train")
     training, epoch_s = timed_throughput(records, 4 * batch_size)
-    return {"peer": "cvae", "benchmark": "pipeline", "arch": "celeba64_cvae resnet",
-            "image_shape": [size, size, 3], "batch_size": batch_size, "epochs": epochs,
-            "stream_workers": FLAGS.stream_workers,
-            "loader_examples_per_s": loader[-1], "loader_first_pass_examples_per_s": loader[0],
-            "stream_train_examples_per_s": training, "epoch_s": epoch_s,
-            "loader_over_stream_training": loader[-1] / training,
-            "peak_rss_mb": peak_rss_mb(),
-            "device": device_name()}
-
+    return {
+        "peer": "cvae",
+        "benchmark": "pipeline",
+        "arch": "celeba64_cvae resnet",
+        "image_shape": [size, size, 3],
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "stream_workers": FLAGS.stream_workers,
+        "loader_examples_per_s": loader[-1],
+        "loader_first_pass_examples_per_s": loader[0],
+        "stream_train_examples_per_s": training,
+        "epoch_s": epoch_s,
+        "loader_over_stream_training": loader[-1] / training,
+        "peak_rss_mb": peak_rss_mb(),
+        "device": device_name(),
+    }
 
 
 def main(argv):
     del argv
     if FLAGS.image_size:
-        record = image_pipeline_one(FLAGS.image_size, FLAGS.batch_size, FLAGS.epochs,
-                                    FLAGS.seed)
+        record = image_pipeline_one(FLAGS.image_size, FLAGS.batch_size, FLAGS.epochs, FLAGS.seed)
     else:
-        record = pipeline_one(FLAGS.arch, FLAGS.batch_size, FLAGS.epochs, FLAGS.init,
-                              FLAGS.seed, FLAGS.data_dir, matmul_peak_gflops())
+        record = pipeline_one(
+            FLAGS.arch,
+            FLAGS.batch_size,
+            FLAGS.epochs,
+            FLAGS.init,
+            FLAGS.seed,
+            FLAGS.data_dir,
+            matmul_peak_gflops(),
+        )
     print(json.dumps(record))
 
 

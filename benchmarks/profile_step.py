@@ -64,18 +64,23 @@ def main(argv):
                 if binarize:
                     x = data.dynamic_binarize(binarize_key, x)
                 if backward:
-                    (value, means), grads = jax.value_and_grad(loss, has_aux=True)(
-                        p, x, sample_key)
+                    (value, means), grads = jax.value_and_grad(loss, has_aux=True)(p, x, sample_key)
                     updates, o = tx.update(grads, o, p)
                     p = optax.apply_updates(p, updates)
                 else:
                     value, means = loss(p, x, sample_key)
                 return (p, o, s + 1), (value, means)
+
             return jax.lax.scan(step, (params, opt, 0), order)[1]
+
         return jax.jit(epoch)
 
-    variants = [("full epoch program", {}), ("without binarization", {"binarize": False}),
-                ("without gather", {"gather": False}), ("forward only", {"backward": False})]
+    variants = [
+        ("full epoch program", {}),
+        ("without binarization", {"binarize": False}),
+        ("without gather", {"gather": False}),
+        ("forward only", {"backward": False}),
+    ]
     for name, options in variants:
         program = epoch_program(**options)
         jax.block_until_ready(program(params, opt, jax.random.key(1)))
@@ -92,8 +97,12 @@ def main(argv):
         return optax.apply_updates(p, updates), o, (value, means)
 
     rng = np.random.default_rng(0)
-    batches = [(rng.random((batch, 28, 28, 1)) < images[i * batch:(i + 1) * batch] / 255)
-               .astype(np.float32) for i in range(steps)]
+    batches = [
+        (rng.random((batch, 28, 28, 1)) < images[i * batch : (i + 1) * batch] / 255).astype(
+            np.float32
+        )
+        for i in range(steps)
+    ]
     p, o, outputs = plain_step(params, opt, batches[0], jax.random.key(0))
     jax.block_until_ready(outputs)
     tick = time.perf_counter()
@@ -101,15 +110,20 @@ def main(argv):
         p, o, outputs = plain_step(p, o, batches[s], jax.random.key(s))
     jax.block_until_ready(outputs)
     seconds = time.perf_counter() - tick
-    print(f"{'plain step, host batches':28s} {seconds * 1e3 / steps:6.2f} ms/step "
-          f"{batch * steps / seconds:9,.0f} ex/s")
+    print(
+        f"{'plain step, host batches':28s} {seconds * 1e3 / steps:6.2f} ms/step "
+        f"{batch * steps / seconds:9,.0f} ex/s"
+    )
     dense_ceiling(params, batch)
 
 
 def dense_ceiling(params, batch: int, repeats: int = 500) -> None:
     """The dense layers' matmuls alone, forward and backward, at the model's shapes."""
-    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-               if jax.tree_util.keystr(path).endswith("['kernel']")]
+    kernels = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if jax.tree_util.keystr(path).endswith("['kernel']")
+    ]
     inputs = [jnp.ones((batch, k.shape[0]), jnp.float32) for k in kernels]
     cotangents = [jnp.ones((batch, k.shape[1]), jnp.float32) for k in kernels]
 
@@ -127,8 +141,10 @@ def dense_ceiling(params, batch: int, repeats: int = 500) -> None:
     seconds = (time.perf_counter() - tick) / repeats
     flops = 6 * batch * sum(k.shape[0] * k.shape[1] for k in kernels)
     peak = matmul_peak_gflops()
-    print(f"{'dense layers alone':28s} {seconds * 1e3:6.2f} ms/step {batch / seconds:9,.0f} ex/s"
-          f"  = {flops / seconds / 1e9 / peak:.2f} of the {peak:.0f} GFLOP/s matmul peak")
+    print(
+        f"{'dense layers alone':28s} {seconds * 1e3:6.2f} ms/step {batch / seconds:9,.0f} ex/s"
+        f"  = {flops / seconds / 1e9 / peak:.2f} of the {peak:.0f} GFLOP/s matmul peak"
+    )
 
 
 if __name__ == "__main__":

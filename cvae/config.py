@@ -124,17 +124,14 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
       ConfigError: an unknown preset.
     """
     if preset not in PRESETS:
-        raise ConfigError(f"unknown architecture preset {preset!r}; "
-                          f"choose one of {sorted(PRESETS)}")
+        raise ConfigError(
+            f"unknown architecture preset {preset!r}; choose one of {sorted(PRESETS)}"
+        )
     config.model.arch = "mlp"
     for key, value in PRESETS[preset].items():
         config.model[key] = value
     config.model.decoder_widths = ()
     return config
-
-
-
-
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -147,9 +144,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ConfigError: naming the field, the value and the valid range.
     """
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"a config must be an ml_collections.ConfigDict, got "
-                          f"{type(config).__name__}; get_config() should return "
-                          "cvae.config.base_config() with some fields changed")
+        raise ConfigError(
+            f"a config must be an ml_collections.ConfigDict, got "
+            f"{type(config).__name__}; get_config() should return "
+            "cvae.config.base_config() with some fields changed"
+        )
     c = config
     try:
         check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "an integer ≥ 0")
@@ -159,14 +158,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         validate_train(c.train)
         validate_eval(c.eval)
     except (AttributeError, KeyError) as err:
-        raise ConfigError(f"the config lacks a field ({str(err).splitlines()[0]}); start "
-                          "configs from cvae.config.base_config(), which has every field"
-                          ) from None
+        raise ConfigError(
+            f"the config lacks a field ({str(err).splitlines()[0]}); start "
+            "configs from cvae.config.base_config(), which has every field"
+        ) from None
     except TypeError as err:  # e.g. a string where a number belongs
-        raise ConfigError(f"a config field has the wrong type ({err}); the defaults in "
-                          "cvae/config.py show each field's type") from None
-
-
+        raise ConfigError(
+            f"a config field has the wrong type ({err}); the defaults in "
+            "cvae/config.py show each field's type"
+        ) from None
 
 
 def validate_data(d: ml_collections.ConfigDict) -> None:
@@ -178,30 +178,60 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: naming the field, the value and the valid range.
     """
-    check(isinstance(d.name, str) and d.name != "", "data.name", d.name,
-           "a TFDS name, 'digits', 'npz:PATH' or 'npy:DIR'")
+    check(
+        isinstance(d.name, str) and d.name != "",
+        "data.name",
+        d.name,
+        "a TFDS name, 'digits', 'npz:PATH' or 'npy:DIR'",
+    )
     check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
-    check(not (d.validation_split and d.validation_size), "data.validation_split",
-           d.validation_split, "empty when data.validation_size > 0 (a validation split is "
-           "either named or carved from the train split, not both)")
+    check(
+        not (d.validation_split and d.validation_size),
+        "data.validation_split",
+        d.validation_split,
+        "empty when data.validation_size > 0 (a validation split is "
+        "either named or carved from the train split, not both)",
+    )
     for field in ("center_crop", "resize"):
-        check(isinstance(d[field], int) and d[field] >= 0, f"data.{field}", d[field],
-               "an integer ≥ 0 (0: none)")
+        check(
+            isinstance(d[field], int) and d[field] >= 0,
+            f"data.{field}",
+            d[field],
+            "an integer ≥ 0 (0: none)",
+        )
     for role in ("train", "test"):
         split = d[f"{role}_split"]
-        check(isinstance(split, str) and split, f"data.{role}_split", split,
-               "a TFDS split string such as 'train' or 'train[:90%]'")
+        check(
+            isinstance(split, str) and split,
+            f"data.{role}_split",
+            split,
+            "a TFDS split string such as 'train' or 'train[:90%]'",
+        )
     check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
-    check(d.pipeline in ("auto", "device", "stream"), "data.pipeline", d.pipeline,
-           "'auto', 'device' or 'stream'")
-    check(isinstance(d.stream_chunk_steps, int) and d.stream_chunk_steps >= 1,
-           "data.stream_chunk_steps", d.stream_chunk_steps, "an integer ≥ 1")
-    check(isinstance(d.stream_workers, int) and d.stream_workers >= 0,
-           "data.stream_workers", d.stream_workers, "an integer ≥ 0")
-    check(not (d.dequantize and d.binarize == "dynamic"), "data.dequantize", d.dequantize,
-           "False when data.binarize='dynamic' (binarized data is not dequantized)")
-
-
+    check(
+        d.pipeline in ("auto", "device", "stream"),
+        "data.pipeline",
+        d.pipeline,
+        "'auto', 'device' or 'stream'",
+    )
+    check(
+        isinstance(d.stream_chunk_steps, int) and d.stream_chunk_steps >= 1,
+        "data.stream_chunk_steps",
+        d.stream_chunk_steps,
+        "an integer ≥ 1",
+    )
+    check(
+        isinstance(d.stream_workers, int) and d.stream_workers >= 0,
+        "data.stream_workers",
+        d.stream_workers,
+        "an integer ≥ 0",
+    )
+    check(
+        not (d.dequantize and d.binarize == "dynamic"),
+        "data.dequantize",
+        d.dequantize,
+        "False when data.binarize='dynamic' (binarized data is not dequantized)",
+    )
 
 
 def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDict) -> None:
@@ -214,29 +244,59 @@ def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDic
     Raises:
       ConfigError: naming the field, the value and the valid range.
     """
-    check(o.kind in ("elbo", "iwae", "wae_mmd"), "objective.kind", o.kind,
-           "'elbo', 'iwae' or 'wae_mmd'")
-    check(o.kind != "wae_mmd" or m.posterior in ("deterministic", "collapsed"),
-           "objective.kind", o.kind, "used with model.posterior='deterministic' or "
-           "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)")
-    check(finite(o.mmd_weight) and o.mmd_weight >= 0, "objective.mmd_weight", o.mmd_weight,
-           "finite and ≥ 0")
-    check(m.prior == "standard" or o.kind in ("elbo", "iwae"), "model.prior", m.prior,
-           "'standard' with objective.kind='wae_mmd' (its MMD matches N(0, I))")
-    check(m.prior == "standard" or o.free_bits == 0, "objective.free_bits", o.free_bits,
-           "0 with model.prior='vamp' (its KL is a Monte-Carlo estimate with no "
-           "per-dimension terms to floor)")
-    check(o.kind == "elbo" or m.gradient_penalty == 0, "model.gradient_penalty",
-           m.gradient_penalty, "0 unless objective.kind='elbo' (RAE-GP adds it to the "
-           "autoencoder's loss)")
+    check(
+        o.kind in ("elbo", "iwae", "wae_mmd"),
+        "objective.kind",
+        o.kind,
+        "'elbo', 'iwae' or 'wae_mmd'",
+    )
+    check(
+        o.kind != "wae_mmd" or m.posterior in ("deterministic", "collapsed"),
+        "objective.kind",
+        o.kind,
+        "used with model.posterior='deterministic' or "
+        "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)",
+    )
+    check(
+        finite(o.mmd_weight) and o.mmd_weight >= 0,
+        "objective.mmd_weight",
+        o.mmd_weight,
+        "finite and ≥ 0",
+    )
+    check(
+        m.prior == "standard" or o.kind in ("elbo", "iwae"),
+        "model.prior",
+        m.prior,
+        "'standard' with objective.kind='wae_mmd' (its MMD matches N(0, I))",
+    )
+    check(
+        m.prior == "standard" or o.free_bits == 0,
+        "objective.free_bits",
+        o.free_bits,
+        "0 with model.prior='vamp' (its KL is a Monte-Carlo estimate with no "
+        "per-dimension terms to floor)",
+    )
+    check(
+        o.kind == "elbo" or m.gradient_penalty == 0,
+        "model.gradient_penalty",
+        m.gradient_penalty,
+        "0 unless objective.kind='elbo' (RAE-GP adds it to the autoencoder's loss)",
+    )
     check(isinstance(o.k, int) and o.k >= 1, "objective.k", o.k, "an integer ≥ 1")
-    check(o.kind != "iwae" or m.posterior != "deterministic", "objective.kind", o.kind,
-           "'elbo' or 'wae_mmd' for a deterministic posterior (the IWAE bound needs a "
-           "density)")
+    check(
+        o.kind != "iwae" or m.posterior != "deterministic",
+        "objective.kind",
+        o.kind,
+        "'elbo' or 'wae_mmd' for a deterministic posterior (the IWAE bound needs a density)",
+    )
     check(finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "finite and ≥ 0")
     check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
-    check(finite(o.free_bits) and o.free_bits >= 0, "objective.free_bits", o.free_bits,
-           "finite and ≥ 0 nats")
+    check(
+        finite(o.free_bits) and o.free_bits >= 0,
+        "objective.free_bits",
+        o.free_bits,
+        "finite and ≥ 0 nats",
+    )
 
 
 def validate_train(t: ml_collections.ConfigDict) -> None:
@@ -248,25 +308,57 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: naming the field, the value and the valid range.
     """
-    check(isinstance(t.batch_size, int) and t.batch_size > 0, "train.batch_size",
-           t.batch_size, "a positive integer")
-    check(isinstance(t.num_epochs, int) and t.num_epochs >= 0, "train.num_epochs",
-           t.num_epochs, "an integer ≥ 0")
-    check(finite(t.learning_rate) and t.learning_rate > 0, "train.learning_rate",
-           t.learning_rate, "finite and > 0")
+    check(
+        isinstance(t.batch_size, int) and t.batch_size > 0,
+        "train.batch_size",
+        t.batch_size,
+        "a positive integer",
+    )
+    check(
+        isinstance(t.num_epochs, int) and t.num_epochs >= 0,
+        "train.num_epochs",
+        t.num_epochs,
+        "an integer ≥ 0",
+    )
+    check(
+        finite(t.learning_rate) and t.learning_rate > 0,
+        "train.learning_rate",
+        t.learning_rate,
+        "finite and > 0",
+    )
     check(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
-    check(finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
-           t.weight_decay, "finite and ≥ 0")
-    check(t.lr_schedule in ("constant", "warmup_cosine"), "train.lr_schedule", t.lr_schedule,
-           "'constant' or 'warmup_cosine'")
+    check(
+        finite(t.weight_decay) and t.weight_decay >= 0,
+        "train.weight_decay",
+        t.weight_decay,
+        "finite and ≥ 0",
+    )
+    check(
+        t.lr_schedule in ("constant", "warmup_cosine"),
+        "train.lr_schedule",
+        t.lr_schedule,
+        "'constant' or 'warmup_cosine'",
+    )
     check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, "≥ 0")
-    check(finite(t.grad_clip_norm) and t.grad_clip_norm >= 0, "train.grad_clip_norm",
-           t.grad_clip_norm, "finite and ≥ 0 (0 = off)")
-    check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
-           t.early_stopping_patience, "≥ 0 (0 = off)")
+    check(
+        finite(t.grad_clip_norm) and t.grad_clip_norm >= 0,
+        "train.grad_clip_norm",
+        t.grad_clip_norm,
+        "finite and ≥ 0 (0 = off)",
+    )
+    check(
+        t.early_stopping_patience >= 0,
+        "train.early_stopping_patience",
+        t.early_stopping_patience,
+        "≥ 0 (0 = off)",
+    )
     check(t.num_devices >= 0, "train.num_devices", t.num_devices, "≥ 0 (0 = all)")
-    check(t.checkpoint_every_epochs >= 1, "train.checkpoint_every_epochs",
-           t.checkpoint_every_epochs, "≥ 1")
+    check(
+        t.checkpoint_every_epochs >= 1,
+        "train.checkpoint_every_epochs",
+        t.checkpoint_every_epochs,
+        "≥ 1",
+    )
     check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "≥ 1")
     check(t.image_grid_size >= 0, "train.image_grid_size", t.image_grid_size, "≥ 0")
 
@@ -282,11 +374,18 @@ def validate_eval(e: ml_collections.ConfigDict) -> None:
     """
     check(e.every_epochs >= 1, "eval.every_epochs", e.every_epochs, "≥ 1")
     check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "≥ 1")
-    check(isinstance(e.num_importance_samples, int) and e.num_importance_samples >= 0,
-           "eval.num_importance_samples", e.num_importance_samples,
-           "an integer ≥ 0 (0 = no importance-sampled NLL)")
-    check(isinstance(e.chunk_size, int) and e.chunk_size >= 0, "eval.chunk_size",
-           e.chunk_size, "an integer ≥ 0 (0 = automatic)")
+    check(
+        isinstance(e.num_importance_samples, int) and e.num_importance_samples >= 0,
+        "eval.num_importance_samples",
+        e.num_importance_samples,
+        "an integer ≥ 0 (0 = no importance-sampled NLL)",
+    )
+    check(
+        isinstance(e.chunk_size, int) and e.chunk_size >= 0,
+        "eval.chunk_size",
+        e.chunk_size,
+        "an integer ≥ 0 (0 = automatic)",
+    )
 
 
 # Fields whose change makes a saved run a different experiment: resuming across them would
@@ -306,9 +405,12 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     """
     saved = {**flatten(base_config()), **saved}  # fields added since: their defaults
     names = sorted(set(saved) | set(current))
-    return [n for n in names
-            if any(n == p or n.startswith(p) for p in RESUME_CRITICAL_PREFIXES)
-            and saved.get(n) != current.get(n)]
+    return [
+        n
+        for n in names
+        if any(n == p or n.startswith(p) for p in RESUME_CRITICAL_PREFIXES)
+        and saved.get(n) != current.get(n)
+    ]
 
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
@@ -331,8 +433,9 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
         for key, value in node.items():
             default = schema.get(key) if schema is not None else None
             if isinstance(value, dict):
-                out[key] = restore(value, default if isinstance(
-                    default, ml_collections.ConfigDict) else None)
+                out[key] = restore(
+                    value, default if isinstance(default, ml_collections.ConfigDict) else None
+                )
             elif isinstance(value, list) and isinstance(default, tuple):
                 out[key] = tuple(value)
             else:
@@ -342,8 +445,11 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     def merged(default: dict, node: dict) -> dict:
         out = dict(default)
         for key, value in node.items():
-            out[key] = (merged(default[key], value) if isinstance(value, dict)
-                        and isinstance(default.get(key), dict) else value)
+            out[key] = (
+                merged(default[key], value)
+                if isinstance(value, dict) and isinstance(default.get(key), dict)
+                else value
+            )
         return out
 
     return ml_collections.ConfigDict(merged(defaults.to_dict(), restore(saved, defaults)))

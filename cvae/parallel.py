@@ -29,9 +29,13 @@ from jax.sharding import PartitionSpec as P
 log = logging.getLogger("cvae")
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           *, heartbeat_timeout_s: int = 100) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout_s: int = 100,
+) -> None:
     """Joins JAX's multi-process runtime; call it before anything touches a device.
 
     Arguments left as None are filled in by JAX from the cluster's environment (SLURM,
@@ -42,20 +46,32 @@ def initialize_distributed(coordinator_address: str | None = None,
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"--num_processes = {num_processes} must be at least 1")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id = {process_id} must lie in [0, {num_processes}); "
-                         "each process of a run needs its own id")
+        raise ValueError(
+            f"--process_id = {process_id} must lie in [0, {num_processes}); "
+            "each process of a run needs its own id"
+        )
     if heartbeat_timeout_s < 1:
         raise ValueError(f"--heartbeat_timeout_s = {heartbeat_timeout_s} must be at least 1")
     try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                                   heartbeat_timeout_seconds=heartbeat_timeout_s)
+        jax.distributed.initialize(
+            coordinator_address,
+            num_processes,
+            process_id,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+        )
     except ValueError as err:  # JAX found no cluster and was given too little to go on
-        raise ValueError(f"could not join a multi-process run: {str(err).rstrip('.')}. Pass "
-                         "--coordinator_address, --num_processes and --process_id, or run "
-                         "under a cluster manager JAX recognises (SLURM, Open MPI, Cloud TPU)"
-                         ) from None
-    log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())
+        raise ValueError(
+            f"could not join a multi-process run: {str(err).rstrip('.')}. Pass "
+            "--coordinator_address, --num_processes and --process_id, or run "
+            "under a cluster manager JAX recognises (SLURM, Open MPI, Cloud TPU)"
+        ) from None
+    log.info(
+        "process %d of %d; %d local and %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def is_primary() -> bool:
@@ -82,11 +98,15 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all of them)."""
     devices = jax.devices()
     if num_devices > len(devices):
-        raise ValueError(f"train.num_devices = {num_devices} but only {len(devices)} devices "
-                         f"are visible ({devices[0].platform}); use 0 for all of them")
+        raise ValueError(
+            f"train.num_devices = {num_devices} but only {len(devices)} devices "
+            f"are visible ({devices[0].platform}); use 0 for all of them"
+        )
     if jax.process_count() > 1 and num_devices not in (0, len(devices)):
-        raise ValueError(f"train.num_devices = {num_devices}: a run of {jax.process_count()} "
-                         f"processes uses all {len(devices)} global devices; set it to 0")
+        raise ValueError(
+            f"train.num_devices = {num_devices}: a run of {jax.process_count()} "
+            f"processes uses all {len(devices)} global devices; set it to 0"
+        )
     chosen = devices[:num_devices] if num_devices else devices
     return Mesh(np.asarray(chosen), ("data",))
 
@@ -136,8 +156,9 @@ def place(tree, sharding: NamedSharding):
     def place_leaf(x):
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             raw = place_leaf(jax.random.key_data(x))
-            return jax.jit(jax.random.wrap_key_data, static_argnames="impl",
-                           out_shardings=sharding)(raw, impl=jax.random.key_impl(x))
+            return jax.jit(
+                jax.random.wrap_key_data, static_argnames="impl", out_shardings=sharding
+            )(raw, impl=jax.random.key_impl(x))
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -168,5 +189,4 @@ def shard_batch(host_batch, mesh: Mesh):
     """A host batch as one global array split along ``data`` (every process passes the
     same batch and supplies the slices of its own devices, as ``replicate`` does)."""
     host = np.asarray(host_batch)
-    return jax.make_array_from_callback(host.shape, batch_sharded(mesh),
-                                        lambda index: host[index])
+    return jax.make_array_from_callback(host.shape, batch_sharded(mesh), lambda index: host[index])

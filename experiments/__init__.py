@@ -19,8 +19,11 @@ def _interrupted(signum, frame):
     # a garbage-collection callback, where Python prints it and carries on. Everything cvae
     # writes is written atomically; the workdir locks this process holds are removed.
     del signum, frame
-    print("interrupted (Ctrl-C) before anything was saved; rerun the same command",
-          file=sys.stderr, flush=True)
+    print(
+        "interrupted (Ctrl-C) before anything was saved; rerun the same command",
+        file=sys.stderr,
+        flush=True,
+    )
     workdir = sys.modules.get("cvae.runs.workdir")
     if workdir is not None:
         workdir.release_held_locks()

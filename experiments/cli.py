@@ -41,8 +41,9 @@ def _fail(message: str, status: int) -> None:
 
 def _available_configs() -> str:
     here = pathlib.Path(__file__).parent / "configs"
-    return ", ".join(sorted(p.stem for p in here.glob("*.py")
-                            if p.stem not in ("__init__", "common")))
+    return ", ".join(
+        sorted(p.stem for p in here.glob("*.py") if p.stem not in ("__init__", "common"))
+    )
 
 
 def _underscored(argv):
@@ -66,8 +67,10 @@ def _underscored(argv):
 
 def config_field_help() -> str:
     """Every config field, its default and its comment-free value, one per line."""
-    return "\n".join(f"  --config.{name}={value!r}"
-                     for name, value in config_lib.flatten(config_lib.base_config()).items())
+    return "\n".join(
+        f"  --config.{name}={value!r}"
+        for name, value in config_lib.flatten(config_lib.base_config()).items()
+    )
 
 
 def unknown_config_field(argv) -> str | None:
@@ -76,12 +79,14 @@ def unknown_config_field(argv) -> str | None:
     for arg in argv:
         if not arg.startswith("--config."):
             continue
-        name = arg[len("--config."):].partition("=")[0]
+        name = arg[len("--config.") :].partition("=")[0]
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            return (f"unknown config field {name!r}{hint} (--helpconfig lists every field; "
-                    "they are defined in cvae/config.py)")
+            return (
+                f"unknown config field {name!r}{hint} (--helpconfig lists every field; "
+                "they are defined in cvae/config.py)"
+            )
     return None
 
 
@@ -97,9 +102,11 @@ def _describe_load_error(argv, err: Exception) -> str:
     """A config file that fails to load: its name, the exception and where (one line)."""
     where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
     reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-    return (f"could not load the config file {_config_path(argv)}{where}: "
-            f"{type(err).__name__}: {reason}; a config file defines get_config() returning an "
-            f"ml_collections.ConfigDict (see experiments/configs: {_available_configs()})")
+    return (
+        f"could not load the config file {_config_path(argv)}{where}: "
+        f"{type(err).__name__}: {reason}; a config file defines get_config() returning an "
+        f"ml_collections.ConfigDict (see experiments/configs: {_available_configs()})"
+    )
 
 
 def _parse_flags(argv, module: str = "__main__"):
@@ -129,8 +136,10 @@ def _describe_os_error(err: OSError) -> str:
     if "Failed loading config file" not in str(err):
         return str(err)
     reason = str(err).strip().splitlines()[-1].strip()
-    return (f"could not load the config file: {reason}; the configs in experiments/configs "
-            f"are: {_available_configs()}")
+    return (
+        f"could not load the config file: {reason}; the configs in experiments/configs "
+        f"are: {_available_configs()}"
+    )
 
 
 def run(main, positional: bool = False) -> None:
@@ -146,8 +155,10 @@ def run(main, positional: bool = False) -> None:
         try:
             return main(argv)
         except KeyboardInterrupt:
-            print("interrupted before training got going: nothing was saved; rerun to start",
-                  file=sys.stderr)
+            print(
+                "interrupted before training got going: nothing was saved; rerun to start",
+                file=sys.stderr,
+            )
             sys.exit(130)
         except (TrainingDivergedError, CheckpointWriteError) as err:
             _fail(str(err), 1)

@@ -20,15 +20,27 @@ from cvae import Workdir, evaluation, load_run
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
-flags.DEFINE_integer("k", None, "Importance samples per example for nll_is "
-                     "(default: the run's eval.num_importance_samples; 0 skips nll_is).")
-flags.DEFINE_string("split", "test", "The split to evaluate: train, validation or test (the "
-                    "run's data.*_split for that role), or a TFDS split string such as "
-                    "'train[:10%]'.")
-flags.DEFINE_integer("batch_size", None, "Examples per evaluation batch "
-                     "(default: the run's eval.batch_size).")
-flags.DEFINE_integer("chunk_size", None, "Importance samples evaluated at once "
-                     "(default: the run's eval.chunk_size; 0 = automatic).")
+flags.DEFINE_integer(
+    "k",
+    None,
+    "Importance samples per example for nll_is "
+    "(default: the run's eval.num_importance_samples; 0 skips nll_is).",
+)
+flags.DEFINE_string(
+    "split",
+    "test",
+    "The split to evaluate: train, validation or test (the "
+    "run's data.*_split for that role), or a TFDS split string such as "
+    "'train[:10%]'.",
+)
+flags.DEFINE_integer(
+    "batch_size", None, "Examples per evaluation batch (default: the run's eval.batch_size)."
+)
+flags.DEFINE_integer(
+    "chunk_size",
+    None,
+    "Importance samples evaluated at once (default: the run's eval.chunk_size; 0 = automatic).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -42,8 +54,13 @@ def main(argv):
     if FLAGS.chunk_size is not None and FLAGS.chunk_size < 0:
         raise cli.UsageError(f"--chunk_size must be ≥ 0 (0 = automatic), got {FLAGS.chunk_size}")
     run = load_run(workdir)
-    result = run.evaluate(FLAGS.split, FLAGS.k, batch_size=FLAGS.batch_size,
-                          chunk_size=FLAGS.chunk_size, progress=True)
+    result = run.evaluate(
+        FLAGS.split,
+        FLAGS.k,
+        batch_size=FLAGS.batch_size,
+        chunk_size=FLAGS.chunk_size,
+        progress=True,
+    )
     path = Workdir(workdir).write_eval(result)
     print(evaluation.format_table(result))
     print(f"wrote {path}")

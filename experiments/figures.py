@@ -41,16 +41,15 @@ def _label(run) -> str:
     return explore.run_label(explore.run_summary(run.workdir))
 
 
-
-
 def samples_figure(runs, n: int, key) -> plt.Figure:
     fig, axes = plt.subplots(len(runs), 2, figsize=(10, 1.6 * len(runs) + 0.6), squeeze=False)
     for row, run in zip(axes, runs):
         for ax, sampler in zip(row, ("prior", "gmm")):
             images = np.asarray(run.sample(key, n, sampler=sampler))
             ax.imshow(writers.image_grid(images, columns=n // 2))
-            ax.set_title(f"{_label(run)}: {'ex-post mixture' if sampler == 'gmm' else 'prior'}",
-                         fontsize=8)
+            ax.set_title(
+                f"{_label(run)}: {'ex-post mixture' if sampler == 'gmm' else 'prior'}", fontsize=8
+            )
             ax.axis("off")
     fig.tight_layout()
     return fig
@@ -72,12 +71,12 @@ def latents_figure(runs) -> plt.Figure:
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
     for ax, run in zip(axes[0], runs):
         x, labels = run.inputs("test", 2000)
-        codes = np.concatenate([np.asarray(run.encode(x[i:i + 1000])[0])
-                                for i in range(0, len(x), 1000)])
+        codes = np.concatenate(
+            [np.asarray(run.encode(x[i : i + 1000])[0]) for i in range(0, len(x), 1000)]
+        )
         center, basis = explore.pca_plane(codes)
         xy = (codes - center) @ basis.T
-        colour = (dict(c=labels, cmap="tab10") if labels is not None
-                  else {})
+        colour = dict(c=labels, cmap="tab10") if labels is not None else {}
         ax.scatter(xy[:, 0], xy[:, 1], s=3, **colour)
         xs = np.linspace(*np.percentile(xy[:, 0], [0.5, 99.5]), 120)
         ys = np.linspace(*np.percentile(xy[:, 1], [0.5, 99.5]), 120)
@@ -102,8 +101,9 @@ def learning_curves_figure(runs) -> plt.Figure:
 
 
 def sigma0_figure(rows) -> plt.Figure | None:
-    metrics = [m for m in ("nll_is", "recon", "kl", "active_units")
-               if len(explore.by_sigma0(rows, m)) >= 2]
+    metrics = [
+        m for m in ("nll_is", "recon", "kl", "active_units") if len(explore.by_sigma0(rows, m)) >= 2
+    ]
     if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
@@ -113,8 +113,13 @@ def sigma0_figure(rows) -> plt.Figure | None:
         ax.errorbar(list(points), mean, yerr=std, marker="o", capsize=3, label="collapsed")
         for row in rows:
             if row["posterior"] != "collapsed" and row.get(metric) is not None:
-                ax.axhline(row[metric], ls="--", lw=1, label=explore.run_label(row),
-                           color="k" if row["posterior"] == "gaussian" else "grey")
+                ax.axhline(
+                    row[metric],
+                    ls="--",
+                    lw=1,
+                    label=explore.run_label(row),
+                    color="k" if row["posterior"] == "gaussian" else "grey",
+                )
         ax.set_xscale("log")
         ax.set(title=metric, xlabel="σ₀")
     fullest = max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[1]))
@@ -126,8 +131,9 @@ def sigma0_figure(rows) -> plt.Figure | None:
 def main(argv):
     workdirs = [pathlib.Path(a) for a in argv[1:]]
     if not workdirs:
-        raise cli.UsageError("name one or more workdirs: python -m experiments.figures DIR ... "
-                             "--out docs/figures")
+        raise cli.UsageError(
+            "name one or more workdirs: python -m experiments.figures DIR ... --out docs/figures"
+        )
     if FLAGS.n < 2 or FLAGS.n % 2:
         raise cli.UsageError(f"--n must be an even number ≥ 2, got {FLAGS.n}")
     runs = [load_run(w) for w in workdirs]
@@ -135,14 +141,21 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(FLAGS.seed)
     names = ", ".join(w.name for w in workdirs)
-    figures = {"samples": (samples_figure(runs, FLAGS.n, key),
-                           f"Prior vs ex-post-mixture samples (E[x|z]) of {names}"),
-               "reconstructions": (reconstructions_figure(runs, FLAGS.n, key),
-                                   f"Test images and reconstructions of {names}"),
-               "latents": (latents_figure(runs), f"PCA plane of the test codes of {names}, "
-                           "with the ex-post mixture's density contours"),
-               "learning_curves": (learning_curves_figure(runs),
-                                   f"Validation ELBO per epoch of {names}")}
+    figures = {
+        "samples": (
+            samples_figure(runs, FLAGS.n, key),
+            f"Prior vs ex-post-mixture samples (E[x|z]) of {names}",
+        ),
+        "reconstructions": (
+            reconstructions_figure(runs, FLAGS.n, key),
+            f"Test images and reconstructions of {names}",
+        ),
+        "latents": (
+            latents_figure(runs),
+            f"PCA plane of the test codes of {names}, with the ex-post mixture's density contours",
+        ),
+        "learning_curves": (learning_curves_figure(runs), f"Validation ELBO per epoch of {names}"),
+    }
     sigma = sigma0_figure([explore.run_summary(w) for w in workdirs])
     if sigma is not None:
         figures["sigma0"] = (sigma, f"Test metrics against σ₀ of {names}")

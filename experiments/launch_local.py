@@ -28,11 +28,18 @@ from experiments import cli
 
 flags.DEFINE_integer("num_processes", 2, "Processes to start.")
 flags.DEFINE_integer("devices_per_process", 2, "Simulated CPU devices in each process.")
-flags.DEFINE_enum("module", "experiments.train", ["experiments.train", "experiments.sweep"],
-                  "The launcher each process runs.")
+flags.DEFINE_enum(
+    "module",
+    "experiments.train",
+    ["experiments.train", "experiments.sweep"],
+    "The launcher each process runs.",
+)
 flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
-flags.DEFINE_integer("heartbeat_timeout_s", 30,
-                     "Seconds before a silent process is declared dead (passed to each one).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    30,
+    "Seconds before a silent process is declared dead (passed to each one).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -45,23 +52,36 @@ def free_port() -> int:
 def child_env(devices_per_process: int, base: dict | None = None) -> dict:
     """The environment of each process: CPU only, N simulated devices, gloo collectives."""
     env = dict(os.environ if base is None else base)
-    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "",
-                       env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = (f"{xla_flags} --xla_force_host_platform_device_count="
-                        f"{devices_per_process}").strip()
+    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = (
+        f"{xla_flags} --xla_force_host_platform_device_count={devices_per_process}"
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] = "gloo"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def process_commands(train_args: list[str], num_processes: int, port: int,
-                     heartbeat_timeout_s: int, module: str = "experiments.train"
-                     ) -> list[list[str]]:
-    return [[sys.executable, "-m", module, *train_args,
-             f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
-             f"--process_id={i}", f"--heartbeat_timeout_s={heartbeat_timeout_s}"]
-            for i in range(num_processes)]
+def process_commands(
+    train_args: list[str],
+    num_processes: int,
+    port: int,
+    heartbeat_timeout_s: int,
+    module: str = "experiments.train",
+) -> list[list[str]]:
+    return [
+        [
+            sys.executable,
+            "-m",
+            module,
+            *train_args,
+            f"--coordinator_address=127.0.0.1:{port}",
+            f"--num_processes={num_processes}",
+            f"--process_id={i}",
+            f"--heartbeat_timeout_s={heartbeat_timeout_s}",
+        ]
+        for i in range(num_processes)
+    ]
 
 
 def _relay(prefix: str, stream, sink) -> None:
@@ -75,16 +95,23 @@ def main(argv):
     if FLAGS.num_processes < 1 or FLAGS.devices_per_process < 1:
         raise cli.UsageError("--num_processes and --devices_per_process must be at least 1")
     if not any(a.startswith("--workdir") for a in train_args):
-        raise cli.UsageError("give the training flags after `--`, e.g. -- --config "
-                             "experiments/configs/digits_cvae.py --workdir runs/mp")
+        raise cli.UsageError(
+            "give the training flags after `--`, e.g. -- --config "
+            "experiments/configs/digits_cvae.py --workdir runs/mp"
+        )
     port = FLAGS.port or free_port()
     env = child_env(FLAGS.devices_per_process)
-    commands = process_commands(train_args, FLAGS.num_processes, port, FLAGS.heartbeat_timeout_s,
-                                FLAGS.module)
-    children = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True) for cmd in commands]
-    relays = [threading.Thread(target=_relay, args=(f"[p{i}] ", c.stdout, sys.stdout),
-                               daemon=True) for i, c in enumerate(children)]
+    commands = process_commands(
+        train_args, FLAGS.num_processes, port, FLAGS.heartbeat_timeout_s, FLAGS.module
+    )
+    children = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in commands
+    ]
+    relays = [
+        threading.Thread(target=_relay, args=(f"[p{i}] ", c.stdout, sys.stdout), daemon=True)
+        for i, c in enumerate(children)
+    ]
     for relay in relays:
         relay.start()
 
@@ -101,8 +128,11 @@ def main(argv):
         failures = [c.returncode for c in children if c.returncode not in (None, 0)]
         if failures and failed_at is None:
             failed_at = time.monotonic()
-            print(f"launch_local: a process exited with status {failures[0]}; the others "
-                  "should stop within the heartbeat timeout", file=sys.stderr)
+            print(
+                f"launch_local: a process exited with status {failures[0]}; the others "
+                "should stop within the heartbeat timeout",
+                file=sys.stderr,
+            )
         if failed_at is not None and time.monotonic() - failed_at > 2 * FLAGS.heartbeat_timeout_s:
             print("launch_local: stopping the processes still running", file=sys.stderr)
             for child in children:

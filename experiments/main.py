@@ -18,8 +18,12 @@ from experiments import cli
 from experiments.configs import digits_cvae
 
 flags.DEFINE_string("workdir", "runs/digits_cvae", "Where the run is written.")
-flags.DEFINE_integer("k", None, "Importance samples per test example for nll_is "
-                     "(default: the config's eval.num_importance_samples).")
+flags.DEFINE_integer(
+    "k",
+    None,
+    "Importance samples per test example for nll_is "
+    "(default: the config's eval.num_importance_samples).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -37,15 +41,16 @@ def main(argv):
     workdir.write_eval(scores)
     for sampler in ("gmm", "prior"):
         samples = run.sample(jax.random.key(0), 64, sampler=sampler)
-        writers.save_png(workdir.samples_path(sampler),
-                         writers.image_grid(jax.device_get(samples)))
+        writers.save_png(workdir.samples_path(sampler), writers.image_grid(jax.device_get(samples)))
     done = time.perf_counter()
     print(evaluation.format_table(scores))
     print(f"\ntraining {trained - started:.1f} s, evaluation and sampling {done - trained:.1f} s")
-    print(f"results in {workdir.path}/: eval.json, metrics.jsonl, samples_gmm.png, "
-          f"samples_prior.png, samplers/ (the fitted mixture), images/, checkpoints/, tb/ "
-          f"(TensorBoard events: "
-          f"`pip install -e '.[viewer]'`, then `tensorboard --logdir {workdir.tensorboard}`)")
+    print(
+        f"results in {workdir.path}/: eval.json, metrics.jsonl, samples_gmm.png, "
+        f"samples_prior.png, samplers/ (the fitted mixture), images/, checkpoints/, tb/ "
+        f"(TensorBoard events: "
+        f"`pip install -e '.[viewer]'`, then `tensorboard --logdir {workdir.tensorboard}`)"
+    )
 
 
 def entry() -> None:

@@ -31,8 +31,9 @@ def execute(name: str, epochs: int | None = None) -> nbformat.NotebookNode:
     if epochs is not None:
         os.environ["CVAE_QUICKSTART_EPOCHS"] = str(epochs)
     book = nbformat.read(path, as_version=4)
-    NotebookClient(book, timeout=1200, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        book, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     return book
 
 
@@ -42,8 +43,9 @@ def main(argv):
     for name in names:
         book = execute(name, FLAGS.epochs)
         nbformat.write(book, ROOT / "notebooks" / name)
-        images = sum("image/png" in o.get("data", {}) for c in book.cells
-                     for o in c.get("outputs", []))
+        images = sum(
+            "image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", [])
+        )
         print(f"executed notebooks/{name}: {images} figures")
 
 

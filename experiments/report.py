@@ -30,16 +30,36 @@ from experiments import cli
 
 flags.DEFINE_string("group_by", None, "Aggregate runs over seeds by this config field.")
 flags.DEFINE_string("plot", None, "With --group_by: a PNG of each metric against the field.")
-flags.DEFINE_multi_string("reference", [], "With --plot: a run or sweep directory drawn as "
-                          "horizontal reference lines (mean and 95%% CI band over seeds).")
+flags.DEFINE_multi_string(
+    "reference",
+    [],
+    "With --plot: a run or sweep directory drawn as "
+    "horizontal reference lines (mean and 95%% CI band over seeds).",
+)
 FLAGS = flags.FLAGS
-COLUMNS = [("run", "{}"), ("posterior", "{}"), ("objective", "{}"), ("sigma0", "{:g}"),
-           ("latent_dim", "{}"), ("epochs", "{}"), ("wall_s", "{:.0f}"),
-           ("examples_per_s", "{:,.0f}"),
-           ("nll_is", "{:.2f}"), ("elbo", "{:.2f}"), ("recon", "{:.2f}"), ("kl", "{:.2f}"),
-           ("active_units", "{}"), ("k", "{}"), ("params", "{:,}"), ("fid_prior", "{:.2f}"),
-           ("fid_gmm", "{:.2f}"), ("fid_flow", "{:.2f}"), ("fid_two_stage", "{:.2f}"),
-           ("accuracy_prior", "{:.3f}"), ("accuracy_gmm", "{:.3f}")]
+COLUMNS = [
+    ("run", "{}"),
+    ("posterior", "{}"),
+    ("objective", "{}"),
+    ("sigma0", "{:g}"),
+    ("latent_dim", "{}"),
+    ("epochs", "{}"),
+    ("wall_s", "{:.0f}"),
+    ("examples_per_s", "{:,.0f}"),
+    ("nll_is", "{:.2f}"),
+    ("elbo", "{:.2f}"),
+    ("recon", "{:.2f}"),
+    ("kl", "{:.2f}"),
+    ("active_units", "{}"),
+    ("k", "{}"),
+    ("params", "{:,}"),
+    ("fid_prior", "{:.2f}"),
+    ("fid_gmm", "{:.2f}"),
+    ("fid_flow", "{:.2f}"),
+    ("fid_two_stage", "{:.2f}"),
+    ("accuracy_prior", "{:.3f}"),
+    ("accuracy_gmm", "{:.3f}"),
+]
 
 
 def provenance_lines(workdirs) -> str:
@@ -54,8 +74,10 @@ def provenance_lines(workdirs) -> str:
 def grouped_table(groups, field: str) -> str:
     """The Markdown table of ``explore.aggregate``: mean ± 95% CI half-width per metric."""
     metrics = [m for m in explore.SUMMARY_METRICS if any(m in g for g in groups)]
-    lines = [f"| {field} | runs | " + " | ".join(metrics) + " |",
-             "|" + " --- |" * (len(metrics) + 2)]
+    lines = [
+        f"| {field} | runs | " + " | ".join(metrics) + " |",
+        "|" + " --- |" * (len(metrics) + 2),
+    ]
     for group in groups:
         cells = []
         for metric in metrics:
@@ -63,8 +85,9 @@ def grouped_table(groups, field: str) -> str:
                 cells.append("—")
                 continue
             mean, std, half = group[metric]
-            cells.append(f"{mean:.2f}" if np.isnan(half)
-                         else f"{mean:.2f} ± {half:.2f} (sd {std:.2f})")
+            cells.append(
+                f"{mean:.2f}" if np.isnan(half) else f"{mean:.2f} ± {half:.2f} (sd {std:.2f})"
+            )
         lines.append(f"| {group['value']} | {group['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -109,15 +132,22 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
     columns = min(4, len(metrics))
     rows = -(-len(metrics) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes.flat, metrics):
         shown = [g for g in groups if metric in g]
         mean = [g[metric][0] for g in shown]
         half = [0.0 if np.isnan(g[metric][2]) else g[metric][2] for g in shown]
-        ax.errorbar([g["value"] for g in shown], mean, yerr=half, marker="o", capsize=3,
-                    color="k", label=field)
+        ax.errorbar(
+            [g["value"] for g in shown],
+            mean,
+            yerr=half,
+            marker="o",
+            capsize=3,
+            color="k",
+            label=field,
+        )
         for i, ref in enumerate(r for r in references if metric in r):
             ref_mean, _, ref_half = ref[metric]
             colour = colours[i % len(colours)]
@@ -128,8 +158,7 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
         if len(positive) == len(values) and max(positive) / min(positive) >= 100:
             ax.set_xscale("log")
         ax.set(title=metric, xlabel=field)
-    fullest = max(axes.flat[:len(metrics)],
-                  key=lambda ax: len(ax.get_legend_handles_labels()[1]))
+    fullest = max(axes.flat[: len(metrics)], key=lambda ax: len(ax.get_legend_handles_labels()[1]))
     fullest.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,12 +167,12 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
 
 
 def table(workdirs) -> str:
-    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |",
-             "|" + " --- |" * len(COLUMNS)]
+    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     for workdir in workdirs:
         row = explore.run_summary(workdir)
-        cells = [fmt.format(row[name]) if row.get(name) is not None else "—"
-                 for name, fmt in COLUMNS]
+        cells = [
+            fmt.format(row[name]) if row.get(name) is not None else "—" for name, fmt in COLUMNS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -163,16 +192,20 @@ def expand_sweeps(paths) -> tuple[list[pathlib.Path], list[str]]:
                 workdirs.append(path / name)
             else:
                 left_out.setdefault(entry["status"], []).append(name)
-        notes += [f"{path}: left out {len(names)} {status} member(s): {', '.join(names)}"
-                  for status, names in left_out.items()]
+        notes += [
+            f"{path}: left out {len(names)} {status} member(s): {', '.join(names)}"
+            for status, names in left_out.items()
+        ]
     return workdirs, notes
 
 
 def main(argv):
     workdirs, notes = expand_sweeps([pathlib.Path(a) for a in argv[1:]])
     if not workdirs:
-        raise cli.UsageError("name one or more workdirs or sweep directories with finished "
-                             "runs: python -m experiments.report DIR ...")
+        raise cli.UsageError(
+            "name one or more workdirs or sweep directories with finished "
+            "runs: python -m experiments.report DIR ..."
+        )
     for workdir in workdirs:
         Workdir(workdir).require_run()
     if FLAGS.plot and not FLAGS.group_by:
@@ -181,8 +214,12 @@ def main(argv):
         groups = explore.aggregate(workdirs, FLAGS.group_by)
         print(grouped_table(groups, FLAGS.group_by))
         if FLAGS.plot:
-            grouped_plot(groups, FLAGS.group_by, pathlib.Path(FLAGS.plot),
-                         reference_groups([pathlib.Path(r) for r in FLAGS.reference]))
+            grouped_plot(
+                groups,
+                FLAGS.group_by,
+                pathlib.Path(FLAGS.plot),
+                reference_groups([pathlib.Path(r) for r in FLAGS.reference]),
+            )
             print(f"\nwrote {FLAGS.plot}")
     else:
         print(table(workdirs))

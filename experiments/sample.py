@@ -16,8 +16,12 @@ from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_integer("n", 64, "Number of samples.")
-flags.DEFINE_enum("sampler", None, list(ex_post.SAMPLERS),
-                  "Where latents come from: the prior or an ex-post density.")
+flags.DEFINE_enum(
+    "sampler",
+    None,
+    list(ex_post.SAMPLERS),
+    "Where latents come from: the prior or an ex-post density.",
+)
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
 flags.DEFINE_string("out", None, "PNG path (default DIR/samples_<sampler>.png).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draw.")
@@ -32,8 +36,9 @@ def main(argv):
     if FLAGS.out is not None:
         out = pathlib.Path(FLAGS.out)
         if out.is_dir():
-            raise cli.UsageError(f"--out {out} is a directory; name a file such as "
-                                 f"{out / 'samples.png'}")
+            raise cli.UsageError(
+                f"--out {out} is a directory; name a file such as {out / 'samples.png'}"
+            )
         if out.suffix.lower() != ".png":
             raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)

@@ -34,8 +34,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     workdir = pathlib.Path(cli.require(FLAGS.workdir, "workdir", "the directory of a run"))
-    classifier_dir = pathlib.Path(cli.require(FLAGS.classifier, "classifier",
-                                              "a directory from experiments.train_classifier"))
+    classifier_dir = pathlib.Path(
+        cli.require(FLAGS.classifier, "classifier", "a directory from experiments.train_classifier")
+    )
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
     try:
@@ -44,22 +45,33 @@ def main(argv):
         raise cli.UsageError(str(err)) from None
     run = load_run(workdir)
     if summary["dataset"] != run.config.data.name:
-        raise cli.UsageError(f"the classifier was trained on {summary['dataset']!r} but the run "
-                             f"on {run.config.data.name!r}; train one for that data set")
+        raise cli.UsageError(
+            f"the classifier was trained on {summary['dataset']!r} but the run "
+            f"on {run.config.data.name!r}; train one for that data set"
+        )
     # The test split's grey intensities, read and featurised 1,000 images at a time.
-    real_features = np.concatenate([
-        classifier.logits_and_features(images)[1]
-        for images, _ in run.eval_set("test", binarized=False).unit_batches(1000)])
-    result = {"classifier": str(classifier_dir), "n": FLAGS.n, "seed": FLAGS.seed,
-              "params_sha256": run.params_sha256, "fid_floor": summary["fid_train_vs_test"]}
+    real_features = np.concatenate(
+        [
+            classifier.logits_and_features(images)[1]
+            for images, _ in run.eval_set("test", binarized=False).unit_batches(1000)
+        ]
+    )
+    result = {
+        "classifier": str(classifier_dir),
+        "n": FLAGS.n,
+        "seed": FLAGS.seed,
+        "params_sha256": run.params_sha256,
+        "fid_floor": summary["fid_train_vs_test"],
+    }
     previous = Workdir(workdir).read_sample_quality() or {}
     if all(previous.get(k) == result[k] for k in ("classifier", "n", "seed", "params_sha256")):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
     unknown = sorted(set(FLAGS.samplers) - set(ex_post.SAMPLERS))
     if unknown or not FLAGS.samplers:
-        raise cli.UsageError(f"--samplers {','.join(FLAGS.samplers)}: choose from "
-                             f"{','.join(ex_post.SAMPLERS)}")
+        raise cli.UsageError(
+            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(ex_post.SAMPLERS)}"
+        )
     for sampler in FLAGS.samplers:
         # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored.
         key = jax.random.fold_in(jax.random.key(FLAGS.seed), ex_post.SAMPLERS.index(sampler))

@@ -36,21 +36,29 @@ from cvae import parallel  # noqa: E402
 from cvae.training import sweep  # noqa: E402
 from experiments import cli  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "A config file from experiments/configs/.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "A config file from experiments/configs/.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "The sweep's directory: one run directory per member.")
 flags.DEFINE_string("seeds", "0:1", "Seeds: START:STOP (e.g. 0:5) or a list (0,3,7).")
-flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: a config field and its values "
-                          "(repeat for a cartesian product).")
+flags.DEFINE_multi_string(
+    "grid", [], "FIELD=V1,V2,...: a config field and its values (repeat for a cartesian product)."
+)
 flags.DEFINE_string("shard", None, "I/N: train every N-th member from I (array jobs).")
-flags.DEFINE_bool("single_program", False, "Refuse a grid that needs several compiled "
-                  "programs (naming the field that splits it).")
+flags.DEFINE_bool(
+    "single_program",
+    False,
+    "Refuse a grid that needs several compiled programs (naming the field that splits it).",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.DEFINE_bool("distributed", False, "Join a multi-process run, layout from the cluster.")
-flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat before a "
-                     "process is declared dead (multi-process runs).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    100,
+    "Seconds without a heartbeat before a process is declared dead (multi-process runs).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -61,20 +69,35 @@ def main(argv):
     seeds = sweep.parse_seeds(FLAGS.seeds)
     grid = sweep.parse_grid(FLAGS.grid, FLAGS.config)
     shard = sweep.parse_shard(FLAGS.shard)
-    if (FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes is not None
-            or FLAGS.process_id is not None):
-        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id,
-                                        heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
-    outcomes = sweep.run_sweep(FLAGS.config, directory, seeds=seeds, grid=grid, shard=shard,
-                               single_program=FLAGS.single_program,
-                               command=shlex.join(["python", "-m", "experiments.sweep",
-                                                   *sys.argv[1:]]))
+    if (
+        FLAGS.distributed
+        or FLAGS.coordinator_address
+        or FLAGS.num_processes is not None
+        or FLAGS.process_id is not None
+    ):
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+        )
+    outcomes = sweep.run_sweep(
+        FLAGS.config,
+        directory,
+        seeds=seeds,
+        grid=grid,
+        shard=shard,
+        single_program=FLAGS.single_program,
+        command=shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]]),
+    )
     if not parallel.is_primary():
         return
     for name, outcome in outcomes.items():
-        scores = (f"test ELBO {outcome.final_metrics['elbo']:.2f}"
-                  if outcome.final_metrics else outcome.error or "")
+        scores = (
+            f"test ELBO {outcome.final_metrics['elbo']:.2f}"
+            if outcome.final_metrics
+            else outcome.error or ""
+        )
         print(f"{outcome.status:>13}  {name}  epoch {outcome.epoch}  {scores}")
     record = sweep.SweepFile(pathlib.Path(directory)).read()
     print(f"{directory}/sweep.json: {sweep.describe(record)}")

@@ -18,27 +18,40 @@ from cvae import parallel
 from cvae.training import train_and_evaluate
 from experiments import cli
 
-config_flags.DEFINE_config_file("config", None, "A config file from experiments/configs/.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "A config file from experiments/configs/.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
-flags.DEFINE_string("coordinator_address", None,
-                    "host:port of process 0, for a multi-process run (jax.distributed).")
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for a multi-process run (jax.distributed).",
+)
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
-flags.DEFINE_bool("distributed", False,
-                  "Join a multi-process run, letting JAX detect the layout from the cluster "
-                  "(SLURM, Open MPI, Cloud TPU) where the three flags above are not given.")
-flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                     "Seconds without a heartbeat before a process is declared dead and the "
-                     "others stop (multi-process runs).")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run, letting JAX detect the layout from the cluster "
+    "(SLURM, Open MPI, Cloud TPU) where the three flags above are not given.",
+)
+flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    100,
+    "Seconds without a heartbeat before a process is declared dead and the "
+    "others stop (multi-process runs).",
+)
 FLAGS = flags.FLAGS
 
 
 def wants_distributed() -> bool:
     """Any of the three flags, --distributed, or JAX's own JAX_COORDINATOR_ADDRESS."""
     given = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    return (FLAGS.distributed or any(v is not None for v in given)
-            or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")))
+    return (
+        FLAGS.distributed
+        or any(v is not None for v in given)
+        or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    )
 
 
 def main(argv):
@@ -46,9 +59,12 @@ def main(argv):
     cli.require(FLAGS.config, "config", "e.g. --config experiments/configs/digits_cvae.py")
     workdir = cli.require(FLAGS.workdir, "workdir", "the directory the run writes into")
     if wants_distributed():  # before anything touches a device
-        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id,
-                                        heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+        )
         if not parallel.is_primary():  # one process narrates; the others report problems
             logging.getLogger("cvae").setLevel(logging.WARNING)
     config = FLAGS.config
@@ -59,8 +75,7 @@ def main(argv):
     result = train_and_evaluate(config, workdir)
     state = "interrupted (rerun to resume)" if result.interrupted else "done"
     if parallel.is_primary():
-        print(f"{state}: epoch {result.epoch}, step {int(result.state['step'])}; "
-              f"workdir {workdir}")
+        print(f"{state}: epoch {result.epoch}, step {int(result.state['step'])}; workdir {workdir}")
 
 
 def entry() -> None:

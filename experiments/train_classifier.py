@@ -36,16 +36,31 @@ def main(argv):
     # Grey intensities in [0, 1] (no binarization): what E[x|z] samples are compared with.
     x_train, x_test = data.evaluation_inputs(train, False), data.evaluation_inputs(test, False)
     classifier = sample_quality.train_classifier(
-        x_train, train.labels, jax.random.key(FLAGS.seed),
-        num_classes=train.info.num_classes, epochs=FLAGS.epochs)
+        x_train,
+        train.labels,
+        jax.random.key(FLAGS.seed),
+        num_classes=train.info.num_classes,
+        epochs=FLAGS.epochs,
+    )
     accuracy = classifier.accuracy(x_test, test.labels)
     n = min(len(train), len(test), 10000)
     floor = sample_quality.classifier_fid(classifier, x_train[:n], x_test[:n])
-    sample_quality.save_classifier(workdir, classifier, {
-        "dataset": FLAGS.dataset, "epochs": FLAGS.epochs, "seed": FLAGS.seed,
-        "test_accuracy": accuracy, "fid_train_vs_test": floor, "fid_examples": n})
-    print(f"test accuracy {accuracy:.4f}; classifier-feature FID train vs test ({n} each) "
-          f"{floor:.3f}; wrote {workdir}")
+    sample_quality.save_classifier(
+        workdir,
+        classifier,
+        {
+            "dataset": FLAGS.dataset,
+            "epochs": FLAGS.epochs,
+            "seed": FLAGS.seed,
+            "test_accuracy": accuracy,
+            "fid_train_vs_test": floor,
+            "fid_examples": n,
+        },
+    )
+    print(
+        f"test accuracy {accuracy:.4f}; classifier-feature FID train vs test ({n} each) "
+        f"{floor:.3f}; wrote {workdir}"
+    )
 
 
 def entry() -> None:

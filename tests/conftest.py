@@ -6,8 +6,9 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # JAX's persistent compilation cache, shared by every process of one suite run: the xdist
@@ -19,7 +20,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 CACHE_VARIABLE = "CVAE_TEST_COMPILATION_CACHE"
 if not os.environ.get(CACHE_VARIABLE):
     os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(
-        prefix=f"cvae-tests-jax{importlib.metadata.version('jax')}-")
+        prefix=f"cvae-tests-jax{importlib.metadata.version('jax')}-"
+    )
     OWNS_CACHE = True
 else:
     OWNS_CACHE = False

@@ -15,10 +15,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "tensorflow_datasets"
 
 # The flags of a tiny digits run, for tests that train through the launchers.
-TINY = [f"--config.{k}={v}" for k, v in {
-    "model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
-    "train.num_epochs": 2, "data.validation_size": 100, "train.image_grid_size": 16,
-    "train.num_devices": 1}.items()]
+TINY = [
+    f"--config.{k}={v}"
+    for k, v in {
+        "model.encoder_widths": "(32,16)",
+        "model.latent_dim": 4,
+        "train.batch_size": 64,
+        "train.num_epochs": 2,
+        "data.validation_size": 100,
+        "train.image_grid_size": 16,
+        "train.num_devices": 1,
+    }.items()
+]
+
 
 def mnist_data_dir() -> str | None:
     """The prepared TFDS directory holding mnist, or None (tests using it then skip)."""
@@ -30,13 +39,15 @@ def mnist_data_dir() -> str | None:
 
 def requires_mnist(test):
     """Marks a test ``mnist`` and skips it, with the reason, where MNIST is not prepared."""
-    skip = pytest.mark.skipif(mnist_data_dir() is None,
-                              reason="prepared TFDS mnist not found (set TFDS_DATA_DIR)")
+    skip = pytest.mark.skipif(
+        mnist_data_dir() is None, reason="prepared TFDS mnist not found (set TFDS_DATA_DIR)"
+    )
     return pytest.mark.mnist(skip(test))
 
 
-def write_random_colour_tfds(data_dir, num_train: int, num_test: int, shape=(64, 64, 3),
-                             num_classes: int = 3) -> str:
+def write_random_colour_tfds(
+    data_dir, num_train: int, num_test: int, shape=(64, 64, 3), num_classes: int = 3
+) -> str:
     """Prepares a TFDS data set ``random_colour`` (array_record files, as ``tfds build``
     writes them) of uniform random uint8 images under ``data_dir``; returns its name.
 
@@ -50,19 +61,32 @@ def write_random_colour_tfds(data_dir, num_train: int, num_test: int, shape=(64,
         url_infos = {}  # nothing to download (TFDS would look for a checksums file)
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=num_classes)}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+                        "label": tfds.features.ClassLabel(num_classes=num_classes),
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(num_train, 0),
-                    "test": self._generate_examples(num_test, 1)}
+            return {
+                "train": self._generate_examples(num_train, 0),
+                "test": self._generate_examples(num_test, 1),
+            }
 
         def _generate_examples(self, n, seed):
             rng = np.random.default_rng(seed)
             for i in range(n):
-                yield i, {"image": rng.integers(0, 256, shape, dtype=np.uint8),
-                          "label": i % num_classes}
+                yield (
+                    i,
+                    {
+                        "image": rng.integers(0, 256, shape, dtype=np.uint8),
+                        "label": i % num_classes,
+                    },
+                )
 
     RandomColour(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
     return "random_colour"
@@ -93,5 +117,11 @@ def make_test_config(**overrides):
 def run_cli(*args, timeout=240, env=None):
     """``python -m ARGS`` from the repository root, as a user runs it: one CPU device."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, timeout=timeout,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )

@@ -61,8 +61,12 @@ def _imports(path: pathlib.Path) -> tuple[set[str], list[str]]:
     def targets(node) -> list[str]:
         if isinstance(node, ast.Import):
             return [a.name for a in node.names if a.name.split(".")[0] == "cvae"]
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "cvae":
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] == "cvae"
+        ):
             return [_resolve(f"{node.module}.{a.name}") for a in node.names]
         return []
 
@@ -86,8 +90,9 @@ def test_every_module_belongs_to_a_layer():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if _unit(m)))
 def test_imports_go_down_the_layers(module):
     level = LEVEL[_unit(module)]
-    upward = [target for target in GRAPH[module][0]
-              if _unit(target) and LEVEL[_unit(target)] > level]
+    upward = [
+        target for target in GRAPH[module][0] if _unit(target) and LEVEL[_unit(target)] > level
+    ]
     assert not upward, f"{module} (layer {_unit(module)}) imports from above: {upward}"
 
 
@@ -105,7 +110,7 @@ def test_no_import_cycle_between_modules():
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == "open":
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail(f"import cycle: {' → '.join(cycle)}")
             if nxt not in state:
                 visit(nxt)

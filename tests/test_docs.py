@@ -27,17 +27,20 @@ def test_the_readme_is_a_front_door_and_its_links_resolve():
 
 
 def _documented_modules() -> list[str]:
-    return [name for page in API_PAGES
-            for name in re.findall(r"^::: (\S+)", page.read_text(), re.M)]
+    return [
+        name for page in API_PAGES for name in re.findall(r"^::: (\S+)", page.read_text(), re.M)
+    ]
 
 
 def _public_functions(package, module_name: str):
     """(dotted name, griffe function) of a module's public functions and of the public
     methods of its public classes: its ``__all__`` where it has one."""
     module = package if module_name == "cvae" else package[module_name.split(".", 1)[1]]
-    names = ([n if isinstance(n, str) else n.name for n in module.exports]
-             if module.exports is not None
-             else [n for n in module.members if not n.startswith("_")])
+    names = (
+        [n if isinstance(n, str) else n.name for n in module.exports]
+        if module.exports is not None
+        else [n for n in module.members if not n.startswith("_")]
+    )
     for name in names:
         member = module.members.get(name)
         if member is None or (member.is_alias and module.exports is None):
@@ -47,9 +50,13 @@ def _public_functions(package, module_name: str):
             yield f"{module_name}.{name}", member
         elif member.is_class:
             for method_name, method in member.members.items():
-                if (not method_name.startswith("_") and not method.is_alias
-                        and method.is_function and "property" not in method.labels
-                        and method_name != "setup"):  # flax's set-up hook
+                if (
+                    not method_name.startswith("_")
+                    and not method.is_alias
+                    and method.is_function
+                    and "property" not in method.labels
+                    and method_name != "setup"
+                ):  # flax's set-up hook
                     yield f"{module_name}.{name}.{method_name}", method
 
 
@@ -70,8 +77,12 @@ def _missing_sections(function) -> list[str]:
 
 def test_every_public_function_of_the_api_pages_has_args_and_returns():
     assert API_PAGES, "docs/api holds no page"
-    package = griffe.load("cvae", search_paths=[str(ROOT)], docstring_parser="google",
-                          docstring_options={"warn_missing_types": False})
+    package = griffe.load(
+        "cvae",
+        search_paths=[str(ROOT)],
+        docstring_parser="google",
+        docstring_options={"warn_missing_types": False},
+    )
     checked, problems = 0, []
     for module_name in _documented_modules():
         for name, function in _public_functions(package, module_name):
@@ -85,8 +96,7 @@ def test_every_public_function_of_the_api_pages_has_args_and_returns():
 def test_the_check_sees_a_function_without_sections(tmp_path):
     """The checker itself fails on what it should fail on."""
     (tmp_path / "mod.py").write_text('def f(x) -> int:\n    """Adds."""\n    return x\n')
-    function = griffe.load("mod", search_paths=[str(tmp_path)],
-                           docstring_parser="google")["f"]
+    function = griffe.load("mod", search_paths=[str(tmp_path)], docstring_parser="google")["f"]
     assert _missing_sections(function) == ["Args", "Returns"]
 
 

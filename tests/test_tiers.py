@@ -16,24 +16,33 @@ TIERS = {"unit", "slow"}
 def _declared_tier(module: pathlib.Path) -> str | None:
     """The tier named by the module's top-level ``pytestmark = pytest.mark.<tier>``."""
     for node in ast.parse(module.read_text()).body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], "id", None) == "pytestmark"
-                and isinstance(node.value, ast.Attribute) and node.value.attr in TIERS):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and getattr(node.targets[0], "id", None) == "pytestmark"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr in TIERS
+        ):
             return node.value.attr
     return None
 
 
-@pytest.mark.parametrize("module", sorted(TESTS.rglob("test_*.py")),
-                         ids=lambda p: str(p.relative_to(TESTS)))
+@pytest.mark.parametrize(
+    "module", sorted(TESTS.rglob("test_*.py")), ids=lambda p: str(p.relative_to(TESTS))
+)
 def test_every_test_module_declares_its_tier(module):
     assert _declared_tier(module) in TIERS, (
         f"{module.name}: add `pytestmark = pytest.mark.unit` (fast, on purpose) or "
-        "`pytestmark = pytest.mark.slow` at the top")
+        "`pytestmark = pytest.mark.slow` at the top"
+    )
 
 
 def test_every_collected_test_is_in_exactly_one_tier(request):
-    untiered = [item.nodeid for item in request.session.items
-                if not {m.name for m in item.iter_markers()} & TIERS]
+    untiered = [
+        item.nodeid
+        for item in request.session.items
+        if not {m.name for m in item.iter_markers()} & TIERS
+    ]
     assert not untiered, untiered
 
 

@@ -64,8 +64,9 @@ class LatentMixture:
           (num_samples, d) codes.
         """
         component_key, noise_key = jax.random.split(key)
-        c = jax.random.categorical(component_key, jnp.asarray(self.log_weights),
-                                   shape=(num_samples,))
+        c = jax.random.categorical(
+            component_key, jnp.asarray(self.log_weights), shape=(num_samples,)
+        )
         eps = jax.random.normal(noise_key, (num_samples, self.means.shape[-1]))
         chol = jnp.asarray(self.cholesky)[c]
         return jnp.asarray(self.means)[c] + jnp.einsum("nij,nj->ni", chol, eps)
@@ -82,11 +83,15 @@ class LatentMixture:
         z = jnp.asarray(z, jnp.float32)
         diff = z[:, None, :] - jnp.asarray(self.means)[None]  # (N, K, d)
         chol = jnp.asarray(self.cholesky)
-        solved = jax.vmap(lambda L, r: jax.scipy.linalg.solve_triangular(L, r.T, lower=True).T,
-                          in_axes=(0, 1), out_axes=1)(chol, diff)
+        solved = jax.vmap(
+            lambda L, r: jax.scipy.linalg.solve_triangular(L, r.T, lower=True).T,
+            in_axes=(0, 1),
+            out_axes=1,
+        )(chol, diff)
         log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        log_normal = (-0.5 * jnp.sum(solved**2, axis=-1) - log_det
-                      - 0.5 * z.shape[-1] * jnp.log(2 * jnp.pi))
+        log_normal = (
+            -0.5 * jnp.sum(solved**2, axis=-1) - log_det - 0.5 * z.shape[-1] * jnp.log(2 * jnp.pi)
+        )
         return jax.nn.logsumexp(jnp.asarray(self.log_weights) + log_normal, axis=-1)
 
 
@@ -110,13 +115,19 @@ def fit_latent_mixture(codes, num_components: int = 10, seed: int = 0) -> Latent
     # Each full covariance is non-singular only with more than d codes per component.
     needed = num_components * (codes.shape[-1] + 1)
     if len(codes) < needed:
-        raise ValueError(f"fitting a {num_components}-component mixture to {codes.shape[-1]}-"
-                         f"dimensional codes needs at least {needed} training codes, got "
-                         f"{len(codes)}; use --sampler prior or train on more data")
-    gmm = GaussianMixture(num_components, covariance_type="full", reg_covar=1e-6,
-                          random_state=seed).fit(codes)
-    return LatentMixture(np.log(gmm.weights_).astype(np.float32), gmm.means_.astype(np.float32),
-                         np.linalg.cholesky(gmm.covariances_).astype(np.float32))
+        raise ValueError(
+            f"fitting a {num_components}-component mixture to {codes.shape[-1]}-"
+            f"dimensional codes needs at least {needed} training codes, got "
+            f"{len(codes)}; use --sampler prior or train on more data"
+        )
+    gmm = GaussianMixture(
+        num_components, covariance_type="full", reg_covar=1e-6, random_state=seed
+    ).fit(codes)
+    return LatentMixture(
+        np.log(gmm.weights_).astype(np.float32),
+        gmm.means_.astype(np.float32),
+        np.linalg.cholesky(gmm.covariances_).astype(np.float32),
+    )
 
 
 def default_sampler(posterior_family: str) -> str:
@@ -155,7 +166,8 @@ class LatentFlow:
           (num_samples, d) codes.
         """
         return jnp.asarray(self.shift) + jnp.asarray(self.scale) * self.flow.sample(
-            key, (num_samples,))
+            key, (num_samples,)
+        )
 
     def log_prob(self, z):
         """log p(z) = log p_flow((z − shift)/scale) − Σ log scale.
@@ -174,12 +186,14 @@ def _flow_skeleton(dim: int, layers: int, width: int, key):
     from flowjax.distributions import Normal
     from flowjax.flows import masked_autoregressive_flow
 
-    return masked_autoregressive_flow(key, base_dist=Normal(jnp.zeros(dim)),
-                                      flow_layers=layers, nn_width=width)
+    return masked_autoregressive_flow(
+        key, base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=width
+    )
 
 
-def fit_latent_flow(codes, key, *, layers: int = 8, width: int = 64,
-                    max_epochs: int = 200) -> LatentFlow:
+def fit_latent_flow(
+    codes, key, *, layers: int = 8, width: int = 64, max_epochs: int = 200
+) -> LatentFlow:
     """A masked autoregressive flow fitted by maximum likelihood to the standardised codes.
 
     flowjax's ``fit_to_data``: Adam, 10% of the codes held out for early stopping, the best
@@ -201,9 +215,16 @@ def fit_latent_flow(codes, key, *, layers: int = 8, width: int = 64,
     shift, scale = codes.mean(axis=0), codes.std(axis=0) + 1e-6
     init_key, fit_key = jax.random.split(key)
     flow = _flow_skeleton(codes.shape[-1], layers, width, init_key)
-    flow, _ = fit_to_data(fit_key, flow, (codes - shift) / scale, learning_rate=1e-3,
-                          max_epochs=max_epochs, max_patience=10, batch_size=256,
-                          show_progress=False)
+    flow, _ = fit_to_data(
+        fit_key,
+        flow,
+        (codes - shift) / scale,
+        learning_rate=1e-3,
+        max_epochs=max_epochs,
+        max_patience=10,
+        batch_size=256,
+        show_progress=False,
+    )
     return LatentFlow(flow, shift, scale, layers, width)
 
 
@@ -241,8 +262,9 @@ class _CodeVAE(nn.Module):
 
 
 def _gaussian_log_prob(x, mean, log_var):
-    return -0.5 * jnp.sum(math.log(2 * math.pi) + log_var + (x - mean) ** 2 * jnp.exp(-log_var),
-                          axis=-1)
+    return -0.5 * jnp.sum(
+        math.log(2 * math.pi) + log_var + (x - mean) ** 2 * jnp.exp(-log_var), axis=-1
+    )
 
 
 def _code_log_weights(module, params, z, key, k: int):
@@ -251,9 +273,11 @@ def _code_log_weights(module, params, z, key, k: int):
     u = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, (k,) + mean.shape)
     decoded = module.apply({"params": params}, u, method=module.decode)
     log_gamma = jnp.broadcast_to(params["log_gamma"], z.shape)
-    return (_gaussian_log_prob(z, decoded, log_gamma)
-            + _gaussian_log_prob(u, 0.0, jnp.zeros_like(u))
-            - _gaussian_log_prob(u, mean, log_var))
+    return (
+        _gaussian_log_prob(z, decoded, log_gamma)
+        + _gaussian_log_prob(u, 0.0, jnp.zeros_like(u))
+        - _gaussian_log_prob(u, mean, log_var)
+    )
 
 
 @dataclasses.dataclass
@@ -299,12 +323,19 @@ class TwoStageSampler:
         key = jax.random.key(0) if key is None else key
         standard = (jnp.asarray(z) - self.shift) / self.scale
         log_w = _code_log_weights(self.module, self.params, standard, key, k)
-        return (jax.nn.logsumexp(log_w, axis=0) - math.log(k)
-                - float(np.sum(np.log(self.scale))))
+        return jax.nn.logsumexp(log_w, axis=0) - math.log(k) - float(np.sum(np.log(self.scale)))
 
 
-def fit_two_stage(codes, key, *, width: int = 256, epochs: int = 100, warmup_epochs: int = 20,
-                  batch_size: int = 100, learning_rate: float = 1e-3) -> TwoStageSampler:
+def fit_two_stage(
+    codes,
+    key,
+    *,
+    width: int = 256,
+    epochs: int = 100,
+    warmup_epochs: int = 20,
+    batch_size: int = 100,
+    learning_rate: float = 1e-3,
+) -> TwoStageSampler:
     """Trains the second stage of Dai & Wipf (2019) on the standardised codes.
 
     Adam, one-sample ELBO with the learned γ of Dai & Wipf, the whole fit one compiled
@@ -361,7 +392,8 @@ def fit_two_stage(codes, key, *, width: int = 256, epochs: int = 100, warmup_epo
         return jax.lax.scan(step, (params, opt_state), jnp.arange(steps))[0], None
 
     (params, _), _ = jax.jit(lambda p, o: jax.lax.scan(epoch, (p, o), jnp.arange(epochs)))(
-        params, tx.init(params))
+        params, tx.init(params)
+    )
     return TwoStageSampler(jax.device_get(params), dim, width, shift, scale)
 
 
@@ -407,15 +439,18 @@ def save(sampler, directory, meta: dict) -> None:
     staging = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=".saving-"))
     if isinstance(sampler, LatentMixture):
         kind = "gmm"
-        np.savez(staging / "mixture.npz", log_weights=sampler.log_weights,
-                 means=sampler.means, cholesky=sampler.cholesky)
+        np.savez(
+            staging / "mixture.npz",
+            log_weights=sampler.log_weights,
+            means=sampler.means,
+            cholesky=sampler.cholesky,
+        )
         shape = {}
     elif isinstance(sampler, LatentFlow):
         kind = "flow"
         eqx.tree_serialise_leaves(staging / "flow.eqx", sampler.flow)
         np.savez(staging / "standardise.npz", shift=sampler.shift, scale=sampler.scale)
-        shape = {"dim": int(len(sampler.shift)), "layers": sampler.layers,
-                 "width": sampler.width}
+        shape = {"dim": int(len(sampler.shift)), "layers": sampler.layers, "width": sampler.width}
     elif isinstance(sampler, TwoStageSampler):
         kind = "two_stage"
         (staging / "params.msgpack").write_bytes(serialization.to_bytes(sampler.params))
@@ -423,8 +458,9 @@ def save(sampler, directory, meta: dict) -> None:
         shape = {"dim": sampler.dim, "width": sampler.width}
     else:
         raise TypeError(f"cannot save a {type(sampler).__name__}")
-    (staging / _META).write_text(json.dumps(
-        {**meta, "kind": kind, "shape": shape, "fit_version": FIT_VERSION}, indent=2))
+    (staging / _META).write_text(
+        json.dumps({**meta, "kind": kind, "shape": shape, "fit_version": FIT_VERSION}, indent=2)
+    )
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)
@@ -453,15 +489,15 @@ def load(directory):
         with np.load(directory / "mixture.npz") as f:
             return LatentMixture(f["log_weights"], f["means"], f["cholesky"]), meta
     if meta["kind"] == "flow":
-        skeleton = _flow_skeleton(shape["dim"], shape["layers"], shape["width"],
-                                  jax.random.key(0))
+        skeleton = _flow_skeleton(shape["dim"], shape["layers"], shape["width"], jax.random.key(0))
         flow = eqx.tree_deserialise_leaves(directory / "flow.eqx", skeleton)
         with np.load(directory / "standardise.npz") as f:
-            return LatentFlow(flow, f["shift"], f["scale"], shape["layers"],
-                              shape["width"]), meta
+            return LatentFlow(flow, f["shift"], f["scale"], shape["layers"], shape["width"]), meta
     template = _CodeVAE(shape["dim"], shape["width"]).init(
-        jax.random.key(0), jnp.zeros((1, shape["dim"])))["params"]
+        jax.random.key(0), jnp.zeros((1, shape["dim"]))
+    )["params"]
     params = serialization.from_bytes(template, (directory / "params.msgpack").read_bytes())
     with np.load(directory / "standardise.npz") as f:
-        return TwoStageSampler(jax.device_get(params), shape["dim"], shape["width"],
-                               f["shift"], f["scale"]), meta
+        return TwoStageSampler(
+            jax.device_get(params), shape["dim"], shape["width"], f["shift"], f["scale"]
+        ), meta

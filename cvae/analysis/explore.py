@@ -51,8 +51,9 @@ def project_2d(codes, method: str = "pca", seed: int = 0) -> np.ndarray:
         neighbours = int(min(15, len(codes) - 1))
         with warnings.catch_warnings():  # "n_jobs overridden by random_state": wanted here
             warnings.simplefilter("ignore", UserWarning)
-            return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed
-                             ).fit_transform(codes)
+            return umap.UMAP(
+                n_components=2, n_neighbors=neighbours, random_state=seed
+            ).fit_transform(codes)
     raise ValueError(f"method must be 'pca', 'tsne' or 'umap', got {method!r}")
 
 
@@ -132,8 +133,11 @@ def code_statistics(codes) -> dict:
       {"mean", "variance", "half_mean_square"}, each (d,).
     """
     codes = np.asarray(codes, np.float64)
-    return {"mean": codes.mean(0), "variance": codes.var(0),
-            "half_mean_square": 0.5 * np.mean(codes**2, axis=0)}
+    return {
+        "mean": codes.mean(0),
+        "variance": codes.var(0),
+        "half_mean_square": 0.5 * np.mean(codes**2, axis=0),
+    }
 
 
 def collapsed_kl_constant(sigma0: float) -> float:
@@ -200,8 +204,10 @@ def manifold_grid(run: Run, n: int = 15, span: float = 2.5) -> np.ndarray:
       Images (n, n, H, W, C).
     """
     if run.config.model.latent_dim != 2:
-        raise ValueError(f"the decoded manifold needs model.latent_dim = 2, this run has "
-                         f"{run.config.model.latent_dim}")
+        raise ValueError(
+            f"the decoded manifold needs model.latent_dim = 2, this run has "
+            f"{run.config.model.latent_dim}"
+        )
     axis = np.linspace(-span, span, n)
     z = np.stack(np.meshgrid(axis, axis[::-1]), -1).reshape(-1, 2)
     return np.asarray(run.mean_image(z)).reshape((n, n) + tuple(run.info.shape))
@@ -241,21 +247,33 @@ def run_summary(workdir) -> dict:
     config = wd.read_config_dict()
     evaluation = wd.read_eval() or {}
     train = wd.read_metrics("train")
-    row = {"run": wd.name, "posterior": config["model"]["posterior"],
-           # σ₀ is a parameter of the collapsed posterior only
-           "sigma0": (config["model"]["sigma0"] if config["model"]["posterior"] == "collapsed"
-                      else None),
-           "objective": (f"iwae k={config['objective']['k']}"
-                         if config["objective"]["kind"] == "iwae" else "elbo"),
-           "latent_dim": config["model"]["latent_dim"],
-           "epochs": train[-1]["epoch"] if train else 0,
-           "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),
-           "wall_s": train[-1]["elapsed_s"] if train else 0.0}
+    row = {
+        "run": wd.name,
+        "posterior": config["model"]["posterior"],
+        # σ₀ is a parameter of the collapsed posterior only
+        "sigma0": (
+            config["model"]["sigma0"] if config["model"]["posterior"] == "collapsed" else None
+        ),
+        "objective": (
+            f"iwae k={config['objective']['k']}"
+            if config["objective"]["kind"] == "iwae"
+            else "elbo"
+        ),
+        "latent_dim": config["model"]["latent_dim"],
+        "epochs": train[-1]["epoch"] if train else 0,
+        "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),
+        "wall_s": train[-1]["elapsed_s"] if train else 0.0,
+    }
     # Without eval.json, the test record training wrote (the same evaluation core, K = 0).
     tested = wd.read_metrics("test")
     row.update({k: tested[-1][k] for k in ("elbo", "recon", "kl") if tested and k in tested[-1]})
-    row.update({k: evaluation[k] for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
-                if k in evaluation})
+    row.update(
+        {
+            k: evaluation[k]
+            for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
+            if k in evaluation
+        }
+    )
     quality = wd.read_sample_quality() or {}
     row.update({k: v for k, v in quality.items() if k.startswith(("fid_", "accuracy_"))})
     if wd.checkpoints.is_dir():
@@ -276,8 +294,7 @@ def run_label(row: dict) -> str:
     Returns:
       The run's name, its posterior and σ₀.
     """
-    detail = row["posterior"] + (f", σ₀={row['sigma0']:g}" if row.get("sigma0") is not None
-                                 else "")
+    detail = row["posterior"] + (f", σ₀={row['sigma0']:g}" if row.get("sigma0") is not None else "")
     return f"{row['run']} ({detail})"
 
 
@@ -321,12 +338,26 @@ def seed_statistics(values) -> tuple[float, float, float]:
     if len(values) == 1:
         return float(values[0]), float("nan"), float("nan")
     std = float(values.std(ddof=1))
-    return (float(values.mean()), std,
-            float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))))
+    return (
+        float(values.mean()),
+        std,
+        float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))),
+    )
 
 
-SUMMARY_METRICS = ("nll_is", "elbo", "recon", "kl", "active_units", "fid_prior", "fid_gmm",
-                   "fid_flow", "fid_two_stage", "accuracy_prior", "accuracy_gmm")
+SUMMARY_METRICS = (
+    "nll_is",
+    "elbo",
+    "recon",
+    "kl",
+    "active_units",
+    "fid_prior",
+    "fid_gmm",
+    "fid_flow",
+    "fid_two_stage",
+    "accuracy_prior",
+    "accuracy_gmm",
+)
 
 
 def aggregate(workdirs, group_by: str) -> list[dict]:
@@ -354,8 +385,14 @@ def aggregate(workdirs, group_by: str) -> list[dict]:
     out = []
     for value in sorted(groups, key=lambda v: (str(type(v)), v)):
         members = groups[value]
-        out.append({"value": value, "n": len(members), "runs": [name for name, _ in members],
-                    **metric_statistics([row for _, row in members])})
+        out.append(
+            {
+                "value": value,
+                "n": len(members),
+                "runs": [name for name, _ in members],
+                **metric_statistics([row for _, row in members]),
+            }
+        )
     return out
 
 

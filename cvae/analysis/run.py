@@ -1,9 +1,9 @@
 """``load_run(workdir)``: a trained run as an object, for notebooks and scripts.
 
-    run = cvae.load_run("runs/digits_cvae")
-    mean, log_var = run.encode(x)           # posterior parameters (log_var None if fixed)
-    logits = run.decode(z)                  # likelihood parameters
-    images = run.sample(jax.random.key(0), 64, sampler="gmm")
+run = cvae.load_run("runs/digits_cvae")
+mean, log_var = run.encode(x)           # posterior parameters (log_var None if fixed)
+logits = run.decode(z)                  # likelihood parameters
+images = run.sample(jax.random.key(0), 64, sampler="gmm")
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ WHICH = ("best", "latest")
 @dataclasses.dataclass
 class Run:
     """A trained run: its config, params (best or latest checkpoint), model and data info."""
+
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
     params: dict
@@ -43,9 +44,11 @@ class Run:
 
     def __repr__(self) -> str:
         m = self.config.model
-        return (f"Run({str(self.workdir)!r}, posterior={m.posterior!r}, "
-                f"latent_dim={m.latent_dim}, data={self.config.data.name!r}, "
-                f"epoch={self.meta.get('epoch')}, params={self.num_params:,})")
+        return (
+            f"Run({str(self.workdir)!r}, posterior={m.posterior!r}, "
+            f"latent_dim={m.latent_dim}, data={self.config.data.name!r}, "
+            f"epoch={self.meta.get('epoch')}, params={self.num_params:,})"
+        )
 
     @property
     def num_params(self) -> int:
@@ -61,8 +64,10 @@ class Run:
         than encoded into codes that look plausible and are wrong.
         """
         x = np.asarray(x)
-        expected = (f"images N×{'×'.join(map(str, self.info.shape))} as uint8 0–255 or as "
-                    "floats in [0, 1] (e.g. data.evaluation_inputs)")
+        expected = (
+            f"images N×{'×'.join(map(str, self.info.shape))} as uint8 0–255 or as "
+            "floats in [0, 1] (e.g. data.evaluation_inputs)"
+        )
         if x.dtype == np.uint8:
             return jnp.asarray(x, jnp.float32) / self.info.pixel_range[1]
         if not np.issubdtype(x.dtype, np.floating):
@@ -70,10 +75,15 @@ class Run:
         if x.size and not np.isfinite(x).all():
             raise ValueError(f"the images contain NaN or infinite values; pass {expected}")
         if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-            hint = (" (they look like 0–255 pixels: divide by 255 or pass uint8)"
-                    if float(x.max()) > 1.0 else "")
-            raise ValueError(f"float images must lie in [0, 1], got values in "
-                             f"[{float(x.min()):g}, {float(x.max()):g}]{hint}; pass {expected}")
+            hint = (
+                " (they look like 0–255 pixels: divide by 255 or pass uint8)"
+                if float(x.max()) > 1.0
+                else ""
+            )
+            raise ValueError(
+                f"float images must lie in [0, 1], got values in "
+                f"[{float(x.min()):g}, {float(x.max()):g}]{hint}; pass {expected}"
+            )
         return jnp.asarray(x, jnp.float32)
 
     def _labels(self, labels, n):
@@ -81,11 +91,14 @@ class Run:
             return None
         labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
         if not self.model.num_classes:
-            raise ValueError("labels were given but this run is unconditional "
-                             "(model.conditional=False)")
+            raise ValueError(
+                "labels were given but this run is unconditional (model.conditional=False)"
+            )
         if int(labels.min()) < 0 or int(labels.max()) >= self.model.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.model.num_classes}), got "
-                             f"{int(labels.min())}..{int(labels.max())}")
+            raise ValueError(
+                f"labels must lie in [0, {self.model.num_classes}), got "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
         return labels
 
     def _apply(self, *args, method):
@@ -120,12 +133,12 @@ class Run:
         z = np.asarray(z, np.float32)
         d = self.config.model.latent_dim
         if z.ndim != 2 or z.shape[-1] != d:
-            raise ValueError(f"latents must be shaped N×{d} (this run's model.latent_dim), "
-                             f"got {z.shape}")
+            raise ValueError(
+                f"latents must be shaped N×{d} (this run's model.latent_dim), got {z.shape}"
+            )
         if not np.isfinite(z).all():
             raise ValueError("the latents contain NaN or infinite values")
-        return self._apply(jnp.asarray(z), self._labels(labels, len(z)),
-                           method=self.model.decode)
+        return self._apply(jnp.asarray(z), self._labels(labels, len(z)), method=self.model.decode)
 
     def mean_image(self, z, labels=None):
         """E[x|z]: the images latents decode to.
@@ -154,7 +167,8 @@ class Run:
         labels = self._labels(labels, len(x))
         posterior = self._apply(x, labels, method=self.model.encode)
         return self.model.likelihood.mean(
-            self._apply(posterior.sample(key), labels, method=self.model.decode))
+            self._apply(posterior.sample(key), labels, method=self.model.decode)
+        )
 
     def sample(self, key, n: int, sampler: str | None = None, labels=None):
         """Images E[x|z], z from the prior or an ex-post density.
@@ -186,7 +200,8 @@ class Run:
             for label in np.unique(wanted):
                 rows = np.flatnonzero(wanted == label)
                 z[rows] = self.ex_post(sampler, label=int(label)).sample(
-                    jax.random.fold_in(key, int(label)), len(rows))
+                    jax.random.fold_in(key, int(label)), len(rows)
+                )
         else:
             raise ValueError(f"sampler must be one of {ex_post.SAMPLERS}, got {sampler!r}")
         return self.mean_image(z, labels)
@@ -210,9 +225,15 @@ class Run:
         z = (1 - t) * means[0] + t * means[1]
         return self.mean_image(z, labels)
 
-    def evaluate(self, split: str = "test", k: int | None = None, *,
-                 batch_size: int | None = None, chunk_size: int | None = None,
-                 progress: bool = False) -> dict:
+    def evaluate(
+        self,
+        split: str = "test",
+        k: int | None = None,
+        *,
+        batch_size: int | None = None,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> dict:
         """Scores of a split through the one evaluation core (``cvae.evaluation``).
 
         The mesh is the training run's device count where this machine has that many devices
@@ -231,14 +252,22 @@ class Run:
         """
         cfg = self.config
         k = cfg.eval.num_importance_samples if k is None else k
-        eval_set = evaluation.EvalSet(data.role_source(cfg.data, split),
-                                      cfg.data.binarize == "dynamic")
+        eval_set = evaluation.EvalSet(
+            data.role_source(cfg.data, split), cfg.data.binarize == "dynamic"
+        )
         devices = cfg.train.num_devices if cfg.train.num_devices <= jax.device_count() else 0
         result = evaluation.evaluate(
-            self.model, self.params, eval_set, k=k, mesh=parallel.make_mesh(devices),
+            self.model,
+            self.params,
+            eval_set,
+            k=k,
+            mesh=parallel.make_mesh(devices),
             batch_size=cfg.eval.batch_size if batch_size is None else batch_size,
             chunk_size=cfg.eval.chunk_size if chunk_size is None else chunk_size,
-            code_l2=cfg.model.code_l2, progress=progress, description=f"evaluate {split}")
+            code_l2=cfg.model.code_l2,
+            progress=progress,
+            description=f"evaluate {split}",
+        )
         return {**result, "split": split}
 
     def eval_set(self, split: str = "test", binarized: bool | None = None):
@@ -254,8 +283,9 @@ class Run:
         binarized = self.config.data.binarize == "dynamic" if binarized is None else binarized
         return evaluation.EvalSet(data.role_source(self.config.data, split), binarized)
 
-    def inputs(self, split: str = "test", count: int | None = None, *,
-               binarized: bool | None = None):
+    def inputs(
+        self, split: str = "test", count: int | None = None, *, binarized: bool | None = None
+    ):
         """The first examples of a split as the model sees them in evaluation.
 
         Only those rows are read.
@@ -287,8 +317,7 @@ class Run:
         for images, y in sample.unit_batches(1000):
             codes.append(np.asarray(self.encode(images, y if self.model.num_classes else None)[0]))
             labels.append(y)
-        return np.concatenate(codes), (np.concatenate(labels) if self.info.num_classes
-                                       else None)
+        return np.concatenate(codes), (np.concatenate(labels) if self.info.num_classes else None)
 
     def latent_mixture(self, label: int | None = None) -> ex_post.LatentMixture:
         """The ex-post Gaussian mixture (``ex_post("gmm")``).
@@ -332,15 +361,20 @@ class Run:
                 codes, labels = self.training_codes()
                 if label is not None:
                     codes = codes[np.asarray(labels) == label]
-                key = jax.random.fold_in(jax.random.key(self.config.seed),
-                                         ex_post.EX_POST.index(kind))
+                key = jax.random.fold_in(
+                    jax.random.key(self.config.seed), ex_post.EX_POST.index(kind)
+                )
                 fitted = ex_post.fit(kind, codes, key, seed=self.config.seed)
                 try:
-                    ex_post.save(fitted, directory, {"params_sha256": fingerprint,
-                                                     "num_codes": len(codes), "label": label})
+                    ex_post.save(
+                        fitted,
+                        directory,
+                        {"params_sha256": fingerprint, "num_codes": len(codes), "label": label},
+                    )
                 except OSError as err:  # a read-only run still samples
-                    log.warning("could not save the fitted %s sampler in %s: %s", kind,
-                                directory, err)
+                    log.warning(
+                        "could not save the fitted %s sampler in %s: %s", kind, directory, err
+                    )
                 self._mixtures[name] = fitted
         return self._mixtures[name]
 
@@ -396,11 +430,14 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
     restored = ckpt.restore_params(which)
     ckpt.close()
     if restored is None:
-        raise RunNotFoundError(f"{wd.path} has no checkpoint yet; train it first (or wait "
-                               "for its first epoch to finish)")
+        raise RunNotFoundError(
+            f"{wd.path} has no checkpoint yet; train it first (or wait "
+            "for its first epoch to finish)"
+        )
     params, meta = restored
     info = data.open_source(config.data, "test").info  # a TFDS split is not read
-    model = model_lib.build_model(config.model, info.shape, info.num_classes,
-                                  binary_data=config.data.binarize == "dynamic")
+    model = model_lib.build_model(
+        config.model, info.shape, info.num_classes, binary_data=config.data.binarize == "dynamic"
+    )
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return Run(wd.path, config, params, model, info, meta)

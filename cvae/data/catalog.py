@@ -56,7 +56,8 @@ def tfds_builder(name: str, split: str, data_dir: str | None):
             f"data set {name!r} is not prepared in {', '.join(searched)} and cvae never "
             f"downloads. On a machine with network access run `tfds build {name} "
             f"--data_dir DIR --file_format array_record`, then point data.data_dir (or "
-            "TFDS_DATA_DIR) at DIR")
+            "TFDS_DATA_DIR) at DIR"
+        )
     try:  # the split string against the prepared splits, before anything is read
         tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
     except (ValueError, KeyError, AssertionError) as err:
@@ -85,7 +86,8 @@ def tfds_data_source(name: str, split: str, directory: str):
     except NotImplementedError as err:
         raise DatasetNotPreparedError(
             f"data set {name!r} in {directory} is not in a random-access format ({err}); "
-            f"rebuild it with `tfds build {name} --file_format array_record`") from err
+            f"rebuild it with `tfds build {name} --file_format array_record`"
+        ) from err
 
 
 def _unknown_dataset_message(name: str, err: Exception) -> str:
@@ -96,12 +98,16 @@ def _unknown_dataset_message(name: str, err: Exception) -> str:
     text = str(err).strip()
     known = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
     if not known:  # a known set with a bad version or config
-        return (f"data set {name!r}: {text.splitlines()[0] if text else type(err).__name__}; "
-                "use a TFDS name such as 'mnist', 'digits', or 'npz:PATH'")
+        return (
+            f"data set {name!r}: {text.splitlines()[0] if text else type(err).__name__}; "
+            "use a TFDS name such as 'mnist', 'digits', or 'npz:PATH'"
+        )
     close = difflib.get_close_matches(name, known + ["digits"], n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return (f"data set {name!r} is not known to tensorflow-datasets{hint} (data.name takes a "
-            "TFDS name such as 'mnist', 'digits' for the offline set, or 'npz:PATH')")
+    return (
+        f"data set {name!r} is not known to tensorflow-datasets{hint} (data.name takes a "
+        "TFDS name such as 'mnist', 'digits' for the offline set, or 'npz:PATH')"
+    )
 
 
 def feature_keys(features):
@@ -123,13 +129,18 @@ def feature_keys(features):
     import tensorflow_datasets as tfds
 
     def is_pixels(feature) -> bool:
-        return (isinstance(feature, tfds.features.Tensor) and feature.np_dtype == np.uint8
-                and len(feature.shape) in (2, 3))
+        return (
+            isinstance(feature, tfds.features.Tensor)
+            and feature.np_dtype == np.uint8
+            and len(feature.shape) in (2, 3)
+        )
 
-    images = ([k for k, f in features.items() if isinstance(f, tfds.features.Image)]
-              + [k for k, f in features.items() if is_pixels(f)])
-    labels = [(k, f.num_classes) for k, f in features.items()
-              if isinstance(f, tfds.features.ClassLabel)]
+    images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)] + [
+        k for k, f in features.items() if is_pixels(f)
+    ]
+    labels = [
+        (k, f.num_classes) for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)
+    ]
     if not images:
         raise ValueError(f"the TFDS data set has no image feature ({list(features)})")
     label_key, num_classes = labels[0] if labels else (None, 0)
@@ -148,8 +159,10 @@ class TfdsSource:
         shape = tuple(int(d) for d in builder.info.features[self.image_key].shape)
         shape = shape + (1,) if len(shape) == 2 else shape
         if None in shape or any(d <= 0 for d in shape):
-            raise ValueError(f"{name}: images of varying size {shape} cannot be streamed yet; "
-                             "resize them when preparing the data set")
+            raise ValueError(
+                f"{name}: images of varying size {shape} cannot be streamed yet; "
+                "resize them when preparing the data set"
+            )
         self.info = DatasetInfo(name, shape, num_classes, (0.0, 255.0))
         self._source = None
 
@@ -176,7 +189,11 @@ class TfdsSource:
         """
         records = self.source.__getitems__([int(i) for i in indices])
         images = np.stack([r[self.image_key] for r in records]).reshape(
-            (len(records),) + self.info.shape)
-        labels = (np.asarray([r[self.label_key] for r in records], np.int32)
-                  if self.label_key else np.zeros(len(records), np.int32))
+            (len(records),) + self.info.shape
+        )
+        labels = (
+            np.asarray([r[self.label_key] for r in records], np.int32)
+            if self.label_key
+            else np.zeros(len(records), np.int32)
+        )
         return images, labels

@@ -34,9 +34,10 @@ def digits_splits() -> dict:
     chosen = {"train": order[:DIGITS_TRAIN_SIZE], "test": order[DIGITS_TRAIN_SIZE:]}
     images = np.round(bunch.images * 255.0 / 16.0).astype(np.uint8)[..., None]
     info = DatasetInfo("digits", (8, 8, 1), 10, (0.0, 255.0))
-    return {split: (lambda idx=idx: Dataset(images[idx], bunch.target[idx].astype(np.int32),
-                                            info))
-            for split, idx in chosen.items()}
+    return {
+        split: (lambda idx=idx: Dataset(images[idx], bunch.target[idx].astype(np.int32), info))
+        for split, idx in chosen.items()
+    }
 
 
 def npz_splits(path: str) -> dict:
@@ -47,14 +48,19 @@ def npz_splits(path: str) -> dict:
     try:
         archive = np.load(file, allow_pickle=False)
     except Exception as err:  # a truncated or non-npz file
-        raise ValueError(f"npz data set {path!r} could not be read ({err}); save it with "
-                         "numpy.savez(path, x=images, y=labels)") from err
-    names = ["train" if k == "x" else k[2:] for k in archive.files
-             if k == "x" or k.startswith("x_")]
+        raise ValueError(
+            f"npz data set {path!r} could not be read ({err}); save it with "
+            "numpy.savez(path, x=images, y=labels)"
+        ) from err
+    names = [
+        "train" if k == "x" else k[2:] for k in archive.files if k == "x" or k.startswith("x_")
+    ]
     if not names:
-        raise ValueError(f"npz data set {path!r} has no array 'x' nor any 'x_<split>' (it "
-                         f"has {sorted(archive.files)}); the train split is 'x' (and 'y'), "
-                         "other splits 'x_<split>'")
+        raise ValueError(
+            f"npz data set {path!r} has no array 'x' nor any 'x_<split>' (it "
+            f"has {sorted(archive.files)}); the train split is 'x' (and 'y'), "
+            "other splits 'x_<split>'"
+        )
     return {name: functools.partial(_npz_split, archive, path, name) for name in names}
 
 
@@ -63,10 +69,15 @@ def npy_splits(path: str) -> dict:
     ``y_<s>.npy`` is s; uint8 N×H×W×C images, memory-mapped (read only where indexed)."""
     directory = pathlib.Path(path)
     if not directory.is_dir():
-        raise ValueError(f"npy data set {path!r}: no such directory (it holds x.npy, "
-                         "optional y.npy, and x_<split>.npy for other splits)")
-    files = {("train" if f.stem == "x" else f.stem[2:]): f for f in directory.glob("x*.npy")
-             if f.stem == "x" or f.stem.startswith("x_")}
+        raise ValueError(
+            f"npy data set {path!r}: no such directory (it holds x.npy, "
+            "optional y.npy, and x_<split>.npy for other splits)"
+        )
+    files = {
+        ("train" if f.stem == "x" else f.stem[2:]): f
+        for f in directory.glob("x*.npy")
+        if f.stem == "x" or f.stem.startswith("x_")
+    }
     if not files:
         raise ValueError(f"npy data set {path!r} has no x.npy nor any x_<split>.npy")
 
@@ -74,21 +85,28 @@ def npy_splits(path: str) -> dict:
         try:
             x = np.load(files[split], mmap_mode="r")
         except Exception as err:
-            raise ValueError(f"npy data set {path!r}: {files[split].name} could not be read "
-                             f"({err}); save it with numpy.save") from err
+            raise ValueError(
+                f"npy data set {path!r}: {files[split].name} could not be read "
+                f"({err}); save it with numpy.save"
+            ) from err
         if x.dtype != np.uint8 or x.ndim != 4 or len(x) == 0:
-            raise ValueError(f"npy data set {path!r}: {files[split].name} must be uint8 "
-                             f"N×H×W×C with N > 0, got {x.dtype} {x.shape}")
+            raise ValueError(
+                f"npy data set {path!r}: {files[split].name} must be uint8 "
+                f"N×H×W×C with N > 0, got {x.dtype} {x.shape}"
+            )
         labels_file = files[split].with_name(files[split].name.replace("x", "y", 1))
         labels, num_classes = None, 0
         if labels_file.exists():
             labels = np.asarray(np.load(labels_file), np.int32)
             if labels.shape != (len(x),) or labels.min() < 0:
-                raise ValueError(f"npy data set {path!r}: {labels_file.name} must hold "
-                                 f"{len(x)} integer labels ≥ 0, got shape {labels.shape}")
+                raise ValueError(
+                    f"npy data set {path!r}: {labels_file.name} must hold "
+                    f"{len(x)} integer labels ≥ 0, got shape {labels.shape}"
+                )
             num_classes = int(labels.max()) + 1
-        info = DatasetInfo(f"npy:{path}", tuple(int(s) for s in x.shape[1:]), num_classes,
-                           (0.0, 255.0))
+        info = DatasetInfo(
+            f"npy:{path}", tuple(int(s) for s in x.shape[1:]), num_classes, (0.0, 255.0)
+        )
         return Dataset(x, labels, info)
 
     return {split: functools.partial(read, split) for split in files}
@@ -100,27 +118,31 @@ def _npz_split(archive, path: str, split: str) -> Dataset:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or len(x) == 0:
-        raise ValueError(f"npz data set {path!r}: {x_key!r} must be N×H×W or N×H×W×C with "
-                         f"N > 0, got shape {x.shape}")
+        raise ValueError(
+            f"npz data set {path!r}: {x_key!r} must be N×H×W or N×H×W×C with "
+            f"N > 0, got shape {x.shape}"
+        )
     if x.dtype == np.uint8:
         pixel_range = (0.0, 255.0)
     elif np.issubdtype(x.dtype, np.floating):
         if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise ValueError(f"npz data set {path!r}: float {x_key!r} must be finite and in "
-                             f"[0, 1], got [{np.nanmin(x):g}, {np.nanmax(x):g}]")
+            raise ValueError(
+                f"npz data set {path!r}: float {x_key!r} must be finite and in "
+                f"[0, 1], got [{np.nanmin(x):g}, {np.nanmax(x):g}]"
+            )
         x, pixel_range = x.astype(np.float32), (0.0, 1.0)
     else:
-        raise ValueError(f"npz data set {path!r}: {x_key!r} must be uint8 or float, "
-                         f"got {x.dtype}")
+        raise ValueError(f"npz data set {path!r}: {x_key!r} must be uint8 or float, got {x.dtype}")
     labels, num_classes = None, 0
     if y_key in archive:
         y = archive[y_key]
         if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-            raise ValueError(f"npz data set {path!r}: {y_key!r} must hold {len(x)} integer "
-                             f"labels ≥ 0, got shape {y.shape} and dtype {y.dtype}")
+            raise ValueError(
+                f"npz data set {path!r}: {y_key!r} must hold {len(x)} integer "
+                f"labels ≥ 0, got shape {y.shape} and dtype {y.dtype}"
+            )
         labels, num_classes = y.astype(np.int32), int(y.max()) + 1
         if "num_classes" in archive:
             num_classes = int(archive["num_classes"])
-    info = DatasetInfo(f"npz:{path}", tuple(int(s) for s in x.shape[1:]), num_classes,
-                       pixel_range)
+    info = DatasetInfo(f"npz:{path}", tuple(int(s) for s in x.shape[1:]), num_classes, pixel_range)
     return Dataset(x, labels, info)

@@ -53,8 +53,10 @@ def transformed_shape(shape, crop: int, size: int) -> tuple[int, int, int]:
     height, width, depth = shape
     if crop:
         if crop > min(height, width):
-            raise ValueError(f"data.center_crop = {crop} is larger than the {height}×{width} "
-                             f"images; choose at most {min(height, width)} (or 0 for none)")
+            raise ValueError(
+                f"data.center_crop = {crop} is larger than the {height}×{width} "
+                f"images; choose at most {min(height, width)} (or 0 for none)"
+            )
         height = width = crop
     if size:
         height = width = size
@@ -75,15 +77,22 @@ def transform_images(images: np.ndarray, crop: int, size: int) -> np.ndarray:
     height, width, depth = transformed_shape(images.shape[1:], crop, size)
     if crop:
         top, left = (images.shape[1] - crop) // 2, (images.shape[2] - crop) // 2
-        images = images[:, top:top + crop, left:left + crop]
+        images = images[:, top : top + crop, left : left + crop]
     if size and images.shape[1:3] != (size, size):
         from PIL import Image
 
         if images.dtype != np.uint8:
-            raise ValueError("data.resize works on 8-bit images; this data set's are "
-                             f"{images.dtype}")
-        resized = [np.asarray(Image.fromarray(im[..., 0] if depth == 1 else im).resize(
-            (size, size), Image.Resampling.BICUBIC)) for im in images]
+            raise ValueError(
+                f"data.resize works on 8-bit images; this data set's are {images.dtype}"
+            )
+        resized = [
+            np.asarray(
+                Image.fromarray(im[..., 0] if depth == 1 else im).resize(
+                    (size, size), Image.Resampling.BICUBIC
+                )
+            )
+            for im in images
+        ]
         images = np.stack(resized).reshape(len(images), size, size, depth)
     return images
 
@@ -261,8 +270,10 @@ class ClassTable:
         counts = np.bincount(labels, minlength=num_classes).astype(np.int32)
         if np.any(counts == 0):
             missing = np.flatnonzero(counts == 0).tolist()
-            raise ValueError(f"class-balanced sampling needs every class present; classes "
-                             f"{missing} have no training examples")
+            raise ValueError(
+                f"class-balanced sampling needs every class present; classes "
+                f"{missing} have no training examples"
+            )
         table = np.zeros((num_classes, counts.max()), np.int32)
         for c in range(num_classes):
             members = np.flatnonzero(labels == c)

@@ -59,8 +59,10 @@ class ArraySource:
           (images (n, H, W, C), labels (n,) int32; zeros when the set is unlabelled).
         """
         labels = self.dataset.labels
-        return (np.asarray(self.dataset.images[indices]),
-                np.zeros(len(indices), np.int32) if labels is None else labels[indices])
+        return (
+            np.asarray(self.dataset.images[indices]),
+            np.zeros(len(indices), np.int32) if labels is None else labels[indices],
+        )
 
 
 class DecodedSource:
@@ -79,8 +81,10 @@ class DecodedSource:
     def __init__(self, source, cache_dir: str | None = None):
         self.info = source.info
         root = pathlib.Path(cache_dir or os.environ.get("CVAE_CACHE_DIR", "~/.cache/cvae"))
-        tag = hashlib.sha1(f"{os.path.abspath(source.directory)}|{source.split}|"
-                           f"{getattr(source, 'cache_tag', '')}".encode())
+        tag = hashlib.sha1(
+            f"{os.path.abspath(source.directory)}|{source.split}|"
+            f"{getattr(source, 'cache_tag', '')}".encode()
+        )
         stem = f"{source.name.replace('/', '_')}-{source.version}-{tag.hexdigest()[:12]}"
         self.paths = {k: root.expanduser() / f"{stem}.{k}.npy" for k in ("images", "labels")}
         if not all(p.exists() for p in self.paths.values()):
@@ -89,21 +93,28 @@ class DecodedSource:
 
     def _build(self, source) -> None:
         n = len(source)
-        log.info("decoding %s %s once for streaming (%d examples) into %s", source.name,
-                 source.split, n, self.paths["images"].parent)
+        log.info(
+            "decoding %s %s once for streaming (%d examples) into %s",
+            source.name,
+            source.split,
+            n,
+            self.paths["images"].parent,
+        )
         self.paths["images"].parent.mkdir(parents=True, exist_ok=True)
-        staging = {k: p.with_name(f".{p.name}.{os.getpid()}.partial")
-                   for k, p in self.paths.items()}
-        images = np.lib.format.open_memmap(staging["images"], "w+", np.uint8,
-                                           (n,) + self.info.shape)
+        staging = {
+            k: p.with_name(f".{p.name}.{os.getpid()}.partial") for k, p in self.paths.items()
+        }
+        images = np.lib.format.open_memmap(
+            staging["images"], "w+", np.uint8, (n,) + self.info.shape
+        )
         labels = np.lib.format.open_memmap(staging["labels"], "w+", np.int32, (n,))
         starts = range(0, n, self.CHUNK)
         reader = Stream(source, chunk_steps=1, threads=4, prefetch=8)
         order = [np.arange(s, min(s + self.CHUNK, n)) for s in starts]
         for start, rows in zip(starts, order, strict=True):
-            (chunk_images, chunk_labels), = reader.chunks(np.asarray(rows)[None])
-            images[start:start + len(rows)] = chunk_images[0]
-            labels[start:start + len(rows)] = chunk_labels[0]
+            ((chunk_images, chunk_labels),) = reader.chunks(np.asarray(rows)[None])
+            images[start : start + len(rows)] = chunk_images[0]
+            labels[start : start + len(rows)] = chunk_labels[0]
         images.flush(), labels.flush()
         del images, labels
         for key, path in self.paths.items():
@@ -114,8 +125,7 @@ class DecodedSource:
 
     def _open(self):
         if self._maps is None:  # opened lazily: also in each worker process
-            self._maps = tuple(np.load(self.paths[k], mmap_mode="r")
-                               for k in ("images", "labels"))
+            self._maps = tuple(np.load(self.paths[k], mmap_mode="r") for k in ("images", "labels"))
         return self._maps
 
     def __getstate__(self):

@@ -29,6 +29,7 @@ class DatasetNotPreparedError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """What a model needs to know of a data set: image shape, classes, raw pixel range."""
+
     name: str
     shape: tuple[int, int, int]  # H, W, C
     num_classes: int  # 0 when unlabelled
@@ -37,6 +38,7 @@ class DatasetInfo:
 
 class Dataset(NamedTuple):
     """One split in host memory: images, labels (None when unlabelled) and their info."""
+
     images: np.ndarray  # N×H×W×C
     labels: np.ndarray | None  # N, int32
     info: DatasetInfo
@@ -75,8 +77,10 @@ def no_validation_split(data_cfg) -> SplitError:
     Returns:
       The ``SplitError`` to raise, naming the two fields that give a validation split.
     """
-    return SplitError(f"{data_cfg.name} has no validation split in this config: set "
-                      "data.validation_split (a split string) or data.validation_size")
+    return SplitError(
+        f"{data_cfg.name} has no validation split in this config: set "
+        "data.validation_split (a split string) or data.validation_size"
+    )
 
 
 def select(splits: dict, spec: str, name: str) -> Dataset:
@@ -117,14 +121,20 @@ def select(splits: dict, spec: str, name: str) -> Dataset:
     for part in parts:
         whole = read[part.splitname]()
         rows = slice(part.from_, part.to)
-        pieces.append(Dataset(whole.images[rows],
-                              None if whole.labels is None else whole.labels[rows], whole.info))
+        pieces.append(
+            Dataset(
+                whole.images[rows], None if whole.labels is None else whole.labels[rows], whole.info
+            )
+        )
     if any(len(piece) == 0 for piece in pieces):
         raise SplitError(f"split {spec!r} of {name} selects no examples; widen the slice")
     if len(pieces) == 1:
         return pieces[0]
-    labels = (None if any(p.labels is None for p in pieces)
-              else np.concatenate([p.labels for p in pieces]))
+    labels = (
+        None
+        if any(p.labels is None for p in pieces)
+        else np.concatenate([p.labels for p in pieces])
+    )
     return Dataset(np.concatenate([p.images for p in pieces]), labels, pieces[0].info)
 
 
@@ -142,9 +152,11 @@ def split_message(name: str, spec: str, known, err) -> str:
     """
     text = str(err).strip().strip("'\"")
     first = text.splitlines()[0].rstrip(".") if text else type(err).__name__
-    return (f"data set {name!r}: cannot read split {spec!r} ({first}); its splits are "
-            f"{', '.join(map(repr, known))}, and a split may be sliced or summed, e.g. "
-            "'train[:90%]' or 'train+test'")
+    return (
+        f"data set {name!r}: cannot read split {spec!r} ({first}); its splits are "
+        f"{', '.join(map(repr, known))}, and a split may be sliced or summed, e.g. "
+        "'train[:90%]' or 'train+test'"
+    )
 
 
 def validation_indices(num_examples: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +174,10 @@ def validation_indices(num_examples: int, size: int) -> tuple[np.ndarray, np.nda
       ValueError: ``size`` leaves no training example.
     """
     if size >= num_examples:
-        raise ValueError(f"data.validation_size = {size} leaves no training data "
-                         f"({num_examples} training examples); choose fewer")
+        raise ValueError(
+            f"data.validation_size = {size} leaves no training data "
+            f"({num_examples} training examples); choose fewer"
+        )
     order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(num_examples)
     return np.sort(order[size:]), np.sort(order[:size])
 
@@ -181,7 +195,7 @@ def split_validation(dataset: Dataset, size: int) -> tuple[Dataset, Dataset | No
     if size == 0:
         return dataset, None
     train, val = validation_indices(len(dataset), size)
-    pick = lambda idx: Dataset(dataset.images[idx],
-                               None if dataset.labels is None else dataset.labels[idx],
-                               dataset.info)
+    pick = lambda idx: Dataset(
+        dataset.images[idx], None if dataset.labels is None else dataset.labels[idx], dataset.info
+    )
     return pick(train), pick(val)

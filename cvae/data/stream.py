@@ -36,6 +36,7 @@ class PipelineError(RuntimeError):
     """Reading the training data failed (a worker died, a file vanished); no state of the
     half-read epoch is saved."""
 
+
 # A chunk holds at most this many bytes of images (fewer batches than chunk_steps when
 # the batches are large): the read-ahead buffers, not the split, bound the host memory.
 MAX_CHUNK_BYTES = 32 * 2**20
@@ -54,7 +55,7 @@ class Stream:
     chunk_steps: int
     threads: int = 2
     prefetch: int = 2  # chunks read ahead: with the one in use and its device copy, the
-    workers: int = 0   # stream holds about 4 × MAX_CHUNK_BYTES
+    workers: int = 0  # stream holds about 4 × MAX_CHUNK_BYTES
     rows: slice = dataclasses.field(default_factory=lambda: slice(None))
 
     def chunks(self, order: np.ndarray, start_step: int = 0):
@@ -77,20 +78,25 @@ class Stream:
         source = self.source
         batch_bytes = max(1, order.shape[1] * math.prod(source.info.shape))
         steps = max(1, min(self.chunk_steps, MAX_CHUNK_BYTES // batch_bytes))
+
         def read_batch(step):
             faults.fault_point("stream_read")  # a reader killed here: tests/test_stream.py
             return source.read(order[step])
 
         dataset = grain.MapDataset.range(len(order)).map(read_batch).batch(steps)
-        iterable = dataset.to_iter_dataset(grain.ReadOptions(
-            num_threads=self.threads, prefetch_buffer_size=self.prefetch))
+        iterable = dataset.to_iter_dataset(
+            grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.prefetch)
+        )
         if self.workers > 0:
             from absl import flags
 
             if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; a notebook
                 flags.FLAGS.mark_as_parsed()  # or a test has parsed none: take the defaults
-            iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-                num_workers=self.workers, per_worker_buffer_size=self.prefetch))
+            iterable = iterable.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self.workers, per_worker_buffer_size=self.prefetch
+                )
+            )
         iterator = iter(iterable)
         while True:
             try:
@@ -110,7 +116,8 @@ def _failure_message(err: Exception) -> str:
         cause += "; -9 is a SIGKILL, often the out-of-memory killer)" if "-9" in first else ")"
         fix = "set fewer data.stream_workers (0 reads in this process)"
     else:
-        cause = ("the input pipeline failed while reading training data "
-                 f"({type(err).__name__}: {first})")
+        cause = (
+            f"the input pipeline failed while reading training data ({type(err).__name__}: {first})"
+        )
         fix = "fix the data (or set data.stream_workers=0 to read in this process)"
     return f"{cause}; nothing of this epoch was saved: {fix} and rerun the same command to resume"

@@ -101,8 +101,7 @@ class EvalSet:
         Returns:
           An evaluation set over those rows.
         """
-        return EvalSet(data.Subset(self.source, np.arange(min(count, len(self)))),
-                       self.binarize)
+        return EvalSet(data.Subset(self.source, np.arange(min(count, len(self)))), self.binarize)
 
     def unit_batches(self, size: int = 1000):
         """The whole set, a batch of rows at a time, as a model sees it.
@@ -178,36 +177,53 @@ def _programs(model, mesh, code_l2: float, scale: float, k: int, chunk_size: int
 
     def terms(params, raw, labels, batch_index):
         x, y = inputs(raw, labels)
-        _, out = objectives.elbo_loss(model, params, x,
-                                      jax.random.fold_in(batch_key(batch_index), 0),
-                                      labels=y, code_l2=code_l2)
+        _, out = objectives.elbo_loss(
+            model,
+            params,
+            x,
+            jax.random.fold_in(batch_key(batch_index), 0),
+            labels=y,
+            code_l2=code_l2,
+        )
         out["mean"] = model.apply({"params": params}, x, y, method=model.encode).mean
         return out
 
     def log_px(params, raw, labels, batch_index):
         x, y = inputs(raw, labels)
         return metrics.importance_sampled_log_likelihood(
-            model, params, x, jax.random.fold_in(batch_key(batch_index), 1), k, chunk_size, y)
+            model, params, x, jax.random.fold_in(batch_key(batch_index), 1), k, chunk_size, y
+        )
 
     # Results come back replicated, so every process of a multi-process run can read them.
     everywhere = parallel.replicated(mesh)
-    return (jax.jit(terms, out_shardings=everywhere),
-            jax.jit(log_px, out_shardings=everywhere))
+    return (jax.jit(terms, out_shardings=everywhere), jax.jit(log_px, out_shardings=everywhere))
 
 
 def _replicated_on(params, mesh):
     """``params`` replicated over ``mesh``: as they are when training already placed them
     there, else copied (e.g. a loaded run's params, which sit on one device)."""
     target = parallel.replicated(mesh)
-    if all(isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim)
-           for x in jax.tree_util.tree_leaves(params)):
+    if all(
+        isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim)
+        for x in jax.tree_util.tree_leaves(params)
+    ):
         return params
     return parallel.replicate(params, mesh)
 
 
-def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 0,
-             batch_size: int = 500, mesh=None, code_l2: float = 0.0,
-             progress: bool = False, description: str = "evaluate") -> dict:
+def evaluate(
+    model,
+    params,
+    eval_set: EvalSet,
+    *,
+    k: int = 0,
+    chunk_size: int = 0,
+    batch_size: int = 500,
+    mesh=None,
+    code_l2: float = 0.0,
+    progress: bool = False,
+    description: str = "evaluate",
+) -> dict:
     """Scores ``params`` on ``eval_set``: means in nats over every example.
 
     Two programs, compiled once per shape, compute the ELBO terms and the importance-sampled
@@ -237,8 +253,9 @@ def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 
     if batch_size < 1:
         raise ValueError(f"the evaluation batch size must be ≥ 1, got {batch_size}")
     if chunk_size < 0:
-        raise ValueError(f"the importance-sample chunk size must be ≥ 0 (0 = auto), got "
-                         f"{chunk_size}")
+        raise ValueError(
+            f"the importance-sample chunk size must be ≥ 0 (0 = auto), got {chunk_size}"
+        )
     if len(eval_set) == 0:
         raise ValueError("the evaluation split is empty")
     mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_device_count())
@@ -246,8 +263,9 @@ def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 
     bs = evaluation_batch_size(batch_size, n, mesh.size)
     with_density = k > 0 and model.posterior_family != "deterministic"
     chunk = chunk_size or auto_chunk_size(bs, max(k, 1))
-    terms, log_px = _programs(model, mesh, float(code_l2), float(eval_set.scale), max(k, 1),
-                              min(chunk, max(k, 1)))
+    terms, log_px = _programs(
+        model, mesh, float(code_l2), float(eval_set.scale), max(k, 1), min(chunk, max(k, 1))
+    )
     params = _replicated_on(params, mesh)
 
     def read(b):
@@ -264,8 +282,9 @@ def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 
     num_batches = math.ceil(n / bs)
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
         pending = reader.submit(read, 0)
-        for b in tqdm(range(num_batches), desc=f"{description} (K={k})", unit="batch",
-                      disable=not progress):
+        for b in tqdm(
+            range(num_batches), desc=f"{description} (K={k})", unit="batch", disable=not progress
+        ):
             images, labels, real = pending.result()
             if b + 1 < num_batches:  # read the next batch while this one is scored
                 pending = reader.submit(read, b + 1)
@@ -279,8 +298,7 @@ def evaluate(model, params, eval_set: EvalSet, *, k: int = 0, chunk_size: int = 
                 sums[name] += float(np.sum(out[name][:real], dtype=np.float64))
             moments.add(out["mean"][:real])
     result = {name: sums[name] / n for name in ("elbo", "recon", "kl")}
-    result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n,
-                  k=k)
+    result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n, k=k)
     if with_density:
         result["nll_is"] = -sums["log_px"] / n
     return result
@@ -295,7 +313,12 @@ def format_table(result: dict) -> str:
     Returns:
       The table, one line a score.
     """
-    rows = [(name, result[name]) for name in ("nll_is", "elbo", "recon", "kl", "active_units",
-                                              "k", "split", "num_examples") if name in result]
-    return "\n".join(f"{name:>14}  {value:.3f}" if isinstance(value, float)
-                     else f"{name:>14}  {value}" for name, value in rows)
+    rows = [
+        (name, result[name])
+        for name in ("nll_is", "elbo", "recon", "kl", "active_units", "k", "split", "num_examples")
+        if name in result
+    ]
+    return "\n".join(
+        f"{name:>14}  {value:.3f}" if isinstance(value, float) else f"{name:>14}  {value}"
+        for name, value in rows
+    )

@@ -20,8 +20,9 @@ import numpy as np
 from cvae.models.objectives import log_importance_weights
 
 
-def importance_sampled_log_likelihood(model, params, x, key, num_samples: int = 5000,
-                                      chunk_size: int = 250, labels=None):
+def importance_sampled_log_likelihood(
+    model, params, x, key, num_samples: int = 5000, chunk_size: int = 250, labels=None
+):
     """Per-example estimate of log p(x) in nats from K importance samples.
 
     log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x). By Jensen's inequality its
@@ -42,11 +43,12 @@ def importance_sampled_log_likelihood(model, params, x, key, num_samples: int = 
       (N,) log p̂(x).
     """
     if num_samples < 1 or chunk_size < 1:
-        raise ValueError(f"num_samples and chunk_size must be ≥ 1, got {num_samples}, "
-                         f"{chunk_size}")
+        raise ValueError(f"num_samples and chunk_size must be ≥ 1, got {num_samples}, {chunk_size}")
     if model.posterior_family not in ("gaussian", "collapsed"):
-        raise ValueError("the importance-sampled log-likelihood needs a posterior with a "
-                         f"density; {model.posterior_family!r} has none")
+        raise ValueError(
+            "the importance-sampled log-likelihood needs a posterior with a "
+            f"density; {model.posterior_family!r} has none"
+        )
     chunk_size = min(chunk_size, num_samples)
     num_chunks = math.ceil(num_samples / chunk_size)
     posterior = model.apply({"params": params}, x, labels, method=model.encode)

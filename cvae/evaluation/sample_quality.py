@@ -56,6 +56,7 @@ def _logits_and_features(module: Classifier, params, x):
 @dataclasses.dataclass(frozen=True)
 class TrainedClassifier:
     """The FID classifier's module and params."""
+
     module: Classifier
     params: dict
 
@@ -70,9 +71,12 @@ class TrainedClassifier:
           (logits (N, classes), features (N, D)).
         """
         images = np.asarray(images, np.float32)
-        outs = [jax.device_get(_logits_and_features(self.module, self.params,
-                                                    images[i:i + batch_size]))
-                for i in range(0, len(images), batch_size)]
+        outs = [
+            jax.device_get(
+                _logits_and_features(self.module, self.params, images[i : i + batch_size])
+            )
+            for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     def accuracy(self, images, labels) -> float:
@@ -103,9 +107,14 @@ def save_classifier(directory, classifier: TrainedClassifier, summary: dict) -> 
     """
     directory = pathlib.Path(directory)
     checkpoint.save_params(directory / CLASSIFIER_PARAMS, classifier.params)
-    write_json_atomic(directory / CLASSIFIER_SUMMARY,
-                      {**summary, "widths": list(classifier.module.widths),
-                       "num_classes": classifier.module.num_classes})
+    write_json_atomic(
+        directory / CLASSIFIER_SUMMARY,
+        {
+            **summary,
+            "widths": list(classifier.module.widths),
+            "num_classes": classifier.module.num_classes,
+        },
+    )
 
 
 def load_classifier(directory) -> tuple[TrainedClassifier, dict]:
@@ -123,17 +132,27 @@ def load_classifier(directory) -> tuple[TrainedClassifier, dict]:
     directory = pathlib.Path(directory)
     summary_path = directory / CLASSIFIER_SUMMARY
     if not summary_path.exists():
-        raise FileNotFoundError(f"{directory} holds no classifier (no {CLASSIFIER_SUMMARY}); "
-                                "run python -m experiments.train_classifier --workdir DIR first")
+        raise FileNotFoundError(
+            f"{directory} holds no classifier (no {CLASSIFIER_SUMMARY}); "
+            "run python -m experiments.train_classifier --workdir DIR first"
+        )
     summary = json.loads(summary_path.read_text())
     module = Classifier(tuple(summary["widths"]), summary["num_classes"])
     params = checkpoint.load_params(directory / CLASSIFIER_PARAMS)
     return TrainedClassifier(module, params), summary
 
 
-def train_classifier(images, labels, key, *, num_classes: int = 10, epochs: int = 10,
-                     batch_size: int = 128, learning_rate: float = 1e-3,
-                     widths: tuple[int, ...] = (512, 128)) -> TrainedClassifier:
+def train_classifier(
+    images,
+    labels,
+    key,
+    *,
+    num_classes: int = 10,
+    epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    widths: tuple[int, ...] = (512, 128),
+) -> TrainedClassifier:
     """Trains the MLP classifier: Adam on the cross-entropy, dropout 0.2.
 
     Args:
@@ -173,12 +192,18 @@ def train_classifier(images, labels, key, *, num_classes: int = 10, epochs: int 
 
     steps_per_epoch = len(images) // batch_size
     for epoch in range(epochs):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch),
-                                                  len(images)))
+        order = np.asarray(
+            jax.random.permutation(jax.random.fold_in(order_key, epoch), len(images))
+        )
         for s in range(steps_per_epoch):
-            idx = order[s * batch_size:(s + 1) * batch_size]
-            params, opt_state = step(params, opt_state, images[idx], labels[idx],
-                                     jax.random.fold_in(dropout_key, epoch * steps_per_epoch + s))
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            params, opt_state = step(
+                params,
+                opt_state,
+                images[idx],
+                labels[idx],
+                jax.random.fold_in(dropout_key, epoch * steps_per_epoch + s),
+            )
     return TrainedClassifier(module, params)
 
 
@@ -220,8 +245,7 @@ def frechet_distance(features_a, features_b) -> float:
     root_a = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
     product = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
     trace_sqrt = np.sum(np.sqrt(np.clip(product, 0.0, None)))
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
-                 - 2.0 * trace_sqrt)
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt)
 
 
 def classifier_fid(classifier: TrainedClassifier, images_a, images_b) -> float:

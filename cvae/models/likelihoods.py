@@ -23,6 +23,8 @@ def _flat(a):
     axis: XLA:CPU vectorizes that, while summing over (H, W, C) with C = 1 innermost ran an
     order of magnitude slower for the (K, B, 28, 28, 1) arrays of importance sampling."""
     return a.reshape(a.shape[:-3] + (-1,))
+
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -32,7 +34,8 @@ def _check_unit_interval(name: str, x) -> None:
     if lo < 0.0 or hi > 1.0 or not np.isfinite([lo, hi]).all():
         raise ValueError(
             f"likelihood {name!r} needs data in [0, 1], got values in [{lo:g}, {hi:g}]; "
-            "scale 8-bit images by 1/255 (cvae.data does this) or use model.likelihood='gaussian'")
+            "scale 8-bit images by 1/255 (cvae.data does this) or use model.likelihood='gaussian'"
+        )
 
 
 @jax.custom_jvp
@@ -182,8 +185,9 @@ class Gaussian:
         x, mu = _flat(x), _flat(mu)
         sigma = _flat(sigma) if sigma.ndim >= 3 else sigma
         log_density = -0.5 * (((x - mu) / sigma) ** 2 + _LOG_2PI) - jnp.log(sigma)
-        return jnp.sum(jnp.broadcast_to(log_density, jnp.broadcast_shapes(x.shape, mu.shape)),
-                       axis=-1)
+        return jnp.sum(
+            jnp.broadcast_to(log_density, jnp.broadcast_shapes(x.shape, mu.shape)), axis=-1
+        )
 
     def mean(self, params):
         """E[x|z] = μ.

@@ -31,7 +31,6 @@ GATED = "gated"
 INITS = ("lecun", "torch")
 
 
-
 class Linear(nn.Module):
     """A dense layer with a selectable initialisation.
 
@@ -54,8 +53,9 @@ class Linear(nn.Module):
 
         # variance_scaling(1/3, fan_in, uniform) is U(±sqrt(3 · (1/3) / fan_in)) = U(±1/√fan_in).
         kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-        return nn.Dense(self.features, kernel_init=kernel_init, bias_init=uniform_bias,
-                        name="dense")(x)
+        return nn.Dense(
+            self.features, kernel_init=kernel_init, bias_init=uniform_bias, name="dense"
+        )(x)
 
 
 def _with_labels(h: jax.Array, labels_onehot: jax.Array | None) -> jax.Array:
@@ -115,8 +115,9 @@ class MLPStack(nn.Module):
     def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
         for i, width in enumerate(self.widths):
             if self.activation == GATED:
-                h = (Linear(width, self.init, name=f"hidden_{i}")(h)
-                     * nn.sigmoid(Linear(width, self.init, name=f"gate_{i}")(h)))
+                h = Linear(width, self.init, name=f"hidden_{i}")(h) * nn.sigmoid(
+                    Linear(width, self.init, name=f"gate_{i}")(h)
+                )
             else:
                 h = Linear(width, self.init, name=f"hidden_{i}")(h)
                 h = ACTIVATIONS[self.activation](h)
@@ -143,7 +144,8 @@ class MLPEncoder(nn.Module):
     def __call__(self, x, labels_onehot=None, *, train: bool = False):
         h = _with_labels(x.reshape(x.shape[:-3] + (-1,)), labels_onehot)
         h = MLPStack(self.widths, self.activation, self.dropout_rate, self.init, name="trunk")(
-            h, train=train)
+            h, train=train
+        )
         mean = Linear(self.latent_dim, self.init, name="mean")(h)
         if not self.variance_head:
             return mean, None
@@ -163,7 +165,8 @@ class MLPDecoder(nn.Module):
     def __call__(self, z, labels_onehot=None, *, train: bool = False):
         h = _with_labels(z, labels_onehot)
         h = MLPStack(self.widths, self.activation, self.dropout_rate, self.init, name="trunk")(
-            h, train=train)
+            h, train=train
+        )
         out = Linear(math.prod(self.param_shape), self.init, name="output")(h)
         return out.reshape(z.shape[:-1] + tuple(self.param_shape))
 
@@ -191,7 +194,8 @@ class ConvEncoder(nn.Module):
         h = h.reshape(lead + (-1,))
         h = _with_labels(h, labels_onehot)
         h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
-            h, train=train)
+            h, train=train
+        )
         return _gaussian_heads(h, self.latent_dim, self.variance_head)
 
 
@@ -217,12 +221,14 @@ class ConvDecoder(nn.Module):
         lead = z.shape[:-1]
         h = _flat_latents(z, labels_onehot)
         h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
-            h, train=train)
+            h, train=train
+        )
         top = self.channels[-1]
         h = act(nn.Dense(h0 * w0 * top, name="project")(h)).reshape(-1, h0, w0, top)
         for i, ch in enumerate(reversed(self.channels)):
-            h = act(nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME",
-                                     name=f"deconv_{i}")(h))
+            h = act(
+                nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
+            )
         h = h[:, :height, :width, :]
         return _pixel_params(h, self.param_shape, lead, 3)
 
@@ -247,9 +253,11 @@ class ResidualBlock(nn.Module):
     def __call__(self, h):
         act = ACTIVATIONS[self.activation]
         r = nn.Conv(self.channels, (3, 3), padding="SAME", name="conv_a")(
-            act(nn.GroupNorm(self.groups, name="norm_a")(h)))
+            act(nn.GroupNorm(self.groups, name="norm_a")(h))
+        )
         r = nn.Conv(self.channels, (3, 3), padding="SAME", name="conv_b")(
-            act(nn.GroupNorm(self.groups, name="norm_b")(r)))
+            act(nn.GroupNorm(self.groups, name="norm_b")(r))
+        )
         return h + r
 
 
@@ -260,7 +268,8 @@ def check_resnet_shape(height: int, width: int, stages: int, arch: str = "resnet
         raise ValueError(
             f"model.arch='{arch}' with {stages} stages halves the image {stages} times, so H "
             f"and W must be multiples of {2**stages}; got {height}×{width}: resize the data "
-            "(e.g. 32×32 or 64×64) or use fewer model.conv_channels stages")
+            "(e.g. 32×32 or 64×64) or use fewer model.conv_channels stages"
+        )
 
 
 class ResNetEncoder(nn.Module):
@@ -309,8 +318,9 @@ class ResNetDecoder(nn.Module):
         h = nn.Dense((height >> stages) * (width >> stages) * top, name="project")(h)
         h = h.reshape(-1, height >> stages, width >> stages, top)
         for i, ch in enumerate(reversed(self.channels)):
-            h = jax.image.resize(h, (h.shape[0], h.shape[1] * 2, h.shape[2] * 2, h.shape[3]),
-                                 "nearest")
+            h = jax.image.resize(
+                h, (h.shape[0], h.shape[1] * 2, h.shape[2] * 2, h.shape[3]), "nearest"
+            )
             h = nn.Conv(ch, (3, 3), padding="SAME", name=f"up_{i}")(act(h))
             h = ResidualBlock(ch, self.activation, name=f"block_{i}")(h)
         h = act(nn.GroupNorm(8, name="norm_out")(h))

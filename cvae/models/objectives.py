@@ -53,9 +53,20 @@ def regulariser_per_dim(posterior, code_l2: float = 0.0):
     return posterior.kl_per_dim()
 
 
-def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float = 0.0,
-              code_l2: float = 0.0, gradient_penalty=None, train: bool = False,
-              dropout_key=None):
+def elbo_loss(
+    model,
+    params,
+    x,
+    key,
+    *,
+    labels=None,
+    beta=1.0,
+    free_bits: float = 0.0,
+    code_l2: float = 0.0,
+    gradient_penalty=None,
+    train: bool = False,
+    dropout_key=None,
+):
     """Negative β-ELBO with one reparameterised sample per example.
 
     ELBO(x) = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z)), the KL in closed form for the N(0, I)
@@ -88,8 +99,9 @@ def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float 
     posterior, z, dec = model.apply(_variables(params), x, key, labels, train=train, rngs=rngs)
     recon = model.likelihood.log_prob(x, dec)
     if model.prior == "vamp":  # no closed form: the one-sample estimate log q(z|x) − log p(z)
-        kl = posterior.log_prob(z) - prior_log_prob(model, params, z, train=train,
-                                                   dropout_key=dropout_key)
+        kl = posterior.log_prob(z) - prior_log_prob(
+            model, params, z, train=train, dropout_key=dropout_key
+        )
         penalty = jnp.mean(kl)
     else:
         kl_dims = regulariser_per_dim(posterior, code_l2)
@@ -101,8 +113,9 @@ def elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits: float 
     loss = -jnp.mean(recon) + beta * penalty
     terms = {"recon": recon, "kl": kl, "elbo": recon - kl}
     if gradient_penalty is not None:
-        terms["gp"] = decoder_gradient_penalty(model, params, posterior.mean, labels,
-                                               train=train, rngs=rngs)
+        terms["gp"] = decoder_gradient_penalty(
+            model, params, posterior.mean, labels, train=train, rngs=rngs
+        )
         loss = loss + gradient_penalty * jnp.mean(terms["gp"])
     return loss, terms
 
@@ -126,9 +139,11 @@ def decoder_gradient_penalty(model, params, z, labels=None, *, train=False, rngs
     Returns:
       (B,) penalties.
     """
+
     def decoded_sum(codes):
-        dec = model.apply(_variables(params), codes, labels, train=train, rngs=rngs or {},
-                          method=model.decode)
+        dec = model.apply(
+            _variables(params), codes, labels, train=train, rngs=rngs or {}, method=model.decode
+        )
         return jnp.sum(model.likelihood.mean(dec))
 
     return jnp.sum(jax.grad(decoded_sum)(z) ** 2, axis=-1)
@@ -165,8 +180,19 @@ def imq_mmd(a, b, scales=MMD_SCALES):
     return within - 2.0 * jnp.mean(kernel(a, b))
 
 
-def wae_mmd_loss(model, params, x, key, *, labels=None, mmd_weight=10.0, code_l2=0.0,
-                 train: bool = False, dropout_key=None, **unused):
+def wae_mmd_loss(
+    model,
+    params,
+    x,
+    key,
+    *,
+    labels=None,
+    mmd_weight=10.0,
+    code_l2=0.0,
+    train: bool = False,
+    dropout_key=None,
+    **unused,
+):
     """WAE-MMD (Tolstikhin et al., 2018): −mean_x log p(x|z) + λ · MMD²(codes, N(0, I)).
 
     The codes are one draw z ~ q(z|x) per example (μ(x) itself for a deterministic
@@ -192,8 +218,7 @@ def wae_mmd_loss(model, params, x, key, *, labels=None, mmd_weight=10.0, code_l2
     del unused  # β and free bits belong to the ELBO
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     code_key, prior_key = jax.random.split(key)
-    posterior, z, dec = model.apply(_variables(params), x, code_key, labels, train=train,
-                                    rngs=rngs)
+    posterior, z, dec = model.apply(_variables(params), x, code_key, labels, train=train, rngs=rngs)
     recon = model.likelihood.log_prob(x, dec)
     mmd = imq_mmd(z, jax.random.normal(prior_key, z.shape, z.dtype))
     kl = jnp.sum(regulariser_per_dim(posterior, code_l2), axis=-1)
@@ -217,12 +242,10 @@ def prior_log_prob(model, params, z, *, train=False, dropout_key=None):
       log p(z), one value per code.
     """
     rngs = {"dropout": jax.random.fold_in(dropout_key, 1)} if dropout_key is not None else {}
-    return model.apply(_variables(params), z, train=train, rngs=rngs,
-                       method=model.prior_log_prob)
+    return model.apply(_variables(params), z, train=train, rngs=rngs, method=model.prior_log_prob)
 
 
-def log_importance_weights(model, params, x, posterior, z, labels=None, *, train=False,
-                           rngs=None):
+def log_importance_weights(model, params, x, posterior, z, labels=None, *, train=False, rngs=None):
     """log w = log p(x|z) + log p(z) − log q(z|x) for k samples of each example.
 
     Args:
@@ -238,16 +261,20 @@ def log_importance_weights(model, params, x, posterior, z, labels=None, *, train
     Returns:
       (log w (k, B), the decoder's outputs for the samples).
     """
-    dec = model.apply(_variables(params), z, labels, train=train, rngs=rngs or {},
-                      method=model.decode)
+    dec = model.apply(
+        _variables(params), z, labels, train=train, rngs=rngs or {}, method=model.decode
+    )
     dropout_key = (rngs or {}).get("dropout")
-    return (model.likelihood.log_prob(x, dec)
-            + prior_log_prob(model, params, z, train=train, dropout_key=dropout_key)
-            - posterior.log_prob(z)), dec
+    return (
+        model.likelihood.log_prob(x, dec)
+        + prior_log_prob(model, params, z, train=train, dropout_key=dropout_key)
+        - posterior.log_prob(z)
+    ), dec
 
 
-def iwae_loss(model, params, x, key, *, k: int, labels=None, train: bool = False,
-              dropout_key=None, **unused):
+def iwae_loss(
+    model, params, x, key, *, k: int, labels=None, train: bool = False, dropout_key=None, **unused
+):
     """Negative IWAE bound (Burda et al., 2015) with k samples per example.
 
     L_k(x) = E[log (1/k) Σ_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x) i.i.d.;
@@ -270,11 +297,13 @@ def iwae_loss(model, params, x, key, *, k: int, labels=None, train: bool = False
     """
     del unused  # β, free bits and code penalties do not apply to the IWAE bound
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
-    posterior = model.apply(_variables(params), x, labels, train=train, rngs=rngs,
-                            method=model.encode)
+    posterior = model.apply(
+        _variables(params), x, labels, train=train, rngs=rngs, method=model.encode
+    )
     z = posterior.sample(key, k)
-    log_w, dec = log_importance_weights(model, params, x, posterior, z, labels, train=train,
-                                        rngs=rngs)
+    log_w, dec = log_importance_weights(
+        model, params, x, posterior, z, labels, train=train, rngs=rngs
+    )
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
     recon_k = model.likelihood.log_prob(x, dec)
     recon = jnp.mean(recon_k, axis=0)

@@ -176,20 +176,23 @@ class DeterministicPosterior:
         Raises:
           ValueError: always (use the ELBO terms or an ex-post density instead).
         """
-        raise ValueError("a deterministic posterior is a point mass and has no density; "
-                         "use model.posterior='collapsed' with a small sigma0 for a density")
+        raise ValueError(
+            "a deterministic posterior is a point mass and has no density; "
+            "use model.posterior='collapsed' with a small sigma0 for a density"
+        )
 
     def kl_per_dim(self):
         """Infinite for a point mass: always raises."""
-        raise ValueError("KL(point mass ‖ N(0, I)) is infinite; deterministic models use the "
-                         "code penalty model.code_l2 instead")
+        raise ValueError(
+            "KL(point mass ‖ N(0, I)) is infinite; deterministic models use the "
+            "code penalty model.code_l2 instead"
+        )
 
 
 Posterior = GaussianPosterior | CollapsedPosterior | DeterministicPosterior
 
 
-def make_posterior(family: str, mean, log_var=None,
-                   sigma0: float = DEFAULT_SIGMA0) -> Posterior:
+def make_posterior(family: str, mean, log_var=None, sigma0: float = DEFAULT_SIGMA0) -> Posterior:
     """The posterior of ``family`` from the encoder's heads.
 
     Args:

@@ -27,6 +27,7 @@ from cvae.models.validation import validate_model
 
 class VAE(nn.Module):
     """Encoder → posterior family → decoder → likelihood; see the module docstring."""
+
     encoder: nn.Module
     decoder: nn.Module
     likelihood: Any
@@ -44,14 +45,18 @@ class VAE(nn.Module):
         if self.prior == "vamp":
             # The VampPrior authors' initialisation: N(0.05, 0.01²) pixels.
             self.pseudo_inputs = self.param(
-                "pseudo_inputs", lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
-                (self.num_pseudo_inputs,) + tuple(self.event_shape))
+                "pseudo_inputs",
+                lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
+                (self.num_pseudo_inputs,) + tuple(self.event_shape),
+            )
 
     def _onehot(self, labels):
         if self.num_classes == 0:
             if labels is not None:
-                raise ValueError("labels were given to an unconditional model; set "
-                                 "model.conditional=True to train a conditional VAE")
+                raise ValueError(
+                    "labels were given to an unconditional model; set "
+                    "model.conditional=True to train a conditional VAE"
+                )
             return None
         if labels is None:
             raise ValueError(f"this conditional model needs labels in [0, {self.num_classes})")
@@ -72,7 +77,8 @@ class VAE(nn.Module):
             raise ValueError(
                 f"input of shape {tuple(x.shape)} does not match the model's images "
                 f"{tuple(self.event_shape)}; pass a batch shaped N×H×W×C = "
-                f"N×{'×'.join(map(str, self.event_shape))}")
+                f"N×{'×'.join(map(str, self.event_shape))}"
+            )
         mean, log_var = self.encoder(x, self._onehot(labels), train=train)
         return posteriors.make_posterior(self.posterior_family, mean, log_var, self.sigma0)
 
@@ -143,8 +149,13 @@ class VAE(nn.Module):
         return posterior, z, self.decode(z, labels, train=train)
 
 
-def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classes: int, *,
-                binary_data: bool = False) -> VAE:
+def build_model(
+    model_config: ml_collections.ConfigDict,
+    event_shape,
+    num_classes: int,
+    *,
+    binary_data: bool = False,
+) -> VAE:
     """The VAE a config's ``model`` section describes, for images of a given shape.
 
     Args:
@@ -172,35 +183,70 @@ def build_model(model_config: ml_collections.ConfigDict, event_shape, num_classe
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))
     if cfg.arch == "mlp":
-        encoder = nets.MLPEncoder(tuple(cfg.encoder_widths), cfg.latent_dim, variance_head,
-                                  cfg.activation, cfg.dropout_rate, cfg.init)
-        decoder = nets.MLPDecoder(decoder_widths, param_shape, cfg.activation,
-                                  cfg.dropout_rate, cfg.init)
+        encoder = nets.MLPEncoder(
+            tuple(cfg.encoder_widths),
+            cfg.latent_dim,
+            variance_head,
+            cfg.activation,
+            cfg.dropout_rate,
+            cfg.init,
+        )
+        decoder = nets.MLPDecoder(
+            decoder_widths, param_shape, cfg.activation, cfg.dropout_rate, cfg.init
+        )
     elif cfg.arch == "conv":
-        encoder = nets.ConvEncoder(tuple(cfg.conv_channels), cfg.conv_dense_width,
-                                   cfg.latent_dim, variance_head, cfg.activation,
-                                   cfg.dropout_rate)
-        decoder = nets.ConvDecoder(tuple(cfg.conv_channels), cfg.conv_dense_width, param_shape,
-                                   cfg.activation, cfg.dropout_rate)
+        encoder = nets.ConvEncoder(
+            tuple(cfg.conv_channels),
+            cfg.conv_dense_width,
+            cfg.latent_dim,
+            variance_head,
+            cfg.activation,
+            cfg.dropout_rate,
+        )
+        decoder = nets.ConvDecoder(
+            tuple(cfg.conv_channels),
+            cfg.conv_dense_width,
+            param_shape,
+            cfg.activation,
+            cfg.dropout_rate,
+        )
     elif cfg.arch == "resnet":
         nets.check_resnet_shape(event_shape[0], event_shape[1], len(cfg.conv_channels))
-        encoder = nets.ResNetEncoder(tuple(cfg.conv_channels), cfg.latent_dim, variance_head,
-                                     cfg.activation, cfg.dropout_rate)
-        decoder = nets.ResNetDecoder(tuple(cfg.conv_channels), param_shape, cfg.activation,
-                                     cfg.dropout_rate)
+        encoder = nets.ResNetEncoder(
+            tuple(cfg.conv_channels),
+            cfg.latent_dim,
+            variance_head,
+            cfg.activation,
+            cfg.dropout_rate,
+        )
+        decoder = nets.ResNetDecoder(
+            tuple(cfg.conv_channels), param_shape, cfg.activation, cfg.dropout_rate
+        )
     elif cfg.arch == "ghosh":
         nets.check_resnet_shape(event_shape[0], event_shape[1], 3, "ghosh")
-        encoder = nets.GhoshEncoder(tuple(cfg.conv_channels), cfg.latent_dim, variance_head,
-                                    cfg.activation, cfg.dropout_rate)
-        decoder = nets.GhoshDecoder(tuple(cfg.conv_channels), param_shape, cfg.activation,
-                                    cfg.dropout_rate)
+        encoder = nets.GhoshEncoder(
+            tuple(cfg.conv_channels),
+            cfg.latent_dim,
+            variance_head,
+            cfg.activation,
+            cfg.dropout_rate,
+        )
+        decoder = nets.GhoshDecoder(
+            tuple(cfg.conv_channels), param_shape, cfg.activation, cfg.dropout_rate
+        )
     else:
         raise AssertionError(cfg.arch)  # validate_model admits only the four above
-    return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood,
-               event_shape=event_shape, posterior_family=cfg.posterior,
-               sigma0=float(cfg.sigma0), num_classes=num_classes if cfg.conditional else 0,
-               prior=cfg.prior,
-               num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0)
+    return VAE(
+        encoder=encoder,
+        decoder=decoder,
+        likelihood=likelihood,
+        event_shape=event_shape,
+        posterior_family=cfg.posterior,
+        sigma0=float(cfg.sigma0),
+        num_classes=num_classes if cfg.conditional else 0,
+        prior=cfg.prior,
+        num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0,
+    )
 
 
 def init_params(model: VAE, key: jax.Array, batch_size: int = 1):

@@ -18,51 +18,129 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     Args:
       m: the ``model`` section of a config.
     """
-    check(m.arch in ("mlp", "conv", "resnet", "ghosh"), "model.arch", m.arch,
-           "'mlp', 'conv', 'resnet' or 'ghosh'")
-    check(m.arch != "ghosh" or len(m.conv_channels) == 4, "model.conv_channels",
-           m.conv_channels, "four widths with model.arch='ghosh' (the paper's 128, 256, 512, "
-           "1024)")
-    check(isinstance(m.latent_dim, int) and m.latent_dim > 0, "model.latent_dim",
-           m.latent_dim, "a positive integer")
-    check(positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,
-           "model.encoder_widths", m.encoder_widths, "a non-empty tuple of positive integers")
-    check(positive_ints(m.decoder_widths), "model.decoder_widths", m.decoder_widths,
-           "a tuple of positive integers (empty = mirrored)")
-    check(positive_ints(m.conv_channels) and len(m.conv_channels) > 0, "model.conv_channels",
-           m.conv_channels, "a non-empty tuple of positive integers")
-    check(m.activation in nets.ACTIVATIONS or m.activation == nets.GATED, "model.activation",
-           m.activation, f"one of {sorted(nets.ACTIVATIONS) + [nets.GATED]}")
-    check(m.activation != nets.GATED or m.arch == "mlp", "model.activation", m.activation,
-           "not 'gated' for conv nets (gated dense layers are an MLP option)")
+    check(
+        m.arch in ("mlp", "conv", "resnet", "ghosh"),
+        "model.arch",
+        m.arch,
+        "'mlp', 'conv', 'resnet' or 'ghosh'",
+    )
+    check(
+        m.arch != "ghosh" or len(m.conv_channels) == 4,
+        "model.conv_channels",
+        m.conv_channels,
+        "four widths with model.arch='ghosh' (the paper's 128, 256, 512, 1024)",
+    )
+    check(
+        isinstance(m.latent_dim, int) and m.latent_dim > 0,
+        "model.latent_dim",
+        m.latent_dim,
+        "a positive integer",
+    )
+    check(
+        positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,
+        "model.encoder_widths",
+        m.encoder_widths,
+        "a non-empty tuple of positive integers",
+    )
+    check(
+        positive_ints(m.decoder_widths),
+        "model.decoder_widths",
+        m.decoder_widths,
+        "a tuple of positive integers (empty = mirrored)",
+    )
+    check(
+        positive_ints(m.conv_channels) and len(m.conv_channels) > 0,
+        "model.conv_channels",
+        m.conv_channels,
+        "a non-empty tuple of positive integers",
+    )
+    check(
+        m.activation in nets.ACTIVATIONS or m.activation == nets.GATED,
+        "model.activation",
+        m.activation,
+        f"one of {sorted(nets.ACTIVATIONS) + [nets.GATED]}",
+    )
+    check(
+        m.activation != nets.GATED or m.arch == "mlp",
+        "model.activation",
+        m.activation,
+        "not 'gated' for conv nets (gated dense layers are an MLP option)",
+    )
     check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
-    check(m.arch != "resnet" or all(c % 8 == 0 for c in m.conv_channels),
-           "model.conv_channels", m.conv_channels,
-           "multiples of 8 with model.arch='resnet' (its GroupNorm uses 8 groups)")
-    check(m.arch == "mlp" or m.init == "lecun", "model.init", m.init,
-           "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)")
-    check(m.posterior in posteriors.FAMILIES, "model.posterior", m.posterior,
-           f"one of {posteriors.FAMILIES}")
-    check(finite(m.sigma0) and m.sigma0 >= 0, "model.sigma0", m.sigma0,
-           "finite and ≥ 0 (the collapsed posterior's σ₀)")
-    check(m.posterior != "collapsed" or m.sigma0 > 0, "model.sigma0", m.sigma0,
-           "> 0 for the collapsed posterior (σ₀ = 0 is model.posterior='deterministic')")
+    check(
+        m.arch != "resnet" or all(c % 8 == 0 for c in m.conv_channels),
+        "model.conv_channels",
+        m.conv_channels,
+        "multiples of 8 with model.arch='resnet' (its GroupNorm uses 8 groups)",
+    )
+    check(
+        m.arch == "mlp" or m.init == "lecun",
+        "model.init",
+        m.init,
+        "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)",
+    )
+    check(
+        m.posterior in posteriors.FAMILIES,
+        "model.posterior",
+        m.posterior,
+        f"one of {posteriors.FAMILIES}",
+    )
+    check(
+        finite(m.sigma0) and m.sigma0 >= 0,
+        "model.sigma0",
+        m.sigma0,
+        "finite and ≥ 0 (the collapsed posterior's σ₀)",
+    )
+    check(
+        m.posterior != "collapsed" or m.sigma0 > 0,
+        "model.sigma0",
+        m.sigma0,
+        "> 0 for the collapsed posterior (σ₀ = 0 is model.posterior='deterministic')",
+    )
     check(finite(m.code_l2) and m.code_l2 >= 0, "model.code_l2", m.code_l2, "finite and ≥ 0")
-    check(m.likelihood in likelihoods.NAMES, "model.likelihood", m.likelihood,
-           f"one of {likelihoods.NAMES}")
-    check(finite(m.likelihood_scale) and m.likelihood_scale >= 0, "model.likelihood_scale",
-           m.likelihood_scale, "finite and ≥ 0 (0 = learned)")
+    check(
+        m.likelihood in likelihoods.NAMES,
+        "model.likelihood",
+        m.likelihood,
+        f"one of {likelihoods.NAMES}",
+    )
+    check(
+        finite(m.likelihood_scale) and m.likelihood_scale >= 0,
+        "model.likelihood_scale",
+        m.likelihood_scale,
+        "finite and ≥ 0 (0 = learned)",
+    )
     check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
     check(m.prior in ("standard", "vamp"), "model.prior", m.prior, "'standard' or 'vamp'")
-    check(isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
-           "model.num_pseudo_inputs", m.num_pseudo_inputs, "a positive integer")
-    check(m.prior == "standard" or m.posterior in ("gaussian", "collapsed"), "model.prior",
-           m.prior, "'standard' for a deterministic posterior (a VampPrior is a mixture of "
-           "posterior densities)")
-    check(m.prior == "standard" or not m.conditional, "model.prior", m.prior,
-           "'standard' for a conditional model (pseudo-inputs carry no labels)")
-    check(finite(m.gradient_penalty) and m.gradient_penalty >= 0, "model.gradient_penalty",
-           m.gradient_penalty, "finite and ≥ 0")
-    check(m.gradient_penalty == 0 or m.posterior == "deterministic", "model.gradient_penalty",
-           m.gradient_penalty, "0 unless model.posterior='deterministic' (RAE-GP regularises "
-           "a deterministic autoencoder's decoder)")
+    check(
+        isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
+        "model.num_pseudo_inputs",
+        m.num_pseudo_inputs,
+        "a positive integer",
+    )
+    check(
+        m.prior == "standard" or m.posterior in ("gaussian", "collapsed"),
+        "model.prior",
+        m.prior,
+        "'standard' for a deterministic posterior (a VampPrior is a mixture of "
+        "posterior densities)",
+    )
+    check(
+        m.prior == "standard" or not m.conditional,
+        "model.prior",
+        m.prior,
+        "'standard' for a conditional model (pseudo-inputs carry no labels)",
+    )
+    check(
+        finite(m.gradient_penalty) and m.gradient_penalty >= 0,
+        "model.gradient_penalty",
+        m.gradient_penalty,
+        "finite and ≥ 0",
+    )
+    check(
+        m.gradient_penalty == 0 or m.posterior == "deterministic",
+        "model.gradient_penalty",
+        m.gradient_penalty,
+        "0 unless model.posterior='deterministic' (RAE-GP regularises "
+        "a deterministic autoencoder's decoder)",
+    )

@@ -33,17 +33,25 @@ def check_finite(losses: np.ndarray, first_step: int, epoch: int, last_saved, cf
         raise TrainingDivergedError(
             f"the loss became {losses[bad.argmax()]} at step {first_step + int(bad.argmax())} "
             f"(epoch {epoch + 1}); that state was not saved and "
-            + ("nothing had been saved yet" if last_saved is None else
-               f"the last checkpoint (step {last_saved}) is intact")
+            + (
+                "nothing had been saved yet"
+                if last_saved is None
+                else f"the last checkpoint (step {last_saved}) is intact"
+            )
             + ". Likely cause: train.learning_rate = "
             f"{cfg.train.learning_rate:g} is too high for this model; lower it or set "
-            "train.grad_clip_norm")
+            "train.grad_clip_norm"
+        )
 
 
 def should_checkpoint(cfg, epoch_done: int, *, improved: bool, stopping: bool) -> bool:
     """Save every ``checkpoint_every_epochs``, at the end, at a new best, before stopping."""
-    return (epoch_done % cfg.train.checkpoint_every_epochs == 0
-            or epoch_done == cfg.train.num_epochs or improved or stopping)
+    return (
+        epoch_done % cfg.train.checkpoint_every_epochs == 0
+        or epoch_done == cfg.train.num_epochs
+        or improved
+        or stopping
+    )
 
 
 def log_images(model, params, images01, labels, key, workdir: Workdir, step, writer) -> None:
@@ -54,15 +62,16 @@ def log_images(model, params, images01, labels, key, workdir: Workdir, step, wri
     n = len(images01)
     labels = labels if model.num_classes else None
     posterior = model.apply({"params": params}, images01, labels, method=model.encode)
-    recon = model.likelihood.mean(model.apply({"params": params}, posterior.mean, labels,
-                                              method=model.decode))
+    recon = model.likelihood.mean(
+        model.apply({"params": params}, posterior.mean, labels, method=model.decode)
+    )
     z = model.apply({"params": params}, key, n, method=model.sample_prior)
     sample_labels = jnp.arange(n) % model.num_classes if model.num_classes else None
-    samples = model.likelihood.mean(model.apply({"params": params}, z, sample_labels,
-                                                method=model.decode))
+    samples = model.likelihood.mean(
+        model.apply({"params": params}, z, sample_labels, method=model.decode)
+    )
     columns = int(np.ceil(np.sqrt(n)))
-    for tag, grid in (("reconstructions", np.concatenate([images01, recon])),
-                      ("samples", samples)):
+    for tag, grid in (("reconstructions", np.concatenate([images01, recon])), ("samples", samples)):
         tiled = writers.image_grid(np.asarray(grid), columns)
         writers.save_png(workdir.image_path(tag, step), tiled)
         writer.image(tag, tiled, step)
@@ -77,8 +86,17 @@ class RunBook:
     produce the run's state only when needed (a population slices out one member).
     """
 
-    def __init__(self, cfg, workdir: Workdir, model, d: TrainingData, mesh, *,
-                 ckpt: checkpoint.Checkpointer, progress: Progress):
+    def __init__(
+        self,
+        cfg,
+        workdir: Workdir,
+        model,
+        d: TrainingData,
+        mesh,
+        *,
+        ckpt: checkpoint.Checkpointer,
+        progress: Progress,
+    ):
         self.cfg, self.workdir, self.model, self.data = cfg, workdir, model, d
         self.ckpt, self.progress = ckpt, progress
         self.eval_mesh = mesh
@@ -92,12 +110,18 @@ class RunBook:
         self.grid = min(cfg.train.image_grid_size, len(d.eval_set))
 
     def score(self, params, eval_set: evaluation.EvalSet) -> dict:
-        return evaluation.evaluate(self.model, params, eval_set,
-                                   batch_size=self.cfg.eval.batch_size, mesh=self.eval_mesh,
-                                   code_l2=self.cfg.model.code_l2)
+        return evaluation.evaluate(
+            self.model,
+            params,
+            eval_set,
+            batch_size=self.cfg.eval.batch_size,
+            mesh=self.eval_mesh,
+            code_l2=self.cfg.model.code_l2,
+        )
 
-    def after_epoch(self, state_of, per_step: dict, first_step: int, epoch: int,
-                    seconds: float, stopping: bool) -> dict:
+    def after_epoch(
+        self, state_of, per_step: dict, first_step: int, epoch: int, seconds: float, stopping: bool
+    ) -> dict:
         """Everything after epoch ``epoch``'s compiled program; returns its train record.
 
         Raises TrainingDivergedError (before anything is written) when a loss is not finite.
@@ -108,31 +132,52 @@ class RunBook:
         step = first_step + len(per_step["loss"])
         progress.epoch, progress.elapsed_s = epoch + 1, time.perf_counter() - self.started
         stamp = {"step": step, "epoch": epoch + 1, "elapsed_s": progress.elapsed_s}
-        record = {**stamp, "split": "train",
-                  **{k: float(np.mean(v, dtype=np.float64)) for k, v in per_step.items()},
-                  "examples_per_s": self.examples_per_epoch / seconds,
-                  "learning_rate": float(self.learning_rate(step - 1)),
-                  "beta": float(objectives.kl_weight(step - 1, cfg.objective.beta,
-                                                     cfg.objective.kl_warmup_steps))}
+        record = {
+            **stamp,
+            "split": "train",
+            **{k: float(np.mean(v, dtype=np.float64)) for k, v in per_step.items()},
+            "examples_per_s": self.examples_per_epoch / seconds,
+            "learning_rate": float(self.learning_rate(step - 1)),
+            "beta": float(
+                objectives.kl_weight(step - 1, cfg.objective.beta, cfg.objective.kl_warmup_steps)
+            ),
+        }
         self.writer.write(record)
         improved = False
-        if ((epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.train.num_epochs
-                or stopping):
+        if (
+            (epoch + 1) % cfg.eval.every_epochs == 0
+            or epoch + 1 == cfg.train.num_epochs
+            or stopping
+        ):
             tick = time.perf_counter()
             state = state_of()
             scores = self.score(state["params"], self.data.eval_set)
-            self.writer.write({**stamp, "split": self.data.eval_split, "loss": scores["loss"],
-                               **{k: scores[k] for k in ("elbo", "recon", "kl")},
-                               "examples_per_s": len(self.data.eval_set)
-                               / (time.perf_counter() - tick)})
+            self.writer.write(
+                {
+                    **stamp,
+                    "split": self.data.eval_split,
+                    "loss": scores["loss"],
+                    **{k: scores[k] for k in ("elbo", "recon", "kl")},
+                    "examples_per_s": len(self.data.eval_set) / (time.perf_counter() - tick),
+                }
+            )
             if self.grid and self.primary:
                 images, labels = self.data.eval_set.first(self.grid)
-                log_images(self.model, jax.device_get(state["params"]), images, labels,
-                           jax.random.key(cfg.seed), self.workdir, step, self.writer)
+                log_images(
+                    self.model,
+                    jax.device_get(state["params"]),
+                    images,
+                    labels,
+                    jax.random.key(cfg.seed),
+                    self.workdir,
+                    step,
+                    self.writer,
+                )
             improved = progress.record_evaluation(scores["elbo"])
         progress.stopped_early = progress.patience_exhausted(cfg.train.early_stopping_patience)
-        if should_checkpoint(cfg, epoch + 1, improved=improved,
-                             stopping=stopping or progress.stopped_early):
+        if should_checkpoint(
+            cfg, epoch + 1, improved=improved, stopping=stopping or progress.stopped_early
+        ):
             self.ckpt.save(step, state_of(), dataclasses.asdict(progress), best=improved)
         return record
 
@@ -140,9 +185,16 @@ class RunBook:
         """Scores the test split with the final params and writes the test record."""
         scores = self.score(state["params"], self.data.test_set)
         test_metrics = {"loss": scores["loss"], **{k: scores[k] for k in ("elbo", "recon", "kl")}}
-        self.writer.write({"step": int(state["step"]), "epoch": self.progress.epoch,
-                           "split": "test", **test_metrics, "examples_per_s": 0.0,
-                           "elapsed_s": time.perf_counter() - self.started})
+        self.writer.write(
+            {
+                "step": int(state["step"]),
+                "epoch": self.progress.epoch,
+                "split": "test",
+                **test_metrics,
+                "examples_per_s": 0.0,
+                "elapsed_s": time.perf_counter() - self.started,
+            }
+        )
         return test_metrics
 
     def close(self) -> None:

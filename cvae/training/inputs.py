@@ -87,17 +87,18 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
     if cfg.train.batch_size % num_devices:
         raise config_lib.ConfigError(
             f"train.batch_size = {cfg.train.batch_size} must be a multiple of the "
-            f"{num_devices} devices in the mesh (or set train.num_devices)")
+            f"{num_devices} devices in the mesh (or set train.num_devices)"
+        )
     source = data.open_source(cfg.data, "train")
     pipeline = choose_pipeline(cfg.data, source)
     # Evaluation reads its splits batch by batch from their sources, whichever pipeline
     # trains: neither the test nor a validation split is ever held whole.
     test_source = data.role_source(cfg.data, "test")
-    val_source = (data.role_source(cfg.data, "validation") if cfg.data.validation_split
-                  else None)
+    val_source = data.role_source(cfg.data, "validation") if cfg.data.validation_split else None
     if pipeline == "device":  # the whole split in host memory (TFDS: decoded once, cached)
-        train_set, carved = data.split_validation(data.in_memory(source, cfg.data),
-                                                  cfg.data.validation_size)
+        train_set, carved = data.split_validation(
+            data.in_memory(source, cfg.data), cfg.data.validation_size
+        )
         train_source = None
         carved = None if carved is None else data.ArraySource(carved)
     else:  # the same examples, read as training goes
@@ -113,13 +114,15 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
     if cfg.train.batch_size > num_train:
         raise config_lib.ConfigError(
             f"train.batch_size = {cfg.train.batch_size} exceeds the {num_train} "
-            "training examples; choose a smaller batch")
+            "training examples; choose a smaller batch"
+        )
     binarize = cfg.data.binarize == "dynamic"
     class_table = None
     if cfg.data.class_balanced and train_set is None:
         raise config_lib.ConfigError(
             "data.class_balanced = True is not supported by the streaming pipeline yet; "
-            "set data.pipeline='device' (raise data.max_device_bytes if needed)")
+            "set data.pipeline='device' (raise data.max_device_bytes if needed)"
+        )
     if cfg.data.class_balanced:
         if train_set.labels is None:
             raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
@@ -133,11 +136,16 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
     else:
         eval_source = data.Subset(train_source, np.arange(min(num_train, 10000)))
         eval_split = "train_eval"
-    return TrainingData(train_set, evaluation.EvalSet(eval_source, binarize), eval_split,
-                        evaluation.EvalSet(test_source, binarize),
-                        class_table,
-                        data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize),
-                        train_source, cfg.train.batch_size)
+    return TrainingData(
+        train_set,
+        evaluation.EvalSet(eval_source, binarize),
+        eval_split,
+        evaluation.EvalSet(test_source, binarize),
+        class_table,
+        data.Preprocessor(info.pixel_range[1], binarize, cfg.data.dequantize),
+        train_source,
+        cfg.train.batch_size,
+    )
 
 
 def choose_pipeline(data_cfg, source) -> str:
@@ -150,12 +158,16 @@ def choose_pipeline(data_cfg, source) -> str:
             f"{source.info.name} needs {nbytes / 2**30:.2f} GiB on the device, over "
             f"data.max_device_bytes = {data_cfg.max_device_bytes / 2**30:.2f} GiB: set "
             "data.pipeline='stream' (or 'auto') to read it as training goes, or raise the "
-            "limit if the device has room")
+            "limit if the device has room"
+        )
     if data_cfg.pipeline == "auto":
         pipeline = "device" if fits else "stream"
         if pipeline == "stream":
-            log.info("data: %.2f GiB of training images exceed data.max_device_bytes "
-                     "(%.2f GiB): streaming them", nbytes / 2**30,
-                     data_cfg.max_device_bytes / 2**30)
+            log.info(
+                "data: %.2f GiB of training images exceed data.max_device_bytes "
+                "(%.2f GiB): streaming them",
+                nbytes / 2**30,
+                data_cfg.max_device_bytes / 2**30,
+            )
         return pipeline
     return data_cfg.pipeline

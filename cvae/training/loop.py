@@ -32,6 +32,7 @@ log = logging.getLogger("cvae")
 @dataclasses.dataclass
 class TrainResult:
     """What ``train_and_evaluate`` returns: final state, progress, how it ended, test scores."""
+
     state: dict  # {"step", "params", "opt_state"}
     epoch: int
     interrupted: bool = False
@@ -77,8 +78,13 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
     _, data_key, train_key = parallel.replicate(run_keys(cfg.seed), s.mesh)
     book = RunBook(cfg, workdir, s.model, s.data, s.mesh, ckpt=ckpt, progress=progress)
     result = TrainResult(state, progress.epoch, stopped_early=progress.stopped_early)
-    bar = tqdm(total=cfg.train.num_epochs, initial=progress.epoch, unit="epoch",
-               disable=not (book.primary and sys.stderr.isatty()), desc="train")
+    bar = tqdm(
+        total=cfg.train.num_epochs,
+        initial=progress.epoch,
+        unit="epoch",
+        disable=not (book.primary and sys.stderr.isatty()),
+        desc="train",
+    )
     first_epoch = cfg.train.num_epochs if progress.stopped_early else progress.epoch
     with stop_requests() as stop:
         for epoch in range(first_epoch, cfg.train.num_epochs):
@@ -88,33 +94,52 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
             seconds = time.perf_counter() - tick
             # A signal stops every process at this epoch, wherever it was delivered.
             stopping = parallel.any_process(stop["signal"] is not None)
-            record = book.after_epoch(lambda s=state: s, per_step, first_step, epoch, seconds,
-                                      stopping)
+            record = book.after_epoch(
+                lambda s=state: s, per_step, first_step, epoch, seconds, stopping
+            )
             result.stopped_early = progress.stopped_early
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
             if bar.disable:  # no terminal: plain log lines instead of the bar
-                log.info("epoch %d/%d step %d: loss %.3f, %.0f examples/s", epoch + 1,
-                         cfg.train.num_epochs, record["step"], record["loss"],
-                         record["examples_per_s"])
+                log.info(
+                    "epoch %d/%d step %d: loss %.3f, %.0f examples/s",
+                    epoch + 1,
+                    cfg.train.num_epochs,
+                    record["step"],
+                    record["loss"],
+                    record["examples_per_s"],
+                )
             if stopping:
-                reason = (f"{stop['signal']} received" if stop["signal"]
-                          else "another process received a signal")
-                log.warning("%s: saved step %d (epoch %d); rerun the same command to resume",
-                            reason, record["step"], epoch + 1)
+                reason = (
+                    f"{stop['signal']} received"
+                    if stop["signal"]
+                    else "another process received a signal"
+                )
+                log.warning(
+                    "%s: saved step %d (epoch %d); rerun the same command to resume",
+                    reason,
+                    record["step"],
+                    epoch + 1,
+                )
                 result.interrupted = True
                 break
             if result.stopped_early:
-                log.info("early stopping: validation ELBO has not improved for %d evaluations",
-                         cfg.train.early_stopping_patience)
+                log.info(
+                    "early stopping: validation ELBO has not improved for %d evaluations",
+                    cfg.train.early_stopping_patience,
+                )
                 break
     bar.close()
 
     result.state, result.epoch = state, progress.epoch
     if not result.interrupted:
         result.final_metrics = book.finish(state)
-        log.info("test ELBO %.3f nats (recon %.3f, kl %.3f)", result.final_metrics["elbo"],
-                 result.final_metrics["recon"], result.final_metrics["kl"])
+        log.info(
+            "test ELBO %.3f nats (recon %.3f, kl %.3f)",
+            result.final_metrics["elbo"],
+            result.final_metrics["recon"],
+            result.final_metrics["kl"],
+        )
     book.close()
     result.traces = dict(s.programs.traces)
     return result

@@ -63,8 +63,9 @@ def population_structure(cfg) -> dict:
     weight decay is on at all (it adds a transformation to the optimizer), and whether
     the decoder-gradient penalty is (it adds a backward pass)."""
     flat = config_lib.flatten(cfg)
-    structure = {k: v for k, v in flat.items()
-                 if k not in steps.HYPERPARAMETERS and k not in BOOKKEEPING}
+    structure = {
+        k: v for k, v in flat.items() if k not in steps.HYPERPARAMETERS and k not in BOOKKEEPING
+    }
     if cfg.train.optimizer == "adam":
         structure["train.weight_decay > 0"] = cfg.train.weight_decay > 0
     structure["model.gradient_penalty > 0"] = cfg.model.gradient_penalty > 0
@@ -88,7 +89,8 @@ def check_one_structure(configs) -> None:
             raise PopulationStructureError(
                 f"these runs cannot train in one program: they differ in {difference}, which "
                 f"changes array shapes or the program; only {', '.join(steps.HYPERPARAMETERS)} "
-                "may differ within a population (a sweep puts other fields in separate groups)")
+                "may differ within a population (a sweep puts other fields in separate groups)"
+            )
 
 
 @dataclasses.dataclass
@@ -113,8 +115,7 @@ class PopulationResult:
     traces: dict
 
 
-def build_population_epoch(*, model, config, mesh: Mesh, d: inputs.TrainingData,
-                           total_steps: int):
+def build_population_epoch(*, model, config, mesh: Mesh, d: inputs.TrainingData, total_steps: int):
     """The jitted epoch of a population: ``(state, active, images, labels, data_keys,
     train_keys, epochs, hyper) → (state, per-step scalars (steps, members))``.
 
@@ -123,15 +124,18 @@ def build_population_epoch(*, model, config, mesh: Mesh, d: inputs.TrainingData,
     was not finite at some step, end the epoch with the state they began it with (the
     scan computes every member's steps; their results are dropped).
     """
-    one_step = steps.make_step(model=model, config=config, preprocess=d.preprocess,
-                               total_steps=total_steps,
-                               batch_sharding=parallel.batch_sharded(mesh))
-    epoch_indices = steps.make_epoch_indices(num_train=len(d.train_set),
-                                             batch_size=config.train.batch_size,
-                                             class_table=d.class_table)
+    one_step = steps.make_step(
+        model=model,
+        config=config,
+        preprocess=d.preprocess,
+        total_steps=total_steps,
+        batch_sharding=parallel.batch_sharded(mesh),
+    )
+    epoch_indices = steps.make_epoch_indices(
+        num_train=len(d.train_set), batch_size=config.train.batch_size, class_table=d.class_table
+    )
     # spmd_axis_name: the sharding constraint on a member's batch gains the member axis.
-    member_step = jax.vmap(one_step, in_axes=(0, 0, None, None, 0, 0),
-                           spmd_axis_name="member")
+    member_step = jax.vmap(one_step, in_axes=(0, 0, None, None, 0, 0), spmd_axis_name="member")
     traces = {"train_epoch": 0}
 
     def train_epoch(state, active, images, labels, data_keys, train_keys, epochs, hyper):
@@ -143,12 +147,14 @@ def build_population_epoch(*, model, config, mesh: Mesh, d: inputs.TrainingData,
 
         trained, scalars = jax.lax.scan(body, state, jnp.swapaxes(order, 0, 1))
         keep = active & jnp.all(jnp.isfinite(scalars["loss"]), axis=0)
-        choose = lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)),
-                                            new, old)
+        choose = lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
         return jax.tree_util.tree_map(choose, trained, state), scalars
 
-    epoch = jax.jit(train_epoch, donate_argnums=(0,),
-                    out_shardings=(parallel.member_sharded(mesh), parallel.replicated(mesh)))
+    epoch = jax.jit(
+        train_epoch,
+        donate_argnums=(0,),
+        out_shardings=(parallel.member_sharded(mesh), parallel.replicated(mesh)),
+    )
     return epoch, traces
 
 
@@ -160,7 +166,8 @@ def member_state(state, index: int, mesh: Mesh):
 @functools.cache
 def _take_member(mesh: Mesh):
     take = lambda state, i: jax.tree_util.tree_map(
-        lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state)
+        lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state
+    )
     return jax.jit(take, out_shardings=parallel.replicated(mesh))
 
 
@@ -189,8 +196,10 @@ def train_population(configs, workdirs) -> PopulationResult:
     """
     configs, workdirs = list(configs), [as_workdir(w) for w in workdirs]
     if len(configs) != len(workdirs) or not configs:
-        raise ValueError(f"train_population needs one workdir per config, got "
-                         f"{len(configs)} configs and {len(workdirs)} workdirs")
+        raise ValueError(
+            f"train_population needs one workdir per config, got "
+            f"{len(configs)} configs and {len(workdirs)} workdirs"
+        )
     if len({str(w.path.resolve()) for w in workdirs}) != len(workdirs):
         raise ValueError("two members of a population share a workdir; give each its own")
     for cfg in configs:
@@ -215,7 +224,8 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
             f"a population keeps its training data on the device, but {d.info.name}'s "
             "training split is streamed (data.pipeline, data.max_device_bytes): train its "
             "runs one by one with experiments.train, or raise data.max_device_bytes if the "
-            "device has room")
+            "device has room"
+        )
     total_steps = setup_lib.total_steps(cfg0, d)
     models = [setup_lib.build_model(cfg, d) for cfg in configs]
     books, states = [], []
@@ -225,47 +235,74 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
         ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
         state, progress = setup_lib.resume(ckpt, fresh, workdir)
         states.append(jax.device_get(state))
-        books.append(bookkeeping.RunBook(cfg, workdir, model, d, eval_mesh, ckpt=ckpt,
-                                   progress=progress))
-    setup_lib.log_setup(mesh, states[0]["params"], f"{len(configs)} members, "
-                    f"{mesh.shape['member']} × {mesh.shape['data']} (member × data) devices")
+        books.append(
+            bookkeeping.RunBook(cfg, workdir, model, d, eval_mesh, ckpt=ckpt, progress=progress)
+        )
+    setup_lib.log_setup(
+        mesh,
+        states[0]["params"],
+        f"{len(configs)} members, "
+        f"{mesh.shape['member']} × {mesh.shape['data']} (member × data) devices",
+    )
 
     by_member = parallel.member_sharded(mesh)
     state = parallel.place(_stack(states), by_member)
     keys = [setup_lib.run_keys(cfg.seed) for cfg in configs]
     data_keys = parallel.place(jnp.stack([k[1] for k in keys]), by_member)
     train_keys = parallel.place(jnp.stack([k[2] for k in keys]), by_member)
-    hyper = parallel.place({name: np.asarray(values, np.float32) for name, values in
-                            _columns([steps.hyperparameters(c) for c in configs]).items()},
-                           by_member)
+    hyper = parallel.place(
+        {
+            name: np.asarray(values, np.float32)
+            for name, values in _columns([steps.hyperparameters(c) for c in configs]).items()
+        },
+        by_member,
+    )
     images, labels = steps.place_training_data(d.train_set, mesh)
-    train_epoch, traces = build_population_epoch(model=models[0], config=cfg0, mesh=mesh, d=d,
-                                                 total_steps=total_steps)
+    train_epoch, traces = build_population_epoch(
+        model=models[0], config=cfg0, mesh=mesh, d=d, total_steps=total_steps
+    )
 
-    outcomes = [MemberOutcome("stopped_early" if b.progress.stopped_early else "running",
-                              b.progress.epoch, int(s["step"])) for b, s in zip(books, states)]
-    trains = lambda i: (outcomes[i].status == "running"
-                        and books[i].progress.epoch < configs[i].train.num_epochs)
+    outcomes = [
+        MemberOutcome(
+            "stopped_early" if b.progress.stopped_early else "running",
+            b.progress.epoch,
+            int(s["step"]),
+        )
+        for b, s in zip(books, states)
+    ]
+    trains = lambda i: (
+        outcomes[i].status == "running" and books[i].progress.epoch < configs[i].train.num_epochs
+    )
     with guards.stop_requests() as stop:
         while any(trains(i) for i in range(len(configs))):
             epoch = min(books[i].progress.epoch for i in range(len(configs)) if trains(i))
-            active = [trains(i) and books[i].progress.epoch == epoch
-                      for i in range(len(configs))]
+            active = [trains(i) and books[i].progress.epoch == epoch for i in range(len(configs))]
             epochs = [b.progress.epoch for b in books]
             tick = time.perf_counter()
             state, per_step = train_epoch(
-                state, parallel.place(np.asarray(active), by_member), images, labels,
-                data_keys, train_keys, parallel.place(np.asarray(epochs, np.int32), by_member),
-                hyper)
+                state,
+                parallel.place(np.asarray(active), by_member),
+                images,
+                labels,
+                data_keys,
+                train_keys,
+                parallel.place(np.asarray(epochs, np.int32), by_member),
+                hyper,
+            )
             per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - tick
             stopping = parallel.any_process(stop["signal"] is not None)
             for i in np.flatnonzero(active):
                 first_step = outcomes[i].step
                 try:
-                    books[i].after_epoch(lambda i=i, s=state: member_state(s, i, mesh),
-                                         {k: v[:, i] for k, v in per_step.items()},
-                                         first_step, epoch, seconds, stopping)
+                    books[i].after_epoch(
+                        lambda i=i, s=state: member_state(s, i, mesh),
+                        {k: v[:, i] for k, v in per_step.items()},
+                        first_step,
+                        epoch,
+                        seconds,
+                        stopping,
+                    )
                 except bookkeeping.TrainingDivergedError as err:
                     outcomes[i].status, outcomes[i].error = "failed", str(err)
                     log.warning("member %s failed and is frozen: %s", workdirs[i].path, err)
@@ -274,12 +311,19 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
                 outcomes[i].step = first_step + len(per_step["loss"])
                 if books[i].progress.stopped_early:
                     outcomes[i].status = "stopped_early"
-            log.info("population epoch %d: %d members trained, %.0f examples/s in all",
-                     epoch + 1, sum(active), sum(active) * books[0].examples_per_epoch / seconds)
+            log.info(
+                "population epoch %d: %d members trained, %.0f examples/s in all",
+                epoch + 1,
+                sum(active),
+                sum(active) * books[0].examples_per_epoch / seconds,
+            )
             if stopping:
-                log.warning("%s: saved every member; rerun the same command to resume",
-                            f"{stop['signal']} received" if stop["signal"]
-                            else "another process received a signal")
+                log.warning(
+                    "%s: saved every member; rerun the same command to resume",
+                    f"{stop['signal']} received"
+                    if stop["signal"]
+                    else "another process received a signal",
+                )
                 for outcome in outcomes:
                     if outcome.status == "running":
                         outcome.status = "interrupted"

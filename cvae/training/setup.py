@@ -69,15 +69,17 @@ class Setup:
         """Epoch ``epoch``: (state, per-step scalars) through the run's pipeline — one
         compiled epoch over on-device data, or the streamed chunks of the same batches."""
         if self.stream is None:
-            return self.programs.train_epoch(state, *self.train_data, data_key, train_key,
-                                             epoch)
+            return self.programs.train_epoch(state, *self.train_data, data_key, train_key, epoch)
         order = self.epoch_order(data_key, epoch)
         per_chunk = []
         for images, labels in self.stream.chunks(order):
             batch = order.shape[1]
             state, scalars = self.programs.train_epoch(
-                state, parallel.place_local_rows(images, self.mesh, batch),
-                parallel.place_local_rows(labels, self.mesh, batch), train_key)
+                state,
+                parallel.place_local_rows(images, self.mesh, batch),
+                parallel.place_local_rows(labels, self.mesh, batch),
+                train_key,
+            )
             if per_chunk:  # back-pressure: dispatch is asynchronous, and without this wait
                 jax.block_until_ready(per_chunk[-1])  # every chunk read would queue, with
             per_chunk.append(scalars)  # its images, behind the device: memory ∝ the split
@@ -87,8 +89,11 @@ class Setup:
     def epoch_order(self):
         """``(data_key, epoch) →`` the epoch's (steps, batch) example indices on the host:
         the on-device path's own function, so both paths read the same batches."""
-        indices = jax.jit(steps.make_epoch_indices(
-            num_train=self.data.num_train, batch_size=self.data.batch_size, class_table=None))
+        indices = jax.jit(
+            steps.make_epoch_indices(
+                num_train=self.data.num_train, batch_size=self.data.batch_size, class_table=None
+            )
+        )
         return lambda key, epoch: np.asarray(indices(key, epoch).addressable_data(0))
 
 
@@ -100,17 +105,22 @@ def prepare_workdir(config, workdir: Workdir) -> None:
     """
     conflicts = []
     if workdir.config_path.exists() and workdir.has_run():
-        conflicts = config_lib.resume_conflicts(config_lib.flatten(workdir.read_config_dict()),
-                                                config_lib.flatten(config))
+        conflicts = config_lib.resume_conflicts(
+            config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
+        )
         if conflicts and not config.train.overwrite:
             raise ConfigMismatchError(
                 f"{workdir.path} holds a run whose config differs in {', '.join(conflicts)}; "
-                "use another --workdir, or set --config.train.overwrite=True to discard it")
+                "use another --workdir, or set --config.train.overwrite=True to discard it"
+            )
     parallel.barrier("workdir-read")
     if parallel.is_primary():
         if conflicts:
-            log.warning("train.overwrite: discarding the run in %s (it differed in %s)",
-                        workdir.path, ", ".join(conflicts))
+            log.warning(
+                "train.overwrite: discarding the run in %s (it differed in %s)",
+                workdir.path,
+                ", ".join(conflicts),
+            )
             workdir.clear_run()
         workdir.write_config(config)
         workdir.write_provenance(provenance.collect())
@@ -120,8 +130,9 @@ def prepare_workdir(config, workdir: Workdir) -> None:
 def build_model(cfg, d: TrainingData) -> model_lib.VAE:
     """The model of ``cfg`` for the data ``d``, its likelihood checked against the data."""
     info = d.info
-    model = model_lib.build_model(cfg.model, info.shape, info.num_classes,
-                                  binary_data=d.preprocess.binarize)
+    model = model_lib.build_model(
+        cfg.model, info.shape, info.num_classes, binary_data=d.preprocess.binarize
+    )
     model.likelihood.validate(d.first_images(1000).astype(np.float32) / info.pixel_range[1])
     return model
 
@@ -136,8 +147,9 @@ def initial_state(model, cfg, total_steps: int) -> dict:
     init_key, _, _ = run_keys(cfg.seed)
     params = model_lib.init_params(model, init_key)
     tx = steps.make_optimizer(cfg.train, total_steps)
-    return jax.device_get({"step": jnp.zeros((), jnp.int32), "params": params,
-                           "opt_state": tx.init(params)})
+    return jax.device_get(
+        {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    )
 
 
 def total_steps(cfg, d: TrainingData) -> int:
@@ -152,38 +164,59 @@ def setup(cfg) -> Setup:
     steps_total = total_steps(cfg, d)
     state = parallel.replicate(initial_state(model, cfg, steps_total), mesh)
     if d.pipeline == "stream":
-        programs = steps.build_stream_program(model=model, config=cfg, mesh=mesh,
-                                              preprocess=d.preprocess, total_steps=steps_total)
-        reader = data.Stream(d.train_source, cfg.data.stream_chunk_steps,
-                               workers=cfg.data.stream_workers,
-                               rows=parallel.process_rows(cfg.train.batch_size))
+        programs = steps.build_stream_program(
+            model=model, config=cfg, mesh=mesh, preprocess=d.preprocess, total_steps=steps_total
+        )
+        reader = data.Stream(
+            d.train_source,
+            cfg.data.stream_chunk_steps,
+            workers=cfg.data.stream_workers,
+            rows=parallel.process_rows(cfg.train.batch_size),
+        )
         return Setup(mesh, model, state, programs, None, d, reader)
     programs = steps.build_programs(
-        model=model, config=cfg, mesh=mesh, num_train=d.num_train,
-        total_steps=steps_total, preprocess=d.preprocess, class_table=d.class_table)
+        model=model,
+        config=cfg,
+        mesh=mesh,
+        num_train=d.num_train,
+        total_steps=steps_total,
+        preprocess=d.preprocess,
+        class_table=d.class_table,
+    )
     return Setup(mesh, model, state, programs, steps.place_training_data(d.train_set, mesh), d)
 
 
 def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
     """(state, Progress) of the newest readable checkpoint, or the fresh ones given."""
-    restored = ckpt.restore(jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+    restored = ckpt.restore(
+        jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        )
+    )
     if restored is None:  # a fresh start; records of a run killed before its first save go
         if parallel.is_primary():
             workdir.truncate_metrics(0)
         return state, Progress()
     state, meta = restored
-    progress = Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress)
-                           if f.name in meta})
+    progress = Progress(
+        **{f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta}
+    )
     if parallel.is_primary():
         workdir.truncate_metrics(int(state["step"]))
-    log.info("resumed from step %d (epoch %d) in %s", int(state["step"]), progress.epoch,
-             workdir.path)
+    log.info(
+        "resumed from step %d (epoch %d) in %s", int(state["step"]), progress.epoch, workdir.path
+    )
     return state, progress
 
 
 def log_setup(mesh, params, workdir: Workdir) -> None:
-    log.info("devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); "
-             "workdir: %s", mesh.size, jax.devices()[0].platform, jax.process_count(),
-             model_lib.count_params(params), model_lib.count_params(params["encoder"]),
-             model_lib.count_params(params["decoder"]), workdir)
+    log.info(
+        "devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); workdir: %s",
+        mesh.size,
+        jax.devices()[0].platform,
+        jax.process_count(),
+        model_lib.count_params(params),
+        model_lib.count_params(params["encoder"]),
+        model_lib.count_params(params["decoder"]),
+        workdir,
+    )

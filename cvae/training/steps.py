@@ -29,9 +29,18 @@ from cvae.models import objectives
 # they change values, never array shapes or the program's structure, so they enter the
 # step as traced numbers. Everything else in a config is structure. ``model.dropout_rate``
 # is structure too: Flax's Dropout decides in Python whether to draw a mask at all.
-HYPERPARAMETERS = ("seed", "model.sigma0", "model.code_l2", "model.gradient_penalty",
-                   "objective.beta", "objective.free_bits", "objective.kl_warmup_steps",
-                   "objective.mmd_weight", "train.learning_rate", "train.weight_decay")
+HYPERPARAMETERS = (
+    "seed",
+    "model.sigma0",
+    "model.code_l2",
+    "model.gradient_penalty",
+    "objective.beta",
+    "objective.free_bits",
+    "objective.kl_warmup_steps",
+    "objective.mmd_weight",
+    "train.learning_rate",
+    "train.weight_decay",
+)
 
 
 def hyperparameters(cfg) -> dict:
@@ -49,18 +58,19 @@ def learning_rate(train_cfg, total_steps: int, peak=None) -> optax.Schedule:
     if train_cfg.lr_schedule == "warmup_cosine":
         decay_steps = max(total_steps, train_cfg.lr_warmup_steps + 1)
         if isinstance(peak, (int, float)):
-            return optax.warmup_cosine_decay_schedule(0.0, peak, train_cfg.lr_warmup_steps,
-                                                      decay_steps)
+            return optax.warmup_cosine_decay_schedule(
+                0.0, peak, train_cfg.lr_warmup_steps, decay_steps
+            )
         # optax tests the peak in Python; the schedule is linear in it, so a population
         # member's traced peak scales the unit schedule (equal to within a float32 ulp).
-        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, train_cfg.lr_warmup_steps,
-                                                  decay_steps)
+        unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, train_cfg.lr_warmup_steps, decay_steps)
         return lambda step: peak * unit(step)
     return optax.constant_schedule(peak)
 
 
-def make_optimizer(train_cfg, total_steps: int, *, learning_rate_value=None,
-                   weight_decay=None) -> optax.GradientTransformation:
+def make_optimizer(
+    train_cfg, total_steps: int, *, learning_rate_value=None, weight_decay=None
+) -> optax.GradientTransformation:
     """Adam or AdamW, a constant or warm-up + cosine learning rate, optional clipping.
 
     The optimizer's structure (and so its state's) comes from ``train_cfg``; the learning
@@ -70,8 +80,9 @@ def make_optimizer(train_cfg, total_steps: int, *, learning_rate_value=None,
     """
     peak = train_cfg.learning_rate if learning_rate_value is None else learning_rate_value
     decay = train_cfg.weight_decay if weight_decay is None else weight_decay
-    lr = peak if train_cfg.lr_schedule == "constant" else learning_rate(train_cfg, total_steps,
-                                                                        peak)
+    lr = (
+        peak if train_cfg.lr_schedule == "constant" else learning_rate(train_cfg, total_steps, peak)
+    )
     if train_cfg.optimizer == "adamw":
         opt = optax.adamw(lr, weight_decay=decay)
     else:
@@ -94,20 +105,32 @@ def make_objective(model, config, hyper: dict):
     if kind == "iwae":
         return functools.partial(objectives.iwae_loss, model, k=config.objective.k)
     if kind == "wae_mmd":
-        return functools.partial(objectives.wae_mmd_loss, model,
-                                 mmd_weight=hyper["mmd_weight"], code_l2=hyper["code_l2"])
+        return functools.partial(
+            objectives.wae_mmd_loss, model, mmd_weight=hyper["mmd_weight"], code_l2=hyper["code_l2"]
+        )
     gradient_penalty = hyper["gradient_penalty"] if config.model.gradient_penalty > 0 else None
 
     def elbo(params, x, key, *, labels=None, beta=1.0, train=False, dropout_key=None):
-        return objectives.elbo_loss(model, params, x, key, labels=labels, beta=beta,
-                                    free_bits=hyper["free_bits"], code_l2=hyper["code_l2"],
-                                    gradient_penalty=gradient_penalty, train=train,
-                                    dropout_key=dropout_key)
+        return objectives.elbo_loss(
+            model,
+            params,
+            x,
+            key,
+            labels=labels,
+            beta=beta,
+            free_bits=hyper["free_bits"],
+            code_l2=hyper["code_l2"],
+            gradient_penalty=gradient_penalty,
+            train=train,
+            dropout_key=dropout_key,
+        )
+
     return elbo
 
 
-def make_step(*, model, config, preprocess: data.Preprocessor, total_steps: int,
-              batch_sharding=None):
+def make_step(
+    *, model, config, preprocess: data.Preprocessor, total_steps: int, batch_sharding=None
+):
     """One optimizer step of one run: ``(state, batch_indices, images, labels, train_key,
     hyper) → (state, scalars)``. Pure: ``build_programs`` scans it over an epoch, and
     ``cvae.training.population`` vmaps that over members, each with its own keys and ``hyper``."""
@@ -117,25 +140,33 @@ def make_step(*, model, config, preprocess: data.Preprocessor, total_steps: int,
     def one_step(state, batch_indices, images, labels, train_key, hyper):
         step = state["step"]
         sample_key, binarize_key, dropout_key = jax.random.split(
-            jax.random.fold_in(train_key, step), 3)
+            jax.random.fold_in(train_key, step), 3
+        )
         if batch_sharding is not None:
             batch_indices = jax.lax.with_sharding_constraint(batch_indices, batch_sharding)
         x = preprocess(binarize_key, gather_rows(images, batch_indices))
         y = labels[batch_indices] if conditional else None
         beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
         objective = make_objective(model, cfg, hyper)
-        tx = make_optimizer(cfg.train, total_steps, learning_rate_value=hyper["learning_rate"],
-                            weight_decay=hyper["weight_decay"])
+        tx = make_optimizer(
+            cfg.train,
+            total_steps,
+            learning_rate_value=hyper["learning_rate"],
+            weight_decay=hyper["weight_decay"],
+        )
 
         def loss_fn(params):
-            return objective(params, x, sample_key, labels=y, beta=beta, train=True,
-                             dropout_key=dropout_key)
+            return objective(
+                params, x, sample_key, labels=y, beta=beta, train=True, dropout_key=dropout_key
+            )
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"step": step + 1,
-                     "params": optax.apply_updates(state["params"], updates),
-                     "opt_state": opt_state}
+        new_state = {
+            "step": step + 1,
+            "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+        }
         scalars = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}
         return new_state, scalars
 
@@ -152,8 +183,7 @@ def gather_rows(images, indices):
     return rows.reshape(indices.shape + images.shape[1:])
 
 
-def make_epoch_indices(*, num_train: int, batch_size: int,
-                       class_table: data.ClassTable | None):
+def make_epoch_indices(*, num_train: int, batch_size: int, class_table: data.ClassTable | None):
     """``(data_key, epoch) → (steps, batch)`` example indices of one epoch."""
     steps_per_epoch = num_train // batch_size
 
@@ -162,8 +192,11 @@ def make_epoch_indices(*, num_train: int, batch_size: int,
             order = data.epoch_permutation(data_key, epoch, num_train)
         else:
             order = data.class_balanced_indices(
-                jax.random.fold_in(data_key, epoch), jnp.asarray(class_table.indices),
-                jnp.asarray(class_table.counts), num_train)
+                jax.random.fold_in(data_key, epoch),
+                jnp.asarray(class_table.indices),
+                jnp.asarray(class_table.counts),
+                num_train,
+            )
         return order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
 
     return epoch_indices
@@ -177,15 +210,28 @@ class TrainPrograms:
     traces: dict
 
 
-def build_programs(*, model, config, mesh, preprocess: data.Preprocessor,
-                   num_train: int, class_table: data.ClassTable | None,
-                   total_steps: int) -> TrainPrograms:
+def build_programs(
+    *,
+    model,
+    config,
+    mesh,
+    preprocess: data.Preprocessor,
+    num_train: int,
+    class_table: data.ClassTable | None,
+    total_steps: int,
+) -> TrainPrograms:
     """The jitted epoch (see the module docstring) for this model, config and mesh."""
     cfg = config
-    one_step = make_step(model=model, config=cfg, preprocess=preprocess,
-                         total_steps=total_steps, batch_sharding=parallel.batch_sharded(mesh))
-    epoch_indices = make_epoch_indices(num_train=num_train, batch_size=cfg.train.batch_size,
-                                       class_table=class_table)
+    one_step = make_step(
+        model=model,
+        config=cfg,
+        preprocess=preprocess,
+        total_steps=total_steps,
+        batch_sharding=parallel.batch_sharded(mesh),
+    )
+    epoch_indices = make_epoch_indices(
+        num_train=num_train, batch_size=cfg.train.batch_size, class_table=class_table
+    )
     hyper = hyperparameters(cfg)
     traces = {"train_epoch": 0}
 
@@ -193,13 +239,16 @@ def build_programs(*, model, config, mesh, preprocess: data.Preprocessor,
         traces["train_epoch"] += 1  # runs only while tracing
         return jax.lax.scan(
             lambda s, idx: one_step(s, idx, images, labels, train_key, hyper),
-            state, epoch_indices(data_key, epoch))
+            state,
+            epoch_indices(data_key, epoch),
+        )
 
     # Outputs come back replicated: every process can read the whole of them (in a
     # multi-process run a batch-sharded result would not be addressable from one host).
     everywhere = parallel.replicated(mesh)
-    return TrainPrograms(jax.jit(train_epoch, donate_argnums=(0,), out_shardings=everywhere),
-                         traces)
+    return TrainPrograms(
+        jax.jit(train_epoch, donate_argnums=(0,), out_shardings=everywhere), traces
+    )
 
 
 def unroll_convolutions(config, mesh) -> bool:
@@ -215,16 +264,22 @@ def unroll_convolutions(config, mesh) -> bool:
     return config.model.arch != "mlp" and mesh.devices.flat[0].platform == "cpu"
 
 
-def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
-                         total_steps: int) -> TrainPrograms:
+def build_stream_program(
+    *, model, config, mesh, preprocess: data.Preprocessor, total_steps: int
+) -> TrainPrograms:
     """The streaming path's program: ``(state, images, labels, train_key) → (state,
     scalars)`` over a chunk of batches read by ``cvae.data.stream`` (images (n, B, H, W, C)
     uint8, sharded along the batch axis). The same ``make_step`` as the compiled epoch,
     given each batch as its own tiny data set (indices 0 … B−1): the same keys and the
     same arithmetic as the on-device path's step."""
     cfg = config
-    one_step = make_step(model=model, config=cfg, preprocess=preprocess,
-                         total_steps=total_steps, batch_sharding=parallel.batch_sharded(mesh))
+    one_step = make_step(
+        model=model,
+        config=cfg,
+        preprocess=preprocess,
+        total_steps=total_steps,
+        batch_sharding=parallel.batch_sharded(mesh),
+    )
     hyper = hyperparameters(cfg)
     traces = {"train_epoch": 0}
     unroll = unroll_convolutions(cfg, mesh)
@@ -234,16 +289,21 @@ def build_stream_program(*, model, config, mesh, preprocess: data.Preprocessor,
         in_batch = jnp.arange(images.shape[1])
         return jax.lax.scan(
             lambda s, batch: one_step(s, in_batch, batch[0], batch[1], train_key, hyper),
-            state, (images, labels), unroll=unroll)
+            state,
+            (images, labels),
+            unroll=unroll,
+        )
 
     everywhere = parallel.replicated(mesh)
-    return TrainPrograms(jax.jit(train_chunk, donate_argnums=(0,), out_shardings=everywhere),
-                         traces)
+    return TrainPrograms(
+        jax.jit(train_chunk, donate_argnums=(0,), out_shardings=everywhere), traces
+    )
 
 
 def place_training_data(train_set: data.Dataset, mesh):
     """The training images (uint8) and labels (zeros when unlabelled), replicated on every
     device of ``mesh``: each device gathers its own slice of each batch in the program."""
-    labels = (train_set.labels if train_set.labels is not None
-              else np.zeros(len(train_set), np.int32))
+    labels = (
+        train_set.labels if train_set.labels is not None else np.zeros(len(train_set), np.int32)
+    )
     return parallel.replicate((train_set.images, labels), mesh)

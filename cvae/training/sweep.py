@@ -58,11 +58,15 @@ def parse_seeds(spec: str) -> list[int]:
         else:
             seeds = [int(part) for part in spec.split(",")]
     except ValueError:
-        raise SweepSpecError(f"--seeds {spec!r} is not a seed range: write START:STOP "
-                             "(e.g. 0:5 for seeds 0 to 4) or a list (e.g. 0,3,7)") from None
+        raise SweepSpecError(
+            f"--seeds {spec!r} is not a seed range: write START:STOP "
+            "(e.g. 0:5 for seeds 0 to 4) or a list (e.g. 0,3,7)"
+        ) from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise SweepSpecError(f"--seeds {spec!r} gives {seeds}: a sweep needs at least one "
-                             "seed, none negative, none repeated")
+        raise SweepSpecError(
+            f"--seeds {spec!r} gives {seeds}: a sweep needs at least one "
+            "seed, none negative, none repeated"
+        )
     return seeds
 
 
@@ -75,18 +79,22 @@ def parse_grid(specs: list[str], base: ml_collections.ConfigDict) -> dict[str, l
         field, eq, values = spec.partition("=")
         field = field.strip()
         if not eq or not values.strip():
-            raise SweepSpecError(f"--grid {spec!r} must read FIELD=V1,V2,... "
-                                 "(e.g. model.sigma0=0.01,0.1)")
+            raise SweepSpecError(
+                f"--grid {spec!r} must read FIELD=V1,V2,... (e.g. model.sigma0=0.01,0.1)"
+            )
         if field == "seed":
             raise SweepSpecError("sweep seeds with --seeds (e.g. --seeds 0:5), not --grid")
         if field not in fields:
             close = difflib.get_close_matches(field, list(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SweepSpecError(f"--grid names the unknown config field {field!r}{hint} "
-                                 "(--helpconfig lists every field)")
+            raise SweepSpecError(
+                f"--grid names the unknown config field {field!r}{hint} "
+                "(--helpconfig lists every field)"
+            )
         if field in grid:
-            raise SweepSpecError(f"--grid gives {field!r} twice; list all its values in one "
-                                 "--grid (FIELD=V1,V2,...)")
+            raise SweepSpecError(
+                f"--grid gives {field!r} twice; list all its values in one --grid (FIELD=V1,V2,...)"
+            )
         parsed = [_convert(field, fields[field], v.strip()) for v in values.split(",")]
         if len(set(map(repr, parsed))) != len(parsed):
             raise SweepSpecError(f"--grid {spec!r} repeats a value")
@@ -105,12 +113,16 @@ def _convert(field: str, default, text: str):
         if isinstance(default, float):
             return float(text)
         if isinstance(default, tuple):
-            raise SweepSpecError(f"--grid cannot sweep the tuple field {field!r}; write one "
-                                 "config per architecture and run a sweep for each")
+            raise SweepSpecError(
+                f"--grid cannot sweep the tuple field {field!r}; write one "
+                "config per architecture and run a sweep for each"
+            )
         return text
     except ValueError:
-        raise SweepSpecError(f"--grid {field}: {text!r} is not a {type(default).__name__}, "
-                             f"the type of {field} (default {default!r})") from None
+        raise SweepSpecError(
+            f"--grid {field}: {text!r} is not a {type(default).__name__}, "
+            f"the type of {field} (default {default!r})"
+        ) from None
 
 
 def expand(base: ml_collections.ConfigDict, seeds, grid: dict[str, list]) -> list[Member]:
@@ -125,8 +137,9 @@ def expand(base: ml_collections.ConfigDict, seeds, grid: dict[str, list]) -> lis
         for seed in seeds:
             overrides = {**dict(zip(grid, values)), "seed": seed}
             cfg = _with_overrides(base, overrides)
-            name = "/".join([f"{short[f]}={_format(v)}" for f, v in zip(grid, values)]
-                            + [f"seed={seed}"])
+            name = "/".join(
+                [f"{short[f]}={_format(v)}" for f, v in zip(grid, values)] + [f"seed={seed}"]
+            )
             structure = population.population_structure(cfg)
             if structure not in structures:
                 structures.append(structure)
@@ -157,8 +170,9 @@ def _with_overrides(base, overrides: dict) -> ml_collections.ConfigDict:
         try:
             node[leaf] = value
         except TypeError as err:
-            raise SweepSpecError(f"--grid {dotted}={value!r} is refused by the config "
-                                 f"schema: {err}") from None
+            raise SweepSpecError(
+                f"--grid {dotted}={value!r} is refused by the config schema: {err}"
+            ) from None
     try:
         config_lib.validate(cfg)
     except config_lib.ConfigError as err:
@@ -179,8 +193,10 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     except ValueError:
         index, count = -1, 0
     if not (count >= 1 and 0 <= index < count):
-        raise SweepSpecError(f"--shard {spec!r} must read I/N with 0 ≤ I < N (e.g. 0/4 for "
-                             "the first of four tasks; under SLURM: $SLURM_ARRAY_TASK_ID/N)")
+        raise SweepSpecError(
+            f"--shard {spec!r} must read I/N with 0 ≤ I < N (e.g. 0/4 for "
+            "the first of four tasks; under SLURM: $SLURM_ARRAY_TASK_ID/N)"
+        )
     return index, count
 
 
@@ -207,8 +223,9 @@ class SweepFile:
     def read(self) -> dict | None:
         return read_json(self.path)
 
-    def update(self, members: list[Member], status: dict[str, dict], *,
-               description: dict | None = None) -> None:
+    def update(
+        self, members: list[Member], status: dict[str, dict], *, description: dict | None = None
+    ) -> None:
         """Writes ``members``' entries with ``status[name]`` merged in; entries of other
         tasks' members are kept as they are."""
         if not parallel.is_primary():
@@ -220,15 +237,21 @@ class SweepFile:
                 record.update(description)
             for m in members:
                 entry = record["members"].setdefault(m.name, {})
-                entry.update({"overrides": m.overrides, "group": m.group,
-                              **status.get(m.name, {})})
+                entry.update({"overrides": m.overrides, "group": m.group, **status.get(m.name, {})})
                 entry.setdefault("status", "pending")
             write_json_atomic(self.path, record)
 
 
-def run_sweep(base: ml_collections.ConfigDict, directory, *, seeds, grid: dict,
-              shard: tuple[int, int] = (0, 1), single_program: bool = False,
-              command: str | None = None) -> dict[str, population.MemberOutcome]:
+def run_sweep(
+    base: ml_collections.ConfigDict,
+    directory,
+    *,
+    seeds,
+    grid: dict,
+    shard: tuple[int, int] = (0, 1),
+    single_program: bool = False,
+    command: str | None = None,
+) -> dict[str, population.MemberOutcome]:
     """Trains this task's share of a sweep, group by group.
 
     Args:
@@ -252,24 +275,40 @@ def run_sweep(base: ml_collections.ConfigDict, directory, *, seeds, grid: dict,
     groups = groups_of(members)
     if single_program and len(groups) > 1:
         difference = population.structure_difference(groups[0][0].config, groups[1][0].config)
-        raise SweepSpecError(f"this grid needs {len(groups)} compiled programs, not one: "
-                             f"its members differ in {difference}; only "
-                             f"{', '.join(steps.HYPERPARAMETERS)} share a program")
+        raise SweepSpecError(
+            f"this grid needs {len(groups)} compiled programs, not one: "
+            f"its members differ in {difference}; only "
+            f"{', '.join(steps.HYPERPARAMETERS)} share a program"
+        )
     mine = shard_members(members, shard)
     directory.mkdir(parents=True, exist_ok=True)
     sweep_file = SweepFile(directory)
-    sweep_file.update(members, {}, description={
-        "command": command, "seeds": list(seeds), "grid": grid,
-        "groups": [[m.name for m in g] for g in groups],
-        "shards": shard[1]})
-    log.info("sweep of %d members in %d group(s); this task (%d/%d) trains %d", len(members),
-             len(groups), shard[0], shard[1], len(mine))
+    sweep_file.update(
+        members,
+        {},
+        description={
+            "command": command,
+            "seeds": list(seeds),
+            "grid": grid,
+            "groups": [[m.name for m in g] for g in groups],
+            "shards": shard[1],
+        },
+    )
+    log.info(
+        "sweep of %d members in %d group(s); this task (%d/%d) trains %d",
+        len(members),
+        len(groups),
+        shard[0],
+        shard[1],
+        len(mine),
+    )
     outcomes = {}
     for group in groups_of(mine):
         names = [m.name for m in group]
         sweep_file.update(group, {n: {"status": "running"} for n in names})
-        result = population.train_population([m.config for m in group],
-                                             [directory / m.name for m in group])
+        result = population.train_population(
+            [m.config for m in group], [directory / m.name for m in group]
+        )
         for name, outcome in zip(names, result.outcomes):
             outcomes[name] = outcome
         sweep_file.update(group, {n: _status(o) for n, o in zip(names, result.outcomes)})
@@ -279,10 +318,13 @@ def run_sweep(base: ml_collections.ConfigDict, directory, *, seeds, grid: dict,
 
 
 def _status(outcome: population.MemberOutcome) -> dict:
-    entry = {"status": outcome.status, "epoch": outcome.epoch, "step": outcome.step,
-             "error": outcome.error}
-    entry.update({f"test_{k}": v for k, v in outcome.final_metrics.items()
-                  if math.isfinite(v)})
+    entry = {
+        "status": outcome.status,
+        "epoch": outcome.epoch,
+        "step": outcome.step,
+        "error": outcome.error,
+    }
+    entry.update({f"test_{k}": v for k, v in outcome.final_metrics.items() if math.isfinite(v)})
     return entry
 
 

@@ -18,8 +18,7 @@ CENTRES = np.array([[-3.0, 0.0], [3.0, 0.0], [0.0, 4.0]], np.float32)
 
 def _three_blobs(n, seed):
     rng = np.random.default_rng(seed)
-    return (CENTRES[rng.integers(0, 3, n)] + 0.5 * rng.standard_normal((n, 2))).astype(
-        np.float32)
+    return (CENTRES[rng.integers(0, 3, n)] + 0.5 * rng.standard_normal((n, 2))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,12 @@ def test_flow_and_two_stage_fit_held_out_codes_nearly_as_well_as_the_mixture(fit
     # One Gaussian fitted to the same codes: what ignoring the three modes costs.
     mean, cov = held_out.mean(0), np.cov(_three_blobs(3000, 0).T)
     diff = held_out - mean
-    one_gaussian = float(np.mean(-0.5 * np.sum(diff @ np.linalg.inv(cov) * diff, 1)
-                                 - 0.5 * np.log(np.linalg.det(2 * np.pi * cov))))
+    one_gaussian = float(
+        np.mean(
+            -0.5 * np.sum(diff @ np.linalg.inv(cov) * diff, 1)
+            - 0.5 * np.log(np.linalg.det(2 * np.pi * cov))
+        )
+    )
     assert all(np.isfinite(v) for v in score.values())
     assert score["flow"] >= score["gmm"] - 0.3  # measured: 0.13 below
     assert score["two_stage"] >= score["gmm"] - 0.6  # measured: 0.40 below (an IS bound)
@@ -59,21 +62,24 @@ def test_a_saved_sampler_reloads_bit_identically(fitted, kind, tmp_path):
     loaded, meta = ex_post.load(tmp_path / kind)
     assert meta["kind"] == kind and meta["note"] == "test"
     key = jax.random.key(7)
-    np.testing.assert_array_equal(np.asarray(loaded.sample(key, 100)),
-                                  np.asarray(fitted[kind].sample(key, 100)))
+    np.testing.assert_array_equal(
+        np.asarray(loaded.sample(key, 100)), np.asarray(fitted[kind].sample(key, 100))
+    )
     codes = _three_blobs(50, 2)
-    np.testing.assert_array_equal(np.asarray(loaded.log_prob(codes)),
-                                  np.asarray(fitted[kind].log_prob(codes)))
+    np.testing.assert_array_equal(
+        np.asarray(loaded.log_prob(codes)), np.asarray(fitted[kind].log_prob(codes))
+    )
     assert ex_post.load(tmp_path / "absent") is None
 
 
 def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch):
     training.train_and_evaluate(make_test_config(), tmp_path)
-    first = {kind: np.asarray(cvae.load_run(tmp_path).sample(jax.random.key(0), 16, kind))
-             for kind in ("flow", "two_stage")}
+    first = {
+        kind: np.asarray(cvae.load_run(tmp_path).sample(jax.random.key(0), 16, kind))
+        for kind in ("flow", "two_stage")
+    }
     assert (tmp_path / "samplers" / "flow" / "sampler.json").is_file()
     monkeypatch.setattr(ex_post, "fit", lambda *a, **k: pytest.fail("refitted a saved sampler"))
     again = cvae.load_run(tmp_path)
     for kind, images in first.items():
-        np.testing.assert_array_equal(np.asarray(again.sample(jax.random.key(0), 16, kind)),
-                                      images)
+        np.testing.assert_array_equal(np.asarray(again.sample(jax.random.key(0), 16, kind)), images)

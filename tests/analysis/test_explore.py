@@ -12,8 +12,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def run_2d(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two_d")
-    cfg = make_test_config(**{"model.latent_dim": 2, "model.posterior": "gaussian",
-                              "train.num_epochs": 3})
+    cfg = make_test_config(
+        **{"model.latent_dim": 2, "model.posterior": "gaussian", "train.num_epochs": 3}
+    )
     training.train_and_evaluate(cfg, workdir)
     return cvae.load_run(workdir)
 
@@ -73,8 +74,10 @@ def test_projected_mixture_density_is_the_exact_marginal():
     weights = np.exp(mixture.log_weights)
     point = np.array([0.5, -0.3])
     cov = lambda k: basis @ (mixture.cholesky[k] @ mixture.cholesky[k].T) @ basis.T
-    expected = sum(w * multivariate_normal((mixture.means[k] - center) @ basis.T, cov(k)).pdf(point)
-                   for k, w in enumerate(weights))
+    expected = sum(
+        w * multivariate_normal((mixture.means[k] - center) @ basis.T, cov(k)).pdf(point)
+        for k, w in enumerate(weights)
+    )
     got = explore.mixture_density_on_plane(mixture, center, basis, [point[0]], [point[1]])
     assert got[0, 0] == pytest.approx(expected, rel=1e-4)
 
@@ -110,8 +113,11 @@ def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
     from scipy import stats
 
     nll = {0.01: [100.0, 102.0, 104.0], 0.1: [90.0, 91.0]}
-    dirs = [_fake_run(tmp_path / f"s{s}_{i}", i, s, v)
-            for s, values in nll.items() for i, v in enumerate(values)]
+    dirs = [
+        _fake_run(tmp_path / f"s{s}_{i}", i, s, v)
+        for s, values in nll.items()
+        for i, v in enumerate(values)
+    ]
     dirs.append(_fake_run(tmp_path / "lone", 0, 1.0, 80.0))
     groups = explore.aggregate(dirs, "model.sigma0")
     assert [g["value"] for g in groups] == [0.01, 0.1, 1.0]
@@ -129,12 +135,26 @@ def test_report_group_by_prints_intervals_and_plots(tmp_path):
     import subprocess
     import sys
 
-    dirs = [str(_fake_run(tmp_path / f"r{i}", i, s, 100.0 + i))
-            for i, s in enumerate([0.01, 0.01, 1.0, 1.0])]
-    out = subprocess.run([sys.executable, "-m", "experiments.report", *dirs, "--group-by",
-                          "model.sigma0", "--plot", str(tmp_path / "curve.png")],
-                         capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "XLA_FLAGS": ""})
+    dirs = [
+        str(_fake_run(tmp_path / f"r{i}", i, s, 100.0 + i))
+        for i, s in enumerate([0.01, 0.01, 1.0, 1.0])
+    ]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.report",
+            *dirs,
+            "--group-by",
+            "model.sigma0",
+            "--plot",
+            str(tmp_path / "curve.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "XLA_FLAGS": ""},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("| model.sigma0 | runs | nll_is | elbo")

@@ -2,7 +2,6 @@
 conditional run and on an unlabelled npz set; the committed copies carry the outputs of
 ``python -m experiments.notebooks`` and no error."""
 
-
 import nbformat
 import numpy as np
 import pytest
@@ -18,8 +17,9 @@ NOTEBOOKS = ["explore_latents.ipynb", "compare_runs.ipynb"]
 
 def _execute(name: str):
     book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    NotebookClient(book, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     return book
 
 
@@ -78,8 +78,12 @@ def _unlabelled_npz(tmp_path):
 
 def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
     workdir = tmp_path / "run"
-    training.train_and_evaluate(make_test_config(**{"data.name": f"npz:{_unlabelled_npz(tmp_path)}",
-                                                 "train.num_epochs": 2}), workdir)
+    training.train_and_evaluate(
+        make_test_config(
+            **{"data.name": f"npz:{_unlabelled_npz(tmp_path)}", "train.num_epochs": 2}
+        ),
+        workdir,
+    )
     monkeypatch.setenv("CVAE_WORKDIR", str(workdir))
     book = _execute("explore_latents.ipynb")
     assert "labels: none (unlabelled data)" in _text(book)
@@ -88,10 +92,15 @@ def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
 
 def test_compare_runs_labels_runs_by_name_and_plots_sigma0():
     book = _execute("compare_runs.ipynb")
-    text = _text(book) + "".join(str(o.get("data", {}).get("text/plain", ""))
-                                 for o in _outputs(book))
-    for label in ("vae (gaussian)", "cvae_s0.01 (collapsed, σ₀=0.01)",
-                  "cvae_s0.1 (collapsed, σ₀=0.1)", "ae (deterministic)"):
+    text = _text(book) + "".join(
+        str(o.get("data", {}).get("text/plain", "")) for o in _outputs(book)
+    )
+    for label in (
+        "vae (gaussian)",
+        "cvae_s0.01 (collapsed, σ₀=0.01)",
+        "cvae_s0.1 (collapsed, σ₀=0.1)",
+        "ae (deterministic)",
+    ):
         assert label in text
     assert "does not apply" not in text  # two σ₀ values: the σ₀ figure is drawn
     assert len(_figures(book)) == 3
@@ -104,13 +113,17 @@ def test_compare_runs_on_unlabelled_runs_given_by_the_user(monkeypatch, tmp_path
     workdirs = []
     for sigma0 in (0.01, 0.3):
         workdir = tmp_path / f"s{sigma0}"
-        training.train_and_evaluate(make_test_config(**{"data.name": f"npz:{npz}",
-                                                     "model.sigma0": sigma0,
-                                                     "train.num_epochs": 2}), workdir)
+        training.train_and_evaluate(
+            make_test_config(
+                **{"data.name": f"npz:{npz}", "model.sigma0": sigma0, "train.num_epochs": 2}
+            ),
+            workdir,
+        )
         cvae.Workdir(workdir).write_eval(cvae.load_run(workdir).evaluate("test", k=5))
         workdirs.append(str(workdir))
     monkeypatch.setenv("CVAE_WORKDIRS", ":".join(workdirs))
     book = _execute("compare_runs.ipynb")
     assert "s0.3 (collapsed, σ₀=0.3)" in _text(book) + "".join(
-        str(o.get("data", {}).get("text/plain", "")) for o in _outputs(book))
+        str(o.get("data", {}).get("text/plain", "")) for o in _outputs(book)
+    )
     assert len(_figures(book)) == 3  # curves, bars, the σ₀ figure

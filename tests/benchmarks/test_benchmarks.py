@@ -21,10 +21,12 @@ pytestmark = pytest.mark.slow
 def test_flops_per_example_is_six_per_dense_weight_of_the_built_model(arch):
     cfg = config_lib.apply_preset(config_lib.base_config(), arch).model
     cfg.posterior = "gaussian"
-    params = model_lib.init_params(model_lib.build_model(cfg, (28, 28, 1), 10),
-                                   jax.random.key(0))
-    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-               if path[-1].key == "kernel"]
+    params = model_lib.init_params(model_lib.build_model(cfg, (28, 28, 1), 10), jax.random.key(0))
+    kernels = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if path[-1].key == "kernel"
+    ]
     assert common.dense_flops_per_example(arch) == 6 * sum(int(np.prod(k.shape)) for k in kernels)
 
 
@@ -41,40 +43,87 @@ def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_
 
 @requires_mnist
 def test_bench_prints_the_documented_json_line():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "TFDS_DATA_DIR": mnist_data_dir()}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.training", "--arch", "seed",
-                          "--batch-size", "1024", "--epochs", "2"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": mnist_data_dir()}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.training",
+            "--arch",
+            "seed",
+            "--batch-size",
+            "1024",
+            "--epochs",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
-    for key in ("peer", "arch", "batch_size", "epochs", "seed", "init", "train_examples_per_s",
-                "first_epoch_s", "epoch_s", "test_neg_elbo", "peak_rss_mb",
-                "matmul_peak_gflops", "flops_per_example", "fraction_of_peak"):
+    for key in (
+        "peer",
+        "arch",
+        "batch_size",
+        "epochs",
+        "seed",
+        "init",
+        "train_examples_per_s",
+        "first_epoch_s",
+        "epoch_s",
+        "test_neg_elbo",
+        "peak_rss_mb",
+        "matmul_peak_gflops",
+        "flops_per_example",
+        "fraction_of_peak",
+    ):
         assert key in record
     assert record["peer"] == "cvae" and len(record["epoch_s"]) == 2
     assert record["fraction_of_peak"] == pytest.approx(
-        record["train_examples_per_s"] * record["flops_per_example"]
-        / (record["matmul_peak_gflops"] * 1e9))
+        record["train_examples_per_s"]
+        * record["flops_per_example"]
+        / (record["matmul_peak_gflops"] * 1e9)
+    )
     assert 80 < record["test_neg_elbo"] < 300  # a binarized-MNIST ELBO after two epochs
 
 
 @requires_mnist
 def test_bench_members_compares_a_population_with_the_same_runs_alone():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "TFDS_DATA_DIR": mnist_data_dir()}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.population", "--members", "2",
-                          "--arch", "seed", "--batch-size", "1024", "--epochs", "2"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": mnist_data_dir()}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.population",
+            "--members",
+            "2",
+            "--arch",
+            "seed",
+            "--batch-size",
+            "1024",
+            "--epochs",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["benchmark"] == "population" and record["members"] == 2
     assert record["population_over_solo"] == pytest.approx(
-        record["population_examples_per_s"] / record["solo_examples_per_s"])
+        record["population_examples_per_s"] / record["solo_examples_per_s"]
+    )
     # Each member trains what its run alone trains: the same test −ELBO, up to rounding
     # differences that grow over the ~100 steps (measured 2e-5 relative).
-    np.testing.assert_allclose(record["population_test_neg_elbo"],
-                               record["solo_test_neg_elbo"], rtol=1e-3)
+    np.testing.assert_allclose(
+        record["population_test_neg_elbo"], record["solo_test_neg_elbo"], rtol=1e-3
+    )
     assert record["state_bytes_per_member"] > 0
     # The layout experiments.sweep uses: one CPU device per usable core, said on stderr.
     cores = len(os.sched_getaffinity(0))
@@ -83,15 +132,36 @@ def test_bench_members_compares_a_population_with_the_same_runs_alone():
 
 @requires_mnist
 def test_bench_pipeline_compares_the_loader_stream_and_device_paths(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "TFDS_DATA_DIR": mnist_data_dir(), "CVAE_CACHE_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.pipeline",
-                          "--arch", "seed", "--batch-size", "1024", "--epochs", "2"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        "TFDS_DATA_DIR": mnist_data_dir(),
+        "CVAE_CACHE_DIR": str(tmp_path),
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.pipeline",
+            "--arch",
+            "seed",
+            "--batch-size",
+            "1024",
+            "--epochs",
+            "2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
     assert record["benchmark"] == "pipeline" and record["loader_examples_per_s"] > 0
     assert record["stream_over_device"] == pytest.approx(
-        record["stream_train_examples_per_s"] / record["device_train_examples_per_s"])
+        record["stream_train_examples_per_s"] / record["device_train_examples_per_s"]
+    )
     assert record["same_test_neg_elbo"]  # the two paths train the same run
     assert list(tmp_path.glob("mnist-*.images.npy"))  # decoded once, into the cache dir

@@ -77,21 +77,24 @@ def test_evaluation_binarization_of_row_ranges_equals_the_whole_split():
     whole = data.fixed_binarization(images)
     for start, stop in ((0, 7), (7, 8), (13, 50), (49, 50)):
         np.testing.assert_array_equal(
-            data.fixed_binarization(images[start:stop], first_row=start), whole[start:stop])
+            data.fixed_binarization(images[start:stop], first_row=start), whole[start:stop]
+        )
     assert not np.array_equal(data.fixed_binarization(images[13:20]), whole[13:20])
 
 
 def test_class_balanced_sampling_equalises_an_imbalanced_set():
     labels = np.concatenate([np.zeros(900), np.ones(90), np.full(10, 2)]).astype(np.int32)
     table = data.ClassTable.from_labels(labels, 3)
-    idx = np.asarray(data.class_balanced_indices(jax.random.key(0), table.indices,
-                                                 table.counts, 3000))
+    idx = np.asarray(
+        data.class_balanced_indices(jax.random.key(0), table.indices, table.counts, 3000)
+    )
     counts = np.bincount(labels[idx], minlength=3)
     np.testing.assert_array_equal(counts, [1000, 1000, 1000])
     # The rare class is oversampled by cycling through all of its members.
     assert set(idx[labels[idx] == 2]) == set(np.flatnonzero(labels == 2))
-    other = np.asarray(data.class_balanced_indices(jax.random.key(1), table.indices,
-                                                   table.counts, 3000))
+    other = np.asarray(
+        data.class_balanced_indices(jax.random.key(1), table.indices, table.counts, 3000)
+    )
     assert not np.array_equal(idx, other)
 
 
@@ -117,10 +120,12 @@ def test_tfds_split_strings_slice_and_sum():
     train = data.load("mnist", "train", mnist_data_dir())
     test = data.load("mnist", "test", mnist_data_dir())
     picked = data.load("mnist", "train[:10%]+test[-100:]", mnist_data_dir())
-    np.testing.assert_array_equal(picked.images,
-                                  np.concatenate([train.images[:6000], test.images[-100:]]))
-    np.testing.assert_array_equal(picked.labels,
-                                  np.concatenate([train.labels[:6000], test.labels[-100:]]))
+    np.testing.assert_array_equal(
+        picked.images, np.concatenate([train.images[:6000], test.images[-100:]])
+    )
+    np.testing.assert_array_equal(
+        picked.labels, np.concatenate([train.labels[:6000], test.labels[-100:]])
+    )
     with pytest.raises(data.SplitError, match="its splits are 'test', 'train'"):
         data.load("mnist", "validation", mnist_data_dir())
 
@@ -130,15 +135,21 @@ def test_every_source_takes_tfds_split_strings(name, tmp_path):
     if name == "npz":
         rng = np.random.default_rng(0)
         name = f"npz:{tmp_path / 'set.npz'}"
-        np.savez(tmp_path / "set.npz", x=rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
-                 y=np.arange(50) % 5, x_test=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
-                 y_test=np.arange(20) % 5)
+        np.savez(
+            tmp_path / "set.npz",
+            x=rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
+            y=np.arange(50) % 5,
+            x_test=rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
+            y_test=np.arange(20) % 5,
+        )
     train, test = data.load(name, "train"), data.load(name, "test")
     picked = data.load(name, "train[:10]+test[50%:]")
-    np.testing.assert_array_equal(picked.images, np.concatenate(
-        [train.images[:10], test.images[len(test) // 2:]]))
-    np.testing.assert_array_equal(picked.labels, np.concatenate(
-        [train.labels[:10], test.labels[len(test) // 2:]]))
+    np.testing.assert_array_equal(
+        picked.images, np.concatenate([train.images[:10], test.images[len(test) // 2 :]])
+    )
+    np.testing.assert_array_equal(
+        picked.labels, np.concatenate([train.labels[:10], test.labels[len(test) // 2 :]])
+    )
     with pytest.raises(data.SplitError) as err:
         data.load(name, "validation")
     assert "'validation'" in str(err.value) and "its splits are 'test', 'train'" in str(err.value)
@@ -152,12 +163,22 @@ def test_a_config_names_the_split_of_each_role(tmp_path):
     from ml_collections import config_dict
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "set.npz", x=rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
-             x_val=rng.integers(0, 256, (7, 4, 4), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (9, 4, 4), dtype=np.uint8))
-    cfg = config_dict.ConfigDict({"name": f"npz:{tmp_path / 'set.npz'}", "data_dir": None,
-                                  "train_split": "train[:40]", "validation_split": "val",
-                                  "test_split": "test+val", "validation_size": 0})
+    np.savez(
+        tmp_path / "set.npz",
+        x=rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
+        x_val=rng.integers(0, 256, (7, 4, 4), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (9, 4, 4), dtype=np.uint8),
+    )
+    cfg = config_dict.ConfigDict(
+        {
+            "name": f"npz:{tmp_path / 'set.npz'}",
+            "data_dir": None,
+            "train_split": "train[:40]",
+            "validation_split": "val",
+            "test_split": "test+val",
+            "validation_size": 0,
+        }
+    )
     assert [len(data.load_role(cfg, r)) for r in ("train", "validation", "test")] == [40, 7, 16]
     assert len(data.load_role(cfg, "train[40:]")) == 10  # any other string is a split itself
     cfg.validation_split, cfg.validation_size = "", 5  # carved from the train split
@@ -186,12 +207,23 @@ def test_a_config_crops_and_resizes_every_split_it_reads(tmp_path):
     from ml_collections import config_dict
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "set.npz", x=rng.integers(0, 256, (6, 12, 10, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8))
-    cfg = config_dict.ConfigDict({"name": f"npz:{tmp_path / 'set.npz'}", "data_dir": None,
-                                  "train_split": "train", "validation_split": "",
-                                  "test_split": "test", "validation_size": 2,
-                                  "center_crop": 8, "resize": 4})
+    np.savez(
+        tmp_path / "set.npz",
+        x=rng.integers(0, 256, (6, 12, 10, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8),
+    )
+    cfg = config_dict.ConfigDict(
+        {
+            "name": f"npz:{tmp_path / 'set.npz'}",
+            "data_dir": None,
+            "train_split": "train",
+            "validation_split": "",
+            "test_split": "test",
+            "validation_size": 2,
+            "center_crop": 8,
+            "resize": 4,
+        }
+    )
     for role, n in (("train", 6), ("validation", 2), ("test", 4)):
         loaded = data.load_role(cfg, role)
         assert loaded.images.shape == (n, 4, 4, 3) and loaded.info.shape == (4, 4, 3)
@@ -206,13 +238,16 @@ def test_npz_roundtrip_and_test_split(tmp_path):
     assert data.load(f"npz:{path}", "test").labels is None
 
 
-@pytest.mark.parametrize("arrays,pattern", [
-    ({"images": np.zeros((2, 4, 4))}, r"no array 'x'"),
-    ({"x": np.zeros((2, 4))}, r"N×H×W"),
-    ({"x": np.full((2, 4, 4), 3.0)}, r"\[0, 1\]"),
-    ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, r"2 integer labels"),
-    ({"x": np.zeros((2, 4, 4), np.complex64)}, r"uint8 or float"),
-])
+@pytest.mark.parametrize(
+    "arrays,pattern",
+    [
+        ({"images": np.zeros((2, 4, 4))}, r"no array 'x'"),
+        ({"x": np.zeros((2, 4))}, r"N×H×W"),
+        ({"x": np.full((2, 4, 4), 3.0)}, r"\[0, 1\]"),
+        ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, r"2 integer labels"),
+        ({"x": np.zeros((2, 4, 4), np.complex64)}, r"uint8 or float"),
+    ],
+)
 def test_malformed_npz_gives_a_clear_error(tmp_path, arrays, pattern):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)

@@ -32,8 +32,14 @@ def device_run(tmp_path_factory):
 
 def _stream_config(**overrides):
     # 21 batches of 64 per epoch in chunks of 5: four full chunks and a last one of 1.
-    return make_test_config(**{"data.pipeline": "stream", "train.num_epochs": 3,
-                               "data.stream_chunk_steps": 5, **overrides})
+    return make_test_config(
+        **{
+            "data.pipeline": "stream",
+            "train.num_epochs": 3,
+            "data.stream_chunk_steps": 5,
+            **overrides,
+        }
+    )
 
 
 def test_the_stream_trains_the_same_run_as_the_device_path_bitwise(device_run, tmp_path):
@@ -51,8 +57,9 @@ def test_a_resumed_stream_run_is_the_uninterrupted_run(device_run, tmp_path):
 
 
 def test_worker_processes_read_the_same_batches(device_run, tmp_path):
-    streamed = training.train_and_evaluate(_stream_config(**{"data.stream_workers": 2}),
-                                        tmp_path / "run")
+    streamed = training.train_and_evaluate(
+        _stream_config(**{"data.stream_workers": 2}), tmp_path / "run"
+    )
     _assert_same_params(streamed, device_run)
 
 
@@ -66,8 +73,7 @@ def test_auto_streams_what_exceeds_the_device_limit_and_device_refuses_it():
         config_lib.validate(make_test_config(**{"data.pipeline": "disk"}))
 
 
-def test_a_failing_read_stops_the_run_without_saving_the_half_read_epoch(tmp_path,
-                                                                         monkeypatch):
+def test_a_failing_read_stops_the_run_without_saving_the_half_read_epoch(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_read = data.Subset.read
 
@@ -90,15 +96,24 @@ def test_a_failing_read_stops_the_run_without_saving_the_half_read_epoch(tmp_pat
 
 @requires_mnist
 def test_mnist_streamed_from_its_tfds_files_equals_the_device_path(tmp_path):
-    common = {"data.name": "mnist", "data.data_dir": mnist_data_dir(),
-              "data.train_split": "train[:3000]", "data.test_split": "test[:500]",
-              "data.validation_size": 500, "train.num_epochs": 1, "train.batch_size": 100}
-    variants = {"device": {"data.pipeline": "device"},
-                "decoded": {"data.pipeline": "stream"},  # decoded once into a cache
-                "records": {"data.pipeline": "stream", "data.stream_cache": False}}
-    runs = {name: training.train_and_evaluate(make_test_config(**common, **overrides),
-                                           tmp_path / name)
-            for name, overrides in variants.items()}
+    common = {
+        "data.name": "mnist",
+        "data.data_dir": mnist_data_dir(),
+        "data.train_split": "train[:3000]",
+        "data.test_split": "test[:500]",
+        "data.validation_size": 500,
+        "train.num_epochs": 1,
+        "train.batch_size": 100,
+    }
+    variants = {
+        "device": {"data.pipeline": "device"},
+        "decoded": {"data.pipeline": "stream"},  # decoded once into a cache
+        "records": {"data.pipeline": "stream", "data.stream_cache": False},
+    }
+    runs = {
+        name: training.train_and_evaluate(make_test_config(**common, **overrides), tmp_path / name)
+        for name, overrides in variants.items()
+    }
     for name, kind in (("decoded", data.DecodedSource), ("records", data.TfdsSource)):
         d = training.load_training_data(make_test_config(**common, **variants[name]), 1)
         assert isinstance(d.train_source.source, kind)
@@ -111,19 +126,29 @@ def test_generated_colour_images_over_the_device_limit_stream_through_a_resnet(t
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (112, 64, 64, 3), dtype=np.uint8)
     np.savez(tmp_path / "colour.npz", x=images, x_test=images[:32])
-    overrides = {"data.name": f"npz:{tmp_path / 'colour.npz'}", "data.binarize": "none",
-                 "data.dequantize": True, "data.validation_size": 16,
-                 "data.max_device_bytes": images.nbytes // 4, "data.stream_chunk_steps": 1,
-                 "model.arch": "resnet", "model.conv_channels": (8,),
-                 "model.likelihood": "gaussian", "train.batch_size": 16,
-                 "train.image_grid_size": 4, "eval.num_importance_samples": 2}
+    overrides = {
+        "data.name": f"npz:{tmp_path / 'colour.npz'}",
+        "data.binarize": "none",
+        "data.dequantize": True,
+        "data.validation_size": 16,
+        "data.max_device_bytes": images.nbytes // 4,
+        "data.stream_chunk_steps": 1,
+        "model.arch": "resnet",
+        "model.conv_channels": (8,),
+        "model.likelihood": "gaussian",
+        "train.batch_size": 16,
+        "train.image_grid_size": 4,
+        "eval.num_importance_samples": 2,
+    }
     whole = training.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
     assert training.load_training_data(make_test_config(**overrides), 1).pipeline == "stream"
     assert np.isfinite(whole.final_metrics["elbo"])
-    training.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
-                             tmp_path / "split")
-    _assert_same_params(training.train_and_evaluate(make_test_config(**overrides),
-                                                 tmp_path / "split"), whole)
+    training.train_and_evaluate(
+        make_test_config(**overrides, **{"train.num_epochs": 1}), tmp_path / "split"
+    )
+    _assert_same_params(
+        training.train_and_evaluate(make_test_config(**overrides), tmp_path / "split"), whole
+    )
 
 
 def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_run(tmp_path):
@@ -138,21 +163,43 @@ def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_r
     from tests.helpers import ROOT, run_cli, write_random_colour_tfds
 
     name = write_random_colour_tfds(tmp_path / "tfds", num_train=160, num_test=32)
-    settings = {"data.name": name, "data.data_dir": tmp_path / "tfds",
-                "data.binarize": "none", "model.likelihood": "gaussian",
-                "data.validation_size": 16, "data.max_device_bytes": 160 * 64 * 64 * 3 // 4,
-                "data.stream_chunk_steps": 1,
-                "model.encoder_widths": "(32,16)", "model.latent_dim": 4,
-                "train.batch_size": 64, "train.num_devices": 1, "train.num_epochs": 100,
-                "eval.every_epochs": 100, "eval.num_importance_samples": 2,
-                "train.image_grid_size": 0}
-    args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py",
-            *[f"--config.{k}={v}" for k, v in settings.items()]]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "CVAE_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    settings = {
+        "data.name": name,
+        "data.data_dir": tmp_path / "tfds",
+        "data.binarize": "none",
+        "model.likelihood": "gaussian",
+        "data.validation_size": 16,
+        "data.max_device_bytes": 160 * 64 * 64 * 3 // 4,
+        "data.stream_chunk_steps": 1,
+        "model.encoder_widths": "(32,16)",
+        "model.latent_dim": 4,
+        "train.batch_size": 64,
+        "train.num_devices": 1,
+        "train.num_epochs": 100,
+        "eval.every_epochs": 100,
+        "eval.num_importance_samples": 2,
+        "train.image_grid_size": 0,
+    }
+    args = [
+        "experiments.train",
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        *[f"--config.{k}={v}" for k, v in settings.items()],
+    ]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        "CVAE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and len(Workdir(tmp_path / "a").read_metrics()) < 3:
         time.sleep(0.2)
@@ -166,8 +213,9 @@ def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_r
         out = run_cli(*args, "--workdir", str(tmp_path / workdir), env=env)
         assert out.returncode == 0, out.stderr[-2000:]
     stopped, whole = (load_run(tmp_path / w, which="latest").params for w in ("a", "b"))
-    for x, y in zip(jax.tree_util.tree_leaves(stopped), jax.tree_util.tree_leaves(whole),
-                    strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(stopped), jax.tree_util.tree_leaves(whole), strict=True
+    ):
         np.testing.assert_array_equal(x, y)
 
 
@@ -177,11 +225,25 @@ def test_a_killed_reader_process_is_one_line_and_the_rerun_resumes(tmp_path):
     command then trains the run."""
     from tests.helpers import run_cli
 
-    args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py",
-            "--workdir", str(tmp_path / "run"), *[f"--config.{k}={v}" for k, v in {
-                "data.pipeline": "stream", "data.stream_workers": 1, "train.num_epochs": 1,
-                "model.encoder_widths": "(32,16)", "model.latent_dim": 4,
-                "train.num_devices": 1, "train.image_grid_size": 0}.items()]]
+    args = [
+        "experiments.train",
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        "--workdir",
+        str(tmp_path / "run"),
+        *[
+            f"--config.{k}={v}"
+            for k, v in {
+                "data.pipeline": "stream",
+                "data.stream_workers": 1,
+                "train.num_epochs": 1,
+                "model.encoder_widths": "(32,16)",
+                "model.latent_dim": 4,
+                "train.num_devices": 1,
+                "train.image_grid_size": 0,
+            }.items()
+        ],
+    ]
     killed = run_cli(*args, env={"CVAE_FAULT": "stream_read:5"})
     assert killed.returncode == 2, killed.stderr[-2000:]
     last = killed.stderr.strip().splitlines()[-1]
@@ -196,14 +258,28 @@ def test_a_killed_reader_process_is_one_line_and_the_rerun_resumes(tmp_path):
 
 def test_cropped_and_resized_images_stream_as_they_train_on_device(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "big.npz", x=rng.integers(0, 256, (96, 20, 18, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 256, (16, 20, 18, 3), dtype=np.uint8))
-    common = {"data.name": f"npz:{tmp_path / 'big.npz'}", "data.center_crop": 16,
-              "data.resize": 8, "data.binarize": "none", "data.validation_size": 16,
-              "train.batch_size": 16, "model.likelihood": "gaussian",
-              "data.stream_chunk_steps": 2, "eval.num_importance_samples": 2}
-    runs = {p: training.train_and_evaluate(make_test_config(**common, **{"data.pipeline": p}),
-                                        tmp_path / p) for p in ("device", "stream")}
+    np.savez(
+        tmp_path / "big.npz",
+        x=rng.integers(0, 256, (96, 20, 18, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 256, (16, 20, 18, 3), dtype=np.uint8),
+    )
+    common = {
+        "data.name": f"npz:{tmp_path / 'big.npz'}",
+        "data.center_crop": 16,
+        "data.resize": 8,
+        "data.binarize": "none",
+        "data.validation_size": 16,
+        "train.batch_size": 16,
+        "model.likelihood": "gaussian",
+        "data.stream_chunk_steps": 2,
+        "eval.num_importance_samples": 2,
+    }
+    runs = {
+        p: training.train_and_evaluate(
+            make_test_config(**common, **{"data.pipeline": p}), tmp_path / p
+        )
+        for p in ("device", "stream")
+    }
     assert training.load_training_data(make_test_config(**common), 1).info.shape == (8, 8, 3)
     _assert_same_params(runs["stream"], runs["device"])
 
@@ -244,13 +320,13 @@ def _write_npy_set(directory, n, rng, shape=(64, 64, 3)):
     directory.mkdir()
     images = np.lib.format.open_memmap(directory / "x.npy", "w+", np.uint8, (n,) + shape)
     for start in range(0, n, 8192):
-        images[start:start + 8192] = rng.integers(0, 256, (min(8192, n - start),) + shape,
-                                                  dtype=np.uint8)
+        images[start : start + 8192] = rng.integers(
+            0, 256, (min(8192, n - start),) + shape, dtype=np.uint8
+        )
     images.flush()
     np.save(directory / "x_val.npy", rng.integers(0, 256, (256,) + shape, np.uint8))
-    test = np.lib.format.open_memmap(directory / "x_test.npy", "w+", np.uint8,
-                                     (n // 2,) + shape)
-    test[:] = images[:n // 2]
+    test = np.lib.format.open_memmap(directory / "x_test.npy", "w+", np.uint8, (n // 2,) + shape)
+    test[:] = images[: n // 2]
     test.flush()
 
 
@@ -270,13 +346,27 @@ def test_streaming_memory_does_not_grow_with_the_split(tmp_path):
     (tmp_path / "script.py").write_text(PEAK_MEMORY_SCRIPT)
     # Freed buffers go back to the OS at once (glibc would keep some in its arenas and
     # blur the measurement); the program's own allocations are unchanged.
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
-           "MALLOC_MMAP_THRESHOLD_": str(2**20)}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "",
+        "JAX_PLATFORMS": "cpu",
+        "MALLOC_MMAP_THRESHOLD_": str(2**20),
+    }
     peaks = {}
     for name, n in (("small", 10 * 512), ("big", 85 * 512)):
-        out = subprocess.run([sys.executable, str(tmp_path / "script.py"), str(ROOT),
-                              str(tmp_path / name), str(tmp_path / f"run-{name}")],
-                             capture_output=True, text=True, timeout=600, env=env)
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(tmp_path / "script.py"),
+                str(ROOT),
+                str(tmp_path / name),
+                str(tmp_path / f"run-{name}"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         epoch, tested, codes, peaks[name] = out.stdout.split()[-4:]
         assert (int(epoch), int(tested), int(codes)) == (1, n // 2, min(n, 20000))
@@ -290,16 +380,26 @@ def test_streaming_memory_does_not_grow_with_the_split(tmp_path):
 def test_a_conv_models_stream_chunk_has_no_loop_on_a_cpu(arch, loops):
     """XLA:CPU runs a loop body's gradient convolutions without its fast kernels (about 50×
     slower at 64×64; steps.unroll_convolutions): a conv model's chunk is unrolled there."""
-    overrides = {"data.pipeline": "stream", "data.stream_chunk_steps": 2,
-                 "model.arch": arch, "model.conv_channels": (4, 8),
-                 "model.conv_dense_width": 16}
+    overrides = {
+        "data.pipeline": "stream",
+        "data.stream_chunk_steps": 2,
+        "model.arch": arch,
+        "model.conv_channels": (4, 8),
+        "model.conv_dense_width": 16,
+    }
     setup = training.setup(make_test_config(**overrides))
     images = np.zeros((2, 64, 8, 8, 1), np.uint8)  # a chunk: 2 batches of 64 digits
     labels = np.zeros((2, 64), np.int32)
-    hlo = setup.programs.train_epoch.lower(setup.state, images, labels,
-                                          jax.random.key(0)).compile().as_text()
+    hlo = (
+        setup.programs.train_epoch.lower(setup.state, images, labels, jax.random.key(0))
+        .compile()
+        .as_text()
+    )
     # The loop over steps carries the float params (the random-bit generator's own small
     # loops carry only integers).
-    step_loops = [line for line in hlo.splitlines()
-                  if " while(" in line and "f32[" in line.partition(" while(")[0]]
+    step_loops = [
+        line
+        for line in hlo.splitlines()
+        if " while(" in line and "f32[" in line.partition(" while(")[0]
+    ]
     assert bool(step_loops) is loops

@@ -18,16 +18,19 @@ def trained(tmp_path_factory):
     cfg = make_test_config()
     result = training.train_and_evaluate(cfg, workdir)
     test = data.load("digits", "test")
-    model = model_lib.build_model(cfg.model, test.info.shape, test.info.num_classes,
-                                  binary_data=True)
+    model = model_lib.build_model(
+        cfg.model, test.info.shape, test.info.num_classes, binary_data=True
+    )
     params = jax.device_get(result.state["params"])
     return model, params, evaluation.EvalSet.from_dataset(test, binarize=True)
 
 
 def test_importance_samples_do_not_depend_on_the_chunking(trained):
     model, params, eval_set = trained
-    scores = [evaluation.evaluate(model, params, eval_set, k=30, chunk_size=c, batch_size=100)
-              for c in (0, 7, 30)]
+    scores = [
+        evaluation.evaluate(model, params, eval_set, k=30, chunk_size=c, batch_size=100)
+        for c in (0, 7, 30)
+    ]
     for other in scores[1:]:
         assert other["nll_is"] == pytest.approx(scores[0]["nll_is"], abs=1e-4)
         assert other["elbo"] == scores[0]["elbo"]
@@ -44,10 +47,12 @@ def test_importance_sampled_nll_lies_between_the_elbo_and_more_samples(trained):
 
 def test_one_device_and_eight_devices_score_alike(trained):
     model, params, eval_set = trained
-    one = evaluation.evaluate(model, params, eval_set, k=20, batch_size=96,
-                              mesh=parallel.make_mesh(1))
-    eight = evaluation.evaluate(model, params, eval_set, k=20, batch_size=96,
-                                mesh=parallel.make_mesh(8))
+    one = evaluation.evaluate(
+        model, params, eval_set, k=20, batch_size=96, mesh=parallel.make_mesh(1)
+    )
+    eight = evaluation.evaluate(
+        model, params, eval_set, k=20, batch_size=96, mesh=parallel.make_mesh(8)
+    )
     for name in ("elbo", "recon", "kl", "nll_is"):
         assert eight[name] == pytest.approx(one[name], rel=1e-5), name
     assert eight["active_units"] == one["active_units"]
@@ -61,8 +66,9 @@ def test_a_memory_mapped_split_scores_as_the_same_split_in_memory(trained, tmp_p
     np.save(tmp_path / "x.npy", test.images[:5])  # a train split is required; unused here
     np.save(tmp_path / "x_test.npy", test.images)
     np.save(tmp_path / "y_test.npy", test.labels)
-    mapped = evaluation.EvalSet(data.ArraySource(data.load(f"npy:{tmp_path}", "test")),
-                                binarize=True)
+    mapped = evaluation.EvalSet(
+        data.ArraySource(data.load(f"npy:{tmp_path}", "test")), binarize=True
+    )
     assert isinstance(mapped.source.dataset.images, np.memmap)
     in_memory = evaluation.evaluate(model, params, eval_set, k=5, batch_size=64)
     assert evaluation.evaluate(model, params, mapped, k=5, batch_size=64) == in_memory
@@ -78,8 +84,7 @@ def test_padding_never_counts(trained):
     with_pad = evaluation.evaluate(model, params, subset(257), batch_size=64)
     without = evaluation.evaluate(model, params, subset(256), batch_size=64)
     last_kl = 257 * with_pad["kl"] - 256 * without["kl"]
-    posterior = model.apply({"params": params}, subset(257).first()[0][256:],
-                            method=model.encode)
+    posterior = model.apply({"params": params}, subset(257).first()[0][256:], method=model.encode)
     expected = float(posterior.kl_per_dim().sum())
     assert last_kl == pytest.approx(expected, rel=1e-4, abs=1e-3)
     assert with_pad["num_examples"] == 257
@@ -90,16 +95,23 @@ def test_deterministic_models_have_no_nll(tmp_path):
     result = training.train_and_evaluate(cfg, tmp_path)
     test = data.load("digits", "test")
     model = model_lib.build_model(cfg.model, test.info.shape, 10, binary_data=True)
-    scores = evaluation.evaluate(model, jax.device_get(result.state["params"]),
-                                 evaluation.EvalSet.from_dataset(test, True), k=10)
+    scores = evaluation.evaluate(
+        model,
+        jax.device_get(result.state["params"]),
+        evaluation.EvalSet.from_dataset(test, True),
+        k=10,
+    )
     assert "nll_is" not in scores and np.isfinite(scores["elbo"])
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"k": -1}, "K must be ≥ 0"),
-    ({"batch_size": 0}, "batch size must be ≥ 1"),
-    ({"chunk_size": -2}, "chunk size must be ≥ 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"k": -1}, "K must be ≥ 0"),
+        ({"batch_size": 0}, "batch size must be ≥ 1"),
+        ({"chunk_size": -2}, "chunk size must be ≥ 0"),
+    ],
+)
 def test_bad_arguments_are_refused_in_words(trained, kwargs, pattern):
     model, params, eval_set = trained
     with pytest.raises(ValueError, match=pattern):

@@ -30,8 +30,11 @@ def test_frechet_distance_agrees_with_a_general_matrix_square_root():
     b = rng.standard_normal((500, 6)) @ rng.standard_normal((6, 6)) + 1.0
     mu_a, cov_a = a.mean(0), np.cov(a, rowvar=False)
     mu_b, cov_b = b.mean(0), np.cov(b, rowvar=False)
-    reference = (np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b)
-                 - 2 * np.trace(np.real(linalg.sqrtm(cov_a @ cov_b))))
+    reference = (
+        np.sum((mu_a - mu_b) ** 2)
+        + np.trace(cov_a + cov_b)
+        - 2 * np.trace(np.real(linalg.sqrtm(cov_a @ cov_b)))
+    )
     got = sample_quality.frechet_distance(a, b)
     assert got == pytest.approx(reference, rel=1e-6)
     assert got == pytest.approx(sample_quality.frechet_distance(b, a), rel=1e-6)
@@ -39,8 +42,9 @@ def test_frechet_distance_agrees_with_a_general_matrix_square_root():
 
 def test_frechet_distance_is_finite_with_fewer_samples_than_features_and_rejects_bad_input():
     rng = np.random.default_rng(2)
-    value = sample_quality.frechet_distance(rng.standard_normal((20, 64)),
-                                            rng.standard_normal((30, 64)))
+    value = sample_quality.frechet_distance(
+        rng.standard_normal((20, 64)), rng.standard_normal((30, 64))
+    )
     assert np.isfinite(value) and value > 0
     with pytest.raises(ValueError, match="feature sizes differ"):
         sample_quality.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
@@ -54,13 +58,17 @@ def test_classifier_recipe_learns_digits_reproducibly():
     x_train, x_test = train.images / 255.0, test.images / 255.0
     first = sample_quality.train_classifier(x_train, train.labels, jax.random.key(0), epochs=10)
     second = sample_quality.train_classifier(x_train, train.labels, jax.random.key(0), epochs=10)
-    for p, q in zip(jax.tree_util.tree_leaves(first.params),
-                    jax.tree_util.tree_leaves(second.params), strict=True):
+    for p, q in zip(
+        jax.tree_util.tree_leaves(first.params),
+        jax.tree_util.tree_leaves(second.params),
+        strict=True,
+    ):
         np.testing.assert_array_equal(p, q)
     assert first.accuracy(x_test, test.labels) > 0.9
     # Features separate real digits from noise far more than test from train.
     noise = np.random.default_rng(0).random(x_test.shape)
-    assert (sample_quality.classifier_fid(first, noise, x_test)
-            > 10 * sample_quality.classifier_fid(first, x_train, x_test))
+    assert sample_quality.classifier_fid(first, noise, x_test) > 10 * sample_quality.classifier_fid(
+        first, x_train, x_test
+    )
     with pytest.raises(ValueError, match="labels"):
         sample_quality.train_classifier(x_train, train.labels[:10], jax.random.key(0))

@@ -36,49 +36,72 @@ def run_dir(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("args,pattern", [
-    # config fields and values
-    (["experiments.train", *CONFIG, "--config.model.latnt_dim=3"],
-     "unknown config field 'model.latnt_dim'; did you mean 'model.latent_dim'?"),
-    (["experiments.train", *CONFIG, "--config.nosuch.x=1"], "unknown config field 'nosuch.x'"),
-    (["experiments.train", *CONFIG, "--config.model.sigma0=inf"], "model.sigma0 = inf"),
-    (["experiments.train", *CONFIG, "--config.train.learning_rate=inf"],
-     "train.learning_rate = inf"),
-    (["experiments.train", *CONFIG, "--config.objective.beta=-1"], "objective.beta"),
-    (["experiments.train", *CONFIG, "--config.model.arch=conv", "--config.model.init=torch"],
-     "model.init"),
-    # config files
-    (["experiments.train", "--config", "SYNTAX", "--workdir", "W"], "(line 1): SyntaxError"),
-    (["experiments.train", "--config", "NOGET", "--workdir", "W"], "no attribute 'get_config'"),
-    (["experiments.train", "--config", "RAISES", "--workdir", "W"], "RuntimeError: boom"),
-    (["experiments.train", "--config", "NOTCONFIG", "--workdir", "W"],
-     "must be an ml_collections.ConfigDict, got int"),
-    # data
-    (["experiments.train", *CONFIG, "--config.data.name=mnsit"], "did you mean 'mnist'"),
-    (["experiments.train", *CONFIG, "--config.data.name=npz:GARBAGE"], "could not be read"),
-    (["experiments.train", *CONFIG, "--config.data.name=npz:NOFILE"], "no such file"),
-    (["experiments.train", *CONFIG, "--config.data.test_split=validation"],
-     "data set 'digits': cannot read split 'validation'"),
-    (["experiments.train", *CONFIG, "--config.data.center_crop=9"],
-     "data.center_crop = 9 is larger than the 8×8 images"),
-    (["experiments.train", *CONFIG, "--config.data.validation_split=test"],
-     "data.validation_split = 'test' is invalid"),
-    # script flags
-    (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
-    (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-5"], "--batch_size must"),
-    (["experiments.evaluate", "--workdir", "RUN", "--chunk_size=-1"], "--chunk_size must"),
-    (["experiments.sample", "--workdir", "RUN", "--out", "DIR"], "is a directory"),
-    (["experiments.sample", "--workdir", "RUN", "--out", "grid.jpg"], "must end in .png"),
-    (["experiments.sample", "--workdir", "RUN", "--n", "-1"], "--n must be ≥ 1"),
-    (["experiments.evaluate", "--workdir", "RUN", "--nosuchflag=1"], "nosuchflag"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        # config fields and values
+        (
+            ["experiments.train", *CONFIG, "--config.model.latnt_dim=3"],
+            "unknown config field 'model.latnt_dim'; did you mean 'model.latent_dim'?",
+        ),
+        (["experiments.train", *CONFIG, "--config.nosuch.x=1"], "unknown config field 'nosuch.x'"),
+        (["experiments.train", *CONFIG, "--config.model.sigma0=inf"], "model.sigma0 = inf"),
+        (
+            ["experiments.train", *CONFIG, "--config.train.learning_rate=inf"],
+            "train.learning_rate = inf",
+        ),
+        (["experiments.train", *CONFIG, "--config.objective.beta=-1"], "objective.beta"),
+        (
+            ["experiments.train", *CONFIG, "--config.model.arch=conv", "--config.model.init=torch"],
+            "model.init",
+        ),
+        # config files
+        (["experiments.train", "--config", "SYNTAX", "--workdir", "W"], "(line 1): SyntaxError"),
+        (["experiments.train", "--config", "NOGET", "--workdir", "W"], "no attribute 'get_config'"),
+        (["experiments.train", "--config", "RAISES", "--workdir", "W"], "RuntimeError: boom"),
+        (
+            ["experiments.train", "--config", "NOTCONFIG", "--workdir", "W"],
+            "must be an ml_collections.ConfigDict, got int",
+        ),
+        # data
+        (["experiments.train", *CONFIG, "--config.data.name=mnsit"], "did you mean 'mnist'"),
+        (["experiments.train", *CONFIG, "--config.data.name=npz:GARBAGE"], "could not be read"),
+        (["experiments.train", *CONFIG, "--config.data.name=npz:NOFILE"], "no such file"),
+        (
+            ["experiments.train", *CONFIG, "--config.data.test_split=validation"],
+            "data set 'digits': cannot read split 'validation'",
+        ),
+        (
+            ["experiments.train", *CONFIG, "--config.data.center_crop=9"],
+            "data.center_crop = 9 is larger than the 8×8 images",
+        ),
+        (
+            ["experiments.train", *CONFIG, "--config.data.validation_split=test"],
+            "data.validation_split = 'test' is invalid",
+        ),
+        # script flags
+        (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
+        (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-5"], "--batch_size must"),
+        (["experiments.evaluate", "--workdir", "RUN", "--chunk_size=-1"], "--chunk_size must"),
+        (["experiments.sample", "--workdir", "RUN", "--out", "DIR"], "is a directory"),
+        (["experiments.sample", "--workdir", "RUN", "--out", "grid.jpg"], "must end in .png"),
+        (["experiments.sample", "--workdir", "RUN", "--n", "-1"], "--n must be ≥ 1"),
+        (["experiments.evaluate", "--workdir", "RUN", "--nosuchflag=1"], "nosuchflag"),
+    ],
+)
 def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, run_dir):
-    places = {"W": str(tmp_path / "w"), "RUN": str(run_dir), "DIR": str(tmp_path),
-              "GARBAGE": str(tmp_path / "garbage.npz"), "NOFILE": str(tmp_path / "none.npz")}
+    places = {
+        "W": str(tmp_path / "w"),
+        "RUN": str(run_dir),
+        "DIR": str(tmp_path),
+        "GARBAGE": str(tmp_path / "garbage.npz"),
+        "NOFILE": str(tmp_path / "none.npz"),
+    }
     (tmp_path / "garbage.npz").write_bytes(b"this is not an npz archive")
     for name, text in BAD_CONFIG_FILES.items():
         (tmp_path / f"{name.lower()}.py").write_text(text)
         places[name] = str(tmp_path / f"{name.lower()}.py")
+
     def place(arg):
         prefix, npz, name = arg.partition("npz:")
         return prefix + npz + places[name] if npz and name in places else places.get(arg, arg)
@@ -113,9 +136,21 @@ def _popen_with_sigint_handled(args, **kwargs):
 def test_ctrl_c_during_start_up_is_quiet(tmp_path, delay_s):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     proc = _popen_with_sigint_handled(
-        [sys.executable, "-m", "experiments.train", "--config",
-         "experiments/configs/digits_cvae.py", "--workdir", str(tmp_path)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config",
+            "experiments/configs/digits_cvae.py",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay_s)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -135,13 +170,16 @@ def run(run_dir):
     return cvae.load_run(run_dir)
 
 
-@pytest.mark.parametrize("make_input,pattern", [
-    (lambda x: x * 255.0, r"must lie in \[0, 1\].*look like 0–255 pixels"),
-    (lambda x: (x * 255).astype(np.int64), "dtype int64 are not accepted"),
-    (lambda x: x - 0.5, r"must lie in \[0, 1\]"),
-    (lambda x: np.where(x > 0.5, np.nan, x), "NaN"),
-    (lambda x: x[..., 0], "does not match the model's images"),
-])
+@pytest.mark.parametrize(
+    "make_input,pattern",
+    [
+        (lambda x: x * 255.0, r"must lie in \[0, 1\].*look like 0–255 pixels"),
+        (lambda x: (x * 255).astype(np.int64), "dtype int64 are not accepted"),
+        (lambda x: x - 0.5, r"must lie in \[0, 1\]"),
+        (lambda x: np.where(x > 0.5, np.nan, x), "NaN"),
+        (lambda x: x[..., 0], "does not match the model's images"),
+    ],
+)
 def test_encode_refuses_inputs_it_was_not_trained_on(run, make_input, pattern):
     x = cvae.data.evaluation_inputs(cvae.data.load("digits", "test"), True)[:4]
     run.encode(x)  # the right input works
@@ -156,19 +194,24 @@ def test_uint8_images_are_scaled_the_documented_way(run):
     np.testing.assert_allclose(run.encode(as_uint8)[0], run.encode(as_float)[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("call,pattern", [
-    (lambda run: run.sample(jax.random.key(0), -1), "positive integer"),
-    (lambda run: run.sample(jax.random.key(0), 0), "positive integer"),
-    (lambda run: run.sample(jax.random.key(0), 2.5), "positive integer"),
-    (lambda run: run.sample(jax.random.key(0), 4, sampler="flowz"), "sampler must be one of"),
-    (lambda run: run.decode(np.zeros((3, 7))), r"latents must be shaped N×4"),
-    (lambda run: run.decode(np.full((3, 4), np.inf)), "NaN or infinite"),
-    (lambda run: run.interpolate(np.zeros((8, 8, 1)), np.zeros((8, 8, 1)), steps=1),
-     "steps must be an integer ≥ 2"),
-    (lambda run: run.evaluate("test", k=-3), "K must be ≥ 0"),
-    (lambda run: cvae.load_run(run.workdir, which="newest"), "which must be one of"),
-    (lambda run: run.encode(np.zeros((2, 8, 8, 1), np.float32), labels=3), "unconditional"),
-])
+@pytest.mark.parametrize(
+    "call,pattern",
+    [
+        (lambda run: run.sample(jax.random.key(0), -1), "positive integer"),
+        (lambda run: run.sample(jax.random.key(0), 0), "positive integer"),
+        (lambda run: run.sample(jax.random.key(0), 2.5), "positive integer"),
+        (lambda run: run.sample(jax.random.key(0), 4, sampler="flowz"), "sampler must be one of"),
+        (lambda run: run.decode(np.zeros((3, 7))), r"latents must be shaped N×4"),
+        (lambda run: run.decode(np.full((3, 4), np.inf)), "NaN or infinite"),
+        (
+            lambda run: run.interpolate(np.zeros((8, 8, 1)), np.zeros((8, 8, 1)), steps=1),
+            "steps must be an integer ≥ 2",
+        ),
+        (lambda run: run.evaluate("test", k=-3), "K must be ≥ 0"),
+        (lambda run: cvae.load_run(run.workdir, which="newest"), "which must be one of"),
+        (lambda run: run.encode(np.zeros((2, 8, 8, 1), np.float32), labels=3), "unconditional"),
+    ],
+)
 def test_api_misuse_raises_a_plain_value_error(run, call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call(run)

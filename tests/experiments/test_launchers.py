@@ -25,8 +25,14 @@ _cli = run_cli
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    out = _cli("experiments.train", "--config", "experiments/configs/digits_cvae.py",
-               "--workdir", str(workdir), *TINY)
+    out = _cli(
+        "experiments.train",
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        "--workdir",
+        str(workdir),
+        *TINY,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir
 
@@ -43,8 +49,17 @@ def test_train_evaluate_sample_and_load_run_end_to_end(trained_workdir, tmp_path
     assert "nll_is" in out.stdout
 
     png = tmp_path / "grid.png"
-    out = _cli("experiments.sample", "--workdir", str(trained_workdir), "--n", "16",
-               "--sampler", "gmm", "--out", str(png))
+    out = _cli(
+        "experiments.sample",
+        "--workdir",
+        str(trained_workdir),
+        "--n",
+        "16",
+        "--sampler",
+        "gmm",
+        "--out",
+        str(png),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert png.stat().st_size > 0
 
@@ -82,54 +97,103 @@ def test_conditional_model_draws_class_conditional_samples(tmp_path):
     # The ex-post density of a class is fitted to that class's codes alone.
     codes, labels = run.training_codes()
     three_mixture = run.latent_mixture(label=3)
-    np.testing.assert_allclose(np.exp(three_mixture.log_weights) @ three_mixture.means,
-                               codes[labels == 3].mean(0), atol=1e-3)
+    np.testing.assert_allclose(
+        np.exp(three_mixture.log_weights) @ three_mixture.means,
+        codes[labels == 3].mean(0),
+        atol=1e-3,
+    )
     mixed = run.sample(jax.random.key(2), 6, sampler="gmm", labels=np.array([3, 7, 3, 7, 3, 7]))
-    direct = run.mean_image(three_mixture.sample(jax.random.fold_in(jax.random.key(2), 3), 3),
-                            3)
+    direct = run.mean_image(three_mixture.sample(jax.random.fold_in(jax.random.key(2), 3), 3), 3)
     np.testing.assert_allclose(mixed[0::2], direct, atol=1e-6)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         run.sample(jax.random.key(0), 2, labels=10)
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (["experiments.train", "--config", "experiments/configs/nope.py", "--workdir", "W"],
-     "nope.py"),
-    (["experiments.train", "--config", "experiments/configs/digits_cvae.py"], "--workdir"),
-    (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
-      "--config.model.latent_dim=0"], "model.latent_dim"),
-    (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
-      "--distributed"], "could not join a multi-process run"),
-    (["experiments.train", "--config", "experiments/configs/digits_cvae.py", "--workdir", "W",
-      "--num_processes=2", "--process_id=5"], "--process_id = 5 must lie in [0, 2)"),
-    (["experiments.evaluate", "--workdir", "MISSING"], "does not exist"),
-    (["experiments.evaluate", "--workdir", "EMPTY"], "no config.json"),
-    (["experiments.evaluate", "--workdir", "NOCKPT"], "no checkpoint"),
-    (["experiments.evaluate", "--workdir", "RUN", "--k", "0"], "--k must be ≥ 1"),
-    (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
-    (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-3"], "--batch_size must"),
-    (["experiments.sample", "--workdir", "RUN", "--label", "3"], "unconditional"),
-    (["experiments.sample", "--workdir", "RUN", "--sampler", "gmm"], "training codes"),
-    (["experiments.sample_quality", "--workdir", "RUN", "--classifier", "EMPTY"],
-     "no classifier"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (
+            ["experiments.train", "--config", "experiments/configs/nope.py", "--workdir", "W"],
+            "nope.py",
+        ),
+        (["experiments.train", "--config", "experiments/configs/digits_cvae.py"], "--workdir"),
+        (
+            [
+                "experiments.train",
+                "--config",
+                "experiments/configs/digits_cvae.py",
+                "--workdir",
+                "W",
+                "--config.model.latent_dim=0",
+            ],
+            "model.latent_dim",
+        ),
+        (
+            [
+                "experiments.train",
+                "--config",
+                "experiments/configs/digits_cvae.py",
+                "--workdir",
+                "W",
+                "--distributed",
+            ],
+            "could not join a multi-process run",
+        ),
+        (
+            [
+                "experiments.train",
+                "--config",
+                "experiments/configs/digits_cvae.py",
+                "--workdir",
+                "W",
+                "--num_processes=2",
+                "--process_id=5",
+            ],
+            "--process_id = 5 must lie in [0, 2)",
+        ),
+        (["experiments.evaluate", "--workdir", "MISSING"], "does not exist"),
+        (["experiments.evaluate", "--workdir", "EMPTY"], "no config.json"),
+        (["experiments.evaluate", "--workdir", "NOCKPT"], "no checkpoint"),
+        (["experiments.evaluate", "--workdir", "RUN", "--k", "0"], "--k must be ≥ 1"),
+        (["experiments.evaluate", "--workdir", "RUN", "--batch_size", "0"], "--batch_size must"),
+        (["experiments.evaluate", "--workdir", "RUN", "--batch_size=-3"], "--batch_size must"),
+        (["experiments.sample", "--workdir", "RUN", "--label", "3"], "unconditional"),
+        (["experiments.sample", "--workdir", "RUN", "--sampler", "gmm"], "training codes"),
+        (
+            ["experiments.sample_quality", "--workdir", "RUN", "--classifier", "EMPTY"],
+            "no classifier",
+        ),
+    ],
+)
 def test_bad_use_gives_one_line_and_status_2(args, pattern, tmp_path, trained_workdir):
     (tmp_path / "EMPTY").mkdir()
     (tmp_path / "NOCKPT").mkdir()
-    (tmp_path / "NOCKPT" / "config.json").write_text(
-        (trained_workdir / "config.json").read_text())
+    (tmp_path / "NOCKPT" / "config.json").write_text((trained_workdir / "config.json").read_text())
     tiny_data = tmp_path / "tiny.npz"  # too few training codes for a 10-component mixture
     np.savez(tiny_data, x=np.zeros((30, 8, 8), np.uint8), x_test=np.zeros((5, 8, 8), np.uint8))
     if "RUN" in args and "gmm" in args:
         run_dir = tmp_path / "tinyrun"
-        training.train_and_evaluate(make_test_config(**{
-            "data.name": f"npz:{tiny_data}", "data.validation_size": 0, "train.batch_size": 8,
-            "train.num_epochs": 1, "train.image_grid_size": 0}), run_dir)
+        training.train_and_evaluate(
+            make_test_config(
+                **{
+                    "data.name": f"npz:{tiny_data}",
+                    "data.validation_size": 0,
+                    "train.batch_size": 8,
+                    "train.num_epochs": 1,
+                    "train.image_grid_size": 0,
+                }
+            ),
+            run_dir,
+        )
     else:
         run_dir = trained_workdir
-    places = {"W": str(tmp_path / "w"), "MISSING": str(tmp_path / "missing"),
-              "EMPTY": str(tmp_path / "EMPTY"), "NOCKPT": str(tmp_path / "NOCKPT"),
-              "RUN": str(run_dir)}
+    places = {
+        "W": str(tmp_path / "w"),
+        "MISSING": str(tmp_path / "missing"),
+        "EMPTY": str(tmp_path / "EMPTY"),
+        "NOCKPT": str(tmp_path / "NOCKPT"),
+        "RUN": str(run_dir),
+    }
     out = _cli(*[places.get(a, a) for a in args])
     assert out.returncode == 2, (out.stdout, out.stderr[-2000:])
     lines = out.stderr.strip().splitlines()
@@ -138,12 +202,23 @@ def test_bad_use_gives_one_line_and_status_2(args, pattern, tmp_path, trained_wo
 
 
 def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
-    args = ["experiments.train", "--config", "experiments/configs/digits_cvae.py", *TINY,
-            "--config.train.num_epochs=400", "--config.eval.every_epochs=400"]
+    args = [
+        "experiments.train",
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        *TINY,
+        "--config.train.num_epochs=400",
+        "--config.eval.every_epochs=400",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "a" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and len(Workdir(metrics.parent).read_metrics()) < 3:
@@ -160,8 +235,11 @@ def test_sigterm_saves_and_the_rerun_finishes_with_nothing_lost(tmp_path):
     assert whole.returncode == 0
     interrupted = cvae.load_run(tmp_path / "a", which="latest")
     uninterrupted = cvae.load_run(tmp_path / "b", which="latest")
-    for x, y in zip(jax.tree_util.tree_leaves(interrupted.params),
-                    jax.tree_util.tree_leaves(uninterrupted.params), strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(interrupted.params),
+        jax.tree_util.tree_leaves(uninterrupted.params),
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, y)
     epochs = [r["epoch"] for r in Workdir(metrics.parent).read_metrics() if r["split"] == "train"]
     assert epochs == list(range(1, 401))
@@ -192,13 +270,21 @@ def test_ex_post_mixture_is_fitted_to_the_real_training_codes(trained_workdir):
 
 
 def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_path):
-    out = _cli("experiments.train_classifier", "--workdir", str(tmp_path / "clf"),
-               "--dataset", "digits")
+    out = _cli(
+        "experiments.train_classifier", "--workdir", str(tmp_path / "clf"), "--dataset", "digits"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "clf" / "classifier.json").read_text())
     assert summary["test_accuracy"] > 0.9 and summary["fid_train_vs_test"] > 0
-    out = _cli("experiments.sample_quality", "--workdir", str(trained_workdir),
-               "--classifier", str(tmp_path / "clf"), "--n", "1000")
+    out = _cli(
+        "experiments.sample_quality",
+        "--workdir",
+        str(trained_workdir),
+        "--classifier",
+        str(tmp_path / "clf"),
+        "--n",
+        "1000",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((trained_workdir / "sample_quality.json").read_text())
     assert result["fid_floor"] == summary["fid_train_vs_test"] and result["n"] == 1000
@@ -207,8 +293,16 @@ def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_pa
     report = _cli("experiments.report", str(trained_workdir))
     assert f"{result['fid_gmm']:.2f}" in report.stdout
     # One sampler at a time: the others' scores stay while the draws are the same ones.
-    rescore = ["--workdir", str(trained_workdir), "--classifier", str(tmp_path / "clf"),
-               "--n", "1000", "--samplers", "prior"]
+    rescore = [
+        "--workdir",
+        str(trained_workdir),
+        "--classifier",
+        str(tmp_path / "clf"),
+        "--n",
+        "1000",
+        "--samplers",
+        "prior",
+    ]
     assert _cli("experiments.sample_quality", *rescore).returncode == 0
     again = json.loads((trained_workdir / "sample_quality.json").read_text())
     assert again == result
@@ -222,9 +316,12 @@ def test_the_results_page_quotes_what_the_quickstart_produces_now(tmp_path):
     import re
 
     readme = (ROOT / "docs" / "results.md").read_text()
-    quoted = re.search(r"\*\*Quickstart\*\*.*?test ELBO −([\d.]+) nats,\s+importance-sampled "
-                       r"NLL ([\d.]+) nats \(K = (\d+)\), (\d+)/(\d+) active units", readme,
-                       re.S)
+    quoted = re.search(
+        r"\*\*Quickstart\*\*.*?test ELBO −([\d.]+) nats,\s+importance-sampled "
+        r"NLL ([\d.]+) nats \(K = (\d+)\), (\d+)/(\d+) active units",
+        readme,
+        re.S,
+    )
     assert quoted, "the results page's quickstart line changed form; update this test with it"
     out = _cli("experiments.main", "--workdir", str(tmp_path / "quick"), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -250,8 +347,9 @@ def test_evaluate_splits_a_cpu_host_into_a_device_per_core(monkeypatch):
 def test_evaluate_on_other_devices_matches_the_logged_test_scores(tmp_path):
     """Training on 8 devices, experiments.evaluate on one device per core: the same
     numbers to float rounding (exactly equal only when the device counts match)."""
-    result = training.train_and_evaluate(make_test_config(**{"train.num_devices": 0,
-                                                          "train.num_epochs": 1}), tmp_path)
+    result = training.train_and_evaluate(
+        make_test_config(**{"train.num_devices": 0, "train.num_epochs": 1}), tmp_path
+    )
     out = _cli("experiments.evaluate", "--workdir", str(tmp_path), "--k", "5")
     assert out.returncode == 0, out.stderr[-2000:]
     scores = json.loads((tmp_path / "eval.json").read_text())
@@ -259,8 +357,14 @@ def test_evaluate_on_other_devices_matches_the_logged_test_scores(tmp_path):
         assert scores[name] == pytest.approx(result.final_metrics[name], rel=1e-5), name
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in (ROOT / "experiments" / "configs").glob(
-    "*.py") if p.name not in ("__init__.py", "common.py")))
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.name
+        for p in (ROOT / "experiments" / "configs").glob("*.py")
+        if p.name not in ("__init__.py", "common.py")
+    ),
+)
 def test_every_shipped_config_validates(path):
     import importlib
 
@@ -270,13 +374,20 @@ def test_every_shipped_config_validates(path):
 
 def test_importing_a_launcher_leaves_the_importers_sigint_alone():
     """Only a launcher started as a program installs its quiet Ctrl-C handler."""
-    script = ("import signal\n"
-              "import experiments.train, benchmarks.training\n"
-              "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
-              "from experiments import quiet_interrupts\n"
-              "quiet_interrupts()\n"
-              "assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    script = (
+        "import signal\n"
+        "import experiments.train, benchmarks.training\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "from experiments import quiet_interrupts\n"
+        "quiet_interrupts()\n"
+        "assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+    )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -25,8 +25,11 @@ def test_gaussian_fixed_and_learned_scale_match_direct_formula():
     x = _image([0.1, 0.9])
     mu = _image([0.0, 1.0])
     sigma = 0.3
-    direct = np.sum(-0.5 * ((np.asarray(x) - np.asarray(mu)) / sigma) ** 2
-                    - np.log(sigma) - 0.5 * np.log(2 * np.pi))
+    direct = np.sum(
+        -0.5 * ((np.asarray(x) - np.asarray(mu)) / sigma) ** 2
+        - np.log(sigma)
+        - 0.5 * np.log(2 * np.pi)
+    )
     np.testing.assert_allclose(likelihoods.Gaussian(sigma).log_prob(x, mu), [direct], rtol=1e-5)
     learned = likelihoods.Gaussian(0.0)
     assert learned.param_shape((1, 2, 1)) == (2, 1, 2, 1)
@@ -41,8 +44,9 @@ def test_continuous_bernoulli_density_integrates_to_one(eta):
     x = jnp.asarray(grid, jnp.float32).reshape(1, 1, -1, 1)
     logits = jnp.full_like(x, eta)
     cb = likelihoods.ContinuousBernoulli()
-    per_pixel = (x * logits - jax.nn.softplus(logits)
-                 + likelihoods.continuous_bernoulli_log_norm(logits))
+    per_pixel = (
+        x * logits - jax.nn.softplus(logits) + likelihoods.continuous_bernoulli_log_norm(logits)
+    )
     density = np.exp(np.asarray(per_pixel, np.float64).ravel())
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=2e-4)
     mean = float(cb.mean(jnp.asarray(eta)))
@@ -89,8 +93,7 @@ def test_bernoulli_binary_form_equals_the_general_form_on_binary_data():
     x = (rng.random((5, 4, 4, 1)) < 0.4).astype(np.float32)
     logits = jnp.asarray(rng.normal(0, 8, (5, 4, 4, 1)), jnp.float32)
     general, binary = likelihoods.Bernoulli(), likelihoods.Bernoulli(binary_targets=True)
-    np.testing.assert_allclose(binary.log_prob(x, logits), general.log_prob(x, logits),
-                               rtol=1e-6)
+    np.testing.assert_allclose(binary.log_prob(x, logits), general.log_prob(x, logits), rtol=1e-6)
     grad = lambda lik: jax.grad(lambda eta: lik.log_prob(x, eta).sum())(logits)
     np.testing.assert_allclose(grad(binary), grad(general), atol=1e-6)
     # The shortcut is for {0, 1} data only: on grey targets the two forms part ways.

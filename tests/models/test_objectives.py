@@ -31,8 +31,7 @@ def _mean_over_keys(fn, n_keys=10):
 @pytest.mark.slow
 def test_iwae_bound_rises_with_k_and_sits_above_the_elbo(gaussian_setup):
     model, params, x = gaussian_setup
-    elbo, elbo_se = _mean_over_keys(
-        lambda k: objectives.elbo_loss(model, params, x, k)[1]["elbo"])
+    elbo, elbo_se = _mean_over_keys(lambda k: objectives.elbo_loss(model, params, x, k)[1]["elbo"])
     bounds = {}
     for k in (1, 5, 50):
         bound = lambda key, k=k: objectives.iwae_bound(model, params, x, key, k)
@@ -45,8 +44,9 @@ def test_iwae_bound_rises_with_k_and_sits_above_the_elbo(gaussian_setup):
 
 def test_importance_sampled_log_likelihood_exceeds_elbo(gaussian_setup):
     model, params, x = gaussian_setup
-    log_px = metrics.importance_sampled_log_likelihood(model, params, x, jax.random.key(3),
-                                                       num_samples=500, chunk_size=100)
+    log_px = metrics.importance_sampled_log_likelihood(
+        model, params, x, jax.random.key(3), num_samples=500, chunk_size=100
+    )
     elbo = objectives.elbo_loss(model, params, x, jax.random.key(4))[1]["elbo"]
     iwae50 = objectives.iwae_bound(model, params, x, jax.random.key(5), 50)
     assert log_px.shape == (128,)
@@ -69,8 +69,9 @@ def test_importance_sampling_refuses_point_masses():
     model = model_lib.build_model(cfg, (6, 6, 1), 0)
     params = model_lib.init_params(model, jax.random.key(0))
     with pytest.raises(ValueError, match="density"):
-        metrics.importance_sampled_log_likelihood(model, params, jnp.zeros((2, 6, 6, 1)),
-                                                  jax.random.key(0), 10)
+        metrics.importance_sampled_log_likelihood(
+            model, params, jnp.zeros((2, 6, 6, 1)), jax.random.key(0), 10
+        )
 
 
 def test_same_key_same_loss_different_key_different_loss(gaussian_setup):
@@ -133,18 +134,31 @@ def _imq_mmd_reference(a, b, scales=objectives.MMD_SCALES):
 def test_imq_mmd_equals_a_pairwise_reference():
     a = jax.random.normal(jax.random.key(0), (7, 3))
     b = 0.5 + jax.random.normal(jax.random.key(1), (7, 3))
-    np.testing.assert_allclose(float(objectives.imq_mmd(a, b)), _imq_mmd_reference(a, b),
-                               atol=2e-5)  # float32 against float64 over 7 kernel scales
+    np.testing.assert_allclose(
+        float(objectives.imq_mmd(a, b)), _imq_mmd_reference(a, b), atol=2e-5
+    )  # float32 against float64 over 7 kernel scales
 
 
 def test_imq_mmd_is_near_zero_for_one_gaussian_and_grows_with_a_mean_shift():
     n, d = 500, 8
-    same = [float(objectives.imq_mmd(jax.random.normal(jax.random.key(2 * i), (n, d)),
-                                     jax.random.normal(jax.random.key(2 * i + 1), (n, d))))
-            for i in range(5)]
-    shifted = [float(objectives.imq_mmd(jax.random.normal(jax.random.key(10), (n, d)) + shift,
-                                        jax.random.normal(jax.random.key(11), (n, d))))
-               for shift in (0.25, 0.5, 1.0, 2.0)]
+    same = [
+        float(
+            objectives.imq_mmd(
+                jax.random.normal(jax.random.key(2 * i), (n, d)),
+                jax.random.normal(jax.random.key(2 * i + 1), (n, d)),
+            )
+        )
+        for i in range(5)
+    ]
+    shifted = [
+        float(
+            objectives.imq_mmd(
+                jax.random.normal(jax.random.key(10), (n, d)) + shift,
+                jax.random.normal(jax.random.key(11), (n, d)),
+            )
+        )
+        for shift in (0.25, 0.5, 1.0, 2.0)
+    ]
     # Unbiased: same-distribution estimates scatter around 0, well below any shift's.
     assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same)) + 1e-3
     assert max(abs(v) for v in same) < shifted[0] / 3
@@ -159,14 +173,21 @@ def test_decoder_gradient_penalty_equals_finite_differences():
     model = model_lib.build_model(cfg, (4, 4, 1), 0)
     params = model_lib.init_params(model, jax.random.key(0))
     z = jax.random.normal(jax.random.key(1), (5, 3))
-    decoded_sum = lambda codes: np.asarray(model.likelihood.mean(
-        model.apply({"params": params}, codes, method=model.decode)), np.float64).sum(
-            axis=(1, 2, 3))
+    decoded_sum = lambda codes: np.asarray(
+        model.likelihood.mean(model.apply({"params": params}, codes, method=model.decode)),
+        np.float64,
+    ).sum(axis=(1, 2, 3))
     eps = 1e-2
-    grads = np.stack([(decoded_sum(z + eps * np.eye(3)[j]) - decoded_sum(z - eps * np.eye(3)[j]))
-                      / (2 * eps) for j in range(3)], axis=-1)
-    np.testing.assert_allclose(objectives.decoder_gradient_penalty(model, params, z),
-                               np.sum(grads**2, axis=-1), rtol=2e-3)
+    grads = np.stack(
+        [
+            (decoded_sum(z + eps * np.eye(3)[j]) - decoded_sum(z - eps * np.eye(3)[j])) / (2 * eps)
+            for j in range(3)
+        ],
+        axis=-1,
+    )
+    np.testing.assert_allclose(
+        objectives.decoder_gradient_penalty(model, params, z), np.sum(grads**2, axis=-1), rtol=2e-3
+    )
 
 
 @pytest.mark.slow
@@ -177,12 +198,14 @@ def test_wae_loss_is_reconstruction_plus_weighted_mmd_and_draws_the_prior_from_i
     params = model_lib.init_params(model, jax.random.key(0))
     x = (jax.random.uniform(jax.random.key(1), (32, 4, 4, 1)) < 0.4).astype(jnp.float32)
     loss, terms = objectives.wae_mmd_loss(model, params, x, jax.random.key(2), mmd_weight=3.0)
-    np.testing.assert_allclose(float(loss), -float(jnp.mean(terms["recon"]))
-                               + 3.0 * float(terms["mmd"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(loss), -float(jnp.mean(terms["recon"])) + 3.0 * float(terms["mmd"]), rtol=1e-6
+    )
     again = objectives.wae_mmd_loss(model, params, x, jax.random.key(2), mmd_weight=3.0)[1]
     other = objectives.wae_mmd_loss(model, params, x, jax.random.key(3), mmd_weight=3.0)[1]
     assert float(again["mmd"]) == float(terms["mmd"]) != float(other["mmd"])
     # The MMD's gradient reaches the encoder: it pulls the codes toward N(0, I).
-    grads = jax.grad(lambda p: objectives.wae_mmd_loss(model, p, x, jax.random.key(2),
-                                                       mmd_weight=1.0)[1]["mmd"])(params)
+    grads = jax.grad(
+        lambda p: objectives.wae_mmd_loss(model, p, x, jax.random.key(2), mmd_weight=1.0)[1]["mmd"]
+    )(params)
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads["encoder"])) > 0

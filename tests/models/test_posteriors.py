@@ -35,8 +35,9 @@ def test_collapsed_kl_matches_monte_carlo_and_closed_form(sigma0):
     post = posteriors.CollapsedPosterior(mean, sigma0)
     analytic = np.asarray(post.kl_per_dim().sum(-1), np.float64)
     d = mean.shape[-1]
-    closed = (0.5 * np.sum(np.asarray(mean, np.float64) ** 2, -1)
-              + d / 2 * (sigma0**2 - 1 - math.log(sigma0**2)))
+    closed = 0.5 * np.sum(np.asarray(mean, np.float64) ** 2, -1) + d / 2 * (
+        sigma0**2 - 1 - math.log(sigma0**2)
+    )
     np.testing.assert_allclose(analytic, closed, rtol=1e-5)
     mc, se = _mc_kl(post, jax.random.key(1))
     assert np.all(np.abs(mc - analytic) < 5 * se + 1e-3 * np.abs(analytic)), (mc, analytic, se)

@@ -18,9 +18,11 @@ def _model_config(**overrides):
 
 
 def _kernel_shapes(tree):
-    return {"/".join(str(getattr(p, "key", p)) for p in path): leaf.shape
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-            if getattr(path[-1], "key", "") == "kernel"}
+    return {
+        "/".join(str(getattr(p, "key", p)) for p in path): leaf.shape
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if getattr(path[-1], "key", "") == "kernel"
+    }
 
 
 @pytest.mark.slow
@@ -53,8 +55,13 @@ def test_collapsed_encoder_has_fewer_parameters_than_gaussian():
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (8, 8, 1), (30, 20, 2)])
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_conv_model_handles_any_image_shape(shape, likelihood):
-    cfg = _model_config(arch="conv", conv_channels=(8, 16), conv_dense_width=32,
-                        likelihood=likelihood, posterior="gaussian")
+    cfg = _model_config(
+        arch="conv",
+        conv_channels=(8, 16),
+        conv_dense_width=32,
+        likelihood=likelihood,
+        posterior="gaussian",
+    )
     model = model_lib.build_model(cfg, shape, 10)
     params = model_lib.init_params(model, jax.random.key(0))
     x = jnp.zeros((3,) + shape)
@@ -64,14 +71,16 @@ def test_conv_model_handles_any_image_shape(shape, likelihood):
     assert dec.shape == (2, 3) + expected
 
 
-@pytest.mark.parametrize("shape,likelihood", [((32, 32, 3), "gaussian"),
-                                              ((64, 64, 3), "gaussian"),
-                                              ((16, 24, 1), "bernoulli")])
+@pytest.mark.parametrize(
+    "shape,likelihood",
+    [((32, 32, 3), "gaussian"), ((64, 64, 3), "gaussian"), ((16, 24, 1), "bernoulli")],
+)
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,channels", [("resnet", (8, 16)), ("ghosh", (8, 16, 32, 64))])
 def test_image_nets_map_images_to_codes_and_back(shape, likelihood, arch, channels):
-    cfg = _model_config(arch=arch, conv_channels=channels, likelihood=likelihood,
-                        posterior="gaussian")
+    cfg = _model_config(
+        arch=arch, conv_channels=channels, likelihood=likelihood, posterior="gaussian"
+    )
     model = model_lib.build_model(cfg, shape, 10)
     params = model_lib.init_params(model, jax.random.key(0))
     x = jax.random.uniform(jax.random.key(2), (3,) + shape)
@@ -84,12 +93,21 @@ def test_image_nets_map_images_to_codes_and_back(shape, likelihood, arch, channe
 
 @pytest.mark.slow
 def test_ghosh_nets_have_the_papers_layers_at_64x64():
-    cfg = _model_config(arch="ghosh", conv_channels=(128, 256, 512, 1024), latent_dim=64,
-                        likelihood="gaussian", posterior="deterministic")
+    cfg = _model_config(
+        arch="ghosh",
+        conv_channels=(128, 256, 512, 1024),
+        latent_dim=64,
+        likelihood="gaussian",
+        posterior="deterministic",
+    )
     model = model_lib.build_model(cfg, (64, 64, 3), 10)
     shapes = _kernel_shapes(model_lib.init_params(model, jax.random.key(0)))
     assert [shapes[f"encoder/conv_{i}/kernel"] for i in range(4)] == [
-        (5, 5, 3, 128), (5, 5, 128, 256), (5, 5, 256, 512), (5, 5, 512, 1024)]
+        (5, 5, 3, 128),
+        (5, 5, 128, 256),
+        (5, 5, 256, 512),
+        (5, 5, 512, 1024),
+    ]
     assert shapes["encoder/mean/kernel"] == (4 * 4 * 1024, 64)
     assert shapes["decoder/project/kernel"] == (64, 8 * 8 * 1024)
     assert [shapes[f"decoder/deconv_{i}/kernel"][-1] for i in range(3)] == [512, 256, 128]
@@ -104,8 +122,12 @@ def test_residual_nets_refuse_an_image_size_they_cannot_halve_in_one_line():
 
 
 FAMILIES = ["gaussian", "collapsed", "deterministic"]
-LIKELIHOODS = [("bernoulli", 0.0), ("gaussian", 0.0), ("gaussian", 0.1),
-               ("continuous_bernoulli", 0.0)]
+LIKELIHOODS = [
+    ("bernoulli", 0.0),
+    ("gaussian", 0.0),
+    ("gaussian", 0.1),
+    ("continuous_bernoulli", 0.0),
+]
 
 
 @pytest.mark.slow
@@ -114,8 +136,14 @@ LIKELIHOODS = [("bernoulli", 0.0), ("gaussian", 0.0), ("gaussian", 0.1),
 def test_gradients_are_finite_for_every_family_and_likelihood(family, likelihood, scale):
     from cvae.models import objectives
 
-    cfg = _model_config(posterior=family, likelihood=likelihood, likelihood_scale=scale,
-                        encoder_widths=(16,), latent_dim=3, code_l2=0.1)
+    cfg = _model_config(
+        posterior=family,
+        likelihood=likelihood,
+        likelihood_scale=scale,
+        encoder_widths=(16,),
+        latent_dim=3,
+        code_l2=0.1,
+    )
     model = model_lib.build_model(cfg, (4, 4, 1), 0)
     params = model_lib.init_params(model, jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1))
@@ -143,14 +171,17 @@ def test_conditional_model_uses_labels_and_unconditional_refuses_them():
         plain.apply({"params": plain_params}, z, jnp.array([0, 1]), method=plain.decode)
 
 
-@pytest.mark.parametrize("field,value,pattern", [
-    ("latent_dim", 0, r"model.latent_dim.*positive"),
-    ("latent_dim", -3, r"model.latent_dim"),
-    ("posterior", "bogus", r"model.posterior.*gaussian"),
-    ("likelihood", "poisson", r"model.likelihood.*bernoulli"),
-    ("arch", "transformer", r"model.arch"),
-    ("sigma0", float("inf"), r"model.sigma0"),
-])
+@pytest.mark.parametrize(
+    "field,value,pattern",
+    [
+        ("latent_dim", 0, r"model.latent_dim.*positive"),
+        ("latent_dim", -3, r"model.latent_dim"),
+        ("posterior", "bogus", r"model.posterior.*gaussian"),
+        ("likelihood", "poisson", r"model.likelihood.*bernoulli"),
+        ("arch", "transformer", r"model.arch"),
+        ("sigma0", float("inf"), r"model.sigma0"),
+    ],
+)
 def test_bad_model_config_is_refused_by_name(field, value, pattern):
     with pytest.raises(ValueError, match=pattern):
         model_lib.build_model(_model_config(**{field: value}), (28, 28, 1), 10)
@@ -199,25 +230,27 @@ def test_vamp_prior_density_is_the_mixture_of_pseudo_input_posteriors(posterior)
     z = np.linspace(-3, 3, 13)[:, None]
     log_normal = -0.5 * (z - means) ** 2 / variances - 0.5 * np.log(2 * np.pi * variances)
     brute = scipy.special.logsumexp(log_normal, axis=1) - np.log(len(means))
-    got = model.apply({"params": params}, jnp.asarray(z, jnp.float32),
-                      method=model.prior_log_prob)
+    got = model.apply({"params": params}, jnp.asarray(z, jnp.float32), method=model.prior_log_prob)
     np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_vamp_prior_gradients_reach_the_pseudo_inputs_and_its_samples_follow_the_mixture():
     from cvae.models import objectives
+
     model, params = _vamp_model("gaussian", latent_dim=2, k=4)
     x = (jax.random.uniform(jax.random.key(1), (16, 4, 4, 1)) < 0.4).astype(jnp.float32)
     grads = jax.grad(lambda p: objectives.elbo_loss(model, p, x, jax.random.key(2))[0])(params)
     assert float(jnp.abs(grads["pseudo_inputs"]).sum()) > 0
     z = model.apply({"params": params}, jax.random.key(3), 20000, method=model.sample_prior)
-    q = model.apply({"params": params}, jnp.clip(params["pseudo_inputs"], 0, 1),
-                    method=model.encode)
+    q = model.apply(
+        {"params": params}, jnp.clip(params["pseudo_inputs"], 0, 1), method=model.encode
+    )
     # The mixture's mean and variance (law of total variance) against the samples'.
     mixture_mean = np.mean(np.asarray(q.mean), axis=0)
-    mixture_var = np.mean(np.exp(np.asarray(q.log_var)) + np.asarray(q.mean) ** 2, axis=0) \
-        - mixture_mean**2
+    mixture_var = (
+        np.mean(np.exp(np.asarray(q.log_var)) + np.asarray(q.mean) ** 2, axis=0) - mixture_mean**2
+    )
     np.testing.assert_allclose(np.mean(np.asarray(z), axis=0), mixture_mean, atol=0.03)
     np.testing.assert_allclose(np.var(np.asarray(z), axis=0), mixture_var, rtol=0.05)
 
@@ -226,9 +259,13 @@ def test_gated_layers_multiply_a_linear_map_by_a_sigmoid_gate():
     import flax.linen as nn
 
     from cvae.models import nets
+
     stack = nets.MLPStack((5,), activation="gated")
     h = jax.random.normal(jax.random.key(0), (3, 4))
     params = nn.Module.init(stack, jax.random.key(1), h)["params"]  # its `init` field shadows
     linear = lambda name: h @ params[name]["dense"]["kernel"] + params[name]["dense"]["bias"]
-    np.testing.assert_allclose(stack.apply({"params": params}, h),
-                               linear("hidden_0") * jax.nn.sigmoid(linear("gate_0")), rtol=1e-5)
+    np.testing.assert_allclose(
+        stack.apply({"params": params}, h),
+        linear("hidden_0") * jax.nn.sigmoid(linear("gate_0")),
+        rtol=1e-5,
+    )

@@ -28,11 +28,27 @@ DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
 
 def _launch(workdir, epochs, *extra, timeout=300, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "experiments.launch_local", "--num_processes=2",
-         "--devices_per_process=2", "--heartbeat_timeout_s=20", "--", *DIGITS, *ALL_DEVICES,
-         f"--config.train.num_epochs={epochs}", "--workdir", str(workdir), *extra],
-        cwd=ROOT, env={**os.environ, "XLA_FLAGS": "", **(env or {})}, timeout=timeout,
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "experiments.launch_local",
+            "--num_processes=2",
+            "--devices_per_process=2",
+            "--heartbeat_timeout_s=20",
+            "--",
+            *DIGITS,
+            *ALL_DEVICES,
+            f"--config.train.num_epochs={epochs}",
+            "--workdir",
+            str(workdir),
+            *extra,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "", **(env or {})},
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path):
@@ -45,10 +61,22 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
     assert "resumed from step" in second.stdout
 
     single = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *DIGITS, *ALL_DEVICES,
-         "--config.train.num_epochs=3", "--workdir", str(tmp_path / "sp")],
-        cwd=ROOT, env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": ""}), timeout=300,
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            *DIGITS,
+            *ALL_DEVICES,
+            "--config.train.num_epochs=3",
+            "--workdir",
+            str(tmp_path / "sp"),
+        ],
+        cwd=ROOT,
+        env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": ""}),
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     multi = cvae.load_run(tmp_path / "mp", which="latest")
@@ -65,12 +93,14 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
     assert len(keys) == len(set(keys))
     curve = [r for r in records if r["split"] == "train"]
     assert [r["step"] for r in curve] == [r["step"] for r in expected if r["split"] == "train"]
-    for got, want in zip(curve + records[-1:],
-                         [r for r in expected if r["split"] == "train"] + expected[-1:]):
+    for got, want in zip(
+        curve + records[-1:], [r for r in expected if r["split"] == "train"] + expected[-1:]
+    ):
         assert (got["split"], got["step"]) == (want["split"], want["step"])
         assert got["elbo"] == pytest.approx(want["elbo"], rel=1e-5)
-    assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == \
-        sorted(p.name for p in (tmp_path / "sp").iterdir())
+    assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == sorted(
+        p.name for p in (tmp_path / "sp").iterdir()
+    )
 
 
 def test_two_processes_stream_their_rows_of_each_batch_like_one_process(tmp_path):
@@ -78,35 +108,68 @@ def test_two_processes_stream_their_rows_of_each_batch_like_one_process(tmp_path
     data set: each process reads only its rows of every batch
     (jax.make_array_from_process_local_data); the run equals the on-device one of 1 × 4."""
     name = write_random_colour_tfds(tmp_path / "tfds", num_train=228, num_test=32)
-    colour = [f"--config.data.name={name}", f"--config.data.data_dir={tmp_path / 'tfds'}",
-              "--config.data.binarize=none", "--config.model.likelihood=gaussian",
-              "--config.data.validation_size=100", "--config.train.image_grid_size=0"]
+    colour = [
+        f"--config.data.name={name}",
+        f"--config.data.data_dir={tmp_path / 'tfds'}",
+        "--config.data.binarize=none",
+        "--config.model.likelihood=gaussian",
+        "--config.data.validation_size=100",
+        "--config.train.image_grid_size=0",
+    ]
     cache = {"CVAE_CACHE_DIR": str(tmp_path / "cache")}
     stream = ["--config.data.pipeline=stream", "--config.data.stream_chunk_steps=1"]
     multi = _launch(tmp_path / "mp", 2, *colour, *stream, env=cache)
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-2000:]
     single = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *DIGITS, *ALL_DEVICES, *colour,
-         "--config.train.num_epochs=2", "--config.data.pipeline=device",
-         "--workdir", str(tmp_path / "sp")],
-        cwd=ROOT, env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": "", **cache}),
-        timeout=300, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            *DIGITS,
+            *ALL_DEVICES,
+            *colour,
+            "--config.train.num_epochs=2",
+            "--config.data.pipeline=device",
+            "--workdir",
+            str(tmp_path / "sp"),
+        ],
+        cwd=ROOT,
+        env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": "", **cache}),
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     leaves = jax.tree_util.tree_leaves
-    for x, y in zip(leaves(cvae.load_run(tmp_path / "mp", which="latest").params),
-                    leaves(cvae.load_run(tmp_path / "sp", which="latest").params), strict=True):
+    for x, y in zip(
+        leaves(cvae.load_run(tmp_path / "mp", which="latest").params),
+        leaves(cvae.load_run(tmp_path / "sp", which="latest").params),
+        strict=True,
+    ):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker-killed", "coordinator-killed"])
 def test_killing_one_process_stops_the_other_with_a_clear_error(victim, tmp_path):
     commands = launch_local.process_commands(
-        [*DIGITS, *ALL_DEVICES, "--config.train.num_epochs=100000",
-         "--workdir", str(tmp_path / "run")],
-        num_processes=2, port=launch_local.free_port(), heartbeat_timeout_s=5)
+        [
+            *DIGITS,
+            *ALL_DEVICES,
+            "--config.train.num_epochs=100000",
+            "--workdir",
+            str(tmp_path / "run"),
+        ],
+        num_processes=2,
+        port=launch_local.free_port(),
+        heartbeat_timeout_s=5,
+    )
     env = launch_local.child_env(2, {**os.environ, "XLA_FLAGS": ""})
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for cmd in commands]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for cmd in commands
+    ]
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.time() + 180
@@ -122,8 +185,11 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(victim, tmp_path
         assert survivor.returncode != 0
         # On failure show the error and fatal log lines: the tail of an abort is only
         # Python's list of loaded extension modules.
-        alarms = [line for line in err.splitlines()
-                  if line[:1] in "EF" and line[1:5].isdigit() or "Error" in line]
+        alarms = [
+            line
+            for line in err.splitlines()
+            if line[:1] in "EF" and line[1:5].isdigit() or "Error" in line
+        ]
         assert "another task died" in err, "\n".join(alarms)[-3000:] or err[-3000:]
     finally:
         for p in procs:
@@ -132,9 +198,13 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(victim, tmp_path
 
 
 def test_launcher_without_training_flags_says_how_to_use_it():
-    out = subprocess.run([sys.executable, "-m", "experiments.launch_local",
-                          "--num_processes=2"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.launch_local", "--num_processes=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: give the training flags after `--`")
 
@@ -143,17 +213,34 @@ def test_a_sweep_spans_two_processes_with_the_numbers_of_one(tmp_path):
     # 4 members over 2 processes × 2 devices: the member axis crosses processes.
     grid = ["--seeds", "0:2", "--grid", "model.sigma0=0.01,0.3"]
     launched = subprocess.run(
-        [sys.executable, "-m", "experiments.launch_local", "--module", "experiments.sweep",
-         "--num_processes=2", "--devices_per_process=2", "--heartbeat_timeout_s=20", "--",
-         *DIGITS, *ALL_DEVICES, *grid, "--workdir", str(tmp_path / "mp")],
-        cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, timeout=300, capture_output=True,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "experiments.launch_local",
+            "--module",
+            "experiments.sweep",
+            "--num_processes=2",
+            "--devices_per_process=2",
+            "--heartbeat_timeout_s=20",
+            "--",
+            *DIGITS,
+            *ALL_DEVICES,
+            *grid,
+            "--workdir",
+            str(tmp_path / "mp"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": ""},
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-2000:]
     assert "4 members, 4 × 1 (member × data) devices" in launched.stdout
 
     base = digits_cvae.get_config()
     for flag in ALL_DEVICES:
-        dotted, value = flag[len("--config."):].split("=")
+        dotted, value = flag[len("--config.") :].split("=")
         node = base
         *parents, leaf = dotted.split(".")
         for part in parents:
@@ -164,7 +251,10 @@ def test_a_sweep_spans_two_processes_with_the_numbers_of_one(tmp_path):
     for name in json.loads((tmp_path / "mp" / "sweep.json").read_text())["members"]:
         multi = cvae.load_run(tmp_path / "mp" / name, which="latest")
         reference = cvae.load_run(tmp_path / "sp" / name, which="latest")
-        for x, y in zip(jax.tree_util.tree_leaves(multi.params),
-                        jax.tree_util.tree_leaves(reference.params), strict=True):
+        for x, y in zip(
+            jax.tree_util.tree_leaves(multi.params),
+            jax.tree_util.tree_leaves(reference.params),
+            strict=True,
+        ):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
         assert len(Workdir(tmp_path / "mp" / name).read_metrics("test")) == 1

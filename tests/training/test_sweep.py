@@ -22,10 +22,17 @@ from tests.helpers import ROOT, make_test_config, run_cli
 pytestmark = pytest.mark.slow
 
 DETERMINISTIC = ("step", "epoch", "split", "loss", "elbo", "recon", "kl")
-SMALL = {"model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
-         "train.num_epochs": 3, "data.validation_size": 100, "train.image_grid_size": 0,
-         "train.num_devices": 1, "train.checkpoint_every_epochs": 1,
-         "train.keep_checkpoints": 2}
+SMALL = {
+    "model.encoder_widths": "(32,16)",
+    "model.latent_dim": 4,
+    "train.batch_size": 64,
+    "train.num_epochs": 3,
+    "data.validation_size": 100,
+    "train.image_grid_size": 0,
+    "train.num_devices": 1,
+    "train.checkpoint_every_epochs": 1,
+    "train.keep_checkpoints": 2,
+}
 
 
 def _leaves(tree):
@@ -48,11 +55,16 @@ def _assert_records_close(a, b, rtol):
 
 
 def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_path):
-    schedule = {"train.optimizer": "adamw", "train.weight_decay": 1e-4,
-                "train.lr_schedule": "warmup_cosine", "train.lr_warmup_steps": 10}
-    configs = [make_test_config(seed=s, **schedule, **{"model.sigma0": v,
-                                                       "train.learning_rate": lr})
-               for s, v, lr in ((0, 0.01, 1e-3), (1, 0.1, 1e-3), (2, 0.01, 3e-3), (3, 1.0, 1e-3))]
+    schedule = {
+        "train.optimizer": "adamw",
+        "train.weight_decay": 1e-4,
+        "train.lr_schedule": "warmup_cosine",
+        "train.lr_warmup_steps": 10,
+    }
+    configs = [
+        make_test_config(seed=s, **schedule, **{"model.sigma0": v, "train.learning_rate": lr})
+        for s, v, lr in ((0, 0.01, 1e-3), (1, 0.1, 1e-3), (2, 0.01, 3e-3), (3, 1.0, 1e-3))
+    ]
     result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(4)])
     assert result.traces["train_epoch"] == 1
     assert [o.status for o in result.outcomes] == ["done"] * 4
@@ -60,8 +72,9 @@ def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_p
         alone = training.train_and_evaluate(cfg, tmp_path / f"alone{i}")
         for x, y in zip(_member_params(result, i), _leaves(alone.state["params"]), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-        _assert_records_close(_records(tmp_path / f"m{i}"), _records(tmp_path / f"alone{i}"),
-                              rtol=1e-5)
+        _assert_records_close(
+            _records(tmp_path / f"m{i}"), _records(tmp_path / f"alone{i}"), rtol=1e-5
+        )
     # A member's directory is an ordinary run.
     run = cvae.load_run(tmp_path / "m1")
     assert run.config.model.sigma0 == 0.1 and run.config.seed == 1
@@ -70,10 +83,13 @@ def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_p
 
 def test_members_shard_over_a_member_axis_with_the_same_numbers(tmp_path):
     assert len(jax.devices()) == 8
-    configs = lambda devices: [make_test_config(seed=s, **{"train.num_devices": devices,
-                                                           "train.num_epochs": 1,
-                                                           "model.sigma0": 0.01 * (s + 1)})
-                               for s in range(8)]
+    configs = lambda devices: [
+        make_test_config(
+            seed=s,
+            **{"train.num_devices": devices, "train.num_epochs": 1, "model.sigma0": 0.01 * (s + 1)},
+        )
+        for s in range(8)
+    ]
     one = population.train_population(configs(1), [tmp_path / f"a{i}" for i in range(8)])
     eight = population.train_population(configs(0), [tmp_path / f"b{i}" for i in range(8)])
     assert eight.state["step"].sharding.mesh.shape["member"] == 8
@@ -85,8 +101,7 @@ def test_members_shard_over_a_member_axis_with_the_same_numbers(tmp_path):
 def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_path):
     # β = 3e38 warmed up over 500 steps: β_t · KL overflows float32 in epoch 2 (step ≥ 21).
     base = make_test_config(**{"train.num_epochs": 3, "objective.kl_warmup_steps": 500})
-    outcomes = sweep.run_sweep(base, tmp_path, seeds=[0],
-                               grid={"objective.beta": [1.0, 3e38]})
+    outcomes = sweep.run_sweep(base, tmp_path, seeds=[0], grid={"objective.beta": [1.0, 3e38]})
     good, bad = outcomes["beta=1/seed=0"], outcomes["beta=3e+38/seed=0"]
     assert good.status == "done" and np.isfinite(good.final_metrics["elbo"])
     assert bad.status == "failed" and bad.epoch == 1
@@ -102,8 +117,9 @@ def test_a_diverging_member_fails_alone_and_keeps_its_last_good_checkpoint(tmp_p
     assert notes == [f"{tmp_path}: left out 1 failed member(s): beta=3e+38/seed=0"]
     # The good member finished exactly as its run alone does.
     training.train_and_evaluate(base, tmp_path / "alone")
-    _assert_records_close(_records(tmp_path / "beta=1/seed=0"), _records(tmp_path / "alone"),
-                          rtol=1e-5)
+    _assert_records_close(
+        _records(tmp_path / "beta=1/seed=0"), _records(tmp_path / "alone"), rtol=1e-5
+    )
 
 
 def test_a_diverging_member_ends_its_epoch_with_the_state_it_began_it_with(tmp_path):
@@ -112,8 +128,7 @@ def test_a_diverging_member_ends_its_epoch_with_the_state_it_began_it_with(tmp_p
     short = {"train.num_epochs": 2, "objective.kl_warmup_steps": 500}  # checkpoints every epoch
     base = make_test_config(**short)
     diverging = make_test_config(**short, **{"objective.beta": 3e38})
-    result = population.train_population([base, diverging],
-                                         [tmp_path / "good", tmp_path / "bad"])
+    result = population.train_population([base, diverging], [tmp_path / "good", tmp_path / "bad"])
     assert [o.status for o in result.outcomes] == ["done", "failed"]
     assert int(result.state["step"][1]) == 21 and int(result.state["step"][0]) == 42
     checkpointed = cvae.load_run(tmp_path / "bad", "latest")
@@ -129,25 +144,39 @@ def _sweep_cli(directory, *extra, fault=None, wait=True):
     env.pop("CVAE_FAULT", None)
     if fault:
         env["CVAE_FAULT"] = fault
-    args = [sys.executable, "-m", "experiments.sweep", "--config",
-            "experiments/configs/digits_cvae.py", "--workdir", str(directory), "--seeds", "0:2",
-            "--grid", "model.sigma0=0.01,0.3", *[f"--config.{k}={v}" for k, v in SMALL.items()],
-            *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        "--workdir",
+        str(directory),
+        "--seeds",
+        "0:2",
+        "--grid",
+        "model.sigma0=0.01,0.3",
+        *[f"--config.{k}={v}" for k, v in SMALL.items()],
+        *extra,
+    ]
     if not wait:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-MEMBERS = ["sigma0=0.01/seed=0", "sigma0=0.01/seed=1", "sigma0=0.3/seed=0",
-           "sigma0=0.3/seed=1"]
+MEMBERS = ["sigma0=0.01/seed=0", "sigma0=0.01/seed=1", "sigma0=0.3/seed=0", "sigma0=0.3/seed=1"]
 
 
 def _assert_same_sweep(a, b):
     for name in MEMBERS:
         assert _records(a / name) == _records(b / name), name
-        for x, y in zip(_leaves(cvae.load_run(a / name, "latest").params),
-                        _leaves(cvae.load_run(b / name, "latest").params), strict=True):
+        for x, y in zip(
+            _leaves(cvae.load_run(a / name, "latest").params),
+            _leaves(cvae.load_run(b / name, "latest").params),
+            strict=True,
+        ):
             np.testing.assert_array_equal(x, y)
 
 
@@ -169,6 +198,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_sweep(tmp_path):
 def test_sigterm_stops_a_sweep_saved_and_the_rerun_finishes_it(tmp_path):
     import signal
     import time
+
     proc = _sweep_cli(tmp_path / "stopped", "--config.train.num_epochs=30", wait=False)
     metrics = tmp_path / "stopped" / MEMBERS[-1] / "metrics.jsonl"
     deadline = time.time() + 200
@@ -188,8 +218,10 @@ def test_sigterm_stops_a_sweep_saved_and_the_rerun_finishes_it(tmp_path):
 
 
 def test_two_array_tasks_share_one_sweep_directory(tmp_path):
-    tasks = [_sweep_cli(tmp_path, "--shard", f"{i}/2", "--grid", "model.latent_dim=2,4",
-                        wait=False) for i in range(2)]
+    tasks = [
+        _sweep_cli(tmp_path, "--shard", f"{i}/2", "--grid", "model.latent_dim=2,4", wait=False)
+        for i in range(2)
+    ]
     for task in tasks:
         out, err = task.communicate(timeout=300)
         assert task.returncode == 0, err[-2000:]
@@ -200,28 +232,48 @@ def test_two_array_tasks_share_one_sweep_directory(tmp_path):
     for name in record["members"]:
         run = cvae.load_run(tmp_path / name)
         assert run.config.model.latent_dim == int(name.split("latent_dim=")[1].split("/")[0])
-    summary = run_cli("experiments.report", "--group_by", "model.sigma0", "--plot",
-                      str(tmp_path / "sigma0.png"), "--reference", str(tmp_path), str(tmp_path))
+    summary = run_cli(
+        "experiments.report",
+        "--group_by",
+        "model.sigma0",
+        "--plot",
+        str(tmp_path / "sigma0.png"),
+        "--reference",
+        str(tmp_path),
+        str(tmp_path),
+    )
     assert summary.returncode == 0, summary.stderr
     assert (tmp_path / "sigma0.png").stat().st_size > 0
     assert [e["value"] for e in report.reference_groups([tmp_path])] == [
-        f"{tmp_path.name} sigma0={s}/latent_dim={d}" for s in ("0.01", "0.3") for d in (2, 4)]
+        f"{tmp_path.name} sigma0={s}/latent_dim={d}" for s in ("0.01", "0.3") for d in (2, 4)
+    ]
     rows = [line for line in summary.stdout.splitlines() if line.startswith(("| 0.01 ", "| 0.3 "))]
     assert len(rows) == 2 and all(row.split("|")[2].strip() == "4" for row in rows)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--grid", "model.sigmo=0.1"],
-     "unknown config field 'model.sigmo'; did you mean 'model.sigma0'"),
-    (["--grid", "model.sigma0=0.1,abc"], "'abc' is not a float"),
-    (["--grid", "model.sigma0=-1"], "model.sigma0 = -1.0 is invalid"),
-    (["--grid", "model.latent_dim=2,4", "--single_program"], "differ in model.latent_dim"),
-    (["--seeds", "5:2"], "a sweep needs at least one seed"),
-    (["--shard", "2/2"], "--shard '2/2' must read I/N"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--grid", "model.sigmo=0.1"],
+            "unknown config field 'model.sigmo'; did you mean 'model.sigma0'",
+        ),
+        (["--grid", "model.sigma0=0.1,abc"], "'abc' is not a float"),
+        (["--grid", "model.sigma0=-1"], "model.sigma0 = -1.0 is invalid"),
+        (["--grid", "model.latent_dim=2,4", "--single_program"], "differ in model.latent_dim"),
+        (["--seeds", "5:2"], "a sweep needs at least one seed"),
+        (["--shard", "2/2"], "--shard '2/2' must read I/N"),
+    ],
+)
 def test_bad_sweep_specs_fail_in_one_line_before_training(tmp_path, args, message):
-    result = run_cli("experiments.sweep", "--config", "experiments/configs/digits_cvae.py",
-                     "--workdir", str(tmp_path / "w"), *args)
+    result = run_cli(
+        "experiments.sweep",
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        *args,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
@@ -235,4 +287,5 @@ def test_population_refuses_configs_that_differ_in_structure(tmp_path):
     with pytest.raises(population.PopulationStructureError, match="weight_decay > 0"):
         population.train_population(
             [make_test_config(), make_test_config(**{"train.weight_decay": 1e-4})],
-            [tmp_path / "a", tmp_path / "b"])
+            [tmp_path / "a", tmp_path / "b"],
+        )

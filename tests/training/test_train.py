@@ -25,8 +25,7 @@ def _assert_bitwise_equal(a, b):
 
 
 def _metrics(workdir):
-    return [{k: r[k] for k in DETERMINISTIC_KEYS}
-            for r in Workdir(workdir).read_metrics()]
+    return [{k: r[k] for k in DETERMINISTIC_KEYS} for r in Workdir(workdir).read_metrics()]
 
 
 def test_same_config_and_seed_give_identical_metrics_and_params(tmp_path):
@@ -39,12 +38,14 @@ def test_same_config_and_seed_give_identical_metrics_and_params(tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run_and_compiles_once(tmp_path):
-    whole = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
-                                     tmp_path / "whole")
+    whole = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 3}), tmp_path / "whole"
+    )
     assert whole.traces["train_epoch"] == 1  # three epochs, one compilation
     training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path / "split")
-    resumed = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
-                                       tmp_path / "split")
+    resumed = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 3}), tmp_path / "split"
+    )
     _assert_bitwise_equal(whole, resumed)
     assert int(resumed.state["step"]) == int(whole.state["step"]) == 3 * (1400 // 64)
     train_records = lambda d: [m for m in _metrics(d) if m["split"] != "test"]
@@ -54,8 +55,9 @@ def test_resumed_run_equals_uninterrupted_run_and_compiles_once(tmp_path):
 def test_eight_devices_match_one_device_for_the_same_global_batch(tmp_path):
     assert len(jax.devices()) == 8
     one = training.train_and_evaluate(make_test_config(**{"train.num_devices": 1}), tmp_path / "1")
-    eight = training.train_and_evaluate(make_test_config(**{"train.num_devices": 8}),
-                                        tmp_path / "8")
+    eight = training.train_and_evaluate(
+        make_test_config(**{"train.num_devices": 8}), tmp_path / "8"
+    )
     for x, y in zip(_params(one), _params(eight), strict=True):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
 
@@ -74,16 +76,18 @@ def test_absurd_learning_rate_stops_the_run_and_keeps_the_last_good_checkpoint(t
 
 
 def test_corrupted_latest_checkpoint_is_skipped_and_the_run_still_matches(tmp_path):
-    whole = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
-                                     tmp_path / "whole")
+    whole = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 3}), tmp_path / "whole"
+    )
     training.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), tmp_path / "torn")
     latest = tmp_path / "torn" / "checkpoints" / "latest"
     newest = max(int(p.name) for p in latest.iterdir() if p.name.isdigit())
     for file in (latest / str(newest) / "state").rglob("*"):
         if file.is_file():
             file.write_bytes(b"\x00garbage")
-    resumed = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
-                                       tmp_path / "torn")
+    resumed = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 3}), tmp_path / "torn"
+    )
     assert (latest / f"corrupt-{newest}").is_dir()
     _assert_bitwise_equal(whole, resumed)
 
@@ -116,28 +120,45 @@ def test_workdir_holds_the_documented_files(tmp_path):
     assert (tmp_path / "checkpoints" / "best").is_dir()
 
 
-@pytest.mark.parametrize("overrides", [
-    {"objective.kind": "iwae", "objective.k": 3, "model.posterior": "gaussian"},
-    {"model.conditional": True, "data.class_balanced": True},
-    {"model.likelihood": "gaussian", "data.binarize": "none", "data.dequantize": True,
-     "model.posterior": "gaussian"},
-    {"model.likelihood": "continuous_bernoulli", "data.binarize": "none"},
-    {"model.posterior": "deterministic", "model.code_l2": 1.0},
-    {"model.posterior": "deterministic", "model.code_l2": 1.0, "model.gradient_penalty": 0.1},
-    {"objective.kind": "wae_mmd", "model.posterior": "deterministic"},
-    {"objective.kind": "wae_mmd", "model.posterior": "collapsed", "model.sigma0": 0.1},
-    {"model.prior": "vamp", "model.num_pseudo_inputs": 20, "model.posterior": "gaussian"},
-    {"model.prior": "vamp", "model.num_pseudo_inputs": 20, "objective.kind": "iwae",
-     "objective.k": 3},
-    {"model.arch": "conv", "model.conv_channels": (4, 8), "model.conv_dense_width": 16},
-    {"model.dropout_rate": 0.2, "train.optimizer": "adamw", "train.weight_decay": 1e-4,
-     "train.lr_schedule": "warmup_cosine", "train.lr_warmup_steps": 5,
-     "train.grad_clip_norm": 1.0, "objective.kl_warmup_steps": 10, "objective.free_bits": 0.1},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"objective.kind": "iwae", "objective.k": 3, "model.posterior": "gaussian"},
+        {"model.conditional": True, "data.class_balanced": True},
+        {
+            "model.likelihood": "gaussian",
+            "data.binarize": "none",
+            "data.dequantize": True,
+            "model.posterior": "gaussian",
+        },
+        {"model.likelihood": "continuous_bernoulli", "data.binarize": "none"},
+        {"model.posterior": "deterministic", "model.code_l2": 1.0},
+        {"model.posterior": "deterministic", "model.code_l2": 1.0, "model.gradient_penalty": 0.1},
+        {"objective.kind": "wae_mmd", "model.posterior": "deterministic"},
+        {"objective.kind": "wae_mmd", "model.posterior": "collapsed", "model.sigma0": 0.1},
+        {"model.prior": "vamp", "model.num_pseudo_inputs": 20, "model.posterior": "gaussian"},
+        {
+            "model.prior": "vamp",
+            "model.num_pseudo_inputs": 20,
+            "objective.kind": "iwae",
+            "objective.k": 3,
+        },
+        {"model.arch": "conv", "model.conv_channels": (4, 8), "model.conv_dense_width": 16},
+        {
+            "model.dropout_rate": 0.2,
+            "train.optimizer": "adamw",
+            "train.weight_decay": 1e-4,
+            "train.lr_schedule": "warmup_cosine",
+            "train.lr_warmup_steps": 5,
+            "train.grad_clip_norm": 1.0,
+            "objective.kl_warmup_steps": 10,
+            "objective.free_bits": 0.1,
+        },
+    ],
+)
 def test_every_option_trains_to_a_finite_improving_elbo(tmp_path, overrides):
     result = training.train_and_evaluate(make_test_config(**overrides), tmp_path)
-    records = [r for r in Workdir(tmp_path).read_metrics()
-               if r["split"] == "train"]
+    records = [r for r in Workdir(tmp_path).read_metrics() if r["split"] == "train"]
     assert np.isfinite(result.final_metrics["elbo"])
     assert records[-1]["elbo"] > records[0]["elbo"]
 
@@ -147,11 +168,11 @@ def test_early_stopping_stops_when_validation_stops_improving(tmp_path):
     # parameter by at most the learning rate), and the validation key is fixed, so the
     # validation ELBO repeats exactly: no evaluation after the first improves. This holds
     # on any CPU, unlike a divergent learning rate whose path depends on the float maths.
-    cfg = make_test_config(**{"train.num_epochs": 8, "train.early_stopping_patience": 2,
-                              "train.learning_rate": 1e-30})
+    cfg = make_test_config(
+        **{"train.num_epochs": 8, "train.early_stopping_patience": 2, "train.learning_rate": 1e-30}
+    )
     result = training.train_and_evaluate(cfg, tmp_path)
-    val = [r["elbo"] for r in Workdir(tmp_path).read_metrics()
-           if r["split"] == "validation"]
+    val = [r["elbo"] for r in Workdir(tmp_path).read_metrics() if r["split"] == "validation"]
     assert result.stopped_early and result.epoch == 3  # 1 improvement + 2 without
     assert val == [val[0]] * 3
 
@@ -160,24 +181,26 @@ def test_early_stopping_lets_an_improving_run_finish(tmp_path):
     # The first epochs of a fresh model improve the validation ELBO by whole nats.
     cfg = make_test_config(**{"train.num_epochs": 4, "train.early_stopping_patience": 1})
     result = training.train_and_evaluate(cfg, tmp_path)
-    val = [r["elbo"] for r in Workdir(tmp_path).read_metrics()
-           if r["split"] == "validation"]
+    val = [r["elbo"] for r in Workdir(tmp_path).read_metrics() if r["split"] == "validation"]
     assert not result.stopped_early and result.epoch == 4
     assert all(later > earlier for earlier, later in zip(val, val[1:]))
 
 
-@pytest.mark.parametrize("overrides,pattern", [
-    ({"train.batch_size": 60, "train.num_devices": 8}, "multiple of the 8 devices"),
-    ({"train.batch_size": 5000}, "exceeds the 1400 training examples"),
-    ({"model.latent_dim": 0}, "model.latent_dim"),
-    ({"objective.kind": "iwae", "model.posterior": "deterministic"}, "objective.kind"),
-    ({"data.dequantize": True}, "data.dequantize"),
-    ({"objective.kind": "wae_mmd", "model.posterior": "gaussian"}, "'wae_mmd'"),
-    ({"objective.mmd_weight": -1.0}, "objective.mmd_weight"),
-    ({"model.prior": "vamp", "model.posterior": "deterministic"}, "model.prior"),
-    ({"model.prior": "vamp", "objective.free_bits": 0.5}, "objective.free_bits"),
-    ({"model.gradient_penalty": 0.1}, "model.gradient_penalty = 0.1 is invalid.*deterministic"),
-])
+@pytest.mark.parametrize(
+    "overrides,pattern",
+    [
+        ({"train.batch_size": 60, "train.num_devices": 8}, "multiple of the 8 devices"),
+        ({"train.batch_size": 5000}, "exceeds the 1400 training examples"),
+        ({"model.latent_dim": 0}, "model.latent_dim"),
+        ({"objective.kind": "iwae", "model.posterior": "deterministic"}, "objective.kind"),
+        ({"data.dequantize": True}, "data.dequantize"),
+        ({"objective.kind": "wae_mmd", "model.posterior": "gaussian"}, "'wae_mmd'"),
+        ({"objective.mmd_weight": -1.0}, "objective.mmd_weight"),
+        ({"model.prior": "vamp", "model.posterior": "deterministic"}, "model.prior"),
+        ({"model.prior": "vamp", "objective.free_bits": 0.5}, "objective.free_bits"),
+        ({"model.gradient_penalty": 0.1}, "model.gradient_penalty = 0.1 is invalid.*deterministic"),
+    ],
+)
 def test_bad_config_fails_before_training(tmp_path, overrides, pattern):
     with pytest.raises(config_lib.ConfigError, match=pattern):
         training.train_and_evaluate(make_test_config(**overrides), tmp_path)
@@ -205,9 +228,14 @@ def test_without_a_validation_split_evaluations_are_labelled_train_eval(tmp_path
 
 
 def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
-    cfg = make_test_config(**{"objective.kl_warmup_steps": 30, "train.lr_schedule":
-                              "warmup_cosine", "train.lr_warmup_steps": 5,
-                              "train.num_epochs": 3})
+    cfg = make_test_config(
+        **{
+            "objective.kl_warmup_steps": 30,
+            "train.lr_schedule": "warmup_cosine",
+            "train.lr_warmup_steps": 5,
+            "train.num_epochs": 3,
+        }
+    )
     training.train_and_evaluate(cfg, tmp_path)
     records = Workdir(tmp_path).read_metrics("train")
     total = 1400 // 64 * 3
@@ -219,16 +247,22 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
     assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
 
 
-@pytest.mark.parametrize("overrides", [
-    {"model.prior": "vamp", "model.num_pseudo_inputs": 20},
-    {"objective.kind": "wae_mmd", "model.posterior": "collapsed", "model.sigma0": 0.1},
-    {"model.posterior": "deterministic", "model.code_l2": 1.0, "model.gradient_penalty": 0.01},
-], ids=["vamp", "wae_mmd", "rae_gp"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.prior": "vamp", "model.num_pseudo_inputs": 20},
+        {"objective.kind": "wae_mmd", "model.posterior": "collapsed", "model.sigma0": 0.1},
+        {"model.posterior": "deterministic", "model.code_l2": 1.0, "model.gradient_penalty": 0.01},
+    ],
+    ids=["vamp", "wae_mmd", "rae_gp"],
+)
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
+
     whole = training.train_and_evaluate(make_test_config(**overrides), tmp_path / "whole")
-    training.train_and_evaluate(make_test_config(**overrides, **{"train.num_epochs": 1}),
-                             tmp_path / "split")
+    training.train_and_evaluate(
+        make_test_config(**overrides, **{"train.num_epochs": 1}), tmp_path / "split"
+    )
     resumed = training.train_and_evaluate(make_test_config(**overrides), tmp_path / "split")
     _assert_bitwise_equal(whole, resumed)
     run = cvae.load_run(tmp_path / "whole")
@@ -241,9 +275,15 @@ def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overri
 
 def test_training_reads_the_splits_the_config_names(tmp_path):
     """data.*_split pick the examples of each role; a run evaluates on the named split."""
-    cfg = make_test_config(**{"data.validation_size": 0, "data.train_split": "train[:1000]",
-                              "data.validation_split": "train[1000:]",
-                              "data.test_split": "test[:100]", "train.num_epochs": 1})
+    cfg = make_test_config(
+        **{
+            "data.validation_size": 0,
+            "data.train_split": "train[:1000]",
+            "data.validation_split": "train[1000:]",
+            "data.test_split": "test[:100]",
+            "train.num_epochs": 1,
+        }
+    )
     d = training.load_training_data(cfg, 1)
     assert (len(d.train_set), len(d.eval_set), len(d.test_set)) == (1000, 500, 100)
     assert d.eval_split == "validation"
