@@ -1,6 +1,6 @@
 # The two commands a new user types: `make run` (the main job) and `make test` (the suite).
-# Both create the virtual environment .venv on first use and reinstall only when
-# pyproject.toml changes.
+# Both create the virtual environment .venv on first use, with the exact versions of
+# requirements.lock, and reinstall only when pyproject.toml or the lock changes.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,15 +9,27 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/digits_cvae
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test test-fast lint docs bench clean venv
+.PHONY: run test test-fast lint docs bench lock clean venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the dependencies of pyproject.toml (with the dev extra) in a fresh environment
+# and write their exact versions to requirements.lock.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet '.[dev]'
+	{ sed -n '1,/^$$/p' requirements.lock | grep '^#'; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^cvae' \
+	  | sort -f; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	rm -rf build/lock-venv
 
 run: $(STAMP)
 	$(PY) -m experiments.main --workdir $(WORKDIR)

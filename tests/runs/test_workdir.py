@@ -5,6 +5,7 @@ import json
 import pytest
 
 from cvae import config as config_lib
+from cvae.runs import provenance
 from cvae.runs.workdir import RunNotFoundError, Workdir
 
 pytestmark = pytest.mark.unit
@@ -28,7 +29,10 @@ def test_metrics_append_filter_and_truncate(tmp_path):
     assert [r["step"] for r in wd.read_metrics("train")] == [10, 20, 30]
     wd.truncate_metrics(20)
     assert [(r["step"], r["split"]) for r in wd.read_metrics()] == [
-        (10, "train"), (10, "validation"), (20, "train")]
+        (10, "train"),
+        (10, "validation"),
+        (20, "train"),
+    ]
     assert not list(tmp_path.glob("*.tmp"))  # the rewrite went through a rename
 
 
@@ -68,3 +72,21 @@ def test_training_records_its_provenance_and_report_prints_it(tmp_path):
     assert line.startswith(f"Runs {tmp_path.name}: ") and f"jax {jax.__version__}" in line
     if record["git_commit"]:  # a git checkout (CI clones one)
         assert len(record["git_commit"]) == 40 and "commit " + record["git_commit"][:10] in line
+
+
+def test_lock_differences_name_each_package_off_the_lock():
+    lock = "# comment\nJax==0.10.2\nnumpy==2.4.6  # pinned\nflax_x==1.0\n\n"
+    assert (
+        provenance.lock_differences(lock, {"jax": "0.10.2", "numpy": "2.4.6", "flax-x": "1.0"})
+        == []
+    )
+    assert provenance.lock_differences(lock, {"jax": "0.10.3", "numpy": "2.4.6"}) == [
+        "flax-x: installed None, lock 1.0",
+        "jax: installed 0.10.3, lock 0.10.2",
+    ]
+
+
+def test_provenance_says_whether_the_environment_is_the_locks():
+    record = provenance.collect()["environment"]
+    assert record["lock_file"] == "requirements.lock"
+    assert record["matches"] == (record["differences"] == [])
