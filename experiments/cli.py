@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import pathlib
+import signal
 import sys
 
 from absl import app, flags
@@ -171,6 +172,14 @@ def run(main, positional: bool = False) -> None:
 
     # --help lists the launcher's own flags, also when a console script is the program.
     app.run(guarded, flags_parser=functools.partial(_parse_flags, module=main.__module__))
+
+
+def exit_interrupted(signal_name: str | None) -> None:
+    """Exits as the shell reports a death by that signal: 130 after SIGINT, 143 after SIGTERM
+    (and 143 for a process stopped because another process of its run was signalled). A
+    run or sweep that stopped before finishing never exits 0, so a scheduler or an
+    ``afterok`` dependency does not take it for done."""
+    sys.exit(128 + signal.Signals[signal_name or "SIGTERM"].value)
 
 
 def require(value, flag: str, hint: str):

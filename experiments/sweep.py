@@ -101,8 +101,10 @@ def main(argv):
         print(f"{outcome.status:>13}  {name}  epoch {outcome.epoch}  {scores}")
     record = sweep.SweepFile(pathlib.Path(directory)).read()
     print(f"{directory}/sweep.json: {sweep.describe(record)}")
-    if any(o.status == "interrupted" for o in outcomes.values()):
+    interrupted = [o for o in outcomes.values() if o.status == "interrupted"]
+    if interrupted:
         print("interrupted: rerun the same command to resume")
+        cli.exit_interrupted(interrupted[0].stop_signal)
     elif any(o.status == "failed" for o in outcomes.values()):
         sys.exit(1)
 

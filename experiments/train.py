@@ -76,6 +76,8 @@ def main(argv):
     state = "interrupted (rerun to resume)" if result.interrupted else "done"
     if parallel.is_primary():
         print(f"{state}: epoch {result.epoch}, step {int(result.state['step'])}; workdir {workdir}")
+    if result.interrupted:
+        cli.exit_interrupted(result.stop_signal)
 
 
 def entry() -> None:

@@ -192,7 +192,13 @@ def _flow_skeleton(dim: int, layers: int, width: int, key):
 
 
 def fit_latent_flow(
-    codes, key, *, layers: int = 8, width: int = 64, max_epochs: int = 200
+    codes,
+    key,
+    *,
+    layers: int = 8,
+    width: int = 64,
+    max_epochs: int = 200,
+    progress: bool = False,
 ) -> LatentFlow:
     """A masked autoregressive flow fitted by maximum likelihood to the standardised codes.
 
@@ -205,6 +211,7 @@ def fit_latent_flow(
       layers: the flow's autoregressive layers.
       width: the conditioner networks' width.
       max_epochs: the most passes over the codes.
+      progress: show flowjax's progress bar (tqdm) over the epochs.
 
     Returns:
       The fitted flow.
@@ -223,7 +230,7 @@ def fit_latent_flow(
         max_epochs=max_epochs,
         max_patience=10,
         batch_size=256,
-        show_progress=False,
+        show_progress=progress,
     )
     return LatentFlow(flow, shift, scale, layers, width)
 
@@ -400,7 +407,7 @@ def fit_two_stage(
 # ------------------------------------------------------------------ one interface
 
 
-def fit(kind: str, codes, key, *, seed: int = 0):
+def fit(kind: str, codes, key, *, seed: int = 0, progress: bool = False):
     """The ex-post density ``kind`` fitted to training codes.
 
     Args:
@@ -408,6 +415,7 @@ def fit(kind: str, codes, key, *, seed: int = 0):
       codes: (N, d).
       key: the PRNG key of the flow's and the two-stage VAE's fit.
       seed: scikit-learn's integer seed for the mixture.
+      progress: show a progress bar where the fit has epochs to count (the flow).
 
     Returns:
       The sampler (``sample(key, n)``, ``log_prob(z)``).
@@ -418,7 +426,7 @@ def fit(kind: str, codes, key, *, seed: int = 0):
     if kind == "gmm":
         return fit_latent_mixture(codes, seed=seed)
     if kind == "flow":
-        return fit_latent_flow(codes, key)
+        return fit_latent_flow(codes, key, progress=progress)
     if kind == "two_stage":
         return fit_two_stage(codes, key)
     raise ValueError(f"the ex-post samplers are {EX_POST}, got {kind!r}")

@@ -354,7 +354,18 @@ class Run:
         if name not in self._mixtures:
             directory = Workdir(self.workdir).sampler_dir(name)
             fingerprint = self.params_sha256
-            loaded = ex_post.load(directory)
+            try:
+                loaded = ex_post.load(directory)
+            except Exception as err:  # noqa: BLE001 - any damage to the files: refit
+                # The fit is a function of an explicit key, so the refit is the same sampler.
+                log.warning(
+                    "the saved %s sampler in %s is unreadable (%s: %s); fitting it again",
+                    kind,
+                    directory,
+                    type(err).__name__,
+                    str(err).splitlines()[0][:120],
+                )
+                loaded = None
             if loaded is not None and loaded[1].get("params_sha256") == fingerprint:
                 self._mixtures[name] = loaded[0]
             else:
@@ -364,7 +375,14 @@ class Run:
                 key = jax.random.fold_in(
                     jax.random.key(self.config.seed), ex_post.EX_POST.index(kind)
                 )
-                fitted = ex_post.fit(kind, codes, key, seed=self.config.seed)
+                log.info(
+                    "fitting the %s sampler to %d training codes; it is saved in %s and "
+                    "reused while these params are the run's",
+                    kind,
+                    len(codes),
+                    directory,
+                )
+                fitted = ex_post.fit(kind, codes, key, seed=self.config.seed, progress=True)
                 try:
                     ex_post.save(
                         fitted,

@@ -313,12 +313,23 @@ def format_table(result: dict) -> str:
     Returns:
       The table, one line a score.
     """
-    rows = [
-        (name, result[name])
-        for name in ("nll_is", "elbo", "recon", "kl", "active_units", "k", "split", "num_examples")
-        if name in result
-    ]
+    rows = [(name, result[name], note) for name, note in TABLE_ROWS if name in result]
     return "\n".join(
-        f"{name:>14}  {value:.3f}" if isinstance(value, float) else f"{name:>14}  {value}"
-        for name, value in rows
+        f"{name:>14}  {value:.3f}  {note}"
+        if isinstance(value, float)
+        else f"{name:>14}  {value}  {note}".rstrip()
+        for name, value, note in rows
     )
+
+
+# What experiments.evaluate prints, with each score's unit and meaning.
+TABLE_ROWS = (
+    ("nll_is", "nats: −log p(x), importance-sampled with K samples (lower is better)"),
+    ("elbo", "nats: the evidence lower bound (higher is better)"),
+    ("recon", "nats: E_q log p(x|z)"),
+    ("kl", "nats: KL(q(z|x) ‖ p(z)) (the code penalty for a deterministic encoder)"),
+    ("active_units", "latent dimensions with Cov_x E_q[z_j] > 0.01"),
+    ("k", "K: importance samples per example"),
+    ("split", ""),
+    ("num_examples", "examples scored"),
+)

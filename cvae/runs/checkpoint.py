@@ -50,10 +50,14 @@ class CheckpointWriteError(RuntimeError):
 
 def _manager(directory: pathlib.Path, max_to_keep: int) -> ocp.CheckpointManager:
     _remove_unfinished_saves(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False)
-    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "meta": _MetaHandler()})
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager(
+        directory.absolute(),
+        options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": _MetaHandler()},
+    )
 
 
 class _MetaHandler(ocp.JsonCheckpointHandler):
@@ -92,13 +96,17 @@ def _on_this_device(saved_tree):
     device layout saved it."""
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved_tree)
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved_tree
+    )
 
 
 def all_finite(tree) -> bool:
     """True when every floating-point leaf of ``tree`` is finite (no NaN or inf)."""
-    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree_util.tree_leaves(tree)
-               if np.issubdtype(np.asarray(x).dtype, np.inexact))
+    return all(
+        bool(np.all(np.isfinite(np.asarray(x))))
+        for x in jax.tree_util.tree_leaves(tree)
+        if np.issubdtype(np.asarray(x).dtype, np.inexact)
+    )
 
 
 class Checkpointer:
@@ -128,8 +136,11 @@ class Checkpointer:
                 raise CheckpointWriteError(
                     f"could not write checkpoint step {step} to {manager.directory} "
                     f"({type(err).__name__}: {_first_line(err)[:200]}); "
-                    + (f"the previous checkpoint (step {intact}) is intact: "
-                       if intact is not None else "no earlier checkpoint exists: ")
+                    + (
+                        f"the previous checkpoint (step {intact}) is intact: "
+                        if intact is not None
+                        else "no earlier checkpoint exists: "
+                    )
                     + "free space (or fix the directory) and rerun the same command to resume"
                 ) from err
 
@@ -144,8 +155,9 @@ class Checkpointer:
 
     def restore(self, abstract_state):
         """(state, meta) of the newest readable save, latest or best, or None if none."""
-        return self._restore_newest([self._latest, self._best],
-                                    ocp.args.StandardRestore(abstract_state))
+        return self._restore_newest(
+            [self._latest, self._best], ocp.args.StandardRestore(abstract_state)
+        )
 
     def restore_params(self, which: str = "best"):
         """(params, meta) without knowing the optimizer: for evaluation and notebooks.
@@ -154,6 +166,7 @@ class Checkpointer:
         readable best) or "latest". The arrays land on this process's first device, whatever
         layout saved them (a run of several processes or devices restores into one notebook).
         """
+
         def on_this_device(manager, step):
             saved = _saved_tree(manager.item_metadata(step)["state"])
             return ocp.args.StandardRestore(_on_this_device(saved))
@@ -163,8 +176,10 @@ class Checkpointer:
             if restored is None and self._latest.all_steps():
                 best_dir = pathlib.Path(self._best.directory)
                 if self._best.all_steps() or any(best_dir.glob("corrupt-*")):
-                    log.warning("no readable best checkpoint in %s; using the latest one",
-                                self._best.directory)
+                    log.warning(
+                        "no readable best checkpoint in %s; using the latest one",
+                        self._best.directory,
+                    )
                 restored = self._restore_newest([self._latest], on_this_device)
         else:
             restored = self._restore_newest([self._latest, self._best], on_this_device)
@@ -181,15 +196,22 @@ class Checkpointer:
     def _restore_newest(self, managers, state_args):
         """Tries the saves of ``managers`` newest step first (latest before best at equal
         steps); ``state_args``: restore args, or a function (manager, step) → restore args."""
-        candidates = sorted(((step, -rank, manager) for rank, manager in enumerate(managers)
-                             for step in manager.all_steps()), key=lambda c: c[:2],
-                            reverse=True)
+        candidates = sorted(
+            (
+                (step, -rank, manager)
+                for rank, manager in enumerate(managers)
+                for step in manager.all_steps()
+            ),
+            key=lambda c: c[:2],
+            reverse=True,
+        )
         for step, _, manager in candidates:
             try:
                 args = state_args(manager, step) if callable(state_args) else state_args
                 with _quiet_orbax():
-                    restored = manager.restore(step, args=ocp.args.Composite(
-                        state=args, meta=_MetaRestore()))
+                    restored = manager.restore(
+                        step, args=ocp.args.Composite(state=args, meta=_MetaRestore())
+                    )
                 return restored["state"], dict(restored["meta"])
             except Exception as err:  # torn, truncated or foreign files
                 self._quarantine(manager, step, err)
@@ -212,8 +234,14 @@ class Checkpointer:
     def _quarantine(self, manager, step: int, err: Exception) -> None:
         path = pathlib.Path(manager.directory) / str(step)
         target = path.with_name(f"corrupt-{step}")
-        log.warning("checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
-                    "the previous one", path, type(err).__name__, _first_line(err)[:200], target)
+        log.warning(
+            "checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
+            "the previous one",
+            path,
+            type(err).__name__,
+            _first_line(err)[:200],
+            target,
+        )
         if parallel.is_primary():  # the others wait, then all re-read the directory
             if target.exists():
                 shutil.rmtree(target)
@@ -241,8 +269,11 @@ def _remove_unfinished_saves(directory: pathlib.Path) -> None:
 
 def _write(manager, step: int, state, meta: dict) -> None:
     """One Orbax save of (state, meta) at ``step``, waited for."""
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               meta=_MetaSave(meta)), force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=_MetaSave(meta)),
+        force=True,
+    )
     manager.wait_until_finished()
 
 

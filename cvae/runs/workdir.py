@@ -111,8 +111,16 @@ class Workdir:
     SAMPLERS = "samplers"
     LOCK = ".lock"  # {"pid", "host", "since"} of the one process writing this run
     # What a run writes while training (deleted together by train.overwrite).
-    RUN_OUTPUTS = (CHECKPOINTS, TENSORBOARD, IMAGES, METRICS, EVAL, SAMPLE_QUALITY, PROVENANCE,
-                   SAMPLERS)
+    RUN_OUTPUTS = (
+        CHECKPOINTS,
+        TENSORBOARD,
+        IMAGES,
+        METRICS,
+        EVAL,
+        SAMPLE_QUALITY,
+        PROVENANCE,
+        SAMPLERS,
+    )
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
@@ -219,9 +227,11 @@ class Workdir:
         if not self.exists():
             raise RunNotFoundError(f"workdir {self.path} does not exist")
         if not self.config_path.exists():
-            raise RunNotFoundError(f"{self.path} holds no run (no {self.CONFIG}); train one "
-                                   "with `python -m experiments.train --config ... --workdir "
-                                   "DIR`")
+            raise RunNotFoundError(
+                f"{self.path} holds no run (no {self.CONFIG}); train one "
+                "with `python -m experiments.train --config ... --workdir "
+                "DIR`"
+            )
 
     def clear_run(self) -> None:
         """Deletes every training output (train.overwrite), keeping the directory."""
@@ -350,8 +360,11 @@ class Workdir:
           max_step: the step the run resumes from.
         """
         if self.metrics_path.exists():
-            kept = [r for r in self.read_metrics()
-                    if r.get("step", max_step + 1) <= max_step and r.get("split") != "test"]
+            kept = [
+                r
+                for r in self.read_metrics()
+                if r.get("step", max_step + 1) <= max_step and r.get("split") != "test"
+            ]
             write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append_metrics(self, record: dict) -> None:
@@ -366,7 +379,7 @@ class Workdir:
             f.write(line[: len(line) // 2])
             f.flush()
             fault_point("metrics_write")
-            f.write(line[len(line) // 2:])
+            f.write(line[len(line) // 2 :])
 
     # ------------------------------------------------------------------ lock
     @property
@@ -386,29 +399,37 @@ class Workdir:
                 if holder and holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
                     return  # this process holds it already
                 if holder and (holder.get("host") != me["host"] or _alive(holder.get("pid"))):
-                    since = time.strftime("%Y-%m-%d %H:%M:%S",
-                                          time.localtime(holder.get("since", 0)))
+                    since = time.strftime(
+                        "%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0))
+                    )
                     raise WorkdirLockedError(
                         f"{self.path} is in use by process {holder.get('pid')} on "
                         f"{holder.get('host')} (since {since}); wait for it to finish or use "
                         f"another --workdir (if that process is gone, delete {self.lock_path})"
                     ) from None
-                log.warning("taking over the lock of %s from process %s, which is no longer "
-                            "running", self.path, holder.get("pid") if holder else "unknown")
+                log.warning(
+                    "taking over the lock of %s from process %s, which is no longer running",
+                    self.path,
+                    holder.get("pid") if holder else "unknown",
+                )
                 self.lock_path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             _HELD_LOCKS.add(self.lock_path)
             return
-        raise WorkdirLockedError(f"could not take the lock {self.lock_path}; another process "
-                                 "keeps taking it")
+        raise WorkdirLockedError(
+            f"could not take the lock {self.lock_path}; another process keeps taking it"
+        )
 
     def release_lock(self) -> None:
         """Removes the lock if this process holds it."""
         holder = read_json(self.lock_path, damaged_as_missing=True)
-        if holder and holder.get("pid") == os.getpid() and holder.get("host") == \
-                socket.gethostname():
+        if (
+            holder
+            and holder.get("pid") == os.getpid()
+            and holder.get("host") == socket.gethostname()
+        ):
             self.lock_path.unlink(missing_ok=True)
         _HELD_LOCKS.discard(self.lock_path)
 

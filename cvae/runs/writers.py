@@ -14,8 +14,17 @@ import numpy as np
 from cvae import config as config_lib
 from cvae.runs.workdir import Workdir
 
-METRIC_KEYS = ("step", "epoch", "split", "loss", "elbo", "recon", "kl", "examples_per_s",
-               "elapsed_s")
+METRIC_KEYS = (
+    "step",
+    "epoch",
+    "split",
+    "loss",
+    "elbo",
+    "recon",
+    "kl",
+    "examples_per_s",
+    "elapsed_s",
+)
 
 
 class MetricsWriter:
@@ -53,8 +62,10 @@ class MetricsWriter:
             return
         from tensorboardX.summary import hparams
 
-        flat = {name: value if isinstance(value, int | float | str | bool) else str(value)
-                for name, value in config_lib.flatten(config).items()}
+        flat = {
+            name: value if isinstance(value, int | float | str | bool) else str(value)
+            for name, value in config_lib.flatten(config).items()
+        }
         for summary in hparams(flat, {"validation/elbo": 0.0, "test/elbo": 0.0}):
             self._tb.file_writer.add_summary(summary)
 
@@ -80,7 +91,9 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     grid = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), np.float32)
     for i, image in enumerate(images[..., :3]):
         r, col = divmod(i, columns)
-        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = image
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = (
+            image
+        )
     return grid
 
 

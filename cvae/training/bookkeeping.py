@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 
 import jax
@@ -20,6 +21,8 @@ from cvae.runs.workdir import Workdir
 from cvae.training import steps
 from cvae.training.inputs import TrainingData
 from cvae.training.setup import Progress, total_steps
+
+log = logging.getLogger("cvae")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -161,6 +164,16 @@ class RunBook:
                     "examples_per_s": len(self.data.eval_set) / (time.perf_counter() - tick),
                 }
             )
+            if self.primary:
+                log.info(
+                    "epoch %d: %s ELBO %.3f nats (recon %.3f, KL %.3f; best so far %.3f)",
+                    epoch + 1,
+                    self.data.eval_split,
+                    scores["elbo"],
+                    scores["recon"],
+                    scores["kl"],
+                    max(scores["elbo"], progress.best_elbo),
+                )
             if self.grid and self.primary:
                 images, labels = self.data.eval_set.first(self.grid)
                 log_images(

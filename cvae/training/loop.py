@@ -36,6 +36,7 @@ class TrainResult:
     state: dict  # {"step", "params", "opt_state"}
     epoch: int
     interrupted: bool = False
+    stop_signal: str | None = None  # "SIGINT"/"SIGTERM"; None: another process's
     stopped_early: bool = False
     final_metrics: dict = dataclasses.field(default_factory=dict)
     traces: dict = dataclasses.field(default_factory=dict)  # compilations of each program
@@ -121,7 +122,7 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
                     record["step"],
                     epoch + 1,
                 )
-                result.interrupted = True
+                result.interrupted, result.stop_signal = True, stop["signal"]
                 break
             if result.stopped_early:
                 log.info(

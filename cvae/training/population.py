@@ -103,6 +103,7 @@ class MemberOutcome:
     step: int
     final_metrics: dict = dataclasses.field(default_factory=dict)
     error: str | None = None
+    stop_signal: str | None = None  # what interrupted it; None: another process's signal
 
 
 @dataclasses.dataclass
@@ -326,7 +327,7 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
                 )
                 for outcome in outcomes:
                     if outcome.status == "running":
-                        outcome.status = "interrupted"
+                        outcome.status, outcome.stop_signal = "interrupted", stop["signal"]
                 break
 
     for i, (book, outcome) in enumerate(zip(books, outcomes)):

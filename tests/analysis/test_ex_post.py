@@ -2,6 +2,8 @@
 as well as the mixture model does, every kind reloads bit-identically, and a run fits each
 sampler once and reuses it."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -72,7 +74,7 @@ def test_a_saved_sampler_reloads_bit_identically(fitted, kind, tmp_path):
     assert ex_post.load(tmp_path / "absent") is None
 
 
-def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch):
+def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch, caplog):
     training.train_and_evaluate(make_test_config(), tmp_path)
     first = {
         kind: np.asarray(cvae.load_run(tmp_path).sample(jax.random.key(0), 16, kind))
@@ -83,3 +85,17 @@ def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch):
     again = cvae.load_run(tmp_path)
     for kind, images in first.items():
         np.testing.assert_array_equal(np.asarray(again.sample(jax.random.key(0), 16, kind)), images)
+    # Damaged files (a garbled header, a truncated parameter file) are refitted with one
+    # warning each: the fit is a function of its key, so the samples are the same.
+    monkeypatch.undo()
+    (tmp_path / "samplers" / "flow" / "sampler.json").write_bytes(b'{"kind": "fl\xf6')
+    params = tmp_path / "samplers" / "two_stage" / "params.msgpack"
+    params.write_bytes(params.read_bytes()[:20])
+    with caplog.at_level(logging.WARNING, logger="cvae"):
+        refitted = cvae.load_run(tmp_path)
+        for kind, images in first.items():
+            drawn = refitted.sample(jax.random.key(0), 16, kind)
+            np.testing.assert_array_equal(np.asarray(drawn), images)
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings), warnings
+    assert ex_post.load(tmp_path / "samplers" / "flow") is not None  # saved again, whole
