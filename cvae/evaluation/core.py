@@ -315,9 +315,9 @@ def format_table(result: dict) -> str:
     """
     rows = [(name, result[name], note) for name, note in TABLE_ROWS if name in result]
     return "\n".join(
-        f"{name:>14}  {value:.3f}  {note}"
+        f"{name:>14}  {value:>10.3f}  {note}"
         if isinstance(value, float)
-        else f"{name:>14}  {value}  {note}".rstrip()
+        else f"{name:>14}  {value!s:>10}  {note}".rstrip()
         for name, value, note in rows
     )
 

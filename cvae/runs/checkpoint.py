@@ -38,8 +38,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cvae import parallel
-from cvae.models import vae as model_lib
 from cvae.faults import fault_point
+from cvae.models import vae as model_lib
 
 log = logging.getLogger("cvae")
 

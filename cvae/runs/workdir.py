@@ -214,6 +214,21 @@ class Workdir:
         """
         return self.path.is_dir()
 
+    def has_checkpoint(self) -> bool:
+        """Whether training has saved a checkpoint here: what makes a directory a run.
+
+        A start that failed before its first save (a data set not prepared, a kill during
+        the first epoch) left no run to resume, whatever else it wrote.
+
+        Returns:
+          True once ``checkpoints/`` holds a save.
+        """
+        return any(
+            step.is_dir() and step.name.isdigit()
+            for kind in ("latest", "best")
+            for step in (self.checkpoints / kind).glob("*")
+        )
+
     def has_run(self) -> bool:
         """Whether training has written anything here.
 

@@ -104,7 +104,7 @@ def prepare_workdir(config, workdir: Workdir) -> None:
     them take the same decision; only the primary one deletes and writes.
     """
     conflicts = []
-    if workdir.config_path.exists() and workdir.has_run():
+    if workdir.config_path.exists() and workdir.has_checkpoint():
         conflicts = config_lib.resume_conflicts(
             config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
         )

@@ -21,11 +21,21 @@ from tests.helpers import ROOT, make_test_config
 
 pytestmark = pytest.mark.slow
 
-SMALL = [f"--config.{k}={v}" for k, v in {
-    "model.encoder_widths": "(32,16)", "model.latent_dim": 4, "train.batch_size": 64,
-    "train.num_epochs": 6, "data.validation_size": 100, "train.image_grid_size": 0,
-    "train.num_devices": 1, "eval.every_epochs": 1, "train.checkpoint_every_epochs": 2,
-    "train.keep_checkpoints": 2}.items()]
+SMALL = [
+    f"--config.{k}={v}"
+    for k, v in {
+        "model.encoder_widths": "(32,16)",
+        "model.latent_dim": 4,
+        "train.batch_size": 64,
+        "train.num_epochs": 6,
+        "data.validation_size": 100,
+        "train.image_grid_size": 0,
+        "train.num_devices": 1,
+        "eval.every_epochs": 1,
+        "train.checkpoint_every_epochs": 2,
+        "train.keep_checkpoints": 2,
+    }.items()
+]
 TIMING = ("examples_per_s", "elapsed_s")
 
 
@@ -34,15 +44,30 @@ def _train_cli(workdir, fault=None, extra=()):
     env.pop("CVAE_FAULT", None)
     if fault:
         env["CVAE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "experiments.train", "--config",
-                           "experiments/configs/digits_cvae.py", "--workdir", str(workdir),
-                           *SMALL, *extra], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config",
+            "experiments/configs/digits_cvae.py",
+            "--workdir",
+            str(workdir),
+            *SMALL,
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _metrics(workdir):
-    return [{k: v for k, v in r.items() if k not in TIMING}
-            for r in Workdir(workdir).read_metrics()]
+    return [
+        {k: v for k, v in r.items() if k not in TIMING} for r in Workdir(workdir).read_metrics()
+    ]
 
 
 def _assert_same_run(a, b):
@@ -51,8 +76,11 @@ def _assert_same_run(a, b):
     for which in ("latest", "best"):
         run_a, run_b = cvae.load_run(a, which), cvae.load_run(b, which)
         assert run_a.meta["epoch"] == run_b.meta["epoch"], which
-        for x, y in zip(jax.tree_util.tree_leaves(run_a.params),
-                        jax.tree_util.tree_leaves(run_b.params), strict=True):
+        for x, y in zip(
+            jax.tree_util.tree_leaves(run_a.params),
+            jax.tree_util.tree_leaves(run_b.params),
+            strict=True,
+        ):
             np.testing.assert_array_equal(x, y)
     assert _metrics(a) == _metrics(b)
 
@@ -66,16 +94,18 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [
-    "checkpoint_inside_save:1",  # inside the very first save (nothing saved before it)
-    "checkpoint_save:2",  # after epoch 1's new best was saved, before its periodic save
-    "metrics_write:3",  # mid-line: epoch 2's train record torn in half
-    "checkpoint_inside_save:4",  # inside a later save, older saves on disk
-    "checkpoint_save:5",  # between two saves of a later epoch
-    "metrics_write:10",  # a torn validation record late in the run
-])
-def test_a_kill_anywhere_then_a_rerun_equals_the_uninterrupted_run(fault, uninterrupted,
-                                                                    tmp_path):
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "checkpoint_inside_save:1",  # inside the very first save (nothing saved before it)
+        "checkpoint_save:2",  # after epoch 1's new best was saved, before its periodic save
+        "metrics_write:3",  # mid-line: epoch 2's train record torn in half
+        "checkpoint_inside_save:4",  # inside a later save, older saves on disk
+        "checkpoint_save:5",  # between two saves of a later epoch
+        "metrics_write:10",  # a torn validation record late in the run
+    ],
+)
+def test_a_kill_anywhere_then_a_rerun_equals_the_uninterrupted_run(fault, uninterrupted, tmp_path):
     killed = _train_cli(tmp_path, fault)
     assert killed.returncode == -9, (fault, killed.stderr[-1500:])  # the kill did happen
     rerun = _train_cli(tmp_path)
@@ -122,8 +152,11 @@ def test_every_latest_save_damaged_resumes_from_best_without_duplicate_metrics(t
         _garble(step_dir)
     resumed = training.train_and_evaluate(cfg(3), tmp_path / "torn")
     assert resumed.epoch == 3
-    for x, y in zip(jax.tree_util.tree_leaves(whole.state["params"]),
-                    jax.tree_util.tree_leaves(resumed.state["params"]), strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(whole.state["params"]),
+        jax.tree_util.tree_leaves(resumed.state["params"]),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     keys = [(r["split"], r["epoch"]) for r in Workdir(tmp_path / "torn").read_metrics()]
     assert len(keys) == len(set(keys)) and keys[0] == ("train", 1)
@@ -156,8 +189,9 @@ def test_a_damaged_checkpoint_costs_one_warning_line_not_tracebacks(tmp_path, da
 
 
 def test_a_torn_metrics_line_is_dropped_and_rewritten_on_resume(tmp_path):
-    whole = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}),
-                                     tmp_path / "whole")
+    whole = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 3}), tmp_path / "whole"
+    )
     del whole
     wd = Workdir(tmp_path / "torn")
     training.train_and_evaluate(make_test_config(**{"train.num_epochs": 2}), wd.path)
@@ -166,8 +200,9 @@ def test_a_torn_metrics_line_is_dropped_and_rewritten_on_resume(tmp_path):
     training.train_and_evaluate(make_test_config(**{"train.num_epochs": 3}), wd.path)
     lines = wd.metrics_path.read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # every line whole again
-    strip = lambda w: [{k: v for k, v in r.items() if k not in TIMING}
-                       for r in Workdir(w).read_metrics()]
+    strip = lambda w: [
+        {k: v for k, v in r.items() if k not in TIMING} for r in Workdir(w).read_metrics()
+    ]
     assert strip(wd.path) == strip(tmp_path / "whole")
 
 
@@ -178,8 +213,9 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         tmp_path.mkdir(exist_ok=True)
-        (tmp_path / ".lock").write_text(json.dumps(
-            {"pid": holder.pid, "host": os.uname().nodename, "since": 0}))
+        (tmp_path / ".lock").write_text(
+            json.dumps({"pid": holder.pid, "host": os.uname().nodename, "since": 0})
+        )
         with pytest.raises(WorkdirLockedError, match=rf"process {holder.pid} on"):
             training.train_and_evaluate(make_test_config(), tmp_path)
         assert not (tmp_path / "metrics.jsonl").exists()
@@ -191,11 +227,11 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (tmp_path / ".lock").write_text(json.dumps(
-        {"pid": dead.pid, "host": os.uname().nodename, "since": 0}))
+    (tmp_path / ".lock").write_text(
+        json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": 0})
+    )
     with caplog.at_level("WARNING", logger="cvae"):
-        result = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}),
-                                          tmp_path)
+        result = training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
     assert result.epoch == 1 and not (tmp_path / ".lock").exists()
     assert any("taking over the lock" in r.message for r in caplog.records)
 
@@ -203,11 +239,24 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
 @pytest.mark.slow
 def test_two_trainings_in_one_workdir_the_second_exits_in_one_line(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    first = subprocess.Popen([sys.executable, "-m", "experiments.train", "--config",
-                              "experiments/configs/digits_cvae.py", "--workdir",
-                              str(tmp_path), *SMALL, "--config.train.num_epochs=3000",
-                              "--config.eval.every_epochs=1000"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config",
+            "experiments/configs/digits_cvae.py",
+            "--workdir",
+            str(tmp_path),
+            *SMALL,
+            "--config.train.num_epochs=3000",
+            "--config.eval.every_epochs=1000",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import time
 
@@ -238,16 +287,21 @@ def test_a_full_disk_while_checkpointing_names_the_intact_checkpoint(tmp_path, m
 
     monkeypatch.setattr(checkpoint, "_write", write_until_the_disk_fills)
     cfg = make_test_config(**{"train.num_epochs": 3})
-    with pytest.raises(checkpoint.CheckpointWriteError,
-                       match=r"No space left on device.*previous checkpoint \(step 21\) is intact"):
+    with pytest.raises(
+        checkpoint.CheckpointWriteError,
+        match=r"No space left on device.*previous checkpoint \(step 21\) is intact",
+    ):
         training.train_and_evaluate(cfg, tmp_path)
     monkeypatch.setattr(checkpoint, "_write", real_write)
     leftovers = [p.name for p in (tmp_path / "checkpoints").rglob("*") if "tmp" in p.name]
     assert not leftovers
     resumed = training.train_and_evaluate(cfg, tmp_path)  # space freed: the rerun finishes
     whole = training.train_and_evaluate(cfg, tmp_path / "whole")
-    for x, y in zip(jax.tree_util.tree_leaves(whole.state["params"]),
-                    jax.tree_util.tree_leaves(resumed.state["params"]), strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(whole.state["params"]),
+        jax.tree_util.tree_leaves(resumed.state["params"]),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -259,10 +313,17 @@ def test_a_full_disk_in_the_command_line_is_one_line_and_status_1(tmp_path):
         "checkpoint._write = full\n"
         f"sys.argv = ['train', '--config', 'experiments/configs/digits_cvae.py', "
         f"'--workdir', {str(tmp_path)!r}] + {SMALL!r}\n"
-        "runpy.run_module('experiments.train', run_name='__main__')\n")
+        "runpy.run_module('experiments.train', run_name='__main__')\n"
+    )
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No space left on device" in errors[0]

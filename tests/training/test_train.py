@@ -307,3 +307,16 @@ def test_the_steps_gather_returns_exactly_the_indexed_images():
         np.testing.assert_array_equal(alone, images[indices[0]])
         members = jax.jit(jax.vmap(steps.gather_rows, in_axes=(None, 0)))(images, indices)
         np.testing.assert_array_equal(members, images[indices])
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_fix(tmp_path):
+    """A start that failed (here: a data set that is not there) wrote config.json but no
+    checkpoint: it is not a run, and the corrected command starts in the same workdir."""
+    missing = make_test_config(**{"data.name": f"npz:{tmp_path / 'absent.npz'}"})
+    with pytest.raises(ValueError, match="no such file"):
+        training.train_and_evaluate(missing, tmp_path / "run")
+    assert (tmp_path / "run" / "config.json").exists()
+    fixed = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 1}), tmp_path / "run"
+    )
+    assert fixed.epoch == 1 and not fixed.interrupted
