@@ -20,6 +20,8 @@ import numpy as np
 
 from cvae import data, evaluation, parallel
 from cvae.analysis import ex_post
+from cvae.evaluation import metrics
+from cvae.models import objectives
 from cvae.models import vae as model_lib
 from cvae.runs import checkpoint
 from cvae.runs.workdir import RunNotFoundError, Workdir
@@ -60,10 +62,13 @@ class Run:
         """Images as the model takes them: float32 in [0, 1], shaped N×H×W×C.
 
         uint8 images are scaled by the data set's maximum (255 for 8-bit data); float images
-        must already lie in [0, 1]. Anything else is refused with what was expected, rather
-        than encoded into codes that look plausible and are wrong.
+        must already lie in [0, 1]; one image H×W×C is a batch of one. Anything else is
+        refused with what was expected, rather than encoded into codes that look plausible
+        and are wrong.
         """
         x = np.asarray(x)
+        if x.shape == tuple(self.info.shape):
+            x = x[None]
         expected = (
             f"images N×{'×'.join(map(str, self.info.shape))} as uint8 0–255 or as "
             "floats in [0, 1] (e.g. data.evaluation_inputs)"
@@ -157,13 +162,13 @@ class Run:
 
         Args:
           x: images (N, H, W, C) in [0, 1].
-          key: the PRNG key of the posterior draws.
+          key: the PRNG key of the posterior draws, or an int seed.
           labels: int labels, one per image, for a conditional model; else None.
 
         Returns:
           Reconstructions (N, H, W, C).
         """
-        x = self._inputs(x)
+        x, key = self._inputs(x), _as_key(key)
         labels = self._labels(labels, len(x))
         posterior = self._apply(x, labels, method=self.model.encode)
         return self.model.likelihood.mean(
@@ -178,7 +183,7 @@ class Run:
         override the label); class y's latents come from ``fold_in(key, y)``.
 
         Args:
-          key: the PRNG key of the draws.
+          key: the PRNG key of the draws (``jax.random.key(seed)``), or an int seed.
           n: how many images.
           sampler: "prior", "gmm", "flow" or "two_stage"; None for the family's default
             (prior for the Gaussian VAE, gmm otherwise).
@@ -188,6 +193,7 @@ class Run:
           Images (n, H, W, C).
         """
         _require_int(n, 1, "the number of samples must be a positive integer")
+        key = _as_key(key)
         sampler = sampler or ex_post.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
         if sampler == "prior":
@@ -224,6 +230,45 @@ class Run:
         t = jnp.linspace(0.0, 1.0, steps)[:, None]
         z = (1 - t) * means[0] + t * means[1]
         return self.mean_image(z, labels)
+
+    def scores(self, x, labels=None, *, k: int = 0, key=0, chunk_size: int = 100) -> dict:
+        """Per-example scores, to rank and inspect examples by their likelihood.
+
+        ``evaluate`` reports the means of these over a split (drawn with its own keys).
+
+        Args:
+          x: images (N, H, W, C) in [0, 1], or one image.
+          labels: int labels, one per image, for a conditional model; else None.
+          k: importance samples K for ``log_px``; 0 skips it.
+          key: the PRNG key of the posterior samples, or an int seed.
+          chunk_size: importance samples evaluated at once (bounds memory).
+
+        Returns:
+          {"elbo", "recon", "kl"}: (N,) arrays in nats, one posterior sample each; and
+          "log_px", the (N,) importance-sampled log p̂(x), when k ≥ 1 and the posterior
+          has a density.
+        """
+        _require_int(k, 0, "k must be an integer ≥ 0 (0: no importance sampling)")
+        _require_int(chunk_size, 1, "chunk_size must be an integer ≥ 1")
+        x, key = self._inputs(x), _as_key(key)
+        labels = self._labels(labels, len(x))
+        elbo_key, sampling_key = jax.random.split(key)
+        _, terms = objectives.elbo_loss(
+            self.model,
+            self.params,
+            x,
+            elbo_key,
+            labels=labels,
+            code_l2=self.config.model.code_l2,
+        )
+        out = {name: np.asarray(terms[name]) for name in ("elbo", "recon", "kl")}
+        if k > 0 and self.model.posterior_family != "deterministic":
+            out["log_px"] = np.asarray(
+                metrics.importance_sampled_log_likelihood(
+                    self.model, self.params, x, sampling_key, k, min(chunk_size, k), labels
+                )
+            )
+        return out
 
     def evaluate(
         self,
@@ -395,6 +440,21 @@ class Run:
                     )
                 self._mixtures[name] = fitted
         return self._mixtures[name]
+
+
+def _as_key(key):
+    """A PRNG key from a key or an int seed; anything else is refused in one line."""
+    if isinstance(key, int | np.integer) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.shape == (2,))  # a legacy PRNGKey
+    ):
+        return key
+    raise TypeError(
+        f"key must be a PRNG key such as jax.random.key(0), or an int seed; got "
+        f"{type(key).__name__} {getattr(key, 'dtype', '')} {getattr(key, 'shape', '')}".rstrip()
+    )
 
 
 def _fingerprint(params) -> str:

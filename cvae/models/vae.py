@@ -73,6 +73,12 @@ class VAE(nn.Module):
         Returns:
           The posterior (``cvae.models.posteriors``).
         """
+        if tuple(x.shape) == tuple(self.event_shape):
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} is one image without a batch axis; pass "
+                f"a batch shaped N×H×W×C, e.g. x[None] (shape 1×"
+                f"{'×'.join(map(str, self.event_shape))})"
+            )
         if tuple(x.shape[-3:]) != tuple(self.event_shape) or x.ndim < 4:
             raise ValueError(
                 f"input of shape {tuple(x.shape)} does not match the model's images "

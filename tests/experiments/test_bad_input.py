@@ -215,3 +215,34 @@ def test_uint8_images_are_scaled_the_documented_way(run):
 def test_api_misuse_raises_a_plain_value_error(run, call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call(run)
+
+
+def test_an_int_seed_is_a_key_and_one_image_is_a_batch_of_one(run):
+    x = cvae.data.evaluation_inputs(cvae.data.load("digits", "test"), True)[:2]
+    np.testing.assert_array_equal(run.sample(3, 4), run.sample(jax.random.key(3), 4))
+    np.testing.assert_array_equal(run.reconstruct(x, 5), run.reconstruct(x, jax.random.key(5)))
+    np.testing.assert_array_equal(run.encode(x[0])[0], run.encode(x[:1])[0])
+    with pytest.raises(TypeError, match=r"jax.random.key\(0\), or an int seed"):
+        run.sample("0", 4)
+
+
+def test_the_model_names_a_missing_batch_axis(run):
+    x = cvae.data.evaluation_inputs(cvae.data.load("digits", "test"), True)[:1]
+    with pytest.raises(ValueError, match=r"without a batch axis.*x\[None\]"):
+        run.model.apply({"params": run.params}, x[0], method=run.model.encode)
+
+
+def test_per_example_scores_rank_examples_and_average_to_the_splits_scores(run):
+    """The per-example ELBO averages to evaluate's (same images, other posterior draws:
+    close, not equal), and log p̂(x) ≥ ELBO holds on average (Jensen)."""
+    x, _ = run.inputs("test")
+    scores = run.scores(x, k=50)
+    assert {k: v.shape for k, v in scores.items()} == {
+        name: (len(x),) for name in ("elbo", "recon", "kl", "log_px")
+    }
+    np.testing.assert_allclose(scores["elbo"], scores["recon"] - scores["kl"], rtol=1e-6)
+    assert np.mean(scores["log_px"]) >= np.mean(scores["elbo"])
+    split = run.evaluate("test", k=0)
+    assert abs(np.mean(scores["elbo"]) - split["elbo"]) < 0.02 * abs(split["elbo"])
+    with pytest.raises(ValueError, match="k must be an integer"):
+        run.scores(x, k=-1)
