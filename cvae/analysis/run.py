@@ -513,7 +513,16 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
             "for its first epoch to finish)"
         )
     params, meta = restored
-    info = data.open_source(config.data, "test").info  # a TFDS split is not read
+    saved = wd.read_data_info()
+    if saved is not None:  # the run's data need not be here to decode and sample
+        info = data.DatasetInfo(
+            saved["name"],
+            tuple(saved["shape"]),
+            saved["num_classes"],
+            tuple(saved["pixel_range"]),
+        )
+    else:  # a run from before data.json: ask the source (a TFDS split is not read)
+        info = data.open_source(config.data, "test").info
     model = model_lib.build_model(
         config.model, info.shape, info.num_classes, binary_data=config.data.binarize == "dynamic"
     )

@@ -5,6 +5,8 @@
     DIR/eval.json              experiments.evaluate's scores (written atomically)
     DIR/sample_quality.json    experiments.sample_quality's scores
     DIR/provenance.json        code commit, library versions and machine of the training
+    DIR/data.json              the shape, classes and pixel range of the run's data, so a
+                               run loads (to decode and sample) without its data set
     DIR/checkpoints/           Orbax checkpoints (latest/ and best/; see cvae.runs.checkpoint)
     DIR/tb/                    TensorBoard events
     DIR/images/                reconstruction and sample grids, one PNG per evaluation
@@ -105,6 +107,7 @@ class Workdir:
     EVAL = "eval.json"
     SAMPLE_QUALITY = "sample_quality.json"
     PROVENANCE = "provenance.json"
+    DATA_INFO = "data.json"
     CHECKPOINTS = "checkpoints"
     TENSORBOARD = "tb"
     IMAGES = "images"
@@ -119,6 +122,7 @@ class Workdir:
         EVAL,
         SAMPLE_QUALITY,
         PROVENANCE,
+        DATA_INFO,
         SAMPLERS,
     )
 
@@ -323,6 +327,23 @@ class Workdir:
         """
         write_json_atomic(self.sample_quality_path, result)
         return self.sample_quality_path
+
+    def read_data_info(self) -> dict | None:
+        """data.json: what the model needs to know of the run's data.
+
+        Returns:
+          {"name", "shape", "num_classes", "pixel_range"}, or None for a run trained before
+          it was recorded.
+        """
+        return read_json(self.path / self.DATA_INFO)
+
+    def write_data_info(self, record: dict) -> None:
+        """Writes data.json atomically (training does, once its data are loaded).
+
+        Args:
+          record: the fields of ``cvae.data.DatasetInfo``.
+        """
+        write_json_atomic(self.path / self.DATA_INFO, record)
 
     def read_provenance(self) -> dict | None:
         """provenance.json: code commit, library versions and machine of the training.

@@ -111,6 +111,8 @@ class RunBook:
             self.writer.hparams(cfg)
         self.started = time.perf_counter() - progress.elapsed_s
         self.grid = min(cfg.train.image_grid_size, len(d.eval_set))
+        if self.primary:  # so that load_run needs no data to decode and sample
+            workdir.write_data_info(dataclasses.asdict(d.info))
 
     def score(self, params, eval_set: evaluation.EvalSet) -> dict:
         return evaluation.evaluate(
