@@ -10,8 +10,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from cvae.errors import ConfigError, check, finite
-from cvae.models import posteriors
+from cvae.errors import ConfigError, check, check_int, finite
+from cvae.models import likelihoods, nets, posteriors, validation
 from cvae.models.validation import validate_model
 
 # Named MLP architectures (``apply_preset``): the documented "seed" architecture, encoder
@@ -21,6 +21,50 @@ SEED_PRESET = {"encoder_widths": (128, 64, 32), "latent_dim": 16, "activation": 
 TORCH_EXAMPLE_PRESET = {"encoder_widths": (400,), "latent_dim": 20, "activation": "relu"}
 IWAE_PRESET = {"encoder_widths": (200, 200), "latent_dim": 50, "activation": "tanh"}
 PRESETS = {"seed": SEED_PRESET, "torch_example": TORCH_EXAMPLE_PRESET, "iwae": IWAE_PRESET}
+
+
+# The values an enumerated field takes (``--helpconfig`` lists them; ``validate`` checks).
+CHOICES = {
+    "data.binarize": ("dynamic", "none"),
+    "data.pipeline": ("auto", "device", "stream"),
+    "model.arch": validation.ARCHS,
+    "model.activation": (*sorted(nets.ACTIVATIONS), nets.GATED),
+    "model.init": nets.INITS,
+    "model.posterior": posteriors.FAMILIES,
+    "model.likelihood": likelihoods.NAMES,
+    "model.prior": validation.PRIORS,
+    "objective.kind": ("elbo", "iwae", "wae_mmd"),
+    "train.optimizer": ("adam", "adamw"),
+    "train.lr_schedule": ("constant", "warmup_cosine"),
+}
+
+# What 0 means for every numeric field that accepts it (every other value outside a
+# field's range is refused by ``validate``, in one line naming the field).
+ZERO_MEANS = {
+    "seed": "the seed 0",
+    "data.center_crop": "no crop",
+    "data.resize": "no resize",
+    "data.max_device_bytes": "every split streams (data.pipeline='auto')",
+    "data.stream_workers": "read in the training process",
+    "data.validation_size": "no carved validation subset",
+    "model.code_l2": "no code penalty",
+    "model.dropout_rate": "no dropout",
+    "model.gradient_penalty": "no decoder-gradient penalty",
+    "model.likelihood_scale": "the Gaussian's scale is learned",
+    "objective.beta": "the KL term is not weighted in (an autoencoder's loss)",
+    "objective.free_bits": "no free bits",
+    "objective.kl_warmup_steps": "no warm-up",
+    "objective.mmd_weight": "no MMD term",
+    "train.num_epochs": "no training (evaluate the initial parameters)",
+    "train.weight_decay": "no weight decay",
+    "train.lr_warmup_steps": "no warm-up",
+    "train.grad_clip_norm": "no clipping",
+    "train.early_stopping_patience": "no early stopping",
+    "train.num_devices": "every local device",
+    "train.image_grid_size": "no image grids",
+    "eval.num_importance_samples": "no importance-sampled NLL",
+    "eval.chunk_size": "chosen automatically",
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -184,7 +228,8 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
         d.name,
         "a TFDS name, 'digits', 'npz:PATH' or 'npy:DIR'",
     )
-    check(d.validation_size >= 0, "data.validation_size", d.validation_size, "≥ 0")
+    check_int(d.validation_size, "data.validation_size", 0, " (0 = no carved validation)")
+    check_int(d.max_device_bytes, "data.max_device_bytes", 0, " (0 = always stream)")
     check(
         not (d.validation_split and d.validation_size),
         "data.validation_split",
@@ -207,9 +252,11 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
             split,
             "a TFDS split string such as 'train' or 'train[:90%]'",
         )
-    check(d.binarize in ("dynamic", "none"), "data.binarize", d.binarize, "'dynamic' or 'none'")
     check(
-        d.pipeline in ("auto", "device", "stream"),
+        d.binarize in CHOICES["data.binarize"], "data.binarize", d.binarize, "'dynamic' or 'none'"
+    )
+    check(
+        d.pipeline in CHOICES["data.pipeline"],
         "data.pipeline",
         d.pipeline,
         "'auto', 'device' or 'stream'",
@@ -245,7 +292,7 @@ def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDic
       ConfigError: naming the field, the value and the valid range.
     """
     check(
-        o.kind in ("elbo", "iwae", "wae_mmd"),
+        o.kind in CHOICES["objective.kind"],
         "objective.kind",
         o.kind,
         "'elbo', 'iwae' or 'wae_mmd'",
@@ -290,7 +337,7 @@ def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDic
         "'elbo' or 'wae_mmd' for a deterministic posterior (the IWAE bound needs a density)",
     )
     check(finite(o.beta) and o.beta >= 0, "objective.beta", o.beta, "finite and ≥ 0")
-    check(o.kl_warmup_steps >= 0, "objective.kl_warmup_steps", o.kl_warmup_steps, "≥ 0")
+    check_int(o.kl_warmup_steps, "objective.kl_warmup_steps", 0, " (0 = no warm-up)")
     check(
         finite(o.free_bits) and o.free_bits >= 0,
         "objective.free_bits",
@@ -326,7 +373,12 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
         t.learning_rate,
         "finite and > 0",
     )
-    check(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
+    check(
+        t.optimizer in CHOICES["train.optimizer"],
+        "train.optimizer",
+        t.optimizer,
+        "'adam' or 'adamw'",
+    )
     check(
         finite(t.weight_decay) and t.weight_decay >= 0,
         "train.weight_decay",
@@ -334,33 +386,23 @@ def validate_train(t: ml_collections.ConfigDict) -> None:
         "finite and ≥ 0",
     )
     check(
-        t.lr_schedule in ("constant", "warmup_cosine"),
+        t.lr_schedule in CHOICES["train.lr_schedule"],
         "train.lr_schedule",
         t.lr_schedule,
         "'constant' or 'warmup_cosine'",
     )
-    check(t.lr_warmup_steps >= 0, "train.lr_warmup_steps", t.lr_warmup_steps, "≥ 0")
+    check_int(t.lr_warmup_steps, "train.lr_warmup_steps", 0, " (0 = no warm-up)")
     check(
         finite(t.grad_clip_norm) and t.grad_clip_norm >= 0,
         "train.grad_clip_norm",
         t.grad_clip_norm,
         "finite and ≥ 0 (0 = off)",
     )
-    check(
-        t.early_stopping_patience >= 0,
-        "train.early_stopping_patience",
-        t.early_stopping_patience,
-        "≥ 0 (0 = off)",
-    )
-    check(t.num_devices >= 0, "train.num_devices", t.num_devices, "≥ 0 (0 = all)")
-    check(
-        t.checkpoint_every_epochs >= 1,
-        "train.checkpoint_every_epochs",
-        t.checkpoint_every_epochs,
-        "≥ 1",
-    )
-    check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "≥ 1")
-    check(t.image_grid_size >= 0, "train.image_grid_size", t.image_grid_size, "≥ 0")
+    check_int(t.early_stopping_patience, "train.early_stopping_patience", 0, " (0 = off)")
+    check_int(t.num_devices, "train.num_devices", 0, " (0 = every local device)")
+    check_int(t.checkpoint_every_epochs, "train.checkpoint_every_epochs", 1)
+    check_int(t.keep_checkpoints, "train.keep_checkpoints", 1)
+    check_int(t.image_grid_size, "train.image_grid_size", 0, " (0 = no image grids)")
 
 
 def validate_eval(e: ml_collections.ConfigDict) -> None:
@@ -372,8 +414,8 @@ def validate_eval(e: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: naming the field, the value and the valid range.
     """
-    check(e.every_epochs >= 1, "eval.every_epochs", e.every_epochs, "≥ 1")
-    check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "≥ 1")
+    check_int(e.every_epochs, "eval.every_epochs", 1)
+    check_int(e.batch_size, "eval.batch_size", 1)
     check(
         isinstance(e.num_importance_samples, int) and e.num_importance_samples >= 0,
         "eval.num_importance_samples",

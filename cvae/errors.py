@@ -26,6 +26,20 @@ def check(ok: bool, field: str, value: object, valid: str) -> None:
         raise ConfigError(f"{field} = {value!r} is invalid: it must be {valid}")
 
 
+def check_int(value: object, field: str, minimum: int, meaning: str = "") -> None:
+    """Raises ``ConfigError`` unless ``value`` is an integer ≥ ``minimum`` (not a bool,
+    not a float such as inf or NaN).
+
+    Args:
+      value: the value found.
+      field: the dotted config name.
+      minimum: the smallest valid value.
+      meaning: what the smallest values mean, e.g. " (0 = off)".
+    """
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    check(ok, field, value, f"an integer ≥ {minimum}{meaning}")
+
+
 def positive_ints(values) -> bool:
     """Whether every element of ``values`` is an int > 0.
 

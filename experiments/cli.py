@@ -66,12 +66,19 @@ def _underscored(argv):
     return out
 
 
-def config_field_help() -> str:
-    """Every config field, its default and its comment-free value, one per line."""
-    return "\n".join(
-        f"  --config.{name}={value!r}"
-        for name, value in config_lib.flatten(config_lib.base_config()).items()
-    )
+def config_field_help(config=None) -> str:
+    """Every field of ``config`` (the schema's defaults when None) and its value, one per
+    line, with the values an enumerated field takes and what 0 means where it is valid."""
+    fields = config_lib.flatten(config if config is not None else config_lib.base_config())
+    lines = []
+    for name, value in fields.items():
+        note = ""
+        if name in config_lib.CHOICES:
+            note = f"  # one of: {', '.join(config_lib.CHOICES[name])}"
+        elif name in config_lib.ZERO_MEANS:
+            note = f"  # 0: {config_lib.ZERO_MEANS[name]}"
+        lines.append(f"  --config.{name}={value!r}{note}")
+    return "\n".join(lines)
 
 
 def unknown_config_field(argv) -> str | None:
@@ -112,16 +119,25 @@ def _describe_load_error(argv, err: Exception) -> str:
 
 def _parse_flags(argv, module: str = "__main__"):
     argv = _underscored(argv)
-    if "--helpconfig" in argv:
-        print("config fields and their defaults (set any with --config.NAME=VALUE):")
-        print(config_field_help())
-        sys.exit(0)
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(flags.FLAGS.module_help(sys.modules[module]))
-        print("\n--helpconfig lists every config field and its default.")
+        print("\n--helpconfig lists every config field and its value.")
         sys.exit(0)
+    config_help = "--helpconfig" in argv
+    argv = [arg for arg in argv if arg != "--helpconfig"]
     try:
-        return flags.FLAGS(argv)
+        parsed = flags.FLAGS(argv)
+        if config_help:  # the fields of the config these flags load, overrides included
+            config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+            source = (
+                f"{_config_path(argv)} with the command line's overrides"
+                if config is not None
+                else "the schema's defaults"
+            )
+            print(f"config fields: {source} (set any with --config.NAME=VALUE):")
+            print(config_field_help(config))
+            sys.exit(0)
+        return parsed
     except flags.Error as err:
         _fail(str(err).splitlines()[0], 2)
     except OSError as err:

@@ -4,7 +4,7 @@
 Each notebook runs top to bottom with nbclient on the digits quickstart (it trains into a
 temporary directory when ``CVAE_WORKDIR``/``CVAE_WORKDIRS`` are unset) and is written back
 with its outputs. Readers see the figures on any notebook viewer without running anything;
-``tests/test_notebooks.py`` checks that the committed outputs hold no error and that the
+``tests/analysis/test_notebooks.py`` checks that the committed outputs hold no error and that the
 notebooks still execute.
 """
 

@@ -80,7 +80,7 @@ class Stream:
         steps = max(1, min(self.chunk_steps, MAX_CHUNK_BYTES // batch_bytes))
 
         def read_batch(step):
-            faults.fault_point("stream_read")  # a reader killed here: tests/test_stream.py
+            faults.fault_point("stream_read")  # a reader killed here: tests/data/test_stream.py
             return source.read(order[step])
 
         dataset = grain.MapDataset.range(len(order)).map(read_batch).batch(steps)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from cvae.errors import check, finite, positive_ints
+from cvae.errors import check, check_int, finite, positive_ints
 from cvae.models import likelihoods, nets, posteriors
+
+ARCHS = ("mlp", "conv", "resnet", "ghosh")
+PRIORS = ("standard", "vamp")
 
 
 def validate_model(m: ml_collections.ConfigDict) -> None:
@@ -19,7 +22,7 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
       m: the ``model`` section of a config.
     """
     check(
-        m.arch in ("mlp", "conv", "resnet", "ghosh"),
+        m.arch in ARCHS,
         "model.arch",
         m.arch,
         "'mlp', 'conv', 'resnet' or 'ghosh'",
@@ -48,6 +51,7 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         m.decoder_widths,
         "a tuple of positive integers (empty = mirrored)",
     )
+    check_int(m.conv_dense_width, "model.conv_dense_width", 1)
     check(
         positive_ints(m.conv_channels) and len(m.conv_channels) > 0,
         "model.conv_channels",
@@ -111,7 +115,7 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         "finite and ≥ 0 (0 = learned)",
     )
     check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
-    check(m.prior in ("standard", "vamp"), "model.prior", m.prior, "'standard' or 'vamp'")
+    check(m.prior in PRIORS, "model.prior", m.prior, "'standard' or 'vamp'")
     check(
         isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
         "model.num_pseudo_inputs",

@@ -14,7 +14,7 @@ CelebA); Gaussian likelihood with a learned scale on dequantized pixels.
 
 Preparation (on a machine with internet; docs/data.md): `tfds build celeb_a --data_dir DIR
 --file_format array_record` (about 1.4 GB of downloads, a few GB of disk), then point
-TFDS_DATA_DIR or data.data_dir at DIR. CelebA is not prepared on this project's machines:
+TFDS_DATA_DIR or data.data_dir at DIR. CelebA was not available where cvae's results were measured:
 this config has not been trained here.
 On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
 XLA:CPU runs conv gradients in a scanned epoch ~50× slower (docs/performance.md, Streaming input).

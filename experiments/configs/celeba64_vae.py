@@ -4,7 +4,7 @@ celeba64_cvae (its docstring has the preparation step and the image pipeline).
     python -m experiments.train --config experiments/configs/celeba64_vae.py \\
         --workdir runs/celeba64_vae
 
-Not trained on this project's machines (CelebA is not prepared here).
+Not trained yet: CelebA was not available where cvae's results were measured.
 """
 
 from experiments.configs import celeba64_cvae

@@ -11,9 +11,9 @@ uniformly dequantized pixels; the ex-post samplers (gmm, flow, two_stage) draw f
 
 Preparation (on a machine with internet; docs/data.md): `tfds build cifar10 --data_dir DIR
 --file_format array_record` (about 160 MB of disk, a few minutes), then point
-TFDS_DATA_DIR or data.data_dir at DIR. CIFAR-10 is not prepared on this project's machines:
-this config has not been trained here; its nets are exercised on 32×32×3 and 64×64×3 inputs
-by tests/test_model.py and tests/test_stream.py.
+TFDS_DATA_DIR or data.data_dir at DIR. CIFAR-10 was not available where cvae's results
+were measured: this config has not been trained; its nets are exercised on 32×32×3 and
+64×64×3 inputs by tests/models/test_vae.py and tests/data/test_stream.py.
 On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
 XLA:CPU runs conv gradients in a scanned epoch ~50× slower (docs/performance.md, Streaming input).
 """

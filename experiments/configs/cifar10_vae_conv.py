@@ -4,9 +4,9 @@ uniformly dequantized pixels, for 32×32×3 images.
     python -m experiments.train --config experiments/configs/cifar10_vae_conv.py \
         --workdir runs/cifar10_vae_conv
 
-Needs cifar10 prepared as array_record; it is not prepared on this project's machines, so
+Needs cifar10 prepared as array_record; it was not available where cvae's results were measured, so
 this config has not been run here (its architecture is exercised on 32×32×3 inputs by
-tests/test_model.py).
+tests/models/test_vae.py).
 On a CPU, add `--config.data.pipeline=stream --config.data.stream_chunk_steps=1`:
 XLA:CPU runs conv gradients in a scanned epoch ~50× slower (docs/performance.md, Streaming input).
 """

@@ -4,7 +4,7 @@
         --workdir runs/fashion_mnist_cvae
 
 Needs fashion_mnist prepared as array_record (`tfds build fashion_mnist --file_format
-array_record`); it is not prepared on this project's machines, so this config has not been
+array_record`); it was not available where cvae's results were measured, so this config has not been
 run here: without the data it stops with a message saying how to prepare it.
 """
 

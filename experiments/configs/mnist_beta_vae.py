@@ -5,7 +5,7 @@
     python -m experiments.evaluate --workdir runs/mnist_beta_vae
 
 Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
-Not run yet on the project's machines; no result is claimed. Expected runtime on 2 CPU
+Not run yet; no result is claimed. Expected runtime on 2 CPU
 cores from the benchmark's throughput: see docs/performance.md.
 """
 

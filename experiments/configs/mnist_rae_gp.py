@@ -1,10 +1,10 @@
 """MNIST: RAE-GP (Ghosh et al., 2020), deterministic encoder, seed architecture.
 
 The loss is −log p(x|z) + β·½‖z‖² + λ·‖∇_z D(z)‖² at the codes, with D(z) = E[x|z] and the
-gradient of its pixel sum (cvae.models.objectives.decoder_gradient_penalty); β = model.code_l2 = 1
-as in mnist_rae, λ = model.gradient_penalty = 0.01. Both weights are ours, not the
-paper's: an unregularised AE of this size has ‖∇_z D(z)‖² ≈ 590 at its codes, so λ = 0.01
-makes the penalty a few nats beside a reconstruction of ≈ 89.
+gradient of its pixel sum (cvae.models.objectives.decoder_gradient_penalty);
+β = model.code_l2 = 1 as in mnist_rae, λ = model.gradient_penalty = 0.01. Both weights are
+ours, not the paper's: an unregularised AE of this size has ‖∇_z D(z)‖² ≈ 590 at its
+codes, so λ = 0.01 makes the penalty a few nats beside a reconstruction of ≈ 89.
 
     python -m experiments.train --config experiments/configs/mnist_rae_gp.py \\
         --workdir runs/mnist_rae_gp
