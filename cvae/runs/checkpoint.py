@@ -32,6 +32,8 @@ import dataclasses
 import logging
 import pathlib
 import shutil
+import sys
+import warnings
 
 import jax
 import numpy as np
@@ -234,6 +236,7 @@ class Checkpointer:
     def _quarantine(self, manager, step: int, err: Exception) -> None:
         path = pathlib.Path(manager.directory) / str(step)
         target = path.with_name(f"corrupt-{step}")
+        _silence_stray_reads(path)
         log.warning(
             "checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
             "the previous one",
@@ -295,6 +298,40 @@ def _quiet_orbax():
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+_DAMAGED: set[str] = set()  # checkpoints whose failed reads may still report
+
+
+def _silence_stray_reads(path: pathlib.Path) -> None:
+    """Keeps the late echoes of a damaged checkpoint's failed restore off the console.
+
+    When one read of a damaged save fails, Orbax closes its event loop while TensorStore
+    still completes the other reads; each then reports through ``sys.unraisablehook`` —
+    "Event loop is closed", or its own read error naming the save — dozens of tracebacks
+    after the recovery (quarantine, the previous save restored) has already happened and
+    been reported in one line. This hook drops exactly those, and passes everything else
+    to the hook it replaces. It is installed once, when the first damaged save is found.
+    """
+    _DAMAGED.add(str(path))
+    # The reads Orbax had queued and never ran are garbage-collected with a warning each.
+    warnings.filterwarnings(
+        "ignore", r"coroutine '_read_array\w*' was never awaited", RuntimeWarning
+    )
+    if getattr(sys.unraisablehook, "drops_damaged_checkpoint_reads", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        text = str(unraisable.exc_value)
+        late_echo = (
+            isinstance(unraisable.exc_value, RuntimeError) and text == "Event loop is closed"
+        ) or any(damaged in text for damaged in _DAMAGED)
+        if not late_echo:
+            previous(unraisable)
+
+    hook.drops_damaged_checkpoint_reads = True
+    sys.unraisablehook = hook
 
 
 def save_params(directory: str | pathlib.Path, params) -> None:
