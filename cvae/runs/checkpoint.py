@@ -131,7 +131,11 @@ class Checkpointer:
             try:
                 if step in manager.all_steps():  # written before a resume from an older save
                     manager.delete(step)
-                _write(manager, step, state, meta)
+                path = pathlib.Path(manager.directory) / str(step)
+                _watch(path)
+                with _quiet_orbax():  # a failed write is reported below, in one line
+                    _write(manager, step, state, meta)
+                _unwatch(path)
             except Exception as err:  # a full disk, a vanished directory, a read-only mount
                 self._discard_partial(manager, step)
                 intact = self.newest_step()
@@ -236,7 +240,7 @@ class Checkpointer:
     def _quarantine(self, manager, step: int, err: Exception) -> None:
         path = pathlib.Path(manager.directory) / str(step)
         target = path.with_name(f"corrupt-{step}")
-        _silence_stray_reads(path)
+        _watch(path)  # its remaining reads may still report
         log.warning(
             "checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
             "the previous one",
@@ -300,38 +304,57 @@ def _quiet_orbax():
             logger.setLevel(level)
 
 
-_DAMAGED: set[str] = set()  # checkpoints whose failed reads may still report
+# Saves being written or restored: while one is, or once one failed, the late echoes of
+# its failure are kept off the console (``_watch``).
+_WATCHED: set[str] = set()
 
 
-def _silence_stray_reads(path: pathlib.Path) -> None:
-    """Keeps the late echoes of a damaged checkpoint's failed restore off the console.
-
-    When one read of a damaged save fails, Orbax closes its event loop while TensorStore
-    still completes the other reads; each then reports through ``sys.unraisablehook`` —
-    "Event loop is closed", or its own read error naming the save — dozens of tracebacks
-    after the recovery (quarantine, the previous save restored) has already happened and
-    been reported in one line. This hook drops exactly those, and passes everything else
-    to the hook it replaces. It is installed once, when the first damaged save is found.
-    """
-    _DAMAGED.add(str(path))
-    # The reads Orbax had queued and never ran are garbage-collected with a warning each.
-    warnings.filterwarnings(
-        "ignore", r"coroutine '_read_array\w*' was never awaited", RuntimeWarning
+def _is_late_echo(text: str, error: BaseException | None) -> bool:
+    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or any(
+        watched in text for watched in _WATCHED
     )
-    if getattr(sys.unraisablehook, "drops_damaged_checkpoint_reads", False):
+
+
+class _DropLateEchoes(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for a watched save's failed writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not _is_late_echo(record.getMessage() + str(error or ""), error)
+
+
+def _watch(path: pathlib.Path) -> None:
+    """Keeps the late echoes of a failed restore or save of ``path`` off the console.
+
+    When one read of a damaged save (or one write to a full disk) fails, Orbax closes its
+    event loop while TensorStore still completes the other operations; each then reports —
+    through ``sys.unraisablehook`` ("Event loop is closed", or its own error naming the
+    save), asyncio's logger ("Task exception was never retrieved") or a never-awaited
+    coroutine's warning — dozens of tracebacks after the failure has been handled (the save
+    quarantined and the previous one restored, or the run stopped with one line) and
+    reported. The hooks installed here drop exactly those and pass everything else on;
+    they are installed once, and ``_unwatch`` forgets a save that succeeded.
+    """
+    _WATCHED.add(str(path))
+    if getattr(sys.unraisablehook, "drops_late_checkpoint_echoes", False):
         return
     previous = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        text = str(unraisable.exc_value)
-        late_echo = (
-            isinstance(unraisable.exc_value, RuntimeError) and text == "Event loop is closed"
-        ) or any(damaged in text for damaged in _DAMAGED)
-        if not late_echo:
+        if not _is_late_echo(str(unraisable.exc_value), unraisable.exc_value):
             previous(unraisable)
 
-    hook.drops_damaged_checkpoint_reads = True
+    hook.drops_late_checkpoint_echoes = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropLateEchoes())
+    # The reads Orbax had queued and never ran are garbage-collected with a warning each.
+    warnings.filterwarnings(
+        "ignore", r"coroutine '_read_array\w*' was never awaited", RuntimeWarning
+    )
+
+
+def _unwatch(path: pathlib.Path) -> None:
+    _WATCHED.discard(str(path))
 
 
 def save_params(directory: str | pathlib.Path, params) -> None:

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -335,3 +336,35 @@ def test_a_full_disk_in_the_command_line_is_one_line_and_status_1(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No space left on device" in errors[0]
     assert "Traceback" not in out.stderr
+
+
+def test_a_real_full_disk_is_one_line_status_1_and_the_rerun_resumes(tmp_path):
+    """On a real 3 MB file system (tmpfs) filled after the first checkpoints: the failed
+    save is one line, status 1, no traceback from Orbax's writer threads; the previous
+    checkpoint is intact and, space freed, the same command finishes the run."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {mounted.stderr.decode().strip()}")
+    try:
+        first = _train_cli(disk / "run", extra=["--config.train.num_epochs=2"])
+        assert first.returncode == 0, first.stderr[-2000:]
+        free_kb = shutil.disk_usage(disk).free // 1024
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * ((free_kb - 40) * 1024))  # 40 KB left: no room for a save
+        full = _train_cli(disk / "run", extra=["--config.train.num_epochs=4"])
+        assert full.returncode == 1, full.stderr[-2000:]
+        errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "could not write checkpoint" in errors[0], errors
+        assert "the previous checkpoint (step" in errors[0] and "is intact" in errors[0]
+        assert "Traceback" not in full.stderr and "Event loop is closed" not in full.stderr
+        assert "never retrieved" not in full.stderr
+        filler.unlink()
+        rerun = _train_cli(disk / "run", extra=["--config.train.num_epochs=4"])
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert Workdir(disk / "run").read_metrics("test")[-1]["epoch"] == 4
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
