@@ -120,7 +120,8 @@ def _describe_load_error(argv, err: Exception) -> str:
 def _parse_flags(argv, module: str = "__main__"):
     argv = _underscored(argv)
     if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print(flags.FLAGS.module_help(sys.modules[module]))
+        usage = (sys.modules[module].__doc__ or "").strip().split("\n\n")[0]
+        print(f"{usage}\n\n{flags.FLAGS.module_help(sys.modules[module])}")
         print("\n--helpconfig lists every config field and its value.")
         sys.exit(0)
     config_help = "--helpconfig" in argv

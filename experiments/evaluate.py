@@ -1,7 +1,9 @@
 """Evaluate a run: ``python -m experiments.evaluate --workdir DIR [--k K] [--split test]``.
 
 Writes DIR/eval.json (nll_is, elbo, recon, kl, active_units, k, split, num_examples) and
-prints a table. K, the batch and the chunk default to the run's ``eval`` config
+prints a table. A sweep directory (``experiments.sweep``) evaluates every finished member
+and writes each member's eval.json (members of one grid point share a compiled program).
+K, the batch and the chunk default to the run's ``eval`` config
 (``eval.num_importance_samples``, ``eval.batch_size``, ``eval.chunk_size``); the flags
 override them. Memory is bounded for any K (importance samples are chunked).
 
@@ -16,10 +18,12 @@ split_host_into_cores()  # before cvae imports jax
 
 from absl import flags
 
-from cvae import Workdir, evaluation, load_run
+from cvae import Workdir, analysis, evaluation, load_run
 from experiments import cli
 
-flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
+flags.DEFINE_string(
+    "workdir", None, "A workdir written by experiments.train, or a sweep directory."
+)
 flags.DEFINE_integer(
     "k",
     None,
@@ -53,6 +57,8 @@ def main(argv):
         raise cli.UsageError(f"--batch_size must be ≥ 1, got {FLAGS.batch_size}")
     if FLAGS.chunk_size is not None and FLAGS.chunk_size < 0:
         raise cli.UsageError(f"--chunk_size must be ≥ 0 (0 = automatic), got {FLAGS.chunk_size}")
+    if not Workdir(workdir).config_path.exists() and analysis.sweep_members(workdir):
+        return evaluate_sweep(workdir)
     run = load_run(workdir)
     result = run.evaluate(
         FLAGS.split,
@@ -64,6 +70,25 @@ def main(argv):
     path = Workdir(workdir).write_eval(result)
     print(evaluation.format_table(result))
     print(f"wrote {path}")
+
+
+def evaluate_sweep(directory: str) -> None:
+    """Every finished member of a sweep: eval.json each, one line each on the console."""
+    finished, notes = analysis.sweep_members(directory)
+    if not finished:
+        raise cli.UsageError(f"the sweep in {directory} has no finished member to evaluate")
+    results = analysis.evaluate_sweep(
+        directory, FLAGS.split, FLAGS.k, batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size
+    )
+    for name, scores in results.items():
+        nll = f"nll_is {scores['nll_is']:.3f} nats, " if "nll_is" in scores else ""
+        print(
+            f"{name}: {nll}ELBO {scores['elbo']:.3f} nats, {scores['active_units']} active "
+            f"units (K = {scores['k']}, {scores['split']})"
+        )
+    print(f"wrote eval.json in {len(results)} member(s) of {directory}")
+    for note in notes:
+        print(note)
 
 
 def entry() -> None:

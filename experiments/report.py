@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from cvae import Workdir
+from cvae import Workdir, analysis
 from cvae.analysis import explore
 from cvae.runs import provenance
 from cvae.training import sweep
@@ -34,7 +34,7 @@ flags.DEFINE_multi_string(
     "reference",
     [],
     "With --plot: a run or sweep directory drawn as "
-    "horizontal reference lines (mean and 95%% CI band over seeds).",
+    "horizontal reference lines (mean and 95% CI band over seeds).",
 )
 FLAGS = flags.FLAGS
 COLUMNS = [
@@ -166,15 +166,48 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
     plt.close(fig)
 
 
-def table(workdirs) -> str:
-    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    for workdir in workdirs:
-        row = explore.run_summary(workdir)
+def table(rows) -> str:
+    """The Markdown table of ``run_summary`` rows; a column no run has is left out."""
+    columns = [(name, fmt) for name, fmt in COLUMNS if any(r.get(name) is not None for r in rows)]
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
         cells = [
-            fmt.format(row[name]) if row.get(name) is not None else "—" for name, fmt in COLUMNS
+            fmt.format(row[name]) if row.get(name) is not None else "—" for name, fmt in columns
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Metrics a training run does not write, the command that adds them, and whether every
+# run is expected to have them (a FID is optional until some run has one).
+EVALUATE = "python -m experiments.evaluate --workdir DIR (given a sweep directory: every member)"
+SCORE_SAMPLES = "python -m experiments.sample_quality --workdir RUN --classifier DIR for each run"
+ADDED_BY = {
+    "nll_is": (EVALUATE, True),
+    "active_units": (EVALUATE, True),
+    "fid_prior": (SCORE_SAMPLES, False),
+    "fid_gmm": (SCORE_SAMPLES, False),
+}
+
+
+def missing_notes(rows) -> list[str]:
+    """One line per metric some runs lack, naming those runs and the command that adds it
+    (a deterministic model has no nll_is: it is not counted as lacking one)."""
+    notes = []
+    for metric, (command, expected) in ADDED_BY.items():
+        owed = [
+            r for r in rows if not (metric == "nll_is" and r.get("posterior") == "deterministic")
+        ]
+        lacking = [r["run"] for r in owed if r.get(metric) is None]
+        if not lacking or (not expected and len(lacking) == len(owed)):
+            continue
+        names = ", ".join(lacking[:6]) + (
+            f" and {len(lacking) - 6} more" if len(lacking) > 6 else ""
+        )
+        notes.append(
+            f"{metric} missing for {len(lacking)} of {len(rows)} run(s) ({names}): {command}"
+        )
+    return notes
 
 
 def expand_sweeps(paths) -> tuple[list[pathlib.Path], list[str]]:
@@ -182,20 +215,12 @@ def expand_sweeps(paths) -> tuple[list[pathlib.Path], list[str]]:
     Also returns a note per sweep with members left out (failed, unfinished)."""
     workdirs, notes = [], []
     for path in paths:
-        record = sweep.SweepFile(path).read()
-        if record is None:
+        members = analysis.sweep_members(path)
+        if members is None:
             workdirs.append(path)
-            continue
-        left_out = {}
-        for name, entry in record["members"].items():
-            if entry["status"] in sweep.FINISHED:
-                workdirs.append(path / name)
-            else:
-                left_out.setdefault(entry["status"], []).append(name)
-        notes += [
-            f"{path}: left out {len(names)} {status} member(s): {', '.join(names)}"
-            for status, names in left_out.items()
-        ]
+        else:
+            workdirs += members[0]
+            notes += members[1]
     return workdirs, notes
 
 
@@ -210,6 +235,7 @@ def main(argv):
         Workdir(workdir).require_run()
     if FLAGS.plot and not FLAGS.group_by:
         raise cli.UsageError("--plot draws metrics against a field: give --group_by FIELD too")
+    rows = [explore.run_summary(w) for w in workdirs]
     if FLAGS.group_by:
         groups = explore.aggregate(workdirs, FLAGS.group_by)
         print(grouped_table(groups, FLAGS.group_by))
@@ -222,10 +248,10 @@ def main(argv):
             )
             print(f"\nwrote {FLAGS.plot}")
     else:
-        print(table(workdirs))
+        print(table(rows))
     print()
     print(provenance_lines(workdirs))
-    for note in notes:
+    for note in notes + missing_notes(rows):
         print(note)
 
 

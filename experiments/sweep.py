@@ -32,7 +32,7 @@ split_host_into_cores()
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cvae import parallel  # noqa: E402
+from cvae import analysis, parallel  # noqa: E402
 from cvae.training import sweep  # noqa: E402
 from experiments import cli  # noqa: E402
 
@@ -49,6 +49,13 @@ flags.DEFINE_bool(
     "single_program",
     False,
     "Refuse a grid that needs several compiled programs (naming the field that splits it).",
+)
+flags.DEFINE_integer(
+    "evaluate",
+    None,
+    "After training, evaluate every finished member on its test split with this many "
+    "importance samples (0: ELBO terms and active units only) and write its eval.json, as "
+    "experiments.evaluate does; the report then shows nll_is and active units.",
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (jax.distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -105,7 +112,13 @@ def main(argv):
     if interrupted:
         print("interrupted: rerun the same command to resume")
         cli.exit_interrupted(interrupted[0].stop_signal)
-    elif any(o.status == "failed" for o in outcomes.values()):
+    if FLAGS.evaluate is not None:  # the finished members: a failed one keeps its status
+        results = analysis.evaluate_sweep(directory, "test", FLAGS.evaluate)
+        print(
+            f"evaluated {len(results)} finished member(s) with K = {FLAGS.evaluate}: "
+            "eval.json in each"
+        )
+    if any(o.status == "failed" for o in outcomes.values()):
         sys.exit(1)
 
 

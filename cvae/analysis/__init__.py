@@ -11,6 +11,12 @@ use to explore and compare runs.
 This package sits at the top of the library: it may import everything beneath it.
 """
 
-from cvae.analysis.run import Run, load_config, load_run
+from cvae.analysis.run import (
+    Run,
+    evaluate_sweep,
+    load_config,
+    load_run,
+    sweep_members,
+)
 
-__all__ = ["Run", "load_config", "load_run"]
+__all__ = ["Run", "evaluate_sweep", "load_config", "load_run", "sweep_members"]

@@ -25,6 +25,7 @@ from cvae.models import objectives
 from cvae.models import vae as model_lib
 from cvae.runs import checkpoint
 from cvae.runs.workdir import RunNotFoundError, Workdir
+from cvae.training import sweep
 
 log = logging.getLogger("cvae")
 
@@ -528,3 +529,69 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
     )
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return Run(wd.path, config, params, model, info, meta)
+
+
+def sweep_members(directory: str | pathlib.Path) -> tuple[list[pathlib.Path], list[str]] | None:
+    """The finished members of a sweep directory, and notes on the others.
+
+    Args:
+      directory: a directory written by ``experiments.sweep``.
+
+    Returns:
+      (run directories of the members that finished, one note per status of those left
+      out), or None when the directory holds no ``sweep.json``.
+    """
+    directory = pathlib.Path(directory)
+    record = sweep.SweepFile(directory).read()
+    if record is None:
+        return None
+    finished, left_out = [], {}
+    for name, entry in sorted(record["members"].items()):
+        if entry["status"] in sweep.FINISHED:
+            finished.append(directory / name)
+        else:
+            left_out.setdefault(entry["status"], []).append(name)
+    notes = [
+        f"{directory}: left out {len(names)} {status} member(s): {', '.join(names)}"
+        for status, names in left_out.items()
+    ]
+    return finished, notes
+
+
+def evaluate_sweep(
+    directory: str | pathlib.Path,
+    split: str = "test",
+    k: int | None = None,
+    *,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+) -> dict[str, dict]:
+    """Evaluates every finished member of a sweep and writes each member's ``eval.json``.
+
+    Members whose models are equal (the seeds of one grid point) share one compiled
+    evaluation program.
+
+    Args:
+      directory: a directory written by ``experiments.sweep``.
+      split: a role or a split string, as ``Run.evaluate`` takes.
+      k: importance samples; None for each member's ``eval.num_importance_samples``.
+      batch_size: examples per batch; None for the members' config.
+      chunk_size: importance samples at once; None for the members' config.
+
+    Returns:
+      Each evaluated member's scores, by its path inside the sweep.
+
+    Raises:
+      RunNotFoundError: the directory holds no sweep.
+    """
+    directory = pathlib.Path(directory)
+    members = sweep_members(directory)
+    if members is None:
+        raise RunNotFoundError(f"{directory} holds no sweep (no {sweep.SWEEP_FILE})")
+    results = {}
+    for workdir in members[0]:
+        run = load_run(workdir)
+        scores = run.evaluate(split, k, batch_size=batch_size, chunk_size=chunk_size)
+        Workdir(workdir).write_eval(scores)
+        results[str(workdir.relative_to(directory))] = scores
+    return results

@@ -213,8 +213,13 @@ def test_sigterm_stops_a_sweep_saved_and_the_rerun_finishes_it(tmp_path):
     assert {e["status"] for e in status.values()} == {"interrupted"}
     stopped_at = {e["epoch"] for e in status.values()}
     assert len(stopped_at) == 1 and 1 <= stopped_at.pop() < 30
-    resumed = _sweep_cli(tmp_path / "stopped")  # 3 epochs: the stop came at or before the end
+    # 3 epochs: the stop came at or before the end; then every member is evaluated
+    resumed = _sweep_cli(tmp_path / "stopped", "--evaluate", "3")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "evaluated 4 finished member(s) with K = 3" in resumed.stdout
+    for name in MEMBERS:
+        scores = json.loads((tmp_path / "stopped" / name / "eval.json").read_text())
+        assert scores["k"] == 3 and scores["split"] == "test" and scores["nll_is"] > 0
 
 
 def test_two_array_tasks_share_one_sweep_directory(tmp_path):
@@ -249,6 +254,17 @@ def test_two_array_tasks_share_one_sweep_directory(tmp_path):
     ]
     rows = [line for line in summary.stdout.splitlines() if line.startswith(("| 0.01 ", "| 0.3 "))]
     assert len(rows) == 2 and all(row.split("|")[2].strip() == "4" for row in rows)
+    # Scores only an evaluation writes: the report says which runs lack them and how to add
+    # them; evaluating the sweep directory writes every member's eval.json.
+    assert "nll_is missing for 8 of 8 run(s)" in summary.stdout
+    evaluated = run_cli("experiments.evaluate", "--workdir", str(tmp_path), "--k", "2")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "wrote eval.json in 8 member(s)" in evaluated.stdout
+    table = run_cli("experiments.report", str(tmp_path))
+    assert table.returncode == 0, table.stderr[-2000:]
+    header = table.stdout.splitlines()[0]
+    assert "nll_is" in header and "fid_prior" not in header  # no run has a FID: no column
+    assert "missing" not in table.stdout
 
 
 @pytest.mark.parametrize(
