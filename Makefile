@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/digits_cvae
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test test-fast lint docs bench lock clean venv
+.PHONY: run test test-fast lint docs bench notebook lock clean venv
 
 venv: $(STAMP)
 
@@ -50,6 +50,11 @@ lint: $(STAMP)
 # The documentation site (build/site); --strict fails on a broken link or a bad docstring.
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --quiet
+
+# The notebooks in JupyterLab (installed into .venv on first use), on the quickstart's run.
+notebook: $(STAMP)
+	$(PY) -m pip install --quiet 'jupyterlab>=4,<5'
+	CVAE_WORKDIR=$(abspath $(WORKDIR)) $(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.training --sweep
