@@ -226,7 +226,7 @@ class Run:
           Images (steps, H, W, C).
         """
         _require_int(steps, 2, "steps must be an integer ≥ 2 (both ends included)")
-        pair = jnp.stack([self._inputs(x0), self._inputs(x1)])
+        pair = jnp.concatenate([self._inputs(x0), self._inputs(x1)])  # each a batch of one
         means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels))
         t = jnp.linspace(0.0, 1.0, steps)[:, None]
         z = (1 - t) * means[0] + t * means[1]
@@ -421,13 +421,14 @@ class Run:
                 key = jax.random.fold_in(
                     jax.random.key(self.config.seed), ex_post.EX_POST.index(kind)
                 )
-                log.info(
-                    "fitting the %s sampler to %d training codes; it is saved in %s and "
-                    "reused while these params are the run's",
-                    kind,
-                    len(codes),
-                    directory,
-                )
+                if kind != "gmm":  # the mixture fits in a moment; the others take a while
+                    log.info(
+                        "fitting the %s sampler to %d training codes; it is saved in %s and "
+                        "reused while these params are the run's",
+                        kind,
+                        len(codes),
+                        directory,
+                    )
                 fitted = ex_post.fit(kind, codes, key, seed=self.config.seed, progress=True)
                 try:
                     ex_post.save(

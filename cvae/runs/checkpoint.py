@@ -316,9 +316,13 @@ def _is_late_echo(text: str, error: BaseException | None) -> bool:
 
 
 class _DropLateEchoes(logging.Filter):
-    """asyncio's "Task exception was never retrieved" for a watched save's failed writes."""
+    """asyncio's "Task exception was never retrieved" for a watched save's failed writes,
+    and the errors Orbax's worker threads log (with a traceback, often naming no path)
+    while a save is watched: its failure is reported once, by ``Checkpointer.save``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _WATCHED and record.levelno >= logging.ERROR and "orbax" in record.pathname:
+            return False
         error = record.exc_info[1] if record.exc_info else None
         return not _is_late_echo(record.getMessage() + str(error or ""), error)
 
@@ -346,7 +350,8 @@ def _watch(path: pathlib.Path) -> None:
 
     hook.drops_late_checkpoint_echoes = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_DropLateEchoes())
+    for name in ("asyncio", "absl"):
+        logging.getLogger(name).addFilter(_DropLateEchoes())
     # The reads Orbax had queued and never ran are garbage-collected with a warning each.
     warnings.filterwarnings(
         "ignore", r"coroutine '_read_array\w*' was never awaited", RuntimeWarning

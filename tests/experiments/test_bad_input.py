@@ -222,6 +222,9 @@ def test_an_int_seed_is_a_key_and_one_image_is_a_batch_of_one(run):
     np.testing.assert_array_equal(run.sample(3, 4), run.sample(jax.random.key(3), 4))
     np.testing.assert_array_equal(run.reconstruct(x, 5), run.reconstruct(x, jax.random.key(5)))
     np.testing.assert_array_equal(run.encode(x[0])[0], run.encode(x[:1])[0])
+    path = run.interpolate(x[0], x[1], steps=3)
+    assert path.shape == (3, 8, 8, 1)
+    np.testing.assert_array_equal(path, run.interpolate(x[:1], x[1:2], steps=3))
     with pytest.raises(TypeError, match=r"jax.random.key\(0\), or an int seed"):
         run.sample("0", 4)
 
