@@ -48,8 +48,8 @@ def main(argv):
     print(
         f"results in {workdir.path}/: eval.json, metrics.jsonl, samples_gmm.png, "
         f"samples_prior.png, samplers/ (the fitted mixture), images/, checkpoints/, tb/ "
-        f"(TensorBoard events: "
-        f"`pip install -e '.[viewer]'`, then `tensorboard --logdir {workdir.tensorboard}`)"
+        f"(TensorBoard events: `.venv/bin/pip install -e '.[viewer]'`, then "
+        f"`.venv/bin/tensorboard --logdir {workdir.tensorboard}`)"
     )
 
 
