@@ -41,21 +41,19 @@ def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_
         assert abs(float(np.var(leaf)) - bound**2 / 3) < 0.1 * bound**2 / 3
 
 
-@requires_mnist
-def test_bench_prints_the_documented_json_line():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": mnist_data_dir()}
+def _benchmark(module: str, *flags: str, **env: str):
+    """``python -m benchmarks.MODULE`` on MNIST, seed arch, batch 1024, 2 epochs: (the JSON
+    record it prints last, the completed process)."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "",
+        "TFDS_DATA_DIR": mnist_data_dir(),
+        **env,
+    }
+    args = ["--arch", "seed", "--batch-size", "1024", "--epochs", "2", *flags]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.training",
-            "--arch",
-            "seed",
-            "--batch-size",
-            "1024",
-            "--epochs",
-            "2",
-        ],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -63,7 +61,12 @@ def test_bench_prints_the_documented_json_line():
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    record = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1]), out
+
+
+@requires_mnist
+def test_bench_prints_the_documented_json_line():
+    record, _ = _benchmark("training")
     for key in (
         "peer",
         "arch",
@@ -92,29 +95,7 @@ def test_bench_prints_the_documented_json_line():
 
 @requires_mnist
 def test_bench_members_compares_a_population_with_the_same_runs_alone():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TFDS_DATA_DIR": mnist_data_dir()}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.population",
-            "--members",
-            "2",
-            "--arch",
-            "seed",
-            "--batch-size",
-            "1024",
-            "--epochs",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    record = json.loads(out.stdout.strip().splitlines()[-1])
+    record, out = _benchmark("population", "--members", "2")
     assert record["benchmark"] == "population" and record["members"] == 2
     assert record["population_over_solo"] == pytest.approx(
         record["population_examples_per_s"] / record["solo_examples_per_s"]
@@ -132,33 +113,7 @@ def test_bench_members_compares_a_population_with_the_same_runs_alone():
 
 @requires_mnist
 def test_bench_pipeline_compares_the_loader_stream_and_device_paths(tmp_path):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "",
-        "TFDS_DATA_DIR": mnist_data_dir(),
-        "CVAE_CACHE_DIR": str(tmp_path),
-    }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.pipeline",
-            "--arch",
-            "seed",
-            "--batch-size",
-            "1024",
-            "--epochs",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    record = json.loads(out.stdout.strip().splitlines()[-1])
+    record, _ = _benchmark("pipeline", CVAE_CACHE_DIR=str(tmp_path))
     assert record["benchmark"] == "pipeline" and record["loader_examples_per_s"] > 0
     assert record["stream_over_device"] == pytest.approx(
         record["stream_train_examples_per_s"] / record["device_train_examples_per_s"]
