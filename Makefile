@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/digits_cvae
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test test-fast lint docs bench notebook lock clean venv
+.PHONY: run test test-fast lint typecheck docs bench notebook lock clean venv
 
 venv: $(STAMP)
 
@@ -34,18 +34,22 @@ lock:
 run: $(STAMP)
 	$(PY) -m experiments.main --workdir $(WORKDIR)
 
-# The whole suite: lint, the documentation site, then every test in two worker processes.
-test: lint docs
+# The whole suite: lint, types, the documentation site, then every test in two workers.
+test: lint typecheck docs
 	$(PY) -m pytest -n auto --maxprocesses=2
 
 # The unit tier for the edit-test loop: no subprocess, no training beyond a few steps.
 test-fast: $(STAMP)
 	$(PY) -m pytest -n auto --maxprocesses=2 -q -m "not slow and not mnist"
 
-# The same checks as .pre-commit-config.yaml: ruff's lint rules and its formatting.
+# ruff's lint rules and its formatting (also run by .pre-commit-config.yaml).
 lint: $(STAMP)
 	$(PY) -m ruff check cvae experiments benchmarks tests
 	$(PY) -m ruff format --check --quiet cvae experiments benchmarks tests
+
+# mypy over cvae/ at the level pyproject.toml declares ([tool.mypy]).
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 # The documentation site (build/site); --strict fails on a broken link or a bad docstring.
 docs: $(STAMP)

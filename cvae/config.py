@@ -7,6 +7,8 @@ compiled, and raises a ``ConfigError`` naming the field, the value and the valid
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -247,7 +249,7 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     for role in ("train", "test"):
         split = d[f"{role}_split"]
         check(
-            isinstance(split, str) and split,
+            isinstance(split, str) and bool(split),
             f"data.{role}_split",
             split,
             "a TFDS split string such as 'train' or 'train[:90%]'",
@@ -471,7 +473,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     defaults = base_config()
 
     def restore(node: dict, schema) -> dict:
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in node.items():
             default = schema.get(key) if schema is not None else None
             if isinstance(value, dict):

@@ -6,6 +6,8 @@ import os
 import shutil
 import tempfile
 
+import hypothesis
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -28,6 +30,14 @@ else:
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[CACHE_VARIABLE]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # CPU programs compile fast
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"  # and are small: cache all
+
+# Hypothesis (the property tests): no deadline (a first example pays for XLA compilation),
+# no example database in the working tree, and the reproduction blob printed on failure.
+# On CI the examples are derandomized, so a run is repeatable; locally each run explores.
+hypothesis.settings.register_profile(
+    "cvae", deadline=None, database=None, print_blob=True, derandomize=bool(os.environ.get("CI"))
+)
+hypothesis.settings.load_profile("cvae")
 
 
 def pytest_unconfigure(config):

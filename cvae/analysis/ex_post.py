@@ -26,6 +26,7 @@ import math
 import pathlib
 import shutil
 import tempfile
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -149,7 +150,7 @@ def default_sampler(posterior_family: str) -> str:
 class LatentFlow:
     """z = shift + scale ⊙ f(ε): a flowjax MAF over standardised codes."""
 
-    flow: object  # flowjax.distributions.Transformed
+    flow: Any  # flowjax.distributions.Transformed
     shift: np.ndarray
     scale: np.ndarray
     layers: int
@@ -314,6 +315,7 @@ class TwoStageSampler:
         """
         u = jax.random.normal(key, (num_samples, self.dim))
         decoded = self.module.apply({"params": self.params}, u, method=_CodeVAE.decode)
+        assert isinstance(decoded, jax.Array)  # apply returns (out, state) only when mutable
         return jnp.asarray(self.shift) + jnp.asarray(self.scale) * decoded
 
     def log_prob(self, z, key=None, k: int = 200):
@@ -376,9 +378,10 @@ def fit_two_stage(
     tx = optax.adam(learning_rate)
 
     def loss(params, batch, key, kl_weight):
-        mean, log_var = module.apply({"params": params}, batch, method=module.encode)
+        bound = module.bind({"params": params})
+        mean, log_var = bound.encode(batch)
         u = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape)
-        decoded = module.apply({"params": params}, u, method=module.decode)
+        decoded = bound.decode(u)
         log_gamma = jnp.broadcast_to(params["log_gamma"], batch.shape)
         kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean**2 - 1.0 - log_var, axis=-1)
         return -jnp.mean(_gaussian_log_prob(batch, decoded, log_gamma) - kl_weight * kl)

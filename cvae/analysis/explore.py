@@ -225,6 +225,7 @@ def posterior_diagnostics(run: Run, images) -> dict:
     """
     x = jnp.asarray(images, jnp.float32)
     posterior = run.model.apply({"params": run.params}, x, method=run.model.encode)
+    assert not isinstance(posterior, tuple)  # apply returns (out, state) only when mutable
     count, variances = metrics.active_units(posterior.mean)
     out = {"active_units": count, "mean_variance": variances}
     if run.model.posterior_family != "deterministic":

@@ -546,7 +546,8 @@ def sweep_members(directory: str | pathlib.Path) -> tuple[list[pathlib.Path], li
     record = sweep.SweepFile(directory).read()
     if record is None:
         return None
-    finished, left_out = [], {}
+    finished: list = []
+    left_out: dict[str, list[str]] = {}
     for name, entry in sorted(record["members"].items()):
         if entry["status"] in sweep.FINISHED:
             finished.append(directory / name)

@@ -14,6 +14,7 @@ covers every example, padding the last batch and masking the padding out.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -164,7 +165,7 @@ def fixed_binarization(images01: np.ndarray, first_row: int = 0) -> np.ndarray:
     Returns:
       {0, 1} uint8 of the same shape.
     """
-    flat = images01.reshape(len(images01), -1)
+    flat = images01.reshape(len(images01), math.prod(images01.shape[1:]))  # N may be 0
     bits = np.random.PCG64(EVAL_BINARIZATION_SEED)  # what default_rng(seed) wraps
     bits.advance(first_row * flat.shape[1])
     u = np.random.Generator(bits).random(flat.shape)

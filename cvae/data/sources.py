@@ -25,6 +25,7 @@ from cvae.data.catalog import TfdsSource
 from cvae.data.splits import (
     Dataset,
     DatasetInfo,
+    Source,
     no_validation_split,
     select,
     split_of,
@@ -89,7 +90,7 @@ class DecodedSource:
         self.paths = {k: root.expanduser() / f"{stem}.{k}.npy" for k in ("images", "labels")}
         if not all(p.exists() for p in self.paths.values()):
             self._build(source)
-        self._maps = None
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
 
     def _build(self, source) -> None:
         n = len(source)
@@ -115,7 +116,8 @@ class DecodedSource:
             ((chunk_images, chunk_labels),) = reader.chunks(np.asarray(rows)[None])
             images[start : start + len(rows)] = chunk_images[0]
             labels[start : start + len(rows)] = chunk_labels[0]
-        images.flush(), labels.flush()
+        images.flush()
+        labels.flush()
         del images, labels
         for key, path in self.paths.items():
             os.replace(staging[key], path)
@@ -123,9 +125,12 @@ class DecodedSource:
     def __len__(self) -> int:
         return len(self._open()[1])
 
-    def _open(self):
+    def _open(self) -> tuple[np.ndarray, np.ndarray]:
         if self._maps is None:  # opened lazily: also in each worker process
-            self._maps = tuple(np.load(self.paths[k], mmap_mode="r") for k in ("images", "labels"))
+            self._maps = (
+                np.load(self.paths["images"], mmap_mode="r"),
+                np.load(self.paths["labels"], mmap_mode="r"),
+            )
         return self._maps
 
     def __getstate__(self):
@@ -149,7 +154,7 @@ class DecodedSource:
 class Subset:
     """The examples ``indices`` of ``source`` (the train split less a carved validation)."""
 
-    source: object
+    source: Source
     indices: np.ndarray
 
     def __len__(self) -> int:

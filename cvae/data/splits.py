@@ -14,7 +14,7 @@ import collections.abc
 import dataclasses
 import functools
 import types
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -31,9 +31,29 @@ class DatasetInfo:
     """What a model needs to know of a data set: image shape, classes, raw pixel range."""
 
     name: str
-    shape: tuple[int, int, int]  # H, W, C
+    shape: tuple[int, ...]  # (H, W, C)
     num_classes: int  # 0 when unlabelled
     pixel_range: tuple[float, float]  # range of the raw values in ``images``
+
+
+class Source(Protocol):
+    """What every random-access source of one split offers (``cvae.data.sources``)."""
+
+    @property
+    def info(self) -> DatasetInfo: ...
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``indices`` of the split.
+
+        Args:
+          indices: example indices (any integer array-like).
+
+        Returns:
+          (images (n, H, W, C), labels (n,) int32; zeros when the set is unlabelled).
+        """
+        ...
 
 
 class Dataset(NamedTuple):

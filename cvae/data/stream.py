@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from cvae import faults
+from cvae.data.splits import Source
 
 
 class PipelineError(RuntimeError):
@@ -51,7 +52,7 @@ class Stream:
     multi-process run; every process reads only its own rows.
     """
 
-    source: object
+    source: Source
     chunk_steps: int
     threads: int = 2
     prefetch: int = 2  # chunks read ahead: with the one in use and its device copy, the

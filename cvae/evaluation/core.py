@@ -53,7 +53,7 @@ class EvalSet:
     them to [0, 1]. Unlabelled sources read labels 0.
     """
 
-    source: object
+    source: data.Source
     binarize: bool
 
     @classmethod

@@ -40,11 +40,11 @@ class Linear(nn.Module):
     """
 
     features: int
-    init: str = "lecun"
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.init == "lecun":
+        if self.weight_init == "lecun":
             return nn.Dense(self.features, name="dense")(x)
         bound = 1.0 / math.sqrt(x.shape[-1])
 
@@ -109,17 +109,17 @@ class MLPStack(nn.Module):
     widths: Sequence[int]
     activation: str = "relu"
     dropout_rate: float = 0.0
-    init: str = "lecun"
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, h: jax.Array, *, train: bool = False) -> jax.Array:
         for i, width in enumerate(self.widths):
             if self.activation == GATED:
-                h = Linear(width, self.init, name=f"hidden_{i}")(h) * nn.sigmoid(
-                    Linear(width, self.init, name=f"gate_{i}")(h)
+                h = Linear(width, self.weight_init, name=f"hidden_{i}")(h) * nn.sigmoid(
+                    Linear(width, self.weight_init, name=f"gate_{i}")(h)
                 )
             else:
-                h = Linear(width, self.init, name=f"hidden_{i}")(h)
+                h = Linear(width, self.weight_init, name=f"hidden_{i}")(h)
                 h = ACTIVATIONS[self.activation](h)
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
@@ -138,18 +138,18 @@ class MLPEncoder(nn.Module):
     variance_head: bool = True
     activation: str = "relu"
     dropout_rate: float = 0.0
-    init: str = "lecun"
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, x, labels_onehot=None, *, train: bool = False):
         h = _with_labels(x.reshape(x.shape[:-3] + (-1,)), labels_onehot)
-        h = MLPStack(self.widths, self.activation, self.dropout_rate, self.init, name="trunk")(
-            h, train=train
-        )
-        mean = Linear(self.latent_dim, self.init, name="mean")(h)
+        h = MLPStack(
+            self.widths, self.activation, self.dropout_rate, self.weight_init, name="trunk"
+        )(h, train=train)
+        mean = Linear(self.latent_dim, self.weight_init, name="mean")(h)
         if not self.variance_head:
             return mean, None
-        return mean, Linear(self.latent_dim, self.init, name="log_var")(h)
+        return mean, Linear(self.latent_dim, self.weight_init, name="log_var")(h)
 
 
 class MLPDecoder(nn.Module):
@@ -159,15 +159,15 @@ class MLPDecoder(nn.Module):
     param_shape: tuple[int, ...]
     activation: str = "relu"
     dropout_rate: float = 0.0
-    init: str = "lecun"
+    weight_init: str = "lecun"
 
     @nn.compact
     def __call__(self, z, labels_onehot=None, *, train: bool = False):
         h = _with_labels(z, labels_onehot)
-        h = MLPStack(self.widths, self.activation, self.dropout_rate, self.init, name="trunk")(
-            h, train=train
-        )
-        out = Linear(math.prod(self.param_shape), self.init, name="output")(h)
+        h = MLPStack(
+            self.widths, self.activation, self.dropout_rate, self.weight_init, name="trunk"
+        )(h, train=train)
+        out = Linear(math.prod(self.param_shape), self.weight_init, name="output")(h)
         return out.reshape(z.shape[:-1] + tuple(self.param_shape))
 
 

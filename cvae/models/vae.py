@@ -188,6 +188,8 @@ def build_model(
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))
+    encoder: nn.Module
+    decoder: nn.Module
     if cfg.arch == "mlp":
         encoder = nets.MLPEncoder(
             tuple(cfg.encoder_widths),

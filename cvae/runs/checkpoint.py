@@ -327,6 +327,17 @@ class _DropLateEchoes(logging.Filter):
         return not _is_late_echo(record.getMessage() + str(error or ""), error)
 
 
+class _LateEchoHook:
+    """``sys.unraisablehook`` less the late echoes of a watched save."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        if not _is_late_echo(str(unraisable.exc_value), unraisable.exc_value):
+            self.previous(unraisable)
+
+
 def _watch(path: pathlib.Path) -> None:
     """Keeps the late echoes of a failed restore or save of ``path`` off the console.
 
@@ -340,16 +351,9 @@ def _watch(path: pathlib.Path) -> None:
     they are installed once, and ``_unwatch`` forgets a save that succeeded.
     """
     _WATCHED.add(str(path))
-    if getattr(sys.unraisablehook, "drops_late_checkpoint_echoes", False):
+    if isinstance(sys.unraisablehook, _LateEchoHook):
         return
-    previous = sys.unraisablehook
-
-    def hook(unraisable) -> None:
-        if not _is_late_echo(str(unraisable.exc_value), unraisable.exc_value):
-            previous(unraisable)
-
-    hook.drops_late_checkpoint_echoes = True
-    sys.unraisablehook = hook
+    sys.unraisablehook = _LateEchoHook(sys.unraisablehook)
     for name in ("asyncio", "absl"):
         logging.getLogger(name).addFilter(_DropLateEchoes())
     # The reads Orbax had queued and never ran are garbage-collected with a warning each.

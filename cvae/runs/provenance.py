@@ -10,6 +10,7 @@ import importlib.metadata
 import pathlib
 import platform
 import subprocess
+from collections.abc import Mapping
 
 import jax
 
@@ -30,7 +31,7 @@ def _normalised(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def lock_differences(lock_text: str, installed: dict[str, str | None]) -> list[str]:
+def lock_differences(lock_text: str, installed: Mapping[str, str | None]) -> list[str]:
     """The packages whose installed version is not the one a lock file pins.
 
     Args:
@@ -84,7 +85,7 @@ def collect() -> dict:
     """
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

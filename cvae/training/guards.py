@@ -34,7 +34,7 @@ def one_writer(workdir: Workdir):
 @contextlib.contextmanager
 def stop_requests():
     """Turns SIGINT/SIGTERM into a flag checked between epochs (a save, then a clean exit)."""
-    flag = {"signal": None}
+    flag: dict[str, str | None] = {"signal": None}
 
     def handler(signum, _frame):
         flag["signal"] = signal.Signals(signum).name

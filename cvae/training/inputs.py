@@ -26,7 +26,7 @@ class TrainingData:
     test_set: evaluation.EvalSet
     class_table: data.ClassTable | None
     preprocess: data.Preprocessor
-    train_source: object = None  # the stream pipeline's source (cvae.data.sources)
+    train_source: data.Source | None = None  # the stream pipeline's source (cvae.data.sources)
     batch_size: int = 0
 
     @property
@@ -34,12 +34,33 @@ class TrainingData:
         return "device" if self.train_set is not None else "stream"
 
     @property
+    def _train_split(self) -> data.Dataset | data.Source:
+        if self.train_set is not None:
+            return self.train_set
+        assert self.train_source is not None, "TrainingData holds one of the two"
+        return self.train_source
+
+    @property
+    def in_memory(self) -> data.Dataset:
+        """The training split held in host memory (the device pipeline)."""
+        if self.train_set is None:
+            raise ValueError("the training split is streamed (data.pipeline='stream')")
+        return self.train_set
+
+    @property
+    def streamed(self) -> data.Source:
+        """The training split's source (the stream pipeline)."""
+        if self.train_source is None:
+            raise ValueError("the training split is in memory (data.pipeline='device')")
+        return self.train_source
+
+    @property
     def info(self) -> data.DatasetInfo:
-        return (self.train_set if self.train_set is not None else self.train_source).info
+        return self._train_split.info
 
     @property
     def num_train(self) -> int:
-        return len(self.train_set if self.train_set is not None else self.train_source)
+        return len(self._train_split)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Optimizer steps in one epoch: full batches only (the last partial batch is dropped).
@@ -61,9 +82,10 @@ class TrainingData:
         Returns:
           Raw images (n, H, W, C).
         """
-        if self.train_set is not None:
-            return self.train_set.images[:n]
-        return self.train_source.read(np.arange(min(n, self.num_train)))[0]
+        split = self._train_split
+        if isinstance(split, data.Dataset):
+            return split.images[:n]
+        return split.read(np.arange(min(n, self.num_train)))[0]
 
 
 def load_training_data(cfg, num_devices: int) -> TrainingData:
@@ -95,21 +117,24 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
     # trains: neither the test nor a validation split is ever held whole.
     test_source = data.role_source(cfg.data, "test")
     val_source = data.role_source(cfg.data, "validation") if cfg.data.validation_split else None
+    train_set: data.Dataset | None = None
+    train_source: data.Source | None = None
+    carved: data.Source | None = None
     if pipeline == "device":  # the whole split in host memory (TFDS: decoded once, cached)
-        train_set, carved = data.split_validation(
+        train_set, carved_set = data.split_validation(
             data.in_memory(source, cfg.data), cfg.data.validation_size
         )
-        train_source = None
-        carved = None if carved is None else data.ArraySource(carved)
+        carved = None if carved_set is None else data.ArraySource(carved_set)
+        num_train = len(train_set)
     else:  # the same examples, read as training goes
         source = data.streaming_source(source, cfg.data)
-        train_set, train_source, carved = None, source, None
+        train_source = source
         if cfg.data.validation_size:
             train_idx, val_idx = data.validation_indices(len(source), cfg.data.validation_size)
             train_source = data.Subset(source, train_idx)
             carved = data.Subset(source, val_idx)
+        num_train = len(train_source)
     val_source = val_source if val_source is not None else carved
-    num_train = len(train_set if train_set is not None else train_source)
     info = source.info
     if cfg.train.batch_size > num_train:
         raise config_lib.ConfigError(
@@ -118,22 +143,24 @@ def load_training_data(cfg, num_devices: int) -> TrainingData:
         )
     binarize = cfg.data.binarize == "dynamic"
     class_table = None
-    if cfg.data.class_balanced and train_set is None:
-        raise config_lib.ConfigError(
-            "data.class_balanced = True is not supported by the streaming pipeline yet; "
-            "set data.pipeline='device' (raise data.max_device_bytes if needed)"
-        )
     if cfg.data.class_balanced:
+        if train_set is None:
+            raise config_lib.ConfigError(
+                "data.class_balanced = True is not supported by the streaming pipeline yet; "
+                "set data.pipeline='device' (raise data.max_device_bytes if needed)"
+            )
         if train_set.labels is None:
             raise config_lib.ConfigError("data.class_balanced = True needs labelled data")
         class_table = data.ClassTable.from_labels(train_set.labels, info.num_classes)
     # Without a validation split, model selection evaluates on the training set (when
     # streamed, on its first 10,000 examples).
+    eval_source: data.Source
     if val_source is not None:
         eval_source, eval_split = val_source, "validation"
     elif train_set is not None:
         eval_source, eval_split = data.ArraySource(train_set), "train_eval"
     else:
+        assert train_source is not None  # the stream pipeline
         eval_source = data.Subset(train_source, np.arange(min(num_train, 10000)))
         eval_split = "train_eval"
     return TrainingData(

@@ -133,7 +133,7 @@ def build_population_epoch(*, model, config, mesh: Mesh, d: inputs.TrainingData,
         batch_sharding=parallel.batch_sharded(mesh),
     )
     epoch_indices = steps.make_epoch_indices(
-        num_train=len(d.train_set), batch_size=config.train.batch_size, class_table=d.class_table
+        num_train=d.num_train, batch_size=config.train.batch_size, class_table=d.class_table
     )
     # spmd_axis_name: the sharding constraint on a member's batch gains the member axis.
     member_step = jax.vmap(one_step, in_axes=(0, 0, None, None, 0, 0), spmd_axis_name="member")
@@ -258,7 +258,7 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
         },
         by_member,
     )
-    images, labels = steps.place_training_data(d.train_set, mesh)
+    images, labels = steps.place_training_data(d.in_memory, mesh)
     train_epoch, traces = build_population_epoch(
         model=models[0], config=cfg0, mesh=mesh, d=d, total_steps=total_steps
     )
@@ -293,7 +293,7 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
             per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - tick
             stopping = parallel.any_process(stop["signal"] is not None)
-            for i in np.flatnonzero(active):
+            for i in np.flatnonzero(active).tolist():
                 first_step = outcomes[i].step
                 try:
                     books[i].after_epoch(

@@ -17,6 +17,7 @@ import numpy as np
 
 from cvae import config as config_lib
 from cvae import data, parallel
+from cvae.data import Stream
 from cvae.models import vae as model_lib
 from cvae.runs import checkpoint, provenance
 from cvae.runs.workdir import Workdir
@@ -63,15 +64,16 @@ class Setup:
     programs: steps.TrainPrograms
     train_data: tuple | None  # (images, labels) replicated on the mesh; None when streamed
     data: TrainingData
-    stream: data.Stream | None = None  # the streaming pipeline's reader
+    stream: Stream | None = None  # the streaming pipeline's reader
 
     def run_epoch(self, state, data_key, train_key, epoch: int):
         """Epoch ``epoch``: (state, per-step scalars) through the run's pipeline — one
         compiled epoch over on-device data, or the streamed chunks of the same batches."""
         if self.stream is None:
+            assert self.train_data is not None  # the device pipeline's arrays
             return self.programs.train_epoch(state, *self.train_data, data_key, train_key, epoch)
         order = self.epoch_order(data_key, epoch)
-        per_chunk = []
+        per_chunk: list[dict] = []
         for images, labels in self.stream.chunks(order):
             batch = order.shape[1]
             state, scalars = self.programs.train_epoch(
@@ -168,7 +170,7 @@ def setup(cfg) -> Setup:
             model=model, config=cfg, mesh=mesh, preprocess=d.preprocess, total_steps=steps_total
         )
         reader = data.Stream(
-            d.train_source,
+            d.streamed,
             cfg.data.stream_chunk_steps,
             workers=cfg.data.stream_workers,
             rows=parallel.process_rows(cfg.train.batch_size),
@@ -183,7 +185,7 @@ def setup(cfg) -> Setup:
         preprocess=d.preprocess,
         class_table=d.class_table,
     )
-    return Setup(mesh, model, state, programs, steps.place_training_data(d.train_set, mesh), d)
+    return Setup(mesh, model, state, programs, steps.place_training_data(d.in_memory, mesh), d)
 
 
 def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
@@ -209,7 +211,7 @@ def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
     return state, progress
 
 
-def log_setup(mesh, params, workdir: Workdir) -> None:
+def log_setup(mesh, params, workdir: object) -> None:
     log.info(
         "devices: %d × %s in %d process(es); parameters: %d (encoder %d, decoder %d); workdir: %s",
         mesh.size,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -206,7 +207,7 @@ def make_epoch_indices(*, num_train: int, batch_size: int, class_table: data.Cla
 class TrainPrograms:
     """The jitted training epoch, with a trace counter (for retrace tests)."""
 
-    train_epoch: callable
+    train_epoch: Callable
     traces: dict
 
 

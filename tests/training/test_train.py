@@ -296,19 +296,6 @@ def test_training_reads_the_splits_the_config_names(tmp_path):
     assert scored["num_examples"] == 100
 
 
-def test_the_steps_gather_returns_exactly_the_indexed_images():
-    """steps.gather_rows (a 2-D view, faster on XLA:CPU) == images[indices], also vmapped
-    over a population's member axis, for images of any rank."""
-    rng = np.random.default_rng(0)
-    for shape in [(50, 6, 5, 3), (50, 7, 7, 1), (50, 9)]:
-        images = rng.integers(0, 256, shape, dtype=np.uint8)
-        indices = rng.integers(0, 50, (4, 11)).astype(np.int32)
-        alone = jax.jit(steps.gather_rows)(images, indices[0])
-        np.testing.assert_array_equal(alone, images[indices[0]])
-        members = jax.jit(jax.vmap(steps.gather_rows, in_axes=(None, 0)))(images, indices)
-        np.testing.assert_array_equal(members, images[indices])
-
-
 def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_fix(tmp_path):
     """A start that failed (here: a data set that is not there) wrote config.json but no
     checkpoint: it is not a run, and the corrected command starts in the same workdir."""

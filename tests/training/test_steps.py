@@ -1,0 +1,144 @@
+"""The pure pieces of a training step (cvae.training.steps): the traced hyperparameters,
+the learning-rate schedule and optimizer, the epoch's batch indices, the gather, and one
+optimizer step — in process, a few steps at most."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cvae import config as config_lib
+from cvae import data
+from cvae.models import vae as model_lib
+from cvae.training import steps
+from tests.helpers import make_test_config
+
+pytestmark = pytest.mark.unit
+
+
+def test_hyperparameters_are_the_configs_traced_numbers_by_their_last_name():
+    cfg = make_test_config(**{"model.sigma0": 0.2, "objective.beta": 3.0})
+    hyper = steps.hyperparameters(cfg)
+    assert set(hyper) == {name.split(".")[-1] for name in steps.HYPERPARAMETERS[1:]}
+    assert hyper["sigma0"] == 0.2 and hyper["beta"] == 3.0
+    assert all(isinstance(v, float) for v in hyper.values())
+
+
+def test_warmup_cosine_schedule_with_a_traced_peak_equals_optaxs_schedule():
+    cfg = make_test_config(
+        **{"train.lr_schedule": "warmup_cosine", "train.lr_warmup_steps": 10}
+    ).train
+    reference = optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, 100)
+    traced = jax.jit(lambda peak, step: steps.learning_rate(cfg, 100, peak)(step))
+    for step in (0, 5, 10, 50, 99):
+        assert float(traced(jnp.float32(3e-3), step)) == pytest.approx(
+            float(reference(step)), rel=1e-6, abs=1e-12
+        )
+    constant = make_test_config(**{"train.learning_rate": 2e-3}).train
+    assert float(steps.learning_rate(constant, 100)(57)) == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_weight_decay_shrinks_the_parameters_of_a_zero_gradient(optimizer):
+    """With a zero gradient only the decay moves the parameters: Adam adds λθ to the
+    gradient (L2), AdamW decays θ directly; a decay of 0 leaves θ where it was."""
+    cfg = make_test_config(
+        **{"train.optimizer": optimizer, "train.weight_decay": 0.1, "train.learning_rate": 0.01}
+    ).train
+    params = {"w": jnp.ones(3)}
+    tx = steps.make_optimizer(cfg, 10)
+    updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+    moved = optax.apply_updates(params, updates)["w"]
+    assert np.all(np.asarray(moved) < 1.0)
+    still = steps.make_optimizer(cfg, 10, weight_decay=0.0)
+    updates, _ = still.update({"w": jnp.zeros(3)}, still.init(params), params)
+    np.testing.assert_array_equal(optax.apply_updates(params, updates)["w"], params["w"])
+
+
+def test_an_epoch_visits_every_example_once_in_an_order_set_by_key_and_epoch():
+    indices = steps.make_epoch_indices(num_train=103, batch_size=10, class_table=None)
+    key = jax.random.key(0)
+    first = np.asarray(indices(key, 0))
+    assert first.shape == (10, 10)  # whole batches only: 3 examples left out this epoch
+    assert len(np.unique(first)) == 100 and first.max() < 103
+    np.testing.assert_array_equal(first, np.asarray(indices(key, 0)))
+    assert not np.array_equal(first, np.asarray(indices(key, 1)))
+    assert not np.array_equal(first, np.asarray(indices(jax.random.key(1), 0)))
+
+
+def test_class_balanced_epochs_draw_each_class_equally_often():
+    labels = np.array([0] * 90 + [1] * 10)
+    table = data.ClassTable.from_labels(labels, 2)
+    indices = steps.make_epoch_indices(num_train=100, batch_size=20, class_table=table)
+    drawn = np.concatenate([np.asarray(indices(jax.random.key(0), e)).ravel() for e in range(20)])
+    share_of_minority = np.mean(labels[drawn] == 1)
+    # 2,000 draws, each class with probability ½: 5 standard errors is ±0.056
+    assert abs(share_of_minority - 0.5) < 0.056
+
+
+def test_the_gather_returns_exactly_the_indexed_images():
+    """steps.gather_rows (a 2-D view, faster on XLA:CPU) == images[indices], also vmapped
+    over a population's member axis, for images of any rank."""
+    rng = np.random.default_rng(0)
+    for shape in [(50, 6, 5, 3), (50, 7, 7, 1), (50, 9)]:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+        indices = rng.integers(0, 50, (4, 11)).astype(np.int32)
+        alone = jax.jit(steps.gather_rows)(images, indices[0])
+        np.testing.assert_array_equal(alone, images[indices[0]])
+        members = jax.jit(jax.vmap(steps.gather_rows, in_axes=(None, 0)))(images, indices)
+        np.testing.assert_array_equal(members, images[indices])
+
+
+@pytest.fixture(scope="module")
+def one_step():
+    cfg = make_test_config(**{"model.encoder_widths": (16,), "model.latent_dim": 2})
+    model = model_lib.build_model(cfg.model, (4, 4, 1), 0)
+    preprocess = data.Preprocessor(255.0, binarize=True, dequantize=False)
+    step = jax.jit(steps.make_step(model=model, config=cfg, preprocess=preprocess, total_steps=10))
+    params = model_lib.init_params(model, jax.random.key(0))
+    tx = steps.make_optimizer(cfg.train, 10)
+    state = {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
+    images = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
+    labels = np.zeros(32, np.int32)
+    return step, state, images, labels, steps.hyperparameters(cfg)
+
+
+def test_a_step_is_a_pure_function_of_its_state_batch_and_key(one_step):
+    step, state, images, labels, hyper = one_step
+    batch = jnp.arange(8)
+    a, scalars = step(state, batch, images, labels, jax.random.key(1), hyper)
+    b, _ = step(state, batch, images, labels, jax.random.key(1), hyper)
+    c, _ = step(state, batch, images, labels, jax.random.key(2), hyper)
+    assert int(a["step"]) == 1 and np.isfinite(float(scalars["loss"]))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    moved = jax.tree_util.tree_leaves(a["params"])[0]
+    assert not np.array_equal(moved, jax.tree_util.tree_leaves(c["params"])[0])
+    assert not np.array_equal(moved, jax.tree_util.tree_leaves(state["params"])[0])
+
+
+def test_a_traced_hyperparameter_is_the_config_value_it_replaces(one_step):
+    """make_step reads σ₀, β, the learning rate, … from ``hyper``: passing them traced (as a
+    population member does) gives the step that the Python floats give."""
+    step, state, images, labels, hyper = one_step
+    batch = jnp.arange(8)
+    floats, _ = step(state, batch, images, labels, jax.random.key(1), hyper)
+    traced = {k: jnp.float32(v) for k, v in hyper.items()}
+    arrays, _ = step(state, batch, images, labels, jax.random.key(1), traced)
+    for x, y in zip(
+        jax.tree_util.tree_leaves(floats), jax.tree_util.tree_leaves(arrays), strict=True
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    doubled = dict(traced, learning_rate=2 * traced["learning_rate"])
+    faster, _ = step(state, batch, images, labels, jax.random.key(1), doubled)
+    delta = lambda s: (
+        jax.tree_util.tree_leaves(s["params"])[0] - jax.tree_util.tree_leaves(state["params"])[0]
+    )
+    # Adam's first step moves each weight by about the learning rate: twice as far here
+    np.testing.assert_allclose(delta(faster), 2 * delta(arrays), rtol=1e-3, atol=1e-7)
+
+
+def test_base_config_hyperparameters_cover_every_traced_field():
+    flat = config_lib.flatten(config_lib.base_config())
+    assert all(name in flat for name in steps.HYPERPARAMETERS)
