@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 
 from cvae import Workdir, analysis
-from cvae.analysis import explore
+from cvae.analysis import ex_post, explore
 from cvae.runs import provenance
 from cvae.training import sweep
 from experiments import cli
@@ -53,12 +53,14 @@ COLUMNS = [
     ("active_units", "{}"),
     ("k", "{}"),
     ("params", "{:,}"),
-    ("fid_prior", "{:.2f}"),
-    ("fid_gmm", "{:.2f}"),
-    ("fid_flow", "{:.2f}"),
-    ("fid_two_stage", "{:.2f}"),
+    *(
+        (f"{metric}_{sampler}", "{:.2f}" if metric == "fid" else "{:.3f}")
+        for metric in explore.SAMPLE_METRICS
+        for sampler in ex_post.SAMPLERS
+    ),
     ("accuracy_prior", "{:.3f}"),
     ("accuracy_gmm", "{:.3f}"),
+    ("accuracy_diffusion", "{:.3f}"),
 ]
 
 

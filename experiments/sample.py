@@ -1,8 +1,9 @@
 """Draw samples: ``python -m experiments.sample --workdir DIR [--n 64]
-[--sampler prior|gmm|flow|two_stage] [--label C] [--out FILE.png]``. gmm (an ex-post
+[--sampler prior|gmm|flow|two_stage|diffusion] [--label C] [--out FILE.png]``. gmm (an ex-post
 Gaussian mixture on training codes) is the default for collapsed and deterministic models,
-prior for the gaussian VAE; flow and two_stage are the other ex-post densities
-(cvae.analysis.ex_post), fitted once and saved in DIR/samplers/."""
+prior for the gaussian VAE; flow, two_stage and diffusion are the other ex-post densities
+(cvae.analysis.ex_post), fitted once and saved in DIR/samplers/. With a --label, diffusion
+samples its class-conditional model, guided by --guidance W."""
 
 import pathlib
 
@@ -23,6 +24,11 @@ flags.DEFINE_enum(
     "Where latents come from: the prior or an ex-post density.",
 )
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
+flags.DEFINE_float(
+    "guidance",
+    0.0,
+    "Classifier-free guidance weight w of --sampler diffusion with --label (0: none).",
+)
 flags.DEFINE_string("out", None, "PNG path (default DIR/samples_<sampler>.png).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draw.")
 FLAGS = flags.FLAGS
@@ -43,7 +49,15 @@ def main(argv):
             raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)
     sampler = FLAGS.sampler or ex_post.default_sampler(run.model.posterior_family)
-    images = run.sample(jax.random.key(FLAGS.seed), FLAGS.n, sampler=sampler, labels=FLAGS.label)
+    if FLAGS.guidance and (sampler != "diffusion" or FLAGS.label is None):
+        raise cli.UsageError("--guidance applies to --sampler diffusion with a --label")
+    images = run.sample(
+        jax.random.key(FLAGS.seed),
+        FLAGS.n,
+        sampler=sampler,
+        labels=FLAGS.label,
+        guidance=FLAGS.guidance,
+    )
     out = pathlib.Path(FLAGS.out) if FLAGS.out else Workdir(workdir).samples_path(sampler)
     writers.save_png(out, writers.image_grid(jax.device_get(images)))
     print(f"wrote {FLAGS.n} {sampler} samples to {out}")

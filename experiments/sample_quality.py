@@ -2,13 +2,17 @@
 ``python -m experiments.sample_quality --workdir RUN --classifier runs/mnist_classifier``.
 
 Draws ``--n`` samples E[x|z] with z from each of ``--samplers`` (default: the prior and
-every ex-post density — gmm, flow, two_stage; fitted ones are reused from RUN/samplers/),
-and writes ``RUN/sample_quality.json``: ``fid_<sampler>`` (classifier-feature FID against
-the real test images), ``fid_floor`` (real training vs real test, from the classifier),
-and for conditional models ``accuracy_<sampler>`` — how often the classifier recognises
-the class each sample was drawn for. Scores of other samplers already in the file are kept
-when they were drawn the same way (same classifier, ``--n``, ``--seed`` and params), so
-samplers can be scored one at a time.
+every ex-post density — gmm, flow, two_stage, diffusion; fitted ones are reused from
+RUN/samplers/), and writes ``RUN/sample_quality.json``: per sampler ``fid_<sampler>``
+(classifier-feature FID against the real test images), ``precision_``/``recall_<sampler>``
+(Kynkäänniemi et al., k = 3) and ``density_``/``coverage_<sampler>`` (Naeem et al., k = 5)
+on the same features against the test images, ``memorised_<sampler>`` (the fraction of
+samples nearer a training image than any test image is, in pixel space) and
+``memorised_features_<sampler>`` (the same in feature space); ``fid_floor`` (real training
+vs real test, from the classifier); and for conditional models ``accuracy_<sampler>`` —
+how often the classifier recognises the class each sample was drawn for. Scores of other
+samplers already in the file are kept when they were drawn the same way (same classifier,
+``--n``, ``--seed`` and params), so samplers can be scored one at a time.
 """
 
 import json
@@ -20,7 +24,7 @@ from absl import flags
 
 from cvae import Workdir, load_run
 from cvae.analysis import ex_post
-from cvae.evaluation import sample_quality
+from cvae.evaluation import neighbours, sample_quality
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -63,6 +67,18 @@ def main(argv):
         "params_sha256": run.params_sha256,
         "fid_floor": summary["fid_train_vs_test"],
     }
+    # The training split, for the memorisation check: its pixels and its features.
+    train_images, train_features = [], []
+    for images, _ in run.eval_set("train", binarized=False).unit_batches(1000):
+        train_images.append(np.asarray(images, np.float32).reshape(len(images), -1))
+        train_features.append(classifier.logits_and_features(images)[1])
+    train_images, train_features = np.concatenate(train_images), np.concatenate(train_features)
+    test_images = np.concatenate(
+        [
+            np.asarray(images, np.float32).reshape(len(images), -1)
+            for images, _ in run.eval_set("test", binarized=False).unit_batches(1000)
+        ]
+    )
     previous = Workdir(workdir).read_sample_quality() or {}
     if all(previous.get(k) == result[k] for k in ("classifier", "n", "seed", "params_sha256")):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
@@ -78,6 +94,13 @@ def main(argv):
         images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
         logits, features = classifier.logits_and_features(images)
         result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)
+        scores = {
+            **neighbours.precision_recall(real_features, features),
+            **neighbours.density_coverage(real_features, features),
+            "memorised": neighbours.memorisation(images, train_images, test_images),
+            "memorised_features": neighbours.memorisation(features, train_features, real_features),
+        }
+        result.update({f"{name}_{sampler}": value for name, value in scores.items()})
         if labels is not None:
             result[f"accuracy_{sampler}"] = float(np.mean(logits.argmax(-1) == labels))
     Workdir(workdir).write_sample_quality(result)

@@ -2,7 +2,7 @@
 
 A collapsed or deterministic model is not trained to make N(0, I) its aggregate
 posterior; it is sampled through a density fitted to its training codes afterwards
-(Ghosh et al., 2020). Three kinds, one interface (``sample(key, n)``, ``log_prob(z)``):
+(Ghosh et al., 2020). Four kinds, one interface (``sample(key, n)``, ``log_prob(z)``):
 
 * ``gmm``: a full-covariance Gaussian mixture (scikit-learn's EM, sampled in JAX with
   an explicit key; ``LatentMixture``).
@@ -12,6 +12,9 @@ posterior; it is sampled through a density fitted to its training codes afterwar
   the standardised codes — Gaussian decoder N(z; D(u), γ I) with a learned γ, prior
   u ~ N(0, I) — and sampled through its own prior. Its ``log_prob`` is an importance-sampled
   estimate.
+* ``diffusion``: a flow-matching model over the standardised codes, sampled by solving its
+  ODE (``cvae.analysis.diffusion``); fitted with labels it samples p(z|y) with
+  classifier-free guidance.
 
 Fitting is a function of the codes and an explicit key. ``save`` writes a sampler to a
 directory (a temporary one, renamed when complete) and ``load`` reads it back
@@ -35,7 +38,9 @@ import numpy as np
 import optax
 from flax import serialization
 
-EX_POST = ("gmm", "flow", "two_stage")
+from cvae.analysis import diffusion
+
+EX_POST = ("gmm", "flow", "two_stage", "diffusion")
 SAMPLERS = ("prior", *EX_POST)  # "prior": the model's own prior, VAE.sample_prior
 _META = "sampler.json"
 # Raised whenever a fitting procedure changes: a save of another version is not loaded (the
@@ -410,15 +415,27 @@ def fit_two_stage(
 # ------------------------------------------------------------------ one interface
 
 
-def fit(kind: str, codes, key, *, seed: int = 0, progress: bool = False):
+def fit(
+    kind: str,
+    codes,
+    key,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    labels=None,
+    num_classes: int = 0,
+):
     """The ex-post density ``kind`` fitted to training codes.
 
     Args:
-      kind: "gmm", "flow" or "two_stage".
+      kind: "gmm", "flow", "two_stage" or "diffusion".
       codes: (N, d).
-      key: the PRNG key of the flow's and the two-stage VAE's fit.
+      key: the PRNG key of the flow's, the two-stage VAE's and the diffusion model's fit.
       seed: scikit-learn's integer seed for the mixture.
-      progress: show a progress bar where the fit has epochs to count (the flow).
+      progress: show a progress bar where the fit has steps to count (flow, diffusion).
+      labels: (N,) int labels: a class-conditional diffusion model (the other kinds are
+        fitted per class instead, to that class's codes).
+      num_classes: the number of classes when labels are given.
 
     Returns:
       The sampler (``sample(key, n)``, ``log_prob(z)``).
@@ -432,6 +449,8 @@ def fit(kind: str, codes, key, *, seed: int = 0, progress: bool = False):
         return fit_latent_flow(codes, key, progress=progress)
     if kind == "two_stage":
         return fit_two_stage(codes, key)
+    if kind == "diffusion":
+        return diffusion.fit_diffusion(codes, key, labels, num_classes, progress=progress)
     raise ValueError(f"the ex-post samplers are {EX_POST}, got {kind!r}")
 
 
@@ -462,6 +481,16 @@ def save(sampler, directory, meta: dict) -> None:
         eqx.tree_serialise_leaves(staging / "flow.eqx", sampler.flow)
         np.savez(staging / "standardise.npz", shift=sampler.shift, scale=sampler.scale)
         shape = {"dim": int(len(sampler.shift)), "layers": sampler.layers, "width": sampler.width}
+    elif isinstance(sampler, diffusion.DiffusionSampler):
+        kind = "diffusion"
+        (staging / "params.msgpack").write_bytes(serialization.to_bytes(sampler.params))
+        np.savez(staging / "standardise.npz", shift=sampler.shift, scale=sampler.scale)
+        shape = {
+            "dim": sampler.dim,
+            "width": sampler.width,
+            "depth": sampler.depth,
+            "num_classes": sampler.num_classes,
+        }
     elif isinstance(sampler, TwoStageSampler):
         kind = "two_stage"
         (staging / "params.msgpack").write_bytes(serialization.to_bytes(sampler.params))
@@ -504,6 +533,25 @@ def load(directory):
         flow = eqx.tree_deserialise_leaves(directory / "flow.eqx", skeleton)
         with np.load(directory / "standardise.npz") as f:
             return LatentFlow(flow, f["shift"], f["scale"], shape["layers"], shape["width"]), meta
+    if meta["kind"] == "diffusion":
+        module = diffusion.VelocityNet(
+            shape["dim"], shape["width"], shape["depth"], shape["num_classes"]
+        )
+        labels = jnp.zeros((1,), jnp.int32) if shape["num_classes"] else None
+        template = module.init(
+            jax.random.key(0), jnp.zeros((1, shape["dim"])), jnp.zeros((1,)), labels
+        )["params"]
+        params = serialization.from_bytes(template, (directory / "params.msgpack").read_bytes())
+        with np.load(directory / "standardise.npz") as f:
+            return diffusion.DiffusionSampler(
+                jax.device_get(params),
+                shape["dim"],
+                shape["width"],
+                shape["depth"],
+                shape["num_classes"],
+                f["shift"],
+                f["scale"],
+            ), meta
     template = _CodeVAE(shape["dim"], shape["width"]).init(
         jax.random.key(0), jnp.zeros((1, shape["dim"]))
     )["params"]

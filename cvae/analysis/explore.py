@@ -276,7 +276,8 @@ def run_summary(workdir) -> dict:
         }
     )
     quality = wd.read_sample_quality() or {}
-    row.update({k: v for k, v in quality.items() if k.startswith(("fid_", "accuracy_"))})
+    prefixes = tuple(f"{m}_" for m in (*SAMPLE_METRICS, "accuracy"))
+    row.update({k: v for k, v in quality.items() if k.startswith(prefixes)})
     if wd.checkpoints.is_dir():
         ckpt = checkpoint.Checkpointer(wd.checkpoints)
         count = ckpt.parameter_count()
@@ -346,18 +347,21 @@ def seed_statistics(values) -> tuple[float, float, float]:
     )
 
 
+SAMPLE_METRICS = ("fid", "precision", "recall", "density", "coverage", "memorised")
 SUMMARY_METRICS = (
     "nll_is",
     "elbo",
     "recon",
     "kl",
     "active_units",
-    "fid_prior",
-    "fid_gmm",
-    "fid_flow",
-    "fid_two_stage",
+    *(
+        f"{metric}_{sampler}"
+        for metric in SAMPLE_METRICS
+        for sampler in ("prior", "gmm", "flow", "two_stage", "diffusion")
+    ),
     "accuracy_prior",
     "accuracy_gmm",
+    "accuracy_diffusion",
 )
 
 

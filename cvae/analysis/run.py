@@ -176,19 +176,23 @@ class Run:
             self._apply(posterior.sample(key), labels, method=self.model.decode)
         )
 
-    def sample(self, key, n: int, sampler: str | None = None, labels=None):
+    def sample(self, key, n: int, sampler: str | None = None, labels=None, guidance: float = 0.0):
         """Images E[x|z], z from the prior or an ex-post density.
 
-        With labels, the ex-post density is p̂(z|y): a mixture fitted to the codes of class
-        y alone (a collapsed model's codes carry the class, so codes of other classes would
-        override the label); class y's latents come from ``fold_in(key, y)``.
+        With labels, the ex-post density is p̂(z|y): a mixture (flow, two-stage VAE) fitted
+        to the codes of class y alone (a collapsed model's codes carry the class, so codes of
+        other classes would override the label), class y's latents drawn from
+        ``fold_in(key, y)``; or one diffusion model fitted to every code with its label,
+        sampled with classifier-free guidance of weight ``guidance``.
 
         Args:
           key: the PRNG key of the draws (``jax.random.key(seed)``), or an int seed.
           n: how many images.
-          sampler: "prior", "gmm", "flow" or "two_stage"; None for the family's default
-            (prior for the Gaussian VAE, gmm otherwise).
+          sampler: "prior", "gmm", "flow", "two_stage" or "diffusion"; None for the
+            family's default (prior for the Gaussian VAE, gmm otherwise).
           labels: the class of each image, for a conditional model; else None.
+          guidance: the diffusion sampler's classifier-free guidance weight w (with labels;
+            0: the conditional model as fitted).
 
         Returns:
           Images (n, H, W, C).
@@ -201,6 +205,8 @@ class Run:
             z = self._apply(key, n, method=self.model.sample_prior)
         elif sampler in ex_post.EX_POST and labels is None:
             z = self.ex_post(sampler).sample(key, n)
+        elif sampler == "diffusion":
+            z = self.ex_post(sampler, conditional=True).sample(key, n, labels, guidance)
         elif sampler in ex_post.EX_POST:
             wanted = np.asarray(labels)
             z = np.zeros((n, self.config.model.latent_dim), np.float32)
@@ -381,7 +387,7 @@ class Run:
         """A digest of the params' values: what a fitted sampler or a score was made from."""
         return _fingerprint(self.params)
 
-    def ex_post(self, kind: str, label: int | None = None):
+    def ex_post(self, kind: str, label: int | None = None, conditional: bool = False):
         """An ex-post density of the training codes, fitted once and saved.
 
         Fitted once per set of params and saved in ``DIR/samplers/``: a later call, or a
@@ -390,13 +396,16 @@ class Run:
         the run's seed: a rerun gives the same samples.
 
         Args:
-          kind: "gmm", "flow" or "two_stage" (``cvae.analysis.ex_post``).
+          kind: "gmm", "flow", "two_stage" or "diffusion" (``cvae.analysis.ex_post``).
           label: fit to the codes of this class only; None for all codes.
+          conditional: fit one class-conditional density to every code and its label
+            (the diffusion sampler).
 
         Returns:
           The sampler (``sample(key, n)``, ``log_prob(z)``).
         """
         name = kind if label is None else f"{kind}-label{label}"
+        name = f"{kind}-conditional" if conditional else name
         if name not in self._mixtures:
             directory = Workdir(self.workdir).sampler_dir(name)
             fingerprint = self.params_sha256
@@ -416,6 +425,8 @@ class Run:
                 self._mixtures[name] = loaded[0]
             else:
                 codes, labels = self.training_codes()
+                if conditional and labels is None:
+                    raise ValueError("a conditional sampler needs labelled training data")
                 if label is not None:
                     codes = codes[np.asarray(labels) == label]
                 key = jax.random.fold_in(
@@ -429,12 +440,25 @@ class Run:
                         len(codes),
                         directory,
                     )
-                fitted = ex_post.fit(kind, codes, key, seed=self.config.seed, progress=True)
+                fitted = ex_post.fit(
+                    kind,
+                    codes,
+                    key,
+                    seed=self.config.seed,
+                    progress=True,
+                    labels=labels if conditional else None,
+                    num_classes=self.info.num_classes if conditional else 0,
+                )
                 try:
                     ex_post.save(
                         fitted,
                         directory,
-                        {"params_sha256": fingerprint, "num_codes": len(codes), "label": label},
+                        {
+                            "params_sha256": fingerprint,
+                            "num_codes": len(codes),
+                            "label": label,
+                            "conditional": conditional,
+                        },
                     )
                 except OSError as err:  # a read-only run still samples
                     log.warning(

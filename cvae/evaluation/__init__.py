@@ -6,7 +6,9 @@ and the quality of samples.
 * ``metrics``: importance-sampled log-likelihood, active units, running moments, KL per
   dimension;
 * ``sample_quality``: the digit classifier whose features give the classifier-feature FID
-  (not the Inception FID: its weights cannot be had offline).
+  (not the Inception FID: its weights cannot be had offline);
+* ``neighbours``: precision and recall, density and coverage, and the memorisation check,
+  from nearest-neighbour balls in the same feature space.
 
 This package imports ``models``, ``data``, ``parallel`` and, to store the classifier,
 ``runs``; training and analysis build on it.
