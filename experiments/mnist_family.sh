@@ -3,7 +3,8 @@
 # collapsed VampPrior VAE trained as sweeps over 3 seeds (the σ₀ sweep's nets, data and 50
 # epochs), then every member of those and of the σ₀ sweep's VAE, collapsed σ₀ ∈ {0.01, 0.1},
 # AE and RAE (experiments/mnist_sweep.sh) evaluated (nll_is at K = 1000) and scored with the
-# classifier FID under every sampler: prior, gmm, flow, two_stage.
+# classifier FID, precision/recall, density/coverage and memorisation under every
+# sampler: prior, gmm, flow, two_stage, diffusion.
 #
 #   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_family.sh
 #
@@ -28,9 +29,9 @@ for dir in $(members runs/sweep/vae "") $(members runs/sweep/cvae sigma0=0.01/) 
            $(members $FAMILY/mnist_wae "") $(members $FAMILY/mnist_rae_gp "") \
            $(members $FAMILY/mnist_vamp "") $(members $FAMILY/mnist_cvae_vamp ""); do
   [ -e $dir/eval.json ] || $PY -m experiments.evaluate --workdir $dir --k 1000
-  grep -q fid_two_stage $dir/sample_quality.json 2>/dev/null || \
+  grep -q fid_diffusion $dir/sample_quality.json 2>/dev/null || \
       $PY -m experiments.sample_quality --workdir $dir --classifier runs/mnist_classifier \
-          --samplers prior,gmm,flow,two_stage
+          --samplers prior,gmm,flow,two_stage,diffusion
 done
 for sweep in runs/sweep/vae runs/sweep/cvae runs/sweep/ae $FAMILY/mnist_wae $FAMILY/mnist_rae_gp \
              $FAMILY/mnist_vamp $FAMILY/mnist_cvae_vamp; do
