@@ -120,3 +120,25 @@ def test_bench_pipeline_compares_the_loader_stream_and_device_paths(tmp_path):
     )
     assert record["same_test_neg_elbo"]  # the two paths train the same run
     assert list(tmp_path.glob("mnist-*.images.npy"))  # decoded once, into the cache dir
+
+
+def test_bench_samplers_times_each_fit_and_draw_on_a_runs_codes(tmp_path):
+    from cvae import training
+    from tests.helpers import make_test_config
+
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.samplers", "--workdir", str(tmp_path)]
+        + ["--num_codes", "600", "--num_samples", "200", "--samplers", "gmm,diffusion"],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["num_codes"] == 600 and record["latent_dim"] == 4
+    for kind in ("gmm", "diffusion"):
+        assert record[f"fit_s_{kind}"] > 0 and record[f"sample_s_{kind}"] > 0
+    assert "fit_s_flow" not in record and record["matmul_peak_gflops"] > 0
