@@ -35,6 +35,15 @@ flags.DEFINE_list("samplers", list(ex_post.SAMPLERS), "Samplers to score (comma-
 FLAGS = flags.FLAGS
 
 
+def _pixels_and_features(run, classifier, split: str):
+    """A split's images as flat float32 rows, and their classifier features."""
+    pixels, features = [], []
+    for images, _ in run.eval_set(split, binarized=False).unit_batches(1000):
+        pixels.append(np.asarray(images, np.float32).reshape(len(images), -1))
+        features.append(classifier.logits_and_features(images)[1])
+    return np.concatenate(pixels), np.concatenate(features)
+
+
 def main(argv):
     del argv
     workdir = pathlib.Path(cli.require(FLAGS.workdir, "workdir", "the directory of a run"))
@@ -43,6 +52,11 @@ def main(argv):
     )
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
+    unknown = sorted(set(FLAGS.samplers) - set(ex_post.SAMPLERS))
+    if unknown or not FLAGS.samplers:
+        raise cli.UsageError(
+            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(ex_post.SAMPLERS)}"
+        )
     try:
         classifier, summary = sample_quality.load_classifier(classifier_dir)
     except FileNotFoundError as err:
@@ -53,13 +67,10 @@ def main(argv):
             f"the classifier was trained on {summary['dataset']!r} but the run "
             f"on {run.config.data.name!r}; train one for that data set"
         )
-    # The test split's grey intensities, read and featurised 1,000 images at a time.
-    real_features = np.concatenate(
-        [
-            classifier.logits_and_features(images)[1]
-            for images, _ in run.eval_set("test", binarized=False).unit_batches(1000)
-        ]
-    )
+    # Each split's grey intensities, read once and featurised 1,000 images at a time: the
+    # test split is the reference of every score, the training split the memorisation check's.
+    test_images, real_features = _pixels_and_features(run, classifier, "test")
+    train_images, train_features = _pixels_and_features(run, classifier, "train")
     result = {
         "classifier": str(classifier_dir),
         "n": FLAGS.n,
@@ -67,27 +78,10 @@ def main(argv):
         "params_sha256": run.params_sha256,
         "fid_floor": summary["fid_train_vs_test"],
     }
-    # The training split, for the memorisation check: its pixels and its features.
-    train_images, train_features = [], []
-    for images, _ in run.eval_set("train", binarized=False).unit_batches(1000):
-        train_images.append(np.asarray(images, np.float32).reshape(len(images), -1))
-        train_features.append(classifier.logits_and_features(images)[1])
-    train_images, train_features = np.concatenate(train_images), np.concatenate(train_features)
-    test_images = np.concatenate(
-        [
-            np.asarray(images, np.float32).reshape(len(images), -1)
-            for images, _ in run.eval_set("test", binarized=False).unit_batches(1000)
-        ]
-    )
     previous = Workdir(workdir).read_sample_quality() or {}
     if all(previous.get(k) == result[k] for k in ("classifier", "n", "seed", "params_sha256")):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
-    unknown = sorted(set(FLAGS.samplers) - set(ex_post.SAMPLERS))
-    if unknown or not FLAGS.samplers:
-        raise cli.UsageError(
-            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(ex_post.SAMPLERS)}"
-        )
     for sampler in FLAGS.samplers:
         # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored.
         key = jax.random.fold_in(jax.random.key(FLAGS.seed), ex_post.SAMPLERS.index(sampler))

@@ -69,6 +69,21 @@ class VelocityNet(nn.Module):
         return nn.Dense(self.dim, kernel_init=nn.initializers.zeros)(nn.silu(nn.LayerNorm()(h)))
 
 
+def initial_params(module: VelocityNet, key) -> dict:
+    """The velocity network's freshly initialised params (also the template a saved
+    sampler's params are read into).
+
+    Args:
+      module: the network.
+      key: the PRNG key of the initialisation.
+
+    Returns:
+      The params pytree.
+    """
+    labels = jnp.zeros((1,), jnp.int32) if module.num_classes else None
+    return module.init(key, jnp.zeros((1, module.dim)), jnp.zeros((1,)), labels)["params"]
+
+
 @dataclasses.dataclass
 class DiffusionSampler:
     """z = shift + scale ⊙ ODE(v_θ; z₀ ~ N(0, I)): the flow-matching model over the
@@ -162,19 +177,14 @@ def _solve(module, params, z0, labels, guidance, num_steps, num_classes):
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def _log_density(module, params, z1, num_steps, num_classes):
     """log p₁(z₁): Heun steps from t = 1 back to 0 of (z, −∫∇·v), the exact divergence."""
-    null = jnp.full((z1.shape[0],), num_classes) if num_classes else None
+    null = jnp.full((1,), num_classes) if num_classes else None  # p(z): the null label
 
     def velocity_and_divergence(z, t):
-        def one(zi, yi):
-            f = lambda x: module.apply(
-                {"params": params},
-                x[None],
-                jnp.full((1,), t),
-                None if yi is None else yi[None],
-            )[0]
+        def one(zi):
+            f = lambda x: module.apply({"params": params}, x[None], jnp.full((1,), t), null)[0]
             return f(zi), jnp.trace(jax.jacfwd(f)(zi))
 
-        return jax.vmap(one)(z, null) if null is not None else jax.vmap(lambda zi: one(zi, None))(z)
+        return jax.vmap(one)(z)
 
     dt = 1.0 / num_steps
 
@@ -239,12 +249,7 @@ def fit_diffusion(
         num_updates = min(8000, max(1000, 200 * n // batch_size))
     module = VelocityNet(dim, width, depth, num_classes)
     init_key, train_key = jax.random.split(key)
-    params = module.init(
-        init_key,
-        standard[:1],
-        jnp.zeros((1,)),
-        None if y_all is None else y_all[:1],
-    )["params"]
+    params = initial_params(module, init_key)
     block = 250
     blocks = math.ceil(num_updates / block)
     tx = optax.adam(optax.cosine_decay_schedule(learning_rate, blocks * block))

@@ -537,10 +537,7 @@ def load(directory):
         module = diffusion.VelocityNet(
             shape["dim"], shape["width"], shape["depth"], shape["num_classes"]
         )
-        labels = jnp.zeros((1,), jnp.int32) if shape["num_classes"] else None
-        template = module.init(
-            jax.random.key(0), jnp.zeros((1, shape["dim"])), jnp.zeros((1,)), labels
-        )["params"]
+        template = diffusion.initial_params(module, jax.random.key(0))
         params = serialization.from_bytes(template, (directory / "params.msgpack").read_bytes())
         with np.load(directory / "standardise.npz") as f:
             return diffusion.DiffusionSampler(

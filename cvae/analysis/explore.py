@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cvae import config as config_lib
+from cvae.analysis import ex_post
 from cvae.analysis.run import Run
 from cvae.evaluation import metrics
 from cvae.runs import checkpoint
@@ -354,11 +355,7 @@ SUMMARY_METRICS = (
     "recon",
     "kl",
     "active_units",
-    *(
-        f"{metric}_{sampler}"
-        for metric in SAMPLE_METRICS
-        for sampler in ("prior", "gmm", "flow", "two_stage", "diffusion")
-    ),
+    *(f"{metric}_{sampler}" for metric in SAMPLE_METRICS for sampler in ex_post.SAMPLERS),
     "accuracy_prior",
     "accuracy_gmm",
     "accuracy_diffusion",

@@ -37,14 +37,15 @@ def _squared_distances(a, b):
     return jnp.maximum(d2, 0.0)
 
 
-def _blocks(x):
-    x = np.asarray(x, np.float32).reshape(len(x), -1)
-    for start in range(0, len(x), _BLOCK):
-        yield start, x[start : start + _BLOCK]
-
-
 def _as_rows(x) -> np.ndarray:
     return np.asarray(x, np.float32).reshape(len(x), -1)
+
+
+def _blocks(x):
+    """The rows of ``x`` in blocks of ``_BLOCK``, each a device array."""
+    rows = _as_rows(x)
+    for start in range(0, len(rows), _BLOCK):
+        yield jnp.asarray(rows[start : start + _BLOCK])
 
 
 def nearest_distances(queries, points) -> np.ndarray:
@@ -59,8 +60,8 @@ def nearest_distances(queries, points) -> np.ndarray:
     """
     points = jnp.asarray(_as_rows(points))
     out = [
-        np.sqrt(np.asarray(jnp.min(_squared_distances(jnp.asarray(q), points), axis=1)))
-        for _, q in _blocks(queries)
+        np.sqrt(np.asarray(jnp.min(_squared_distances(q, points), axis=1)))
+        for q in _blocks(queries)
     ]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -81,8 +82,8 @@ def kth_neighbour_radii(points, k: int) -> np.ndarray:
     all_rows = jnp.asarray(rows)
     # the k+1 smallest of each row: the point itself (distance 0) and its k neighbours
     radii = [
-        np.sqrt(np.partition(np.asarray(_squared_distances(jnp.asarray(q), all_rows)), k, 1)[:, k])
-        for _, q in _blocks(rows)
+        np.sqrt(np.partition(np.asarray(_squared_distances(q, all_rows)), k, 1)[:, k])
+        for q in _blocks(rows)
     ]
     return np.concatenate(radii)
 
@@ -92,8 +93,8 @@ def _inside_counts(queries, centres, radii) -> np.ndarray:
     centres = jnp.asarray(_as_rows(centres))
     radii2 = jnp.asarray(np.asarray(radii, np.float32) ** 2)
     counts = [
-        np.asarray(jnp.sum(_squared_distances(jnp.asarray(q), centres) <= radii2[None], axis=1))
-        for _, q in _blocks(queries)
+        np.asarray(jnp.sum(_squared_distances(q, centres) <= radii2[None], axis=1))
+        for q in _blocks(queries)
     ]
     return np.concatenate(counts)
 
