@@ -9,7 +9,9 @@ mean ± the half-width of its 95% confidence interval (Student's t over the seed
 ``--plot FILE.png`` draws each metric against the field with those error bars (a log axis
 when the values span two decades or more), with ``--reference DIR`` (a run or a sweep:
 one line per grid point) drawn as horizontal lines with their 95% CI bands — the σ₀
-figure's VAE and AE.
+figure's VAE and AE. ``--by_sampler`` adds a second table with one row per group and
+ex-post sampler and the sample metrics as columns (FID, precision, recall, density,
+coverage, memorised fractions), the family table's layout.
 
 Reads each workdir's config.json, metrics.jsonl, eval.json (run experiments.evaluate
 first), sample_quality.json (experiments.sample_quality) and checkpoint metadata, so every
@@ -35,6 +37,12 @@ flags.DEFINE_multi_string(
     [],
     "With --plot: a run or sweep directory drawn as "
     "horizontal reference lines (mean and 95% CI band over seeds).",
+)
+flags.DEFINE_bool(
+    "by_sampler",
+    False,
+    "With --group_by: one row per group and ex-post sampler, the sample metrics as columns "
+    "(FID, precision, recall, density, coverage, memorised fractions).",
 )
 FLAGS = flags.FLAGS
 COLUMNS = [
@@ -91,6 +99,37 @@ def grouped_table(groups, field: str) -> str:
                 f"{mean:.2f}" if np.isnan(half) else f"{mean:.2f} ± {half:.2f} (sd {std:.2f})"
             )
         lines.append(f"| {group['value']} | {group['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sampler_table(groups, field: str) -> str:
+    """``grouped_table`` turned on its side for the sample metrics: one row per group and
+    sampler (the samplers a group's runs were scored with), one column per metric."""
+    metrics = list(explore.SAMPLE_METRICS)
+    lines = [
+        f"| {field} | sampler | runs | " + " | ".join(metrics) + " |",
+        "|" + " --- |" * (len(metrics) + 3),
+    ]
+    for group in groups:
+        for sampler in ex_post.SAMPLERS:
+            if f"fid_{sampler}" not in group:
+                continue
+            cells = []
+            for metric in metrics:
+                stats = group.get(f"{metric}_{sampler}")
+                if stats is None:
+                    cells.append("—")
+                    continue
+                mean, _, half = stats
+                digits = 2 if metric == "fid" else 3
+                cells.append(
+                    f"{mean:.{digits}f}"
+                    if np.isnan(half)
+                    else f"{mean:.{digits}f} ± {half:.{digits}f}"
+                )
+            lines.append(
+                f"| {group['value']} | {sampler} | {group['n']} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -237,10 +276,15 @@ def main(argv):
         Workdir(workdir).require_run()
     if FLAGS.plot and not FLAGS.group_by:
         raise cli.UsageError("--plot draws metrics against a field: give --group_by FIELD too")
+    if FLAGS.by_sampler and not FLAGS.group_by:
+        raise cli.UsageError("--by_sampler aggregates over seeds: give --group_by FIELD too")
     rows = [explore.run_summary(w) for w in workdirs]
     if FLAGS.group_by:
         groups = explore.aggregate(workdirs, FLAGS.group_by)
         print(grouped_table(groups, FLAGS.group_by))
+        if FLAGS.by_sampler:
+            print()
+            print(sampler_table(groups, FLAGS.group_by))
         if FLAGS.plot:
             grouped_plot(
                 groups,

@@ -348,7 +348,15 @@ def seed_statistics(values) -> tuple[float, float, float]:
     )
 
 
-SAMPLE_METRICS = ("fid", "precision", "recall", "density", "coverage", "memorised")
+SAMPLE_METRICS = (
+    "fid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "memorised",
+    "memorised_features",
+)
 SUMMARY_METRICS = (
     "nll_is",
     "elbo",

@@ -130,6 +130,37 @@ def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
         explore.aggregate(dirs, "model.sigma")
 
 
+def test_report_by_sampler_has_a_row_per_group_and_scored_sampler(tmp_path):
+    from cvae.runs.workdir import Workdir
+    from experiments import report
+
+    dirs = []
+    for i, (sigma0, fid) in enumerate([(0.01, 10.0), (0.01, 12.0), (0.1, 20.0)]):
+        path = _fake_run(tmp_path / f"r{i}", i, sigma0, 100.0)
+        scores = {"fid_gmm": fid, "precision_gmm": 0.5 + i / 10, "memorised_features_gmm": 0.0}
+        if sigma0 == 0.01:
+            scores |= {"fid_diffusion": fid - 1.0, "recall_diffusion": 0.25}
+        Workdir(path).write_sample_quality(scores)
+        dirs.append(path)
+    lines = report.sampler_table(explore.aggregate(dirs, "model.sigma0"), "model.sigma0")
+    lines = lines.splitlines()
+    assert lines[0] == (
+        "| model.sigma0 | sampler | runs | fid | precision | recall | density | coverage"
+        " | memorised | memorised_features |"
+    )
+    half = 12.706 * 2**0.5 / 2**0.5  # t(0.975, 1) · sd / √n: sd of 10 and 12 is √2
+    # σ₀ = 0.01 was scored with gmm and diffusion (in ex_post.SAMPLERS order), 0.1 with gmm
+    assert [line.split(" | ")[:3] for line in lines[2:]] == [
+        ["| 0.01", "gmm", "2"],
+        ["| 0.01", "diffusion", "2"],
+        ["| 0.1", "gmm", "1"],
+    ]
+    assert lines[2].split(" | ")[3:6] == [f"11.00 ± {half:.2f}", "0.550 ± 0.635", "—"]
+    assert lines[3].split(" | ")[3:5] == [f"10.00 ± {half:.2f}", "—"]
+    assert lines[4].split(" | ")[3] == "20.00"  # one run: no interval
+    assert lines[2].endswith("| 0.000 ± 0.000 |")
+
+
 @pytest.mark.slow
 def test_report_group_by_prints_intervals_and_plots(tmp_path):
     import subprocess
