@@ -4,12 +4,11 @@ runs it. Test modules import from here, never from each other or from conftest."
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from cvae import config as config_lib
+from tests import launcher
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "tensorflow_datasets"
@@ -114,14 +113,9 @@ def make_test_config(**overrides):
     return c
 
 
-def run_cli(*args, timeout=240, env=None):
-    """``python -m ARGS`` from the repository root, as a user runs it: one CPU device."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env=env,
-        timeout=timeout,
-        capture_output=True,
-        text=True,
-    )
+def run_cli(*args, timeout=240, env=None, fresh=False):
+    """``python -m ARGS`` from the repository root, as a user runs it, on one CPU device: a
+    process forked from the test launcher (``tests/launcher.py``: the libraries imported
+    once), or a fresh interpreter with ``fresh=True``. ``env`` adds variables (None removes
+    one)."""
+    return launcher.run(args[0], *args[1:], env=env, timeout=timeout, fresh=fresh)

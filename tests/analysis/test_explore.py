@@ -163,28 +163,19 @@ def test_report_by_sampler_has_a_row_per_group_and_scored_sampler(tmp_path):
 
 @pytest.mark.slow
 def test_report_group_by_prints_intervals_and_plots(tmp_path):
-    import subprocess
-    import sys
+    from tests.helpers import run_cli
 
     dirs = [
         str(_fake_run(tmp_path / f"r{i}", i, s, 100.0 + i))
         for i, s in enumerate([0.01, 0.01, 1.0, 1.0])
     ]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.report",
-            *dirs,
-            "--group-by",
-            "model.sigma0",
-            "--plot",
-            str(tmp_path / "curve.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**__import__("os").environ, "XLA_FLAGS": ""},
+    out = run_cli(
+        "experiments.report",
+        *dirs,
+        "--group-by",
+        "model.sigma0",
+        "--plot",
+        str(tmp_path / "curve.png"),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import common
 from cvae import config as config_lib
 from cvae.models import vae as model_lib
-from tests.helpers import ROOT, mnist_data_dir, requires_mnist
+from tests.helpers import ROOT, mnist_data_dir, requires_mnist, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -127,13 +127,10 @@ def test_bench_samplers_times_each_fit_and_draw_on_a_runs_codes(tmp_path):
     from tests.helpers import make_test_config
 
     training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.samplers", "--workdir", str(tmp_path)]
-        + ["--num_codes", "600", "--num_samples", "200", "--samplers", "gmm,diffusion"],
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
-        capture_output=True,
-        text=True,
+    out = run_cli(
+        "benchmarks.samplers",
+        *["--workdir", str(tmp_path), "--num_codes", "600", "--num_samples", "200"],
+        *["--samplers", "gmm,diffusion"],
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -156,11 +156,10 @@ def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_r
     device limit: experiments.train streams them, a SIGTERM mid-run saves and stops, and
     the rerun ends with the params of a run never stopped."""
     import signal
-    import subprocess
-    import sys
     import time
 
-    from tests.helpers import ROOT, run_cli, write_random_colour_tfds
+    from tests import launcher
+    from tests.helpers import run_cli, write_random_colour_tfds
 
     name = write_random_colour_tfds(tmp_path / "tfds", num_train=160, num_test=32)
     settings = {
@@ -186,20 +185,8 @@ def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_r
         "experiments/configs/digits_cvae.py",
         *[f"--config.{k}={v}" for k, v in settings.items()],
     ]
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "",
-        "CVAE_CACHE_DIR": str(tmp_path / "cache"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args, "--workdir", str(tmp_path / "a")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = {"CVAE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = launcher.start(*args, "--workdir", str(tmp_path / "a"), env=env)
     deadline = time.time() + 180
     while time.time() < deadline and len(Workdir(tmp_path / "a").read_metrics()) < 3:
         time.sleep(0.2)
@@ -209,8 +196,10 @@ def test_a_generated_tfds_set_streams_stops_on_sigterm_and_resumes_to_the_same_r
     assert "streaming them" in err  # auto chose the stream
     stopped_at = Workdir(tmp_path / "a").read_metrics()[-1]["epoch"]
     assert 3 <= stopped_at < 100
-    for workdir in ("a", "b"):  # the rerun resumes a; b runs whole
-        out = run_cli(*args, "--workdir", str(tmp_path / workdir), env=env)
+    # The rerun resumes a; b runs whole, in a fresh interpreter (a different string-hash
+    # seed from a's forked processes, so a dependence on set order would show).
+    for workdir in ("a", "b"):
+        out = run_cli(*args, "--workdir", str(tmp_path / workdir), env=env, fresh=workdir == "b")
         assert out.returncode == 0, out.stderr[-2000:]
     stopped, whole = (load_run(tmp_path / w, which="latest").params for w in ("a", "b"))
     for x, y in zip(

@@ -18,6 +18,7 @@ import cvae
 from cvae import training
 from cvae.runs import checkpoint
 from cvae.runs.workdir import Workdir, WorkdirLockedError
+from tests import launcher
 from tests.helpers import ROOT, make_test_config
 
 pytestmark = pytest.mark.slow
@@ -40,29 +41,18 @@ SMALL = [
 TIMING = ("examples_per_s", "elapsed_s")
 
 
-def _train_cli(workdir, fault=None, extra=()):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    env.pop("CVAE_FAULT", None)
-    if fault:
-        env["CVAE_FAULT"] = fault
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "--config",
-            "experiments/configs/digits_cvae.py",
-            "--workdir",
-            str(workdir),
-            *SMALL,
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _train_cli(workdir, fault=None, extra=(), fresh=False, wait=True):
+    args = [
+        "--config",
+        "experiments/configs/digits_cvae.py",
+        "--workdir",
+        str(workdir),
+        *SMALL,
+        *extra,
+    ]
+    if not wait:
+        return launcher.start("experiments.train", *args, env={"CVAE_FAULT": fault})
+    return launcher.run("experiments.train", *args, env={"CVAE_FAULT": fault}, fresh=fresh)
 
 
 def _metrics(workdir):
@@ -89,7 +79,9 @@ def _assert_same_run(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("whole")
-    out = _train_cli(workdir)
+    # A fresh interpreter; the killed and resumed runs are forked from the test launcher:
+    # their string-hash seeds differ, so a dependence on set order would show.
+    out = _train_cli(workdir, fresh=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return workdir
 
@@ -246,24 +238,10 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_two_trainings_in_one_workdir_the_second_exits_in_one_line(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "--config",
-            "experiments/configs/digits_cvae.py",
-            "--workdir",
-            str(tmp_path),
-            *SMALL,
-            "--config.train.num_epochs=3000",
-            "--config.eval.every_epochs=1000",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    first = _train_cli(
+        tmp_path,
+        extra=["--config.train.num_epochs=3000", "--config.eval.every_epochs=1000"],
+        wait=False,
     )
     try:
         import time
@@ -277,7 +255,7 @@ def test_two_trainings_in_one_workdir_the_second_exits_in_one_line(tmp_path):
         assert len(lines) == 1 and f"in use by process {first.pid}" in lines[0], lines
     finally:
         first.kill()
-        first.wait()
+        first.communicate()
 
 
 # ------------------------------------------------------------------------ full disk

@@ -17,7 +17,7 @@ from cvae import Workdir
 from cvae.training import sweep
 from experiments import launch_local
 from experiments.configs import digits_cvae
-from tests.helpers import ROOT, TINY, write_random_colour_tfds
+from tests.helpers import ROOT, TINY, run_cli, write_random_colour_tfds
 
 pytestmark = pytest.mark.slow
 
@@ -198,13 +198,7 @@ def test_killing_one_process_stops_the_other_with_a_clear_error(victim, tmp_path
 
 
 def test_launcher_without_training_flags_says_how_to_use_it():
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.launch_local", "--num_processes=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_cli("experiments.launch_local", "--num_processes=2")
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: give the training flags after `--`")
 
