@@ -310,8 +310,12 @@ _WATCHED: set[str] = set()
 
 
 def _is_late_echo(text: str, error: BaseException | None) -> bool:
-    return (isinstance(error, RuntimeError) and text == "Event loop is closed") or any(
-        watched in text for watched in _WATCHED
+    return (
+        (isinstance(error, RuntimeError) and text == "Event loop is closed")
+        # a writer thread's own OSError (a full disk) names no path: while a save that
+        # failed is watched, it is that save's
+        or (bool(_WATCHED) and isinstance(error, OSError))
+        or any(watched in text for watched in _WATCHED)
     )
 
 
