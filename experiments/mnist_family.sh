@@ -10,7 +10,8 @@
 #   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_family.sh [MODELS...]
 #
 # MODELS (default: all) picks sweeps by name: vae cvae ae wae rae_gp vamp cvae_vamp.
-# Rerunning resumes every step (a trained sweep, an evaluated or scored run is skipped).
+# Rerunning resumes every step: a trained sweep, an evaluated run and a sampler already
+# scored are skipped.
 # Results: runs/family/<model>/ and one report per sweep.
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
@@ -41,9 +42,13 @@ for model in "${MODELS[@]}"; do
   sweep=$FAMILY/$model
   for member in $($PY -c "import sys, json; print(' '.join(json.load(open(sys.argv[1]))['members']))" $sweep/sweep.json); do
     dir=$sweep/$member
-    grep -q fid_diffusion $dir/sample_quality.json 2>/dev/null || \
+    # the samplers this run has no score for yet (all five on a fresh run)
+    missing=$(for s in prior gmm flow two_stage diffusion; do
+      grep -q "\"fid_$s\"" $dir/sample_quality.json 2>/dev/null || printf '%s,' $s
+    done)
+    [ -z "$missing" ] || \
         $PY -m experiments.sample_quality --workdir $dir --classifier runs/mnist_classifier \
-            --samplers prior,gmm,flow,two_stage,diffusion
+            --samplers ${missing%,}
     [ -e $dir/eval.json ] || $PY -m experiments.evaluate --workdir $dir --k 1000
   done
   case $model in
