@@ -182,6 +182,8 @@ class Launcher:
             "stdout": f"{stem}.out",
             "stderr": f"{stem}.err",
         }
+        for stream in (spec["stdout"], spec["stderr"]):  # there even if the child dies at once
+            pathlib.Path(stream).touch()
         pid = self._request({"spawn": spec})["pid"]
         return Child(self, pid, pathlib.Path(spec["stdout"]), pathlib.Path(spec["stderr"]))
 

@@ -69,6 +69,11 @@ def test_a_forked_command_takes_signals_and_reports_them(module):
     child.send_signal(signal.SIGTERM)
     child.communicate(timeout=60)
     assert child.returncode == -signal.SIGTERM
+    # Killed at once, often before it has opened its streams: still an answer, no error.
+    early = launcher.start("probe", "sleep", cwd=module)
+    early.kill()
+    early.communicate(timeout=60)
+    assert early.returncode == -signal.SIGKILL
     with pytest.raises(subprocess.TimeoutExpired):
         launcher.start("probe", "sleep", cwd=module).communicate(timeout=0.5)
 
