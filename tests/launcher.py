@@ -28,6 +28,7 @@ import atexit
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,7 @@ class Launcher:
         self._env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
         self._logs = pathlib.Path(tempfile.mkdtemp(prefix="cvae-launcher-"))
         self._server: subprocess.Popen | None = None
+        atexit.register(self._stop)
 
     @property
     def env(self) -> dict:
@@ -158,12 +160,13 @@ class Launcher:
                 "the test launcher did not start: "
                 + (self._logs / "launcher.log").read_text()[-2000:]
             )
-        atexit.register(self._stop)
 
     def _stop(self) -> None:
+        """Ends the server (its stdin closes) and removes its log and output files."""
         if self._server is not None and self._server.poll() is None:
             self._server.stdin.close()  # type: ignore[union-attr]
             self._server.wait(timeout=30)
+        shutil.rmtree(self._logs, ignore_errors=True)
 
     def forkable(self, env: dict) -> bool:
         """Whether a command with this environment can be a fork of the launcher."""
