@@ -33,6 +33,7 @@ import logging
 import pathlib
 import shutil
 import sys
+import threading
 import warnings
 
 import jax
@@ -212,15 +213,19 @@ class Checkpointer:
             reverse=True,
         )
         for step, _, manager in candidates:
+            path = pathlib.Path(manager.directory) / str(step)
+            _watch(path)  # a failed read's echoes can come before the except clause runs
             try:
                 args = state_args(manager, step) if callable(state_args) else state_args
                 with _quiet_orbax():
                     restored = manager.restore(
                         step, args=ocp.args.Composite(state=args, meta=_MetaRestore())
                     )
-                return restored["state"], dict(restored["meta"])
             except Exception as err:  # torn, truncated or foreign files
                 self._quarantine(manager, step, err)
+                continue
+            _unwatch(path)
+            return restored["state"], dict(restored["meta"])
         return None
 
     def _manager_for(self, which: str) -> ocp.CheckpointManager:
@@ -240,7 +245,8 @@ class Checkpointer:
     def _quarantine(self, manager, step: int, err: Exception) -> None:
         path = pathlib.Path(manager.directory) / str(step)
         target = path.with_name(f"corrupt-{step}")
-        _watch(path)  # its remaining reads may still report
+        _watch(path)  # its remaining reads may still report (and under its new name)
+        _watch(target)
         log.warning(
             "checkpoint %s could not be restored (%s: %s); moved it to %s and trying "
             "the previous one",
@@ -342,13 +348,30 @@ class _LateEchoHook:
             self.previous(unraisable)
 
 
+class _LateEchoExceptHook:
+    """``sys.excepthook`` less the late echoes of a watched save: TensorStore's callbacks
+    report a failed hand-over to a closed event loop with ``PyErr_Print``, which prints
+    through ``sys.excepthook`` (not ``sys.unraisablehook``). Only that error, printed from
+    a thread other than the main one, is dropped: an uncaught error of the program itself
+    always reaches the console."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, kind, error, trace) -> None:
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        if not (closed_loop and threading.current_thread() is not threading.main_thread()):
+            self.previous(kind, error, trace)
+
+
 def _watch(path: pathlib.Path) -> None:
     """Keeps the late echoes of a failed restore or save of ``path`` off the console.
 
     When one read of a damaged save (or one write to a full disk) fails, Orbax closes its
     event loop while TensorStore still completes the other operations; each then reports —
     through ``sys.unraisablehook`` ("Event loop is closed", or its own error naming the
-    save), asyncio's logger ("Task exception was never retrieved") or a never-awaited
+    save), ``sys.excepthook`` (TensorStore's ``PyErr_Print``), asyncio's logger ("Task
+    exception was never retrieved") or a never-awaited
     coroutine's warning — dozens of tracebacks after the failure has been handled (the save
     quarantined and the previous one restored, or the run stopped with one line) and
     reported. The hooks installed here drop exactly those and pass everything else on;
@@ -358,6 +381,7 @@ def _watch(path: pathlib.Path) -> None:
     if isinstance(sys.unraisablehook, _LateEchoHook):
         return
     sys.unraisablehook = _LateEchoHook(sys.unraisablehook)
+    sys.excepthook = _LateEchoExceptHook(sys.excepthook)
     for name in ("asyncio", "absl"):
         logging.getLogger(name).addFilter(_DropLateEchoes())
     # The reads Orbax had queued and never ran are garbage-collected with a warning each.
