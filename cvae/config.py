@@ -66,6 +66,7 @@ ZERO_MEANS = {
     "train.image_grid_size": "no image grids",
     "eval.num_importance_samples": "no importance-sampled NLL",
     "eval.chunk_size": "chosen automatically",
+    "ex_post.diffusion_updates": "200 passes over the codes (1,000 to 8,000 updates)",
 }
 
 
@@ -153,6 +154,15 @@ def base_config() -> ml_collections.ConfigDict:
     # experiments.main (their --k overrides it); training itself scores the ELBO only.
     c.eval.num_importance_samples = 5000
     c.eval.chunk_size = 0  # importance samples evaluated at once (bounds memory); 0 = auto
+
+    # The fits of the ex-post samplers (cvae.analysis.ex_post) a run draws from: more
+    # passes, longer fits, better densities. The defaults are what docs/results.md measured.
+    c.ex_post = ml_collections.ConfigDict()
+    c.ex_post.flow_max_epochs = 200  # the flow's passes over the codes (early-stopped)
+    c.ex_post.two_stage_epochs = 100  # the second-stage VAE's passes (KL warm-up: a fifth)
+    # the diffusion model's Adam updates, in blocks of 250; 0 = 200 passes over the codes,
+    # at least 1,000 updates and at most 8,000
+    c.ex_post.diffusion_updates = 0
     return c
 
 
@@ -203,6 +213,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         validate_objective(c.objective, c.model)
         validate_train(c.train)
         validate_eval(c.eval)
+        validate_ex_post(c.ex_post)
     except (AttributeError, KeyError) as err:
         raise ConfigError(
             f"the config lacks a field ({str(err).splitlines()[0]}); start "
@@ -428,6 +439,25 @@ def validate_eval(e: ml_collections.ConfigDict) -> None:
         isinstance(e.chunk_size, int) and e.chunk_size >= 0,
         "eval.chunk_size",
         e.chunk_size,
+        "an integer ≥ 0 (0 = automatic)",
+    )
+
+
+def validate_ex_post(x: ml_collections.ConfigDict) -> None:
+    """Checks the ``ex_post`` section.
+
+    Args:
+      x: the section.
+
+    Raises:
+      ConfigError: naming the field, the value and the valid range.
+    """
+    check_int(x.flow_max_epochs, "ex_post.flow_max_epochs", 1)
+    check_int(x.two_stage_epochs, "ex_post.two_stage_epochs", 1)
+    check(
+        isinstance(x.diffusion_updates, int) and x.diffusion_updates >= 0,
+        "ex_post.diffusion_updates",
+        x.diffusion_updates,
         "an integer ≥ 0 (0 = automatic)",
     )
 

@@ -76,10 +76,13 @@ def main(argv):
         "n": FLAGS.n,
         "seed": FLAGS.seed,
         "params_sha256": run.params_sha256,
+        "ex_post": ex_post.fit_budget(run.config.ex_post),  # what the samplers were fitted with
         "fid_floor": summary["fid_train_vs_test"],
     }
     previous = Workdir(workdir).read_sample_quality() or {}
-    if all(previous.get(k) == result[k] for k in ("classifier", "n", "seed", "params_sha256")):
+    previous.setdefault("ex_post", ex_post.fit_budget())  # scored before budgets: defaults
+    identity = ("classifier", "n", "seed", "params_sha256", "ex_post")
+    if all(previous.get(k) == result[k] for k in identity):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
     for sampler in FLAGS.samplers:

@@ -104,6 +104,11 @@ def make_test_config(**overrides):
     c.eval.batch_size = 256
     c.eval.num_importance_samples = 20
     c.eval.chunk_size = 10
+    # ex-post fits a tenth to a thirtieth of the defaults' length: tests check what the
+    # samplers do, the quality of full-length fits is tested in tests/analysis/test_ex_post.py
+    c.ex_post.flow_max_epochs = 20
+    c.ex_post.two_stage_epochs = 10
+    c.ex_post.diffusion_updates = 250
     for dotted, value in overrides.items():
         node = c
         *parents, leaf = dotted.split(".")

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from cvae import config as config_lib
 from cvae.analysis import diffusion
 
 EX_POST = ("gmm", "flow", "two_stage", "diffusion")
@@ -424,6 +425,7 @@ def fit(
     progress: bool = False,
     labels=None,
     num_classes: int = 0,
+    budget=None,
 ):
     """The ex-post density ``kind`` fitted to training codes.
 
@@ -436,6 +438,8 @@ def fit(
       labels: (N,) int labels: a class-conditional diffusion model (the other kinds are
         fitted per class instead, to that class's codes).
       num_classes: the number of classes when labels are given.
+      budget: the fits' lengths, a config's ``ex_post`` section (``flow_max_epochs``,
+        ``two_stage_epochs``, ``diffusion_updates``); None for the defaults.
 
     Returns:
       The sampler (``sample(key, n)``, ``log_prob(z)``).
@@ -443,15 +447,48 @@ def fit(
     Raises:
       ValueError: an unknown kind, or too few codes for the mixture.
     """
+    budget = fit_budget(budget)
     if kind == "gmm":
         return fit_latent_mixture(codes, seed=seed)
     if kind == "flow":
-        return fit_latent_flow(codes, key, progress=progress)
+        return fit_latent_flow(codes, key, max_epochs=budget["flow_max_epochs"], progress=progress)
     if kind == "two_stage":
-        return fit_two_stage(codes, key)
+        epochs = budget["two_stage_epochs"]
+        return fit_two_stage(codes, key, epochs=epochs, warmup_epochs=max(1, epochs // 5))
     if kind == "diffusion":
-        return diffusion.fit_diffusion(codes, key, labels, num_classes, progress=progress)
+        return diffusion.fit_diffusion(
+            codes,
+            key,
+            labels,
+            num_classes,
+            num_updates=budget["diffusion_updates"] or None,
+            progress=progress,
+        )
     raise ValueError(f"the ex-post samplers are {EX_POST}, got {kind!r}")
+
+
+# The fields of a config's ``ex_post`` section each kind's fit reads.
+BUDGET_FIELDS = {
+    "gmm": (),
+    "flow": ("flow_max_epochs",),
+    "two_stage": ("two_stage_epochs",),
+    "diffusion": ("diffusion_updates",),
+}
+
+
+def fit_budget(section=None, kind: str | None = None) -> dict:
+    """The fits' lengths as a plain dict: a config's ``ex_post`` section over the defaults
+    of ``cvae.config.base_config``; with ``kind``, only the fields that kind's fit reads
+    (what its saved sampler records, to be refitted when they change)."""
+    budget = config_lib.base_config().ex_post.to_dict()
+    if section is not None:
+        given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+        budget.update({k: given[k] for k in budget if k in given})
+    if kind is not None:
+        if kind not in BUDGET_FIELDS:
+            raise ValueError(f"the ex-post samplers are {EX_POST}, got {kind!r}")
+        budget = {k: budget[k] for k in BUDGET_FIELDS[kind]}
+    return budget
 
 
 def save(sampler, directory, meta: dict) -> None:

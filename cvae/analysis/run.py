@@ -390,8 +390,9 @@ class Run:
     def ex_post(self, kind: str, label: int | None = None, conditional: bool = False):
         """An ex-post density of the training codes, fitted once and saved.
 
-        Fitted once per set of params and saved in ``DIR/samplers/``: a later call, or a
-        later process, loads it instead of refitting (a run trained further refits). The
+        Fitted once per set of params and fit lengths (``config.ex_post``) and saved in
+        ``DIR/samplers/``: a later call, or a later process, loads it instead of refitting
+        (a run trained further, or given other fit lengths, refits). The
         fit draws from ``fold_in(key(seed), i)``, i the kind's index, and the mixture uses
         the run's seed: a rerun gives the same samples.
 
@@ -406,7 +407,9 @@ class Run:
         """
         name = kind if label is None else f"{kind}-label{label}"
         name = f"{kind}-conditional" if conditional else name
-        if name not in self._mixtures:
+        budget = ex_post.fit_budget(self.config.ex_post, kind)
+        memo = (name, tuple(sorted(budget.items())))
+        if memo not in self._mixtures:
             directory = Workdir(self.workdir).sampler_dir(name)
             fingerprint = self.params_sha256
             try:
@@ -421,8 +424,13 @@ class Run:
                     str(err).splitlines()[0][:120],
                 )
                 loaded = None
-            if loaded is not None and loaded[1].get("params_sha256") == fingerprint:
-                self._mixtures[name] = loaded[0]
+            if (
+                loaded is not None
+                and loaded[1].get("params_sha256") == fingerprint
+                # a sampler saved before budgets were recorded was fitted with the defaults
+                and loaded[1].get("budget", ex_post.fit_budget(None, kind)) == budget
+            ):
+                self._mixtures[memo] = loaded[0]
             else:
                 codes, labels = self.training_codes()
                 if conditional and labels is None:
@@ -448,6 +456,7 @@ class Run:
                     progress=True,
                     labels=labels if conditional else None,
                     num_classes=self.info.num_classes if conditional else 0,
+                    budget=self.config.ex_post,
                 )
                 try:
                     ex_post.save(
@@ -455,6 +464,7 @@ class Run:
                         directory,
                         {
                             "params_sha256": fingerprint,
+                            "budget": budget,
                             "num_codes": len(codes),
                             "label": label,
                             "conditional": conditional,
@@ -464,8 +474,8 @@ class Run:
                     log.warning(
                         "could not save the fitted %s sampler in %s: %s", kind, directory, err
                     )
-                self._mixtures[name] = fitted
-        return self._mixtures[name]
+                self._mixtures[memo] = fitted
+        return self._mixtures[memo]
 
 
 def _as_key(key):

@@ -102,3 +102,15 @@ def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch, caplo
     warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(warnings) == 3 and all("\n" not in w for w in warnings), warnings
     assert ex_post.load(tmp_path / "samplers" / "flow") is not None  # saved again, whole
+    # Other fit lengths are another sampler: that kind alone is fitted again, with them.
+    fitted_before, fits = {kind: refitted.ex_post(kind) for kind in first}, []
+
+    def fit(kind, *args, **kwargs):
+        fits.append((kind, ex_post.fit_budget(kwargs["budget"], kind)))
+        return fitted_before[kind]
+
+    monkeypatch.setattr(ex_post, "fit", fit)
+    refitted.config.ex_post.two_stage_epochs += 1
+    for kind in first:
+        refitted.ex_post(kind)
+    assert fits == [("two_stage", {"two_stage_epochs": 11})]
