@@ -477,9 +477,20 @@ BUDGET_FIELDS = {
 
 
 def fit_budget(section=None, kind: str | None = None) -> dict:
-    """The fits' lengths as a plain dict: a config's ``ex_post`` section over the defaults
-    of ``cvae.config.base_config``; with ``kind``, only the fields that kind's fit reads
-    (what its saved sampler records, to be refitted when they change)."""
+    """The fits' lengths as a plain dict.
+
+    Args:
+      section: a config's ``ex_post`` section (or a dict of some of its fields); the
+        defaults of ``cvae.config.base_config`` fill the rest. None for the defaults.
+      kind: keep only the fields this kind's fit reads (what its saved sampler records,
+        to be refitted when they change); None for all.
+
+    Returns:
+      Field name → value.
+
+    Raises:
+      ValueError: an unknown kind.
+    """
     budget = config_lib.base_config().ex_post.to_dict()
     if section is not None:
         given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
