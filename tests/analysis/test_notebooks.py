@@ -53,7 +53,9 @@ def test_committed_notebooks_show_their_outputs_and_no_error(name):
 
 def test_explore_latents_trains_the_quickstart_when_no_workdir_is_given(monkeypatch):
     monkeypatch.delenv("CVAE_WORKDIR", raising=False)
+    monkeypatch.delenv("CVAE_PROJECTIONS", raising=False)
     book = _execute("explore_latents.ipynb")
+    assert "no UMAP panel" not in _text(book)  # the notebooks extra is installed
     assert len(_figures(book)) >= 8  # recon, histograms, projections, …, neighbours
     text = _text(book)
     assert "median distance of samples to their nearest training image" in text
@@ -63,6 +65,7 @@ def test_explore_latents_trains_the_quickstart_when_no_workdir_is_given(monkeypa
 def test_explore_latents_on_a_conditional_run(monkeypatch, tmp_path):
     training.train_and_evaluate(make_test_config(**{"model.conditional": True}), tmp_path)
     monkeypatch.setenv("CVAE_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("CVAE_PROJECTIONS", "pca,tsne")  # UMAP is drawn by the quickstart's
     book = _execute("explore_latents.ipynb")
     text = _text(book)
     assert "unconditional model" not in text
@@ -85,6 +88,7 @@ def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
         workdir,
     )
     monkeypatch.setenv("CVAE_WORKDIR", str(workdir))
+    monkeypatch.setenv("CVAE_PROJECTIONS", "pca")  # panels are drawn by the same loop
     book = _execute("explore_latents.ipynb")
     assert "labels: none (unlabelled data)" in _text(book)
     assert len(_figures(book)) >= 8
