@@ -454,12 +454,7 @@ def validate_ex_post(x: ml_collections.ConfigDict) -> None:
     """
     check_int(x.flow_max_epochs, "ex_post.flow_max_epochs", 1)
     check_int(x.two_stage_epochs, "ex_post.two_stage_epochs", 1)
-    check(
-        isinstance(x.diffusion_updates, int) and x.diffusion_updates >= 0,
-        "ex_post.diffusion_updates",
-        x.diffusion_updates,
-        "an integer ≥ 0 (0 = automatic)",
-    )
+    check_int(x.diffusion_updates, "ex_post.diffusion_updates", 0, " (0 = automatic)")
 
 
 # Fields whose change makes a saved run a different experiment: resuming across them would

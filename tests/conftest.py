@@ -36,7 +36,7 @@ CACHE_MAX_BYTES = 2 * 10**9
 
 def _tidy_compilation_cache(directory: pathlib.Path) -> None:
     """Keeps the cache readable and bounded: entries a killed process left truncated (not a
-    whole zlib stream) are removed, and the whole directory once it outgrows 2 GB."""
+    whole compressed stream) are removed, and the whole directory once it outgrows 2 GB."""
     entries = list(directory.glob("*-cache"))
     if sum(entry.stat().st_size for entry in entries) > CACHE_MAX_BYTES:
         shutil.rmtree(directory, ignore_errors=True)
