@@ -4,9 +4,10 @@ time: a launcher process imports the libraries once and forks one child per comm
 A child is a real process — its own pid, exit status, signals, SIGKILL by a fail point,
 file descriptors 1 and 2 — that runs the module as ``__main__`` exactly as ``python -m``
 does (``runpy``), with the command's environment and working directory; only the imports of
-jax, flax, optax, orbax, TFDS and cvae were done before the fork. That saves about 3 s of
-every command (most of a command that only prints an error), which is most of what the
-suite's launches used to cost.
+``PRELOADED`` (jax, flax, optax, orbax, TFDS, scikit-learn, matplotlib, flowjax, cvae, ...)
+were done before the fork. That saves about 5 s of every command (most of a command that
+only prints an error, half of a tiny training), which is most of what the suite's launches
+used to cost.
 
 What a fork cannot give, the client does with a fresh interpreter (``subprocess``):
 
@@ -33,12 +34,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Read by the libraries the launcher preloads when they are imported: a command that sets
 # one of these differently gets a fresh interpreter.
-IMPORT_TIME_PREFIXES = ("JAX_", "PYTHON", "TF_", "TFDS_", "XLA_PYTHON")
+IMPORT_TIME_PREFIXES = ("JAX_", "PYTHON", "TF_", "TFDS_", "XLA_PYTHON", "MPL")
+# Everything a training, evaluation or sampling command imports, lazily imported ones
+# included (scikit-learn, matplotlib, TFDS, tensorboardX, flowjax, grain: about 2 s of
+# each command otherwise). None starts a thread or a JAX backend when imported.
 PRELOADED = (
     "jax",
     "jax.numpy",
@@ -51,6 +56,16 @@ PRELOADED = (
     "cvae",
     "cvae.analysis",
     "experiments.cli",
+    "sklearn.datasets",
+    "sklearn.mixture",
+    "scipy.stats",
+    "matplotlib.pyplot",
+    "PIL.Image",
+    "tensorflow_datasets",
+    "tensorboardX",
+    "flowjax.flows",
+    "flowjax.train",
+    "grain",
 )
 
 
@@ -86,6 +101,9 @@ def _serve() -> str | None:
         spec = request["spawn"]
         if xla_bridge.backends_are_initialized():  # never true unless a preload changes
             answers.write(json.dumps({"error": "a JAX backend started in the launcher"}) + "\n")
+            continue
+        if threading.active_count() > 1:  # a fork copies one thread: the others' locks hang
+            answers.write(json.dumps({"error": "a preload started a thread"}) + "\n")
             continue
         pid = os.fork()
         if pid == 0:

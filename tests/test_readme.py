@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests import launcher
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
@@ -50,14 +51,10 @@ def test_the_quick_tour_runs_as_pasted(tmp_path):
     }
     for command in commands:
         assert command.startswith("python -m experiments."), command
-        out = subprocess.run(
-            shlex.split(command),
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        # `python -m MODULE ARGS` as the launcher runs it: a forked process that runs the
+        # module as __main__ in this directory and environment (imports done once)
+        _, _, module, *args = shlex.split(command)
+        out = launcher.run(module, *args, cwd=tmp_path, env=env, timeout=600)
         assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
     assert (tmp_path / "runs" / "tour" / "samples_gmm.png").stat().st_size > 0
     assert (tmp_path / "runs" / "tour_sweep" / "sigma0=0.1" / "seed=2" / "eval.json").exists()

@@ -23,10 +23,18 @@ def _three_blobs(n, seed):
     return (CENTRES[rng.integers(0, 3, n)] + 0.5 * rng.standard_normal((n, 2))).astype(np.float32)
 
 
+# Shorter fits than the defaults (flow 200 epochs, diffusion 2,500 updates on 3,000 codes)
+# that still reach the bounds below on these three blobs: 30 s of fitting instead of 75.
+BUDGET = {"flow_max_epochs": 50, "two_stage_epochs": 100, "diffusion_updates": 750}
+
+
 @pytest.fixture(scope="module")
 def fitted():
     train_codes = _three_blobs(3000, 0)
-    return {kind: ex_post.fit(kind, train_codes, jax.random.key(1)) for kind in ex_post.EX_POST}
+    return {
+        kind: ex_post.fit(kind, train_codes, jax.random.key(1), budget=BUDGET)
+        for kind in ex_post.EX_POST
+    }
 
 
 def test_flow_and_two_stage_fit_held_out_codes_nearly_as_well_as_the_mixture(fitted):
@@ -42,9 +50,10 @@ def test_flow_and_two_stage_fit_held_out_codes_nearly_as_well_as_the_mixture(fit
         )
     )
     assert all(np.isfinite(v) for v in score.values())
-    assert score["flow"] >= score["gmm"] - 0.3  # measured: 0.13 below
+    assert score["flow"] >= score["gmm"] - 0.3  # measured: 0.16 below (0.13 at 200 epochs)
     assert score["two_stage"] >= score["gmm"] - 0.6  # measured: 0.40 below (an IS bound)
-    # an exact log-density (the ODE, 32 Heun steps); measured: 0.004 above the mixture
+    # an exact log-density (the ODE, 32 Heun steps); measured: 0.02 below the mixture (0.004
+    # above with the default 2,500 updates)
     assert score["diffusion"] >= score["gmm"] - 0.3
     assert min(score.values()) > one_gaussian + 1.0
 
