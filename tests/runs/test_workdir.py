@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from cvae import config as config_lib
@@ -84,6 +85,18 @@ def test_lock_differences_name_each_package_off_the_lock():
         "flax-x: installed None, lock 1.0",
         "jax: installed 0.10.3, lock 0.10.2",
     ]
+
+
+def test_installed_versions_read_from_folder_names_equal_the_packages_metadata():
+    import importlib.metadata
+
+    from_metadata = {
+        provenance._normalised(d.metadata["Name"]): d.version
+        for d in importlib.metadata.distributions()
+        if d.metadata["Name"]
+    }
+    assert provenance.installed_versions() == from_metadata
+    assert from_metadata["jax"] == jax.__version__
 
 
 def test_provenance_says_whether_the_environment_is_the_locks():
