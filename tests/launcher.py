@@ -56,7 +56,6 @@ PRELOADED = (
     "cvae",
     "cvae.analysis",
     "experiments.cli",
-    "sklearn.datasets",
     "sklearn.mixture",
     "scipy.stats",
     "matplotlib.pyplot",

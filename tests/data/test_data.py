@@ -29,6 +29,19 @@ def test_digits_loads_offline_with_a_fixed_split():
     np.testing.assert_array_equal(data.load("digits", "train").images, train.images)
 
 
+def test_digits_are_scikit_learns_images_in_the_documented_split():
+    """The file is read without importing scikit-learn; the arrays are load_digits()'s."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    order = np.random.default_rng(0).permutation(len(bunch.images))
+    for split, rows in (("train", order[:1500]), ("test", order[1500:])):
+        got = data.load("digits", split)
+        want = np.round(bunch.images[rows] * 255.0 / 16.0).astype(np.uint8)[..., None]
+        np.testing.assert_array_equal(got.images, want)
+        np.testing.assert_array_equal(got.labels, bunch.target[rows])
+
+
 def test_epoch_permutation_is_a_permutation_fixed_by_key_and_epoch():
     key = jax.random.key(3)
     p = np.asarray(data.epoch_permutation(key, 5, 1000))
