@@ -146,9 +146,9 @@ def test_prior_samples_go_top_down_through_the_conditionals():
 
 
 def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_elbo():
-    """300 Adam steps on the digits' training set: the test ELBO rises by tens of nats (measured
-    −55 → −21), both
-    layers carry information (KL > 0.5 nat each), and −log p̂(x) (k = 100) ≤ −ELBO."""
+    """300 Adam steps on the digits' training set: the test ELBO rises by tens of nats
+    (measured −55 → −21), both layers carry information (KL > 0.5 nat each; measured 2.5
+    and 1.6), and −log p̂(x) (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0)."""
     import optax
 
     from cvae import data
