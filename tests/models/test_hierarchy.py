@@ -102,11 +102,13 @@ def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):
     return jax.nn.logsumexp(log_joint + jnp.log(weights), axis=1) + np.log(cell)
 
 
+@pytest.mark.slow
 def test_importance_sampled_log_likelihood_matches_numerical_integration():
     """1-D latents in both layers: the importance-sampled log p(x) agrees with the grid
     integral (to 0.03 nats with k = 200,000 draws from a broad proposal, collapsed σ₀ = 1.5,
     where the estimate converges; measured within 0.01), lies above the ELBO, and the IWAE
-    bound rises with k towards it."""
+    bound rises with k towards it. About 10 s (the draws, a 701² grid and 600 repeated
+    bounds): in the slow tier."""
     model, params = _two_layers(dims=(1, 1), families=("collapsed", "collapsed"), sigma0=1.5)
     x = _images(4, (4, 4, 1), seed=3)
     exact = _log_marginal_on_a_grid(model, params, x)
@@ -145,10 +147,12 @@ def test_prior_samples_go_top_down_through_the_conditionals():
     np.testing.assert_allclose(np.mean(standardised, 0), 0.0, atol=0.05)
 
 
+@pytest.mark.slow
 def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_elbo():
     """300 Adam steps on the digits' training set: the test ELBO rises by tens of nats
     (measured −55 → −21), both layers carry information (KL > 0.5 nat each; measured 2.5
-    and 1.6), and −log p̂(x) (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0)."""
+    and 1.6), and −log p̂(x) (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0). About 6 s of
+    training: in the slow tier."""
     import optax
 
     from cvae import data
