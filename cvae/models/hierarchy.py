@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cvae.models import nets, posteriors
+from cvae.models import nets, posteriors, vae
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,11 @@ class BottomUpVAE(nn.Module):
             for i, layer in enumerate(self.layers)
             if i > 0
         ]
+
+    @property
+    def num_classes(self) -> int:
+        """0: a hierarchy is unconditional (read by ``init_params`` as on ``VAE``)."""
+        return 0
 
     def _posterior(self, i: int, mean, log_var) -> posteriors.Posterior:
         layer = self.layers[i]
@@ -273,7 +278,8 @@ def iwae_bound(model: BottomUpVAE, params, x, key, k: int):
 
 
 def init_params(model: BottomUpVAE, key: jax.Array, batch_size: int = 1):
-    """Initial parameters from a key, drawn as ``cvae.models.vae.init_params`` draws them.
+    """Initial parameters from a key: ``cvae.models.vae.init_params``, which serves both
+    modules (one compiled program; for one layer the VAE's own parameters).
 
     Args:
       model: the hierarchy.
@@ -283,6 +289,4 @@ def init_params(model: BottomUpVAE, key: jax.Array, batch_size: int = 1):
     Returns:
       The parameters (a plain pytree).
     """
-    x = jnp.zeros((batch_size,) + tuple(model.event_shape), jnp.float32)
-    init_key, sample_key = jax.random.split(key)
-    return model.init({"params": init_key}, x, sample_key)["params"]
+    return vae.init_params(model, key, batch_size)

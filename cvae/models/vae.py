@@ -258,7 +258,7 @@ def build_model(
     )
 
 
-def init_params(model: VAE, key: jax.Array, batch_size: int = 1):
+def init_params(model: nn.Module, key: jax.Array, batch_size: int = 1):
     """Initial parameters from a key; needs no data.
 
     One compiled program (cached per model and batch size, and by JAX's persistent cache)
@@ -268,7 +268,8 @@ def init_params(model: VAE, key: jax.Array, batch_size: int = 1):
     fused multiply-add) differ from them, by at most 2 units in the last place.
 
     Args:
-      model: the VAE.
+      model: the VAE (or a ``cvae.models.hierarchy.BottomUpVAE``: any module called as
+        ``(x, key, labels)`` with ``event_shape`` and ``num_classes``).
       key: the PRNG key of the initialisation.
       batch_size: the dummy batch used to trace the shapes.
 
@@ -279,7 +280,7 @@ def init_params(model: VAE, key: jax.Array, batch_size: int = 1):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _compiled_init(model: VAE, key: jax.Array, batch_size: int):
+def _compiled_init(model: Any, key: jax.Array, batch_size: int):
     x = jnp.zeros((batch_size,) + tuple(model.event_shape), jnp.float32)
     labels = jnp.zeros((batch_size,), jnp.int32) if model.num_classes else None
     init_key, sample_key = jax.random.split(key)
