@@ -12,7 +12,8 @@ et al.'s two-layer MNIST model: x → 200 → 200 → z₁ (100) → 100 → 100
 mirror image down). One layer is ``cvae.models.vae.VAE`` with an MLP: the same parameter
 names, hence the same initial parameters from a key, and the same ELBO, bit for bit.
 
-The bounds, for samples z ~ q drawn ancestrally from the bottom up:
+The bounds, for samples z ~ q drawn ancestrally from the bottom up (they need every layer's
+density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE``):
 
 * log w = log p(x|z₁) + Σ_{l<L} log p(z_l | z_{l+1}) + log p(z_L) − Σ_l log q(z_l | z_{l−1});
   the ELBO is E_q[log w], the IWAE bound E[log (1/k) Σ_i w_i], the importance-sampled
@@ -53,21 +54,10 @@ class StochasticLayer:
     sigma0: float = posteriors.DEFAULT_SIGMA0
 
 
-class _GaussianNet(nn.Module):
-    """A vector (…, n) → MLP → (mean, log-variance or None), each (…, latent_dim)."""
-
-    widths: tuple[int, ...]
-    latent_dim: int
-    variance_head: bool
-    activation: str
-
-    @nn.compact
-    def __call__(self, h):
-        h = nets.MLPStack(self.widths, self.activation, name="trunk")(h)
-        mean = nets.Linear(self.latent_dim, name="mean")(h)
-        if not self.variance_head:
-            return mean, None
-        return mean, nets.Linear(self.latent_dim, name="log_var")(h)
+def _as_image(z):
+    """Latents (…, d) as 1×1×d images, the input ``nets.MLPEncoder`` flattens: the nets
+    between layers are the image encoder's MLP (trunk, mean and log-variance heads)."""
+    return z[..., None, None, :]
 
 
 class BottomUpVAE(nn.Module):
@@ -101,7 +91,7 @@ class BottomUpVAE(nn.Module):
             self.activation,
         )
         self.up = [
-            _GaussianNet(
+            nets.MLPEncoder(
                 layer.widths,
                 layer.latent_dim,
                 posteriors.has_variance_head(layer.posterior),
@@ -112,7 +102,7 @@ class BottomUpVAE(nn.Module):
             if i > 0
         ]
         self.down = [
-            _GaussianNet(
+            nets.MLPEncoder(
                 tuple(reversed(layer.widths)),
                 self.layers[i - 1].latent_dim,
                 True,
@@ -147,7 +137,7 @@ class BottomUpVAE(nn.Module):
         found = [self._posterior(0, *self.encoder(x))]
         zs = [found[0].sample(key, num_samples)]  # z₁ with the key itself, as in VAE
         for i in range(1, len(self.layers)):
-            found.append(self._posterior(i, *self.up[i - 1](zs[-1])))
+            found.append(self._posterior(i, *self.up[i - 1](_as_image(zs[-1]))))
             zs.append(found[-1].sample(jax.random.fold_in(key, i)))
         return found, zs
 
@@ -162,7 +152,7 @@ class BottomUpVAE(nn.Module):
         """
         means = [self.encoder(x)[0]]
         for net in self.up:
-            means.append(net(means[-1])[0])
+            means.append(net(_as_image(means[-1]))[0])
         return means
 
     def generative_log_probs(self, zs):
@@ -175,7 +165,7 @@ class BottomUpVAE(nn.Module):
           A list of L arrays of log-densities, layer 1 first.
         """
         terms = [
-            posteriors.diag_normal_log_prob(zs[i - 1], *self.down[i - 1](zs[i]))
+            posteriors.diag_normal_log_prob(zs[i - 1], *self.down[i - 1](_as_image(zs[i])))
             for i in range(1, len(self.layers))
         ]
         return terms + [posteriors.standard_normal_log_prob(zs[-1])]
@@ -205,7 +195,7 @@ class BottomUpVAE(nn.Module):
         top = len(self.layers) - 1
         zs = [jax.random.normal(key, (num_samples, self.layers[top].latent_dim))]
         for i in range(top, 0, -1):  # layer i − 1 (0-based) from layer i
-            mean, log_var = self.down[i - 1](zs[0])
+            mean, log_var = self.down[i - 1](_as_image(zs[0]))
             noise = jax.random.normal(jax.random.fold_in(key, top - i + 1), mean.shape)
             zs.insert(0, mean + jnp.exp(0.5 * log_var) * noise)
         return zs

@@ -141,7 +141,9 @@ def test_prior_samples_go_top_down_through_the_conditionals():
     np.testing.assert_allclose(np.mean(z2, 0), 0.0, atol=0.1)
     np.testing.assert_allclose(np.std(z2, 0), 1.0, atol=0.05)
     # z₁ given z₂ is Gaussian around the generative net's mean
-    mean, log_var = model.apply({"params": params}, z2, method=lambda m, z: m.down[0](z))
+    mean, log_var = model.apply(
+        {"params": params}, z2, method=lambda m, z: m.down[0](z[:, None, None, :])
+    )  # the net reads 1×1×d
     standardised = (z1 - mean) * jnp.exp(-0.5 * log_var)
     np.testing.assert_allclose(np.std(standardised, 0), 1.0, atol=0.05)
     np.testing.assert_allclose(np.mean(standardised, 0), 0.0, atol=0.05)
