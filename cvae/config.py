@@ -122,6 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.conditional = False  # condition encoder and decoder on one-hot labels
     c.model.prior = "standard"  # "standard": N(0, I) | "vamp": VampPrior (Tomczak & Welling)
     c.model.num_pseudo_inputs = 500  # vamp: K learnable pseudo-inputs
+    # Stochastic layers above the first (cvae.models.hierarchy: bottom-up inference, as in
+    # Burda et al.'s two-layer models). Layer 1 is the fields above (encoder_widths,
+    # latent_dim, posterior, sigma0); layer l > 1 reads entry l − 2 of each tuple below.
+    c.model.upper_latent_dims = ()  # d₂, …, d_L; empty: one stochastic layer
+    c.model.upper_widths = ()  # per upper layer, its nets' hidden widths: ((100, 100),)
+    c.model.upper_posteriors = ()  # per upper layer "gaussian" | "collapsed"; empty: posterior
+    c.model.upper_sigma0s = ()  # per upper layer σ₀ (collapsed); empty: sigma0 for each
 
     c.objective = ml_collections.ConfigDict()
     c.objective.kind = "elbo"  # "elbo" | "iwae" | "wae_mmd"
@@ -318,6 +325,12 @@ def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDic
         "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)",
     )
     check(
+        not m.upper_latent_dims or o.kind in ("elbo", "iwae"),
+        "objective.kind",
+        o.kind,
+        "'elbo' or 'iwae' for a hierarchy (model.upper_latent_dims is set)",
+    )
+    check(
         finite(o.mmd_weight) and o.mmd_weight >= 0,
         "objective.mmd_weight",
         o.mmd_weight,
@@ -506,7 +519,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
                     value, default if isinstance(default, ml_collections.ConfigDict) else None
                 )
             elif isinstance(value, list) and isinstance(default, tuple):
-                out[key] = tuple(value)
+                out[key] = _as_tuples(value)
             else:
                 out[key] = value
         return out
@@ -540,5 +553,15 @@ def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+            flat[f"{prefix}{key}"] = _as_lists(value)
     return flat
+
+
+def _as_lists(value):
+    """Tuples (nested ones too: ``model.upper_widths``) as lists, as JSON writes them."""
+    return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _as_tuples(value):
+    """``_as_lists`` undone: lists (nested ones too) as tuples."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value

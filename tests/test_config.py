@@ -65,3 +65,80 @@ def test_every_documented_zero_names_a_field():
 
 def test_the_defaults_validate():
     config_lib.validate(config_lib.base_config())
+
+
+TWO_LAYERS = {"model.upper_latent_dims": (4,), "model.upper_widths": ((16,),)}
+
+
+def _hierarchy(**overrides):
+    config = config_lib.base_config()
+    for name, value in {**TWO_LAYERS, **overrides}.items():
+        section, leaf = name.split(".")
+        with config[section].ignore_type():
+            config[section][leaf] = value
+    return config
+
+
+def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family():
+    from cvae.models import hierarchy, vae
+
+    config = _hierarchy(**{"model.sigma0": 0.2})
+    config_lib.validate(config)
+    model = vae.build_model(config.model, (8, 8, 1), 10)
+    assert isinstance(model, hierarchy.BottomUpVAE)
+    assert [(layer.latent_dim, layer.widths) for layer in model.layers] == [
+        (16, (128, 64, 32)),
+        (4, (16,)),
+    ]
+    assert [(layer.posterior, layer.sigma0) for layer in model.layers] == [("collapsed", 0.2)] * 2
+    mixed = _hierarchy(**{"model.upper_posteriors": ("gaussian",), "model.upper_sigma0s": (0.5,)})
+    layers = vae.build_model(mixed.model, (8, 8, 1), 10).layers
+    assert [(layer.posterior, layer.sigma0) for layer in layers] == [
+        ("collapsed", 0.01),
+        ("gaussian", 0.5),
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (
+            {"model.upper_latent_dims": (4, 0), "model.upper_widths": ((8,), (8,))},
+            "upper_latent_dims",
+        ),
+        ({"model.upper_widths": ((16,), (16,))}, "upper_widths"),
+        ({"model.upper_widths": ((),)}, "upper_widths"),
+        ({"model.upper_posteriors": ("deterministic",)}, "upper_posteriors"),
+        ({"model.upper_posteriors": ("gaussian", "gaussian")}, "upper_posteriors"),
+        ({"model.upper_sigma0s": (0.0,)}, "upper_sigma0s"),
+        ({"model.posterior": "deterministic"}, "posterior"),
+        ({"model.arch": "conv"}, "arch"),
+        ({"model.conditional": True}, "conditional"),
+        ({"model.prior": "vamp"}, "prior"),
+        ({"model.dropout_rate": 0.1}, "dropout_rate"),
+        ({"model.decoder_widths": (8,)}, "decoder_widths"),
+        ({"model.init": "torch"}, "init"),
+        ({"objective.kind": "wae_mmd"}, "kind"),
+        # upper fields without upper layers
+        ({"model.upper_latent_dims": ()}, "upper_widths"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_hierarchy_refuses_what_it_cannot_build_in_one_line(overrides, field):
+    with pytest.raises(config_lib.ConfigError) as refused:
+        config_lib.validate(_hierarchy(**overrides))
+    message = str(refused.value)
+    assert f".{field} = " in message and "\n" not in message, message
+
+
+def test_nested_tuples_survive_the_json_round_trip_and_resume_comparison():
+    import json
+
+    config = _hierarchy(
+        **{"model.upper_latent_dims": (4, 2), "model.upper_widths": ((16, 8), (8,))}
+    )
+    saved = json.loads(json.dumps(config.to_dict()))
+    restored = config_lib.from_dict(saved)
+    assert restored.model.upper_widths == ((16, 8), (8,))
+    flat_saved = json.loads(json.dumps(config_lib.flatten(config)))
+    assert config_lib.resume_conflicts(flat_saved, config_lib.flatten(config)) == []

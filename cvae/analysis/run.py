@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import pathlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ class Run:
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
     params: dict
-    model: model_lib.VAE
+    model: Any  # a VAE, or a cvae.models.hierarchy.BottomUpVAE
     info: data.DatasetInfo
     meta: dict
     _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -49,7 +50,7 @@ class Run:
         m = self.config.model
         return (
             f"Run({str(self.workdir)!r}, posterior={m.posterior!r}, "
-            f"latent_dim={m.latent_dim}, data={self.config.data.name!r}, "
+            f"latent_dim={self.model.code_dim}, data={self.config.data.name!r}, "
             f"epoch={self.meta.get('epoch')}, params={self.num_params:,})"
         )
 
@@ -137,11 +138,14 @@ class Run:
           The decoder's output: logits for Bernoulli models.
         """
         z = np.asarray(z, np.float32)
-        d = self.config.model.latent_dim
+        d = self.model.code_dim
         if z.ndim != 2 or z.shape[-1] != d:
-            raise ValueError(
-                f"latents must be shaped N×{d} (this run's model.latent_dim), got {z.shape}"
+            what = (
+                "model.latent_dim"
+                if d == self.config.model.latent_dim
+                else "every stochastic layer's latents, z₁ first"
             )
+            raise ValueError(f"latents must be shaped N×{d} (this run's {what}), got {z.shape}")
         if not np.isfinite(z).all():
             raise ValueError("the latents contain NaN or infinite values")
         return self._apply(jnp.asarray(z), self._labels(labels, len(z)), method=self.model.decode)
@@ -209,7 +213,7 @@ class Run:
             z = self.ex_post(sampler, conditional=True).sample(key, n, labels, guidance)
         elif sampler in ex_post.EX_POST:
             wanted = np.asarray(labels)
-            z = np.zeros((n, self.config.model.latent_dim), np.float32)
+            z = np.zeros((n, self.model.code_dim), np.float32)
             for label in np.unique(wanted):
                 rows = np.flatnonzero(wanted == label)
                 z[rows] = self.ex_post(sampler, label=int(label)).sample(

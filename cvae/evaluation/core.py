@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from cvae import data, parallel
 from cvae.evaluation import metrics
-from cvae.models import objectives
+from cvae.models import hierarchy, objectives
 
 EVAL_SEED = 0  # the key of every evaluation draw: scores are comparable across runs
 CHUNK_ROWS = 5000  # decoder rows per importance-sampling chunk when chunk_size = 0 (auto)
@@ -246,7 +246,8 @@ def evaluate(
     Returns:
       ``elbo``, ``recon``, ``kl``, ``loss`` (= −elbo),
       ``active_units`` (dimensions with Cov_x E_q[z_j] > 0.01), ``num_examples``, ``k``, and
-      ``nll_is`` = −mean log p̂(x) when K ≥ 1 and the posterior has a density.
+      ``nll_is`` = −mean log p̂(x) when K ≥ 1 and the posterior has a density; for a
+      hierarchy also each layer's ``kl_l`` and ``active_units_l`` (layer 1 next to x).
     """
     if k < 0:
         raise ValueError(f"the number of importance samples K must be ≥ 0, got {k}")
@@ -277,7 +278,10 @@ def evaluate(
             labels = np.concatenate([labels, np.repeat(labels[:1], pad)])
         return images, labels, stop - start
 
-    sums = dict.fromkeys(("elbo", "recon", "kl") + (("log_px",) if with_density else ()), 0.0)
+    layer_dims = model.layer_dims if isinstance(model, hierarchy.BottomUpVAE) else ()
+    layer_kls = tuple(f"kl_{i + 1}" for i in range(len(layer_dims)))
+    means = ("elbo", "recon", "kl", *layer_kls)
+    sums = dict.fromkeys(means + (("log_px",) if with_density else ()), 0.0)
     moments = metrics.RunningMoments()
     num_batches = math.ceil(n / bs)
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
@@ -297,8 +301,13 @@ def evaluate(
             for name in sums:
                 sums[name] += float(np.sum(out[name][:real], dtype=np.float64))
             moments.add(out["mean"][:real])
-    result = {name: sums[name] / n for name in ("elbo", "recon", "kl")}
+    result = {name: sums[name] / n for name in means}
     result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n, k=k)
+    if layer_dims:  # a hierarchy's code is its layers' latents, z₁ first
+        starts = np.cumsum((0, *layer_dims))
+        active = moments.variance > metrics.ACTIVE_THRESHOLD
+        for i in range(len(layer_dims)):
+            result[f"active_units_{i + 1}"] = int(np.sum(active[starts[i] : starts[i + 1]]))
     if with_density:
         result["nll_is"] = -sums["log_px"] / n
     return result
@@ -313,13 +322,35 @@ def format_table(result: dict) -> str:
     Returns:
       The table, one line a score.
     """
-    rows = [(name, result[name], note) for name, note in TABLE_ROWS if name in result]
+    rows = []
+    for name, note in TABLE_ROWS:
+        if name in result:
+            rows.append((name, result[name], note))
+        if name == "active_units":
+            rows += _layer_rows(result)
     return "\n".join(
         f"{name:>14}  {value:>10.3f}  {note}"
         if isinstance(value, float)
         else f"{name:>14}  {value!s:>10}  {note}".rstrip()
         for name, value, note in rows
     )
+
+
+def _layer_rows(result: dict) -> list[tuple]:
+    """A hierarchy's per-layer KL terms and active units, layer 1 (next to x) first."""
+    rows = []
+    layer = 1
+    while f"kl_{layer}" in result:
+        rows.append((f"kl_{layer}", result[f"kl_{layer}"], f"nats: layer {layer}'s KL term"))
+        rows.append(
+            (
+                f"active_units_{layer}",
+                result[f"active_units_{layer}"],
+                f"layer {layer}'s dimensions with Cov_x E_q[z_j] > 0.01",
+            )
+        )
+        layer += 1
+    return rows
 
 
 # What experiments.evaluate prints, with each score's unit and meaning.

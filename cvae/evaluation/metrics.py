@@ -1,9 +1,9 @@
 """Evaluation metrics: importance-sampled log-likelihood and posterior-collapse diagnostics.
 
 * ``importance_sampled_log_likelihood``: log p(x) ≈ log (1/K) Σ_{i≤K} p(x, z_i)/q(z_i|x),
-  z_i ~ q(z|x), evaluated ``chunk_size`` samples at a time with a running log-sum-exp, so
-  memory is bounded for any K. Sample i is drawn from ``fold_in(key, i)``, so the estimate
-  does not depend on how K is chunked.
+  z_i ~ q(z|x) (for a hierarchy, joint draws of every layer), evaluated ``chunk_size``
+  samples at a time with a running log-sum-exp, so memory is bounded for any K. Sample i
+  is drawn from ``fold_in(key, i)``, so the estimate does not depend on how K is chunked.
 * ``active_units``: dimension j is active when Cov_x(E_q[z_j]) > 0.01 (Burda et al., 2015);
   ``RunningMoments`` gives that variance for a split read batch by batch.
 * ``kl_per_dimension``: mean over data of KL(q(z_j|x) ‖ N(0, 1)).
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cvae.models import hierarchy
 from cvae.models.objectives import log_importance_weights
 
 
@@ -51,12 +52,24 @@ def importance_sampled_log_likelihood(
         )
     chunk_size = min(chunk_size, num_samples)
     num_chunks = math.ceil(num_samples / chunk_size)
-    posterior = model.apply({"params": params}, x, labels, method=model.encode)
+    if isinstance(model, hierarchy.BottomUpVAE):  # joint draws from q(z₁ … z_L | x)
+
+        def log_weights(indices):
+            return jax.vmap(
+                lambda i: hierarchy.log_importance_weights(
+                    model, params, x, jax.random.fold_in(key, i), None
+                )
+            )(indices)
+    else:
+        posterior = model.apply({"params": params}, x, labels, method=model.encode)
+
+        def log_weights(indices):
+            z = jax.vmap(lambda i: posterior.sample(jax.random.fold_in(key, i)))(indices)
+            return log_importance_weights(model, params, x, posterior, z, labels)[0]
 
     def one_chunk(running, chunk_index):
         indices = chunk_index * chunk_size + jnp.arange(chunk_size)
-        z = jax.vmap(lambda i: posterior.sample(jax.random.fold_in(key, i)))(indices)
-        log_w, _ = log_importance_weights(model, params, x, posterior, z, labels)
+        log_w = log_weights(indices)
         log_w = jnp.where((indices < num_samples)[:, None], log_w, -jnp.inf)
         return jnp.logaddexp(running, jax.nn.logsumexp(log_w, axis=0)), None
 

@@ -9,8 +9,8 @@ wires them, and the objectives it is trained on.
   config's ``model`` section, ``init_params``;
 * ``hierarchy``: several stochastic layers with bottom-up inference (``BottomUpVAE``, each
   layer with its own posterior family and σ₀), its per-layer ELBO, log importance weights
-  and IWAE bound; one layer is the MLP ``VAE``, bit for bit. (Not yet selectable from a
-  config: used from Python.)
+  and IWAE bound; one layer is the MLP ``VAE``, bit for bit. ``build_model`` builds one
+  when ``model.upper_latent_dims`` is set;
 * ``objectives``: the ELBO (β, warm-up, free bits), IWAE and WAE-MMD losses, importance
   weights;
 * ``validation``: the valid values of the ``model`` config section.

@@ -10,7 +10,8 @@ Layers are numbered from the data up, z₁ next to x and z_L on top:
 The layer-l inference net and the generative net into layer l−1 have the same widths (Burda
 et al.'s two-layer MNIST model: x → 200 → 200 → z₁ (100) → 100 → 100 → z₂ (50), tanh, and the
 mirror image down). One layer is ``cvae.models.vae.VAE`` with an MLP: the same parameter
-names, hence the same initial parameters from a key, and the same ELBO, bit for bit.
+names, hence the same initial parameters from a key (``cvae.models.vae.init_params``
+initialises both), and the same ELBO, bit for bit.
 
 The bounds, for samples z ~ q drawn ancestrally from the bottom up (they need every layer's
 density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE``):
@@ -33,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cvae.models import nets, posteriors, vae
+from cvae.models import nets, posteriors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,29 @@ class StochasticLayer:
     widths: tuple[int, ...]
     posterior: str = "gaussian"
     sigma0: float = posteriors.DEFAULT_SIGMA0
+
+
+def layers_from_config(model_config) -> tuple[StochasticLayer, ...]:
+    """The stochastic layers a config's ``model`` section describes: layer 1 from
+    ``encoder_widths``, ``latent_dim``, ``posterior`` and ``sigma0``, layer l > 1 from entry
+    l − 2 of ``upper_latent_dims`` and ``upper_widths`` (and of ``upper_posteriors`` and
+    ``upper_sigma0s``, which default to ``posterior`` and ``sigma0``).
+
+    Args:
+      model_config: a validated ``model`` section.
+
+    Returns:
+      The layers, z₁ first.
+    """
+    m = model_config
+    upper = len(m.upper_latent_dims)
+    families = tuple(m.upper_posteriors) or (m.posterior,) * upper
+    sigma0s = tuple(m.upper_sigma0s) or (m.sigma0,) * upper
+    first = StochasticLayer(m.latent_dim, tuple(m.encoder_widths), m.posterior, float(m.sigma0))
+    return (first,) + tuple(
+        StochasticLayer(int(d), tuple(w), f, float(s))
+        for d, w, f, s in zip(m.upper_latent_dims, m.upper_widths, families, sigma0s, strict=True)
+    )
 
 
 def _as_image(z):
@@ -113,14 +137,49 @@ class BottomUpVAE(nn.Module):
             if i > 0
         ]
 
+    prior = "standard"  # p(z_L) = N(0, I) (read as on ``VAE``)
+
     @property
     def num_classes(self) -> int:
         """0: a hierarchy is unconditional (read by ``init_params`` as on ``VAE``)."""
         return 0
 
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """The latent sizes d₁, …, d_L."""
+        return tuple(layer.latent_dim for layer in self.layers)
+
+    @property
+    def code_dim(self) -> int:
+        """The size of a code: every layer's latents concatenated, d₁ + … + d_L."""
+        return sum(self.layer_dims)
+
+    @property
+    def posterior_family(self) -> str:
+        """ "deterministic" if a layer is a point mass (no density: no bounds), else
+        "collapsed" if a layer is collapsed (samples want an ex-post density), else
+        "gaussian"."""
+        families = {layer.posterior for layer in self.layers}
+        for family in ("deterministic", "collapsed"):
+            if family in families:
+                return family
+        return "gaussian"
+
     def _posterior(self, i: int, mean, log_var) -> posteriors.Posterior:
         layer = self.layers[i]
         return posteriors.make_posterior(layer.posterior, mean, log_var, layer.sigma0)
+
+    def split_code(self, z) -> list:
+        """A code (…, d₁ + … + d_L) as its layers' parts, z₁ first.
+
+        Args:
+          z: codes, every layer's latents concatenated.
+
+        Returns:
+          The per-layer parts, each (…, d_l).
+        """
+        bounds = [sum(self.layer_dims[:i]) for i in range(1, len(self.layers))]
+        return jnp.split(z, bounds, axis=-1)
 
     def infer(self, x, key, num_samples: int | None = None):
         """Draws z₁, …, z_L ~ q(·|x) from the bottom up.
@@ -141,19 +200,34 @@ class BottomUpVAE(nn.Module):
             zs.append(found[-1].sample(jax.random.fold_in(key, i)))
         return found, zs
 
-    def encode_means(self, x):
-        """Every layer's code along the mean path: μ₁(x), μ₂(μ₁(x)), ….
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """Every layer's posterior along the mean path, as one posterior over the code.
+
+        Layer l's factor is q(z_l | μ_{l−1}), its input the mean of the layer below (μ₀ = x):
+        the code's mean is (μ₁(x), μ₂(μ₁(x)), …), what reconstructions, active units and the
+        ex-post densities read. (The bounds draw each layer from the draw below it: ``infer``.)
 
         Args:
           x: images in [0, 1], (B, H, W, C).
+          labels: must be None (a hierarchy is unconditional).
+          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
 
         Returns:
-          The per-layer means, z₁'s first, each (B, d_l).
+          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
+          deterministic).
         """
-        means = [self.encoder(x)[0]]
-        for net in self.up:
-            means.append(net(_as_image(means[-1]))[0])
-        return means
+        del train
+        if labels is not None:
+            raise ValueError("labels were given to a hierarchy, which is unconditional")
+        nets.check_image_batch(x, self.event_shape)
+        found = [self._posterior(0, *self.encoder(x))]
+        for i, net in enumerate(self.up, start=1):
+            found.append(self._posterior(i, *net(_as_image(found[-1].mean))))
+        mean = jnp.concatenate([p.mean for p in found], axis=-1)
+        log_vars = [p.log_var for p in found if p.log_var is not None]
+        if len(log_vars) < len(found):
+            return posteriors.DeterministicPosterior(mean)
+        return posteriors.GaussianPosterior(mean, jnp.concatenate(log_vars, axis=-1))
 
     def generative_log_probs(self, zs):
         """log p(z_l | z_{l+1}) for l < L, then log p(z_L), for draws z₁ … z_L.
@@ -170,18 +244,24 @@ class BottomUpVAE(nn.Module):
         ]
         return terms + [posteriors.standard_normal_log_prob(zs[-1])]
 
-    def decode(self, z1):
-        """p(x|z₁)'s parameters.
+    def decode(self, z, labels=None, *, train: bool = False):
+        """p(x|z₁)'s parameters for codes z (or for z₁ alone: the decoder reads z's first d₁
+        entries).
 
         Args:
-          z1: bottom-layer latents (…, d₁).
+          z: codes (…, d₁ + … + d_L), or bottom-layer latents (…, d₁).
+          labels: must be None (a hierarchy is unconditional).
+          train: unused (no dropout); kept for ``VAE.decode``'s signature.
 
         Returns:
           The likelihood's parameters, (…, *param_shape).
         """
-        return self.decoder(z1)
+        del train
+        if labels is not None:
+            raise ValueError("labels were given to a hierarchy, which is unconditional")
+        return self.decoder(z[..., : self.layer_dims[0]])
 
-    def sample_prior(self, key, num_samples: int):
+    def sample_layers(self, key, num_samples: int):
         """z_L ~ N(0, I), then z_l ~ p(z_l | z_{l+1}) down to z₁.
 
         Args:
@@ -200,11 +280,33 @@ class BottomUpVAE(nn.Module):
             zs.insert(0, mean + jnp.exp(0.5 * log_var) * noise)
         return zs
 
+    def sample_prior(self, key, num_samples: int):
+        """Codes drawn ancestrally from the top down (``sample_layers``), concatenated:
+        ``decode`` of them draws from the model's p(x).
+
+        Args:
+          key: the PRNG key of the draw.
+          num_samples: how many.
+
+        Returns:
+          (num_samples, d₁ + … + d_L) codes.
+        """
+        return jnp.concatenate(self.sample_layers(key, num_samples), axis=-1)
+
     def __call__(self, x, key, num_samples: int | None = None):
         """One ancestral draw per example (or ``num_samples``) and what the bounds need:
         (posteriors, zs, p(x|z₁)'s parameters, ``generative_log_probs(zs)``)."""
         found, zs = self.infer(x, key, num_samples)
         return found, zs, self.decode(zs[0]), self.generative_log_probs(zs)
+
+
+def _elbo_parts(model: BottomUpVAE, params, x, key):
+    """(log p(x|z₁), the one-sample KL terms of layers 1 … L−1, the top layer's closed-form
+    KL per dimension (B, d_L)) for one ancestral draw."""
+    found, zs, dec, prior_terms = cast(tuple, model.apply({"params": params}, x, key))
+    recon = model.likelihood.log_prob(x, dec)
+    lower = [found[i].log_prob(zs[i]) - prior_terms[i] for i in range(len(zs) - 1)]
+    return recon, lower, found[-1].kl_per_dim()
 
 
 def elbo_terms(model: BottomUpVAE, params, x, key):
@@ -220,16 +322,67 @@ def elbo_terms(model: BottomUpVAE, params, x, key):
       {"recon": log p(x|z₁), "kl_1" … "kl_L": the per-layer KL terms, "kl": their sum,
       "elbo": recon − kl}, each (B,).
     """
-    found, zs, dec, prior_terms = cast(tuple, model.apply({"params": params}, x, key))
-    recon = model.likelihood.log_prob(x, dec)
-    kls = [found[i].log_prob(zs[i]) - prior_terms[i] for i in range(len(zs) - 1)]
-    kls.append(jnp.sum(found[-1].kl_per_dim(), axis=-1))
+    recon, lower, top_dims = _elbo_parts(model, params, x, key)
+    kls = [*lower, jnp.sum(top_dims, axis=-1)]
     terms = {f"kl_{i + 1}": kl for i, kl in enumerate(kls)}
     kl = sum(kls[1:], kls[0])
     return {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
 
 
-def log_importance_weights(model: BottomUpVAE, params, x, key, k: int):
+def elbo_loss(
+    model: BottomUpVAE, params, x, key, *, labels=None, beta=1.0, free_bits=0.0, **unused
+):
+    """Negative β-ELBO with one ancestral draw per example, free bits per layer.
+
+    loss = −mean_x log p(x|z₁) + β Σ_l penalty_l. Without free bits penalty_l is layer l's
+    batch-mean KL term. With free bits λ > 0 the top layer's is Σ_j max(λ, mean_x KL_j) over
+    its dimensions (its KL is in closed form, as in ``objectives.elbo_loss``: one layer is
+    the VAE's loss exactly), and a lower layer's, whose KL is a one-sample estimate with no
+    per-dimension terms, is max(λ d_l, mean_x KL_l): the layer is one group of free bits
+    (Kingma et al., 2016, eq. 15 with a group per layer).
+
+    Args:
+      model: the hierarchy.
+      params: its parameters.
+      x: images in [0, 1], (B, H, W, C).
+      key: the PRNG key of the draw.
+      labels: must be None (a hierarchy is unconditional).
+      beta: β, the KL weight (``objectives.kl_weight`` for a warm-up).
+      free_bits: λ, nats per latent dimension (0 = off).
+      **unused: ``objectives.elbo_loss``'s options that a hierarchy does not have (code and
+        gradient penalties, dropout): refused by the config's validation.
+
+    Returns:
+      (loss, terms): the scalar loss and the per-example ``elbo_terms``.
+    """
+    del unused
+    if labels is not None:
+        raise ValueError("labels were given to a hierarchy, which is unconditional")
+    recon, lower, top_dims = _elbo_parts(model, params, x, key)
+    top = jnp.sum(top_dims, axis=-1)
+    kls = [*lower, top]
+    floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(top_dims, axis=0))) + sum(
+        jnp.maximum(free_bits * d, jnp.mean(kl)) for d, kl in zip(model.layer_dims, lower)
+    )
+    kl = sum(kls[1:], kls[0])
+    # Branch-free (free_bits may be traced); λ = 0 selects the plain mean KL.
+    penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
+    terms = {f"kl_{i + 1}": term for i, term in enumerate(kls)}
+    loss = -jnp.mean(recon) + beta * penalty
+    return loss, {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
+
+
+def _log_weights(model: BottomUpVAE, params, x, key, k: int | None):
+    """(log p(x|z₁), log w), each (k, B), for k joint draws per example."""
+    found, zs, dec, prior_terms = cast(tuple, model.apply({"params": params}, x, key, k))
+    recon = model.likelihood.log_prob(x, dec)
+    log_w = recon
+    for i, (posterior, z) in enumerate(zip(found, zs, strict=True)):
+        log_w = log_w + prior_terms[i] - posterior.log_prob(z)
+    return recon, log_w
+
+
+def log_importance_weights(model: BottomUpVAE, params, x, key, k: int | None):
     """log w = log p(x, z₁…z_L) − log q(z₁…z_L | x) for k joint draws per example.
 
     Args:
@@ -237,16 +390,12 @@ def log_importance_weights(model: BottomUpVAE, params, x, key, k: int):
       params: its parameters.
       x: images in [0, 1], (B, H, W, C).
       key: the PRNG key of the draws.
-      k: draws per example.
+      k: draws per example; None for one, without the leading axis.
 
     Returns:
-      (k, B) log-weights.
+      (k, B) log-weights ((B,) for k = None).
     """
-    found, zs, dec, prior_terms = cast(tuple, model.apply({"params": params}, x, key, k))
-    log_w = model.likelihood.log_prob(x, dec)
-    for i, (posterior, z) in enumerate(zip(found, zs, strict=True)):
-        log_w = log_w + prior_terms[i] - posterior.log_prob(z)
-    return log_w
+    return _log_weights(model, params, x, key, k)[1]
 
 
 def iwae_bound(model: BottomUpVAE, params, x, key, k: int):
@@ -267,16 +416,45 @@ def iwae_bound(model: BottomUpVAE, params, x, key, k: int):
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
 
 
-def init_params(model: BottomUpVAE, key: jax.Array, batch_size: int = 1):
-    """Initial parameters from a key: ``cvae.models.vae.init_params``, which serves both
-    modules (one compiled program; for one layer the VAE's own parameters).
+def iwae_loss(model: BottomUpVAE, params, x, key, *, k: int, labels=None, **unused):
+    """Negative IWAE bound with k joint draws per example (``objectives.iwae_loss`` for a
+    hierarchy); its terms are the k draws' means: "recon" of log p(x|z₁), "kl" of
+    log q − log p(z) (= recon − log w), and "iwae" = L_k.
 
     Args:
       model: the hierarchy.
-      key: the PRNG key of the initialisation.
-      batch_size: the dummy batch used to trace the shapes.
+      params: its parameters.
+      x: images in [0, 1], (B, H, W, C).
+      key: the PRNG key of the draws.
+      k: draws per example.
+      labels: must be None (a hierarchy is unconditional).
+      **unused: the ELBO's options (β, free bits), which do not apply.
 
     Returns:
-      The parameters (a plain pytree).
+      (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae".
     """
-    return vae.init_params(model, key, batch_size)
+    del unused
+    if labels is not None:
+        raise ValueError("labels were given to a hierarchy, which is unconditional")
+    recon_k, log_w = _log_weights(model, params, x, key, k)
+    bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
+    recon = jnp.mean(recon_k, axis=0)
+    kl = jnp.mean(recon_k - log_w, axis=0)
+    return -jnp.mean(bound), {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
+
+
+def with_sigma0s(model: BottomUpVAE, sigma0s) -> BottomUpVAE:
+    """The model with layer l's σ₀ set to ``sigma0s[l]`` (numbers or traced values: a
+    population member's per-layer σ₀).
+
+    Args:
+      model: the hierarchy.
+      sigma0s: one σ₀ per layer, z₁'s first.
+
+    Returns:
+      The model (a clone; parameters are unchanged).
+    """
+    layers = tuple(
+        dataclasses.replace(layer, sigma0=s) for layer, s in zip(model.layers, sigma0s, strict=True)
+    )
+    return model.clone(layers=layers)

@@ -377,3 +377,25 @@ class GhoshDecoder(nn.Module):
             h = nn.ConvTranspose(ch, (5, 5), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
             h = act(nn.GroupNorm(min(32, ch), name=f"norm_{i}")(h))
         return _pixel_params(h, self.param_shape, lead, 5)
+
+
+def check_image_batch(x, event_shape) -> None:
+    """Raises ValueError, saying how to fix it, unless ``x`` is a batch N×H×W×C of images
+    shaped ``event_shape``.
+
+    Args:
+      x: the model's input.
+      event_shape: (H, W, C) of the model's images.
+    """
+    if tuple(x.shape) == tuple(event_shape):
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} is one image without a batch axis; pass "
+            f"a batch shaped N×H×W×C, e.g. x[None] (shape 1×"
+            f"{'×'.join(map(str, event_shape))})"
+        )
+    if tuple(x.shape[-3:]) != tuple(event_shape) or x.ndim < 4:
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} does not match the model's images "
+            f"{tuple(event_shape)}; pass a batch shaped N×H×W×C = "
+            f"N×{'×'.join(map(str, event_shape))}"
+        )

@@ -4,6 +4,8 @@ encoder the RAE's code and decoder-gradient penalties), the IWAE bound and WAE-M
 Pure functions of (model, params, batch, key): safe under jit and vmap. Each returns the
 scalar loss to minimise and a dict of per-example terms in nats:
 ``{"recon": E_q log p(x|z), "kl": KL(q(z|x) ‖ p(z)), "elbo": recon − kl, …}``.
+The ELBO and IWAE losses of a hierarchy (``cvae.models.hierarchy.BottomUpVAE``) are its
+own, with the same signature and the same terms plus a KL term per layer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cvae.models import hierarchy
 from cvae.models.posteriors import DeterministicPosterior
 
 
@@ -93,8 +96,13 @@ def elbo_loss(
       dropout_key: the dropout key when training.
 
     Returns:
-      (loss, terms): the scalar loss and per-example "recon", "kl", "elbo" (and "gp").
+      (loss, terms): the scalar loss and per-example "recon", "kl", "elbo" (and "gp"; for
+      a hierarchy "kl_1" … "kl_L", see ``hierarchy.elbo_loss``).
     """
+    if isinstance(model, hierarchy.BottomUpVAE):
+        return hierarchy.elbo_loss(
+            model, params, x, key, labels=labels, beta=beta, free_bits=free_bits
+        )
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     posterior, z, dec = model.apply(_variables(params), x, key, labels, train=train, rngs=rngs)
     recon = model.likelihood.log_prob(x, dec)
@@ -296,6 +304,8 @@ def iwae_loss(
       (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae" (= L_k).
     """
     del unused  # β, free bits and code penalties do not apply to the IWAE bound
+    if isinstance(model, hierarchy.BottomUpVAE):
+        return hierarchy.iwae_loss(model, params, x, key, k=k, labels=labels)
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     posterior = model.apply(
         _variables(params), x, labels, train=train, rngs=rngs, method=model.encode

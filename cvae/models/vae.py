@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cvae.models import likelihoods, nets, posteriors
+from cvae.models import hierarchy, likelihoods, nets, posteriors
 from cvae.models.validation import validate_model
 
 
@@ -51,6 +51,11 @@ class VAE(nn.Module):
                 (self.num_pseudo_inputs,) + tuple(self.event_shape),
             )
 
+    @property
+    def code_dim(self) -> int:
+        """The size of a code z: ``latent_dim``."""
+        return self.encoder.latent_dim
+
     def _onehot(self, labels):
         if self.num_classes == 0:
             if labels is not None:
@@ -74,18 +79,7 @@ class VAE(nn.Module):
         Returns:
           The posterior (``cvae.models.posteriors``).
         """
-        if tuple(x.shape) == tuple(self.event_shape):
-            raise ValueError(
-                f"input of shape {tuple(x.shape)} is one image without a batch axis; pass "
-                f"a batch shaped N×H×W×C, e.g. x[None] (shape 1×"
-                f"{'×'.join(map(str, self.event_shape))})"
-            )
-        if tuple(x.shape[-3:]) != tuple(self.event_shape) or x.ndim < 4:
-            raise ValueError(
-                f"input of shape {tuple(x.shape)} does not match the model's images "
-                f"{tuple(self.event_shape)}; pass a batch shaped N×H×W×C = "
-                f"N×{'×'.join(map(str, self.event_shape))}"
-            )
+        nets.check_image_batch(x, self.event_shape)
         mean, log_var = self.encoder(x, self._onehot(labels), train=train)
         return posteriors.make_posterior(self.posterior_family, mean, log_var, self.sigma0)
 
@@ -162,8 +156,9 @@ def build_model(
     num_classes: int,
     *,
     binary_data: bool = False,
-) -> VAE:
-    """The VAE a config's ``model`` section describes, for images of a given shape.
+) -> nn.Module:
+    """The VAE a config's ``model`` section describes, for images of a given shape: a ``VAE``,
+    or with ``upper_latent_dims`` a ``cvae.models.hierarchy.BottomUpVAE``.
 
     Args:
       model_config: the config's ``model`` section (validated here first).
@@ -186,6 +181,10 @@ def build_model(
     if cfg.conditional and num_classes <= 0:
         raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
     likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
+    if cfg.upper_latent_dims:
+        return hierarchy.BottomUpVAE(
+            hierarchy.layers_from_config(cfg), likelihood, event_shape, cfg.activation
+        )
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))

@@ -148,3 +148,69 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         "0 unless model.posterior='deterministic' (RAE-GP regularises "
         "a deterministic autoencoder's decoder)",
     )
+    validate_hierarchy(m)
+
+
+# What a hierarchy (model.upper_latent_dims set) does not have yet, each with the field
+# that must keep its default and why.
+_NOT_IN_A_HIERARCHY = (
+    ("arch", "mlp", "'mlp' (a hierarchy's nets are MLPs)"),
+    ("conditional", False, "False (a hierarchy is unconditional)"),
+    ("prior", "standard", "'standard' (a hierarchy's top prior is N(0, I))"),
+    ("dropout_rate", 0.0, "0 (a hierarchy's nets have no dropout)"),
+    ("decoder_widths", (), "() (each generative net mirrors its inference net)"),
+    ("init", "lecun", "'lecun' (a hierarchy's nets use Flax's initialisation)"),
+)
+
+
+def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
+    """Checks the upper stochastic layers (``model.upper_*``), and that the rest of the
+    section is something a hierarchy builds.
+
+    Args:
+      m: the ``model`` section of a config.
+    """
+    check(
+        positive_ints(m.upper_latent_dims),
+        "model.upper_latent_dims",
+        m.upper_latent_dims,
+        "a tuple of positive integers, one per stochastic layer above the first",
+    )
+    upper = len(m.upper_latent_dims)
+    if upper == 0:
+        for field in ("upper_widths", "upper_posteriors", "upper_sigma0s"):
+            check(
+                len(m[field]) == 0,
+                f"model.{field}",
+                m[field],
+                "() without model.upper_latent_dims (a single stochastic layer)",
+            )
+        return
+    check(
+        len(m.upper_widths) == upper
+        and all(isinstance(w, tuple) and len(w) > 0 and positive_ints(w) for w in m.upper_widths),
+        "model.upper_widths",
+        m.upper_widths,
+        f"{upper} non-empty tuple(s) of positive integers, one per upper layer, e.g. ((100, 100),)",
+    )
+    check(
+        len(m.upper_posteriors) in (0, upper)
+        and all(f in ("gaussian", "collapsed") for f in m.upper_posteriors),
+        "model.upper_posteriors",
+        m.upper_posteriors,
+        f"() (model.posterior for every layer) or {upper} of 'gaussian' | 'collapsed'",
+    )
+    check(
+        len(m.upper_sigma0s) in (0, upper) and all(finite(s) and s > 0 for s in m.upper_sigma0s),
+        "model.upper_sigma0s",
+        m.upper_sigma0s,
+        f"() (model.sigma0 for every layer) or {upper} finite σ₀ > 0",
+    )
+    check(
+        m.posterior != "deterministic",
+        "model.posterior",
+        m.posterior,
+        "'gaussian' or 'collapsed' in a hierarchy (its bounds need every layer's density)",
+    )
+    for field, default, valid in _NOT_IN_A_HIERARCHY:
+        check(m[field] == default, f"model.{field}", m[field], f"{valid} in a hierarchy")

@@ -57,6 +57,16 @@ def should_checkpoint(cfg, epoch_done: int, *, improved: bool, stopping: bool) -
     )
 
 
+def elbo_terms(scores: dict) -> dict:
+    """The ELBO terms an evaluation record keeps: "elbo", "recon", "kl" and, for a
+    hierarchy, each layer's "kl_l"."""
+    return {
+        name: value
+        for name, value in scores.items()
+        if name in ("elbo", "recon", "kl") or name.startswith("kl_")
+    }
+
+
 def log_images(model, params, images01, labels, key, workdir: Workdir, step, writer) -> None:
     """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids.
 
@@ -162,7 +172,7 @@ class RunBook:
                     **stamp,
                     "split": self.data.eval_split,
                     "loss": scores["loss"],
-                    **{k: scores[k] for k in ("elbo", "recon", "kl")},
+                    **elbo_terms(scores),
                     "examples_per_s": len(self.data.eval_set) / (time.perf_counter() - tick),
                 }
             )
@@ -199,7 +209,7 @@ class RunBook:
     def finish(self, state) -> dict:
         """Scores the test split with the final params and writes the test record."""
         scores = self.score(state["params"], self.data.test_set)
-        test_metrics = {"loss": scores["loss"], **{k: scores[k] for k in ("elbo", "recon", "kl")}}
+        test_metrics = {"loss": scores["loss"], **elbo_terms(scores)}
         self.writer.write(
             {
                 "step": int(state["step"]),

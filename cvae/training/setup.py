@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,7 +60,7 @@ class Setup:
     """Everything the single-run loop needs, built from the config before the first epoch."""
 
     mesh: jax.sharding.Mesh
-    model: model_lib.VAE
+    model: nn.Module  # a VAE or a cvae.models.hierarchy.BottomUpVAE
     state: dict
     programs: steps.TrainPrograms
     train_data: tuple | None  # (images, labels) replicated on the mesh; None when streamed
@@ -129,7 +130,7 @@ def prepare_workdir(config, workdir: Workdir) -> None:
     parallel.barrier("workdir-ready")
 
 
-def build_model(cfg, d: TrainingData) -> model_lib.VAE:
+def build_model(cfg, d: TrainingData) -> nn.Module:
     """The model of ``cfg`` for the data ``d``, its likelihood checked against the data."""
     info = d.info
     model = model_lib.build_model(
@@ -218,7 +219,17 @@ def log_setup(mesh, params, workdir: object) -> None:
         jax.devices()[0].platform,
         jax.process_count(),
         model_lib.count_params(params),
-        model_lib.count_params(params["encoder"]),
-        model_lib.count_params(params["decoder"]),
+        _count_nets(params, "encoder", "up_"),
+        _count_nets(params, "decoder", "down_"),
         workdir,
+    )
+
+
+def _count_nets(params, name: str, layer_prefix: str) -> int:
+    """Scalars of the net ``name`` and, in a hierarchy, of the nets between its layers on
+    the same side (``up_l`` infer, ``down_l`` generate)."""
+    return sum(
+        model_lib.count_params(tree)
+        for key, tree in params.items()
+        if key == name or key.startswith(layer_prefix)
     )

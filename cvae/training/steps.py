@@ -24,7 +24,7 @@ import optax
 
 from cvae import config as config_lib
 from cvae import data, parallel
-from cvae.models import objectives
+from cvae.models import hierarchy, objectives
 
 # Fields that may differ between the members of one compiled population (cvae.training.population):
 # they change values, never array shapes or the program's structure, so they enter the
@@ -33,6 +33,7 @@ from cvae.models import objectives
 HYPERPARAMETERS = (
     "seed",
     "model.sigma0",
+    "model.upper_sigma0s",
     "model.code_l2",
     "model.gradient_penalty",
     "objective.beta",
@@ -46,9 +47,19 @@ HYPERPARAMETERS = (
 
 def hyperparameters(cfg) -> dict:
     """The traced hyperparameters of ``cfg`` (all of HYPERPARAMETERS but the seed), by
-    their last name: the numbers ``make_step`` reads instead of the config's."""
+    their last name: the numbers ``make_step`` reads instead of the config's. Each is a
+    float but ``upper_sigma0s``, a tuple with one σ₀ per layer above the first (empty
+    ``model.upper_sigma0s`` spelled out as ``model.sigma0`` for each)."""
     flat = config_lib.flatten(cfg)
-    return {name.split(".")[-1]: float(flat[name]) for name in HYPERPARAMETERS[1:]}
+    hyper: dict[str, float | tuple[float, ...]] = {
+        name.split(".")[-1]: float(flat[name])
+        for name in HYPERPARAMETERS[1:]
+        if name != "model.upper_sigma0s"
+    }
+    m = cfg.model
+    sigma0s = tuple(m.upper_sigma0s) or (m.sigma0,) * len(m.upper_latent_dims)
+    hyper["upper_sigma0s"] = tuple(float(s) for s in sigma0s)
+    return hyper
 
 
 def learning_rate(train_cfg, total_steps: int, peak=None) -> optax.Schedule:
@@ -98,10 +109,17 @@ def make_optimizer(
 def make_objective(model, config, hyper: dict):
     """(params, x, key, labels, beta, dropout_key, train) → (loss, per-example terms).
 
-    ``hyper`` (see ``hyperparameters``) supplies σ₀, the free bits, the penalties' weights
-    and λ of WAE-MMD, as Python floats for one run or traced numbers for a population
-    member; ``config`` decides which objective, and whether the gradient penalty is on."""
-    model = model.clone(sigma0=hyper["sigma0"])
+    ``hyper`` (see ``hyperparameters``) supplies σ₀ (every layer's, for a hierarchy), the
+    free bits, the penalties' weights and λ of WAE-MMD, as Python floats for one run or
+    traced numbers for a population member; ``config`` decides which objective, and whether
+    the gradient penalty is on."""
+    if isinstance(model, hierarchy.BottomUpVAE):
+        upper = hyper["upper_sigma0s"]
+        model = hierarchy.with_sigma0s(
+            model, (hyper["sigma0"], *(upper[i] for i in range(len(model.layers) - 1)))
+        )
+    else:
+        model = model.clone(sigma0=hyper["sigma0"])
     kind = config.objective.kind
     if kind == "iwae":
         return functools.partial(objectives.iwae_loss, model, k=config.objective.k)

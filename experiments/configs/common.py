@@ -19,11 +19,19 @@ def mnist(posterior: str, preset: str = "seed"):
     return c
 
 
-def iwae_paper(kind: str, k: int, epochs: int):
+def iwae_paper(kind: str, k: int, epochs: int, layers: int = 1):
     """Burda et al. (2015), one stochastic layer: 784-200-200 (tanh) → 50, decoder mirrored,
     trained like the paper on all 60,000 training images (no validation split: the schedule
-    is fixed, nothing is selected; the periodic evaluation reports the test split)."""
+    is fixed, nothing is selected; the periodic evaluation reports the test split).
+
+    With ``layers=2`` their two-layer model (the widths of the authors' code,
+    github.com/yburda/iwae, experiments.py): x → 200-200 → z₁ (100) → 100-100 → z₂ (50),
+    tanh, each generative net the mirror of its inference net, Gaussian layers."""
     c = mnist("gaussian", preset="iwae")
+    if layers == 2:
+        c.model.latent_dim = 100
+        c.model.upper_latent_dims = (50,)
+        c.model.upper_widths = ((100, 100),)
     c.data.validation_size = 0
     c.objective.kind = kind
     c.objective.k = k

@@ -45,6 +45,28 @@ def test_importance_sampled_nll_lies_between_the_elbo_and_more_samples(trained):
     assert many["num_examples"] == len(eval_set) == 297 and many["k"] == 200
 
 
+def test_a_hierarchy_scores_each_layer_and_its_joint_importance_samples_ignore_chunking():
+    """A two-layer model at its initial parameters: the per-layer KL terms and active units
+    add up to the totals; the importance samples are joint draws of both layers, each from
+    its own key, so the chunking changes nothing; the bound lies above the ELBO."""
+    cfg = make_test_config(**{"model.upper_latent_dims": (3,), "model.upper_widths": ((8,),)})
+    test = data.load("digits", "test")
+    model = model_lib.build_model(cfg.model, test.info.shape, 0, binary_data=True)
+    params = model_lib.init_params(model, jax.random.key(0))
+    eval_set = evaluation.EvalSet.from_dataset(test, binarize=True)
+    scores = [
+        evaluation.evaluate(model, params, eval_set, k=12, chunk_size=c, batch_size=100)
+        for c in (5, 12)
+    ]
+    assert scores[1]["nll_is"] == pytest.approx(scores[0]["nll_is"], abs=1e-4)
+    first = scores[0]
+    assert first["kl"] == pytest.approx(first["kl_1"] + first["kl_2"], rel=1e-5)
+    assert first["active_units"] == first["active_units_1"] + first["active_units_2"]
+    assert first["nll_is"] <= -first["elbo"]
+    table = evaluation.format_table(first)
+    assert "kl_2" in table and "active_units_1" in table
+
+
 def test_one_device_and_eight_devices_score_alike(trained):
     model, params, eval_set = trained
     one = evaluation.evaluate(

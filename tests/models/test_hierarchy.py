@@ -33,7 +33,7 @@ def test_one_layer_is_the_vae_bitwise(family):
     )
     key = jax.random.key(7)
     params = vae_lib.init_params(vae, key)
-    same_params = hierarchy.init_params(one, key)
+    same_params = vae_lib.init_params(one, key)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(same_params)
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(same_params)):
         np.testing.assert_array_equal(a, b)
@@ -55,7 +55,7 @@ def test_one_layer_is_the_vae_bitwise(family):
         hierarchy.log_importance_weights(one, params, x, jax.random.key(4), 5), want_w
     )
     np.testing.assert_array_equal(
-        one.apply({"params": params}, jax.random.key(5), 6, method=one.sample_prior)[0],
+        one.apply({"params": params}, jax.random.key(5), 6, method=one.sample_prior),
         vae.apply({"params": params}, jax.random.key(5), 6, method=vae.sample_prior),
     )
 
@@ -65,7 +65,7 @@ def _two_layers(dims=(4, 2), families=("gaussian", "gaussian"), shape=(4, 4, 1),
         StochasticLayer(d, (16,), f, sigma0) for d, f in zip(dims, families, strict=True)
     )
     model = BottomUpVAE(layers, BERNOULLI, shape, "tanh")
-    return model, hierarchy.init_params(model, jax.random.key(0))
+    return model, vae_lib.init_params(model, jax.random.key(0))
 
 
 @pytest.mark.parametrize(
@@ -135,9 +135,14 @@ def test_importance_sampled_log_likelihood_matches_numerical_integration():
 
 
 def test_prior_samples_go_top_down_through_the_conditionals():
+    """``sample_prior``'s codes are the layers' ancestral draws concatenated, z₁ first."""
     model, params = _two_layers()
-    z1, z2 = model.apply({"params": params}, jax.random.key(0), 5000, method=model.sample_prior)
+    z1, z2 = model.apply({"params": params}, jax.random.key(0), 5000, method=model.sample_layers)
     assert z1.shape == (5000, 4) and z2.shape == (5000, 2)
+    code = model.apply({"params": params}, jax.random.key(0), 5000, method=model.sample_prior)
+    np.testing.assert_array_equal(code, np.concatenate([z1, z2], axis=-1))
+    for got, want in zip(model.split_code(code), (z1, z2), strict=True):
+        np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(np.mean(z2, 0), 0.0, atol=0.1)
     np.testing.assert_allclose(np.std(z2, 0), 1.0, atol=0.05)
     # z₁ given z₂ is Gaussian around the generative net's mean
@@ -166,7 +171,7 @@ def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_el
     train, test = train.astype(jnp.float32), test.astype(jnp.float32)
     layers = (StochasticLayer(8, (64,)), StochasticLayer(4, (32,)))
     model = BottomUpVAE(layers, BERNOULLI, (8, 8, 1), "tanh")
-    params = hierarchy.init_params(model, jax.random.key(0))
+    params = vae_lib.init_params(model, jax.random.key(0))
     tx = optax.adam(3e-3)
 
     def loss(p, x, key):

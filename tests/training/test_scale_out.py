@@ -23,6 +23,13 @@ pytestmark = pytest.mark.slow
 
 # Every device of every process: the global batch of 64 splits 4 ways in both layouts.
 ALL_DEVICES = [*TINY, "--config.train.num_devices=0"]
+# A two-layer hierarchy (collapsed z₁, Gaussian z₂): the multi-process run covers the
+# one-layer machinery and the hierarchy's extra nets and per-layer terms at once.
+TWO_LAYERS = [
+    "--config.model.upper_latent_dims=(2,)",
+    "--config.model.upper_widths=((8,),)",
+    "--config.model.upper_posteriors=('gaussian',)",
+]
 DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
 
 
@@ -52,11 +59,13 @@ def _launch(workdir, epochs, *extra, timeout=300, env=None):
 
 
 def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path):
+    """A two-layer model: two processes × two devices train (and resume to) what one process
+    with four devices trains, with one writer."""
     # Two epochs, then a second launch resumes to three: resume across processes.
-    first = _launch(tmp_path / "mp", epochs=2)
+    first = _launch(tmp_path / "mp", 2, *TWO_LAYERS)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     assert "2 local and 4 global devices" in first.stdout
-    second = _launch(tmp_path / "mp", epochs=3)
+    second = _launch(tmp_path / "mp", 3, *TWO_LAYERS)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
     assert "resumed from step" in second.stdout
 
@@ -67,6 +76,7 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
             "experiments.train",
             *DIGITS,
             *ALL_DEVICES,
+            *TWO_LAYERS,
             "--config.train.num_epochs=3",
             "--workdir",
             str(tmp_path / "sp"),
@@ -81,6 +91,7 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
 
     multi = cvae.load_run(tmp_path / "mp", which="latest")
     reference = cvae.load_run(tmp_path / "sp", which="latest")
+    assert set(multi.params) == {"encoder", "decoder", "up_2", "down_2"}
     leaves = jax.tree_util.tree_leaves
     for x, y in zip(leaves(multi.params), leaves(reference.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
@@ -97,7 +108,8 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
         curve + records[-1:], [r for r in expected if r["split"] == "train"] + expected[-1:]
     ):
         assert (got["split"], got["step"]) == (want["split"], want["step"])
-        assert got["elbo"] == pytest.approx(want["elbo"], rel=1e-5)
+        for term in ("elbo", "kl_1", "kl_2"):
+            assert got[term] == pytest.approx(want[term], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == sorted(
         p.name for p in (tmp_path / "sp").iterdir()
     )

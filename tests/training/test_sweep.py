@@ -79,6 +79,30 @@ def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_p
     assert np.isfinite(run.evaluate("test", k=5)["nll_is"])
 
 
+def test_two_layer_members_with_their_own_per_layer_sigma0_train_as_they_do_alone(tmp_path):
+    """Each layer's σ₀ is a traced hyperparameter: members of one compiled program differ
+    in the bottom and the top layer's σ₀ and each trains what its run alone trains."""
+    two_layers = {
+        "model.upper_latent_dims": (2,),
+        "model.upper_widths": ((8,),),
+        "train.num_epochs": 1,
+    }
+    configs = [
+        make_test_config(**two_layers, **{"model.sigma0": s1, "model.upper_sigma0s": (s2,)})
+        for s1, s2 in ((0.01, 0.5), (0.3, 0.05))
+    ]
+    result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(2)])
+    assert result.traces["train_epoch"] == 1
+    for i, cfg in enumerate(configs):
+        alone = training.train_and_evaluate(cfg, tmp_path / f"alone{i}")
+        for x, y in zip(_member_params(result, i), _leaves(alone.state["params"]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        _assert_records_close(
+            _records(tmp_path / f"m{i}"), _records(tmp_path / f"alone{i}"), rtol=1e-5
+        )
+    assert not np.allclose(*(_member_params(result, i)[0] for i in range(2)))
+
+
 def test_members_shard_over_a_member_axis_with_the_same_numbers(tmp_path):
     assert len(jax.devices()) == 8
     configs = lambda devices: [

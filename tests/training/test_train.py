@@ -253,8 +253,14 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
         {"model.prior": "vamp", "model.num_pseudo_inputs": 20},
         {"objective.kind": "wae_mmd", "model.posterior": "collapsed", "model.sigma0": 0.1},
         {"model.posterior": "deterministic", "model.code_l2": 1.0, "model.gradient_penalty": 0.01},
+        {
+            "model.upper_latent_dims": (2,),
+            "model.upper_widths": ((8,),),
+            "model.upper_posteriors": ("gaussian",),
+            "objective.free_bits": 0.1,
+        },
     ],
-    ids=["vamp", "wae_mmd", "rae_gp"],
+    ids=["vamp", "wae_mmd", "rae_gp", "two_layers"],
 )
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
