@@ -519,7 +519,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
                     value, default if isinstance(default, ml_collections.ConfigDict) else None
                 )
             elif isinstance(value, list) and isinstance(default, tuple):
-                out[key] = _as_tuples(value)
+                out[key] = as_tuples(value)
             else:
                 out[key] = value
         return out
@@ -562,6 +562,13 @@ def _as_lists(value):
     return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-def _as_tuples(value):
-    """``_as_lists`` undone: lists (nested ones too) as tuples."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value
+def as_tuples(value):
+    """``_as_lists`` undone: lists (nested ones too) as tuples (a config's tuple fields).
+
+    Args:
+      value: a value read from JSON or typed on a command line.
+
+    Returns:
+      The value with every list, at any depth, a tuple.
+    """
+    return tuple(as_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value

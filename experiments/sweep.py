@@ -42,7 +42,10 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "The sweep's directory: one run directory per member.")
 flags.DEFINE_string("seeds", "0:1", "Seeds: START:STOP (e.g. 0:5) or a list (0,3,7).")
 flags.DEFINE_multi_string(
-    "grid", [], "FIELD=V1,V2,...: a config field and its values (repeat for a cartesian product)."
+    "grid",
+    [],
+    "FIELD=V1,V2,...: a config field and its values (repeat for a cartesian product); a "
+    "tuple field's values are literals: model.upper_sigma0s=(0.01,),(0.1,).",
 )
 flags.DEFINE_string("shard", None, "I/N: train every N-th member from I (array jobs).")
 flags.DEFINE_bool(

@@ -193,21 +193,54 @@ def traversal(run: Run, x, dims, values) -> np.ndarray:
     return np.stack(rows)
 
 
+def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarray:
+    """What one stochastic layer of a hierarchy encodes: images along its dimensions.
+
+    x's mean-path code with dimension j of layer ``layer`` set to each value, the layers
+    below regenerated from it (``BottomUpVAE.descend``: their conditional means, or draws
+    with ``key``), then decoded. For layer 1 this is ``traversal`` of z₁'s dimensions.
+
+    Args:
+      run: a run of a hierarchy (``model.upper_latent_dims`` set).
+      x: one image (H, W, C) or a batch of one, in [0, 1].
+      layer: the layer, 1 (next to x) to L.
+      dims: dimensions of that layer to traverse (0-based within the layer).
+      values: the values to set each to.
+      key: None for the lower layers' conditional means; else the PRNG key of their draws.
+
+    Returns:
+      Images (len(dims), len(values), H, W, C).
+    """
+    dims_of_layers = getattr(run.model, "layer_dims", None)
+    if dims_of_layers is None:
+        raise ValueError("layer_traversal needs a hierarchy; use traversal for one layer")
+    if not 1 <= layer <= len(dims_of_layers):
+        raise ValueError(f"layer must be 1 … {len(dims_of_layers)}, got {layer}")
+    offset = sum(dims_of_layers[: layer - 1])
+    mean, _ = run.encode(np.asarray(x)[None])
+    rows = []
+    for j in dims:
+        code = jnp.repeat(mean, len(values), axis=0).at[:, offset + j].set(jnp.asarray(values))
+        code = run.model.apply({"params": run.params}, code, layer, key, method=run.model.descend)
+        rows.append(np.asarray(run.mean_image(code)))
+    return np.stack(rows)
+
+
 def manifold_grid(run: Run, n: int = 15, span: float = 2.5) -> np.ndarray:
     """For a 2-D latent: images decoded on a grid over [−span, span]².
 
     Args:
-      run: the run (latent_dim = 2).
+      run: the run (2-D codes: one layer with latent_dim = 2).
       n: points per axis.
       span: the grid's half-width.
 
     Returns:
       Images (n, n, H, W, C).
     """
-    if run.config.model.latent_dim != 2:
+    if run.model.code_dim != 2:
         raise ValueError(
-            f"the decoded manifold needs model.latent_dim = 2, this run has "
-            f"{run.config.model.latent_dim}"
+            f"the decoded manifold needs 2-D codes (model.latent_dim = 2, one layer), this "
+            f"run's are {run.model.code_dim}-D"
         )
     axis = np.linspace(-span, span, n)
     z = np.stack(np.meshgrid(axis, axis[::-1]), -1).reshape(-1, 2)

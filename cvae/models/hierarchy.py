@@ -280,6 +280,29 @@ class BottomUpVAE(nn.Module):
             zs.insert(0, mean + jnp.exp(0.5 * log_var) * noise)
         return zs
 
+    def descend(self, code, layer: int, key=None):
+        """The code with the layers below ``layer`` regenerated from it: z_{l−1} from
+        p(z_{l−1} | z_l), and so on down to z₁ — each the conditional mean, or with ``key`` a
+        draw (layer j below from ``fold_in(key, j)``). What a traversal of an upper layer
+        decodes: the layers under it follow the changed code.
+
+        Args:
+          code: codes (…, d₁ + … + d_L); the entries of layers below ``layer`` are replaced.
+          layer: the layer (1 = next to x) the regeneration starts from.
+          key: None for the conditional means; else the PRNG key of the draws.
+
+        Returns:
+          The codes, (…, d₁ + … + d_L).
+        """
+        parts = self.split_code(code)
+        for i in range(layer - 1, 0, -1):  # 1-based layer i from layer i + 1
+            mean, log_var = self.down[i - 1](_as_image(parts[i]))
+            if key is not None:
+                noise = jax.random.normal(jax.random.fold_in(key, i), mean.shape, mean.dtype)
+                mean = mean + jnp.exp(0.5 * log_var) * noise
+            parts[i - 1] = mean
+        return jnp.concatenate(parts, axis=-1)
+
     def sample_prior(self, key, num_samples: int):
         """Codes drawn ancestrally from the top down (``sample_layers``), concatenated:
         ``decode`` of them draws from the model's p(x).

@@ -16,6 +16,7 @@ merge their entries into ``sweep.json`` under a file lock.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import fcntl
@@ -95,11 +96,30 @@ def parse_grid(specs: list[str], base: ml_collections.ConfigDict) -> dict[str, l
             raise SweepSpecError(
                 f"--grid gives {field!r} twice; list all its values in one --grid (FIELD=V1,V2,...)"
             )
-        parsed = [_convert(field, fields[field], v.strip()) for v in values.split(",")]
+        parsed = [_convert(field, fields[field], v.strip()) for v in _split_values(values)]
         if len(set(map(repr, parsed))) != len(parsed):
             raise SweepSpecError(f"--grid {spec!r} repeats a value")
         grid[field] = parsed
     return grid
+
+
+def _split_values(text: str) -> list[str]:
+    """``"0.01,0.1"`` → ["0.01", "0.1"]; commas inside brackets or quotes do not split, so a
+    tuple field's values read as literals: ``"(0.01,),(0.1,)"`` → ["(0.01,)", "(0.1,)"]."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
 def _convert(field: str, default, text: str):
@@ -112,16 +132,19 @@ def _convert(field: str, default, text: str):
             return int(text)
         if isinstance(default, float):
             return float(text)
-        if isinstance(default, tuple):
-            raise SweepSpecError(
-                f"--grid cannot sweep the tuple field {field!r}; write one "
-                "config per architecture and run a sweep for each"
-            )
+        if isinstance(default, list):  # a tuple field (``flatten`` writes tuples as lists)
+            value = ast.literal_eval(text)
+            if not isinstance(value, tuple | list):
+                raise ValueError
+            return config_lib.as_tuples(value)
         return text
-    except ValueError:
+    except (ValueError, SyntaxError):
+        if isinstance(default, list):
+            kind, default = "tuple such as (0.1,) or ((100, 100),)", config_lib.as_tuples(default)
+        else:
+            kind = type(default).__name__
         raise SweepSpecError(
-            f"--grid {field}: {text!r} is not a {type(default).__name__}, "
-            f"the type of {field} (default {default!r})"
+            f"--grid {field}: {text!r} is not a {kind}, the type of {field} (default {default!r})"
         ) from None
 
 
@@ -144,6 +167,10 @@ def expand(base: ml_collections.ConfigDict, seeds, grid: dict[str, list]) -> lis
             if structure not in structures:
                 structures.append(structure)
             members.append(Member(name, overrides, cfg, structures.index(structure)))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        clash = next(n for n in names if names.count(n) > 1)
+        raise SweepSpecError(f"two members of the grid would share the directory {clash!r}")
     return members
 
 
@@ -153,7 +180,11 @@ def _short_names(fields: list[str]) -> dict[str, str]:
 
 
 def _format(value) -> str:
-    """0.01 → "0.01", 1e12 → "1e+12"; the full repr where the short form would round."""
+    """0.01 → "0.01", 1e12 → "1e+12"; the full repr where the short form would round; a
+    tuple's elements joined by "-" (nested ones by "x"): ((100, 100),) → "100x100"."""
+    if isinstance(value, tuple):
+        inner = ["x".join(map(_format, v)) if isinstance(v, tuple) else _format(v) for v in value]
+        return "-".join(inner) or "none"
     if isinstance(value, float):
         short = f"{value:g}"
         return short if float(short) == value else repr(value)

@@ -20,6 +20,40 @@ def run_2d(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_a_layer_traversal_moves_the_layers_below_it(tmp_path):
+    """Traversing the top layer of a two-layer run changes the images through p(z₁|z₂)
+    (its conditional means, or draws with a key); traversing layer 1 is ``traversal``."""
+    import jax
+
+    cfg = make_test_config(
+        **{
+            "model.upper_latent_dims": (2,),
+            "model.upper_widths": ((8,),),
+            "model.posterior": "gaussian",
+            "train.num_epochs": 3,
+        }
+    )
+    training.train_and_evaluate(cfg, tmp_path)
+    run = cvae.load_run(tmp_path)
+    test = data.load("digits", "test")
+    x = test.images[0].astype(np.float32) / test.info.pixel_range[1]
+    values = np.linspace(-3.0, 3.0, 5)
+    top = explore.layer_traversal(run, x, 2, [0, 1], values)
+    assert top.shape == (2, 5, 8, 8, 1)
+    assert np.abs(top[:, 0] - top[:, -1]).max() > 1e-3  # the top layer reaches the image
+    np.testing.assert_array_equal(explore.layer_traversal(run, x, 2, [0], values), top[:1])
+    drawn = explore.layer_traversal(run, x, 2, [0], values, key=jax.random.key(1))
+    assert not np.allclose(drawn, top[:1])
+    np.testing.assert_allclose(
+        explore.layer_traversal(run, x, 1, [1, 3], values),
+        explore.traversal(run, x, [1, 3], values),
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="layer must be 1 … 2"):
+        explore.layer_traversal(run, x, 3, [0], values)
+
+
+@pytest.mark.slow
 def test_projections_are_2d_and_pca_keeps_the_top_variance_directions():
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(200, 5)) * np.array([5.0, 3.0, 0.1, 0.1, 0.1])

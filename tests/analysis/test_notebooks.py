@@ -60,6 +60,7 @@ def test_explore_latents_trains_the_quickstart_when_no_workdir_is_given(monkeypa
     text = _text(book)
     assert "median distance of samples to their nearest training image" in text
     assert "does not apply: unconditional model" in text
+    assert "does not apply: one stochastic layer" in text
 
 
 def test_explore_latents_on_a_conditional_run(monkeypatch, tmp_path):
@@ -79,19 +80,29 @@ def _unlabelled_npz(tmp_path):
     return npz
 
 
-def test_explore_latents_on_unlabelled_data(monkeypatch, tmp_path):
+def test_explore_latents_on_unlabelled_data_and_two_stochastic_layers(monkeypatch, tmp_path):
+    """An unlabelled npz set and a two-layer model in one kernel: the cells that read
+    labels, and the per-layer section (traversals of the top layer, active units per
+    layer), which a one-layer run skips."""
     workdir = tmp_path / "run"
     training.train_and_evaluate(
         make_test_config(
-            **{"data.name": f"npz:{_unlabelled_npz(tmp_path)}", "train.num_epochs": 2}
+            **{
+                "data.name": f"npz:{_unlabelled_npz(tmp_path)}",
+                "train.num_epochs": 2,
+                "model.upper_latent_dims": (2,),
+                "model.upper_widths": ((8,),),
+            }
         ),
         workdir,
     )
     monkeypatch.setenv("CVAE_WORKDIR", str(workdir))
     monkeypatch.setenv("CVAE_PROJECTIONS", "pca")  # panels are drawn by the same loop
     book = _execute("explore_latents.ipynb")
-    assert "labels: none (unlabelled data)" in _text(book)
-    assert len(_figures(book)) >= 8
+    text = _text(book)
+    assert "labels: none (unlabelled data)" in text and "(layers of 4, 2)" in text
+    assert "active units per layer: layer 1:" in text and "/2" in text
+    assert len(_figures(book)) >= 9  # the per-layer traversals too
 
 
 def test_compare_runs_labels_runs_by_name_and_plots_sigma0():

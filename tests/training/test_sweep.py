@@ -292,6 +292,7 @@ def test_two_array_tasks_share_one_sweep_directory(tmp_path):
         ),
         (["--grid", "model.sigma0=0.1,abc"], "'abc' is not a float"),
         (["--grid", "model.sigma0=-1"], "model.sigma0 = -1.0 is invalid"),
+        (["--grid", "model.upper_sigma0s=0.1"], "'0.1' is not a tuple such as (0.1,)"),
         (["--grid", "model.latent_dim=2,4", "--single_program"], "differ in model.latent_dim"),
         (["--seeds", "5:2"], "a sweep needs at least one seed"),
         (["--shard", "2/2"], "--shard '2/2' must read I/N"),
@@ -310,6 +311,32 @@ def test_bad_sweep_specs_fail_in_one_line_before_training(tmp_path, args, messag
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_tuple_field_sweeps_as_literals_and_names_its_members():
+    """Commas inside a tuple's brackets do not split the grid; the values become the
+    config's tuples (nested ones too), and members are named by their elements."""
+    base = make_test_config(**{"model.upper_latent_dims": (2,), "model.upper_widths": ((8,),)})
+    grid = sweep.parse_grid(
+        [
+            "model.upper_sigma0s=(0.01,), (0.1,)",
+            "model.upper_widths=((8, 4),),[[16]]",
+            "model.upper_posteriors=('gaussian',),(\"collapsed\",)",
+        ],
+        base,
+    )
+    assert grid == {
+        "model.upper_sigma0s": [(0.01,), (0.1,)],
+        "model.upper_widths": [((8, 4),), ((16,),)],
+        "model.upper_posteriors": [("gaussian",), ("collapsed",)],
+    }
+    members = sweep.expand(base, [0], grid)
+    assert len(members) == 8 and len({m.name for m in members}) == 8
+    assert members[0].name == "upper_sigma0s=0.01/upper_widths=8x4/upper_posteriors=gaussian/seed=0"
+    assert members[0].config.model.upper_widths == ((8, 4),)
+    # σ₀ per layer is traced: the members that differ only in it share a group
+    groups = {m.group for m in members if m.config.model.upper_widths == ((16,),)}
+    assert len(groups) == 2  # one per posterior family of the upper layer
 
 
 def test_population_refuses_configs_that_differ_in_structure(tmp_path):
