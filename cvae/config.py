@@ -136,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective.beta = 1.0  # weight of the KL term (β-VAE)
     c.objective.kl_warmup_steps = 0  # β rises linearly from 0 over this many steps
     c.objective.free_bits = 0.0  # per-dimension KL floor λ in nats (Kingma et al., 2016)
+    c.objective.upper_betas = ()  # a hierarchy's β of layers 2 … L; empty: beta for each
     c.objective.mmd_weight = 10.0  # wae_mmd: λ of λ·MMD(codes, N(0, I)) (Tolstikhin et al.)
 
     c.train = ml_collections.ConfigDict()
@@ -329,6 +330,14 @@ def validate_objective(o: ml_collections.ConfigDict, m: ml_collections.ConfigDic
         "objective.kind",
         o.kind,
         "'elbo' or 'iwae' for a hierarchy (model.upper_latent_dims is set)",
+    )
+    check(
+        len(o.upper_betas) in (0, len(m.upper_latent_dims))
+        and all(finite(b) and b >= 0 for b in o.upper_betas),
+        "objective.upper_betas",
+        o.upper_betas,
+        f"() (objective.beta for every layer) or {len(m.upper_latent_dims)} finite β ≥ 0, "
+        "one per layer above the first (model.upper_latent_dims)",
     )
     check(
         finite(o.mmd_weight) and o.mmd_weight >= 0,

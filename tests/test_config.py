@@ -119,6 +119,8 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
         ({"model.decoder_widths": (8,)}, "decoder_widths"),
         ({"model.init": "torch"}, "init"),
         ({"objective.kind": "wae_mmd"}, "kind"),
+        ({"objective.upper_betas": (1.0, 1.0)}, "upper_betas"),
+        ({"objective.upper_betas": (-1.0,)}, "upper_betas"),
         # upper fields without upper layers
         ({"model.upper_latent_dims": ()}, "upper_widths"),
     ],

@@ -355,13 +355,13 @@ def elbo_terms(model: BottomUpVAE, params, x, key):
 def elbo_loss(
     model: BottomUpVAE, params, x, key, *, labels=None, beta=1.0, free_bits=0.0, **unused
 ):
-    """Negative β-ELBO with one ancestral draw per example, free bits per layer.
+    """Negative β-ELBO with one ancestral draw per example, β and free bits per layer.
 
-    loss = −mean_x log p(x|z₁) + β Σ_l penalty_l. Without free bits penalty_l is layer l's
-    batch-mean KL term. With free bits λ > 0 the top layer's is Σ_j max(λ, mean_x KL_j) over
-    its dimensions (its KL is in closed form, as in ``objectives.elbo_loss``: one layer is
-    the VAE's loss exactly), and a lower layer's, whose KL is a one-sample estimate with no
-    per-dimension terms, is max(λ d_l, mean_x KL_l): the layer is one group of free bits
+    loss = −mean_x log p(x|z₁) + Σ_l β_l · penalty_l. Without free bits penalty_l is layer
+    l's batch-mean KL term. With free bits λ > 0 the top layer's is Σ_j max(λ, mean_x KL_j)
+    over its dimensions (its KL is in closed form, as in ``objectives.elbo_loss``: one layer
+    is the VAE's loss exactly), and a lower layer's, whose KL is a one-sample estimate with
+    no per-dimension terms, is max(λ d_l, mean_x KL_l): the layer is one group of free bits
     (Kingma et al., 2016, eq. 15 with a group per layer).
 
     Args:
@@ -370,7 +370,8 @@ def elbo_loss(
       x: images in [0, 1], (B, H, W, C).
       key: the PRNG key of the draw.
       labels: must be None (a hierarchy is unconditional).
-      beta: β, the KL weight (``objectives.kl_weight`` for a warm-up).
+      beta: β_l, the KL weights: one number for every layer, or one per layer, z₁'s first
+        (``objectives.kl_weight`` of each for a warm-up).
       free_bits: λ, nats per latent dimension (0 = off).
       **unused: ``objectives.elbo_loss``'s options that a hierarchy does not have (code and
         gradient penalties, dropout): refused by the config's validation.
@@ -384,14 +385,16 @@ def elbo_loss(
     recon, lower, top_dims = _elbo_parts(model, params, x, key)
     top = jnp.sum(top_dims, axis=-1)
     kls = [*lower, top]
-    floored = jnp.sum(jnp.maximum(free_bits, jnp.mean(top_dims, axis=0))) + sum(
-        jnp.maximum(free_bits * d, jnp.mean(kl)) for d, kl in zip(model.layer_dims, lower)
-    )
-    kl = sum(kls[1:], kls[0])
+    floors = [jnp.maximum(free_bits * d, jnp.mean(kl)) for d, kl in zip(model.layer_dims, lower)]
+    floors.append(jnp.sum(jnp.maximum(free_bits, jnp.mean(top_dims, axis=0))))
+    betas = tuple(beta) if isinstance(beta, tuple | list) else (beta,) * len(kls)
     # Branch-free (free_bits may be traced); λ = 0 selects the plain mean KL.
-    penalty = jnp.where(jnp.asarray(free_bits) > 0, floored, jnp.mean(kl))
+    freed = jnp.asarray(free_bits) > 0
+    loss = -jnp.mean(recon)
+    for b, floor, term in zip(betas, floors, kls, strict=True):
+        loss = loss + b * jnp.where(freed, floor, jnp.mean(term))
+    kl = sum(kls[1:], kls[0])
     terms = {f"kl_{i + 1}": term for i, term in enumerate(kls)}
-    loss = -jnp.mean(recon) + beta * penalty
     return loss, {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
 
 

@@ -88,7 +88,8 @@ def elbo_loss(
       x: inputs in [0, 1], (B, H, W, C).
       key: the PRNG key of the sample(s).
       labels: int labels for a conditional model; else None.
-      beta: β, the KL weight (``kl_weight`` for a warm-up).
+      beta: β, the KL weight (``kl_weight`` for a warm-up); for a hierarchy one number or
+        one per layer.
       free_bits: λ, the per-dimension KL floor in nats (0 = off).
       code_l2: the RAE code penalty's λ (deterministic posteriors).
       gradient_penalty: the RAE-GP weight, or None.

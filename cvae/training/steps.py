@@ -37,6 +37,7 @@ HYPERPARAMETERS = (
     "model.code_l2",
     "model.gradient_penalty",
     "objective.beta",
+    "objective.upper_betas",
     "objective.free_bits",
     "objective.kl_warmup_steps",
     "objective.mmd_weight",
@@ -48,17 +49,19 @@ HYPERPARAMETERS = (
 def hyperparameters(cfg) -> dict:
     """The traced hyperparameters of ``cfg`` (all of HYPERPARAMETERS but the seed), by
     their last name: the numbers ``make_step`` reads instead of the config's. Each is a
-    float but ``upper_sigma0s``, a tuple with one σ₀ per layer above the first (empty
-    ``model.upper_sigma0s`` spelled out as ``model.sigma0`` for each)."""
+    float but ``upper_sigma0s`` and ``upper_betas``, tuples with one σ₀ and one β per
+    layer above the first (empty fields spelled out as ``model.sigma0`` and
+    ``objective.beta`` for each)."""
     flat = config_lib.flatten(cfg)
     hyper: dict[str, float | tuple[float, ...]] = {
         name.split(".")[-1]: float(flat[name])
         for name in HYPERPARAMETERS[1:]
-        if name != "model.upper_sigma0s"
+        if name not in ("model.upper_sigma0s", "objective.upper_betas")
     }
-    m = cfg.model
-    sigma0s = tuple(m.upper_sigma0s) or (m.sigma0,) * len(m.upper_latent_dims)
-    hyper["upper_sigma0s"] = tuple(float(s) for s in sigma0s)
+    m, upper = cfg.model, len(cfg.model.upper_latent_dims)
+    hyper["upper_sigma0s"] = tuple(float(s) for s in m.upper_sigma0s or (m.sigma0,) * upper)
+    betas = cfg.objective.upper_betas or (cfg.objective.beta,) * upper
+    hyper["upper_betas"] = tuple(float(b) for b in betas)
     return hyper
 
 
@@ -166,6 +169,12 @@ def make_step(
         x = preprocess(binarize_key, gather_rows(images, batch_indices))
         y = labels[batch_indices] if conditional else None
         beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
+        if isinstance(model, hierarchy.BottomUpVAE):  # a β per layer, warmed up alike
+            upper = hyper["upper_betas"]
+            beta = (beta,) + tuple(
+                objectives.kl_weight(step, upper[i], hyper["kl_warmup_steps"])
+                for i in range(len(model.layers) - 1)
+            )
         objective = make_objective(model, cfg, hyper)
         tx = make_optimizer(
             cfg.train,

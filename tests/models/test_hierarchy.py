@@ -89,6 +89,23 @@ def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families):
     assert np.all(np.isfinite(terms["kl_2"])) and np.all(np.mean(terms["kl_2"], 0) >= 0)
 
 
+def test_each_layer_has_its_own_beta_and_free_bits():
+    """loss = −mean recon + Σ_l β_l · penalty_l: one β is every layer's; free bits floor the
+    top layer per dimension and a lower layer as one group of λ·d_l nats."""
+    model, params = _two_layers(dims=(4, 2))
+    x = _images(8, (4, 4, 1))
+    key = jax.random.key(5)
+    loss, terms = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5))
+    recon, kl_1, kl_2 = (np.mean(terms[n]) for n in ("recon", "kl_1", "kl_2"))
+    np.testing.assert_allclose(loss, -recon + 2.0 * kl_1 + 0.5 * kl_2, rtol=1e-6)
+    same, _ = hierarchy.elbo_loss(model, params, x, key, beta=0.7)
+    alike, _ = hierarchy.elbo_loss(model, params, x, key, beta=(0.7, 0.7))
+    np.testing.assert_array_equal(same, alike)
+    # λ far above every KL: each layer's penalty is its floor, whatever the draw
+    floored, _ = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5), free_bits=50.0)
+    np.testing.assert_allclose(floored, -recon + 2.0 * 50.0 * 4 + 0.5 * 50.0 * 2, rtol=1e-6)
+
+
 def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):
     """log p(x) = log ∫∫ p(x|z₁) p(z₁|z₂) N(z₂; 0, 1) dz₁ dz₂ for 1-D z₁ and z₂, by the
     trapezoid rule on a square grid."""

@@ -22,14 +22,18 @@ def test_hyperparameters_are_the_configs_traced_numbers_by_their_last_name():
     hyper = steps.hyperparameters(cfg)
     assert set(hyper) == {name.split(".")[-1] for name in steps.HYPERPARAMETERS[1:]}
     assert hyper["sigma0"] == 0.2 and hyper["beta"] == 3.0
-    assert hyper.pop("upper_sigma0s") == ()  # one stochastic layer
+    assert hyper.pop("upper_sigma0s") == hyper.pop("upper_betas") == ()  # one layer
     assert all(isinstance(v, float) for v in hyper.values())
     # A hierarchy's upper σ₀, spelled out from model.sigma0 when not given per layer.
     two = {"model.upper_latent_dims": (2, 2), "model.upper_widths": ((8,), (8,))}
     defaulted = make_test_config(**{"model.sigma0": 0.2, **two})
     assert steps.hyperparameters(defaulted)["upper_sigma0s"] == (0.2, 0.2)
-    given = make_test_config(**{"model.upper_sigma0s": (0.5, 0.1), **two})
+    assert steps.hyperparameters(defaulted)["upper_betas"] == (1.0, 1.0)
+    given = make_test_config(
+        **{"model.upper_sigma0s": (0.5, 0.1), "objective.upper_betas": (2.0, 0.5), **two}
+    )
     assert steps.hyperparameters(given)["upper_sigma0s"] == (0.5, 0.1)
+    assert steps.hyperparameters(given)["upper_betas"] == (2.0, 0.5)
 
 
 def test_warmup_cosine_schedule_with_a_traced_peak_equals_optaxs_schedule():

@@ -79,17 +79,21 @@ def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_p
     assert np.isfinite(run.evaluate("test", k=5)["nll_is"])
 
 
-def test_two_layer_members_with_their_own_per_layer_sigma0_train_as_they_do_alone(tmp_path):
-    """Each layer's σ₀ is a traced hyperparameter: members of one compiled program differ
-    in the bottom and the top layer's σ₀ and each trains what its run alone trains."""
+def test_two_layer_members_with_their_own_per_layer_sigma0_and_beta_train_as_alone(tmp_path):
+    """Each layer's σ₀ and β are traced hyperparameters: members of one compiled program
+    differ in the bottom and the top layer's σ₀ and in the top layer's β, and each trains
+    what its run alone trains."""
     two_layers = {
         "model.upper_latent_dims": (2,),
         "model.upper_widths": ((8,),),
         "train.num_epochs": 1,
     }
     configs = [
-        make_test_config(**two_layers, **{"model.sigma0": s1, "model.upper_sigma0s": (s2,)})
-        for s1, s2 in ((0.01, 0.5), (0.3, 0.05))
+        make_test_config(
+            **two_layers,
+            **{"model.sigma0": s1, "model.upper_sigma0s": (s2,), "objective.upper_betas": (b,)},
+        )
+        for s1, s2, b in ((0.01, 0.5, 1.0), (0.3, 0.05, 3.0))
     ]
     result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(2)])
     assert result.traces["train_epoch"] == 1
