@@ -6,7 +6,8 @@ training's scores and experiments.evaluate) on the MNIST test images.
 
 After one batch that compiles, it times the whole set. Its figures are images·samples per
 second, and ``fraction_of_roofline``: the dense layers' forward FLOPs (N·K decoder passes
-plus N encoder passes, 2 FLOPs per weight) over the time, as a fraction of the f32 matmul
+— with, for a hierarchy, its nets between layers — plus N encoder passes, 2 FLOPs per
+weight) over the time, as a fraction of the f32 matmul
 peak measured in the same process. Params are the preset's random initialisation (the
 speed does not depend on them), or a trained run's with ``--workdir``. The host's cores
 are split into one device each, as experiments.evaluate does. Results: docs/performance.md.
@@ -41,6 +42,18 @@ flags.DEFINE_integer("chunk_size", 0, "Importance samples per chunk (0 = automat
 flags.DEFINE_string("workdir", None, "Score this trained run instead of random params.")
 
 
+def importance_sampling_flops(params, num_examples: int, k: int) -> int:
+    """The dense layers' forward FLOPs of the importance-sampled NLL: per image and sample,
+    the decoder and, in a hierarchy, the nets between its layers (``up_l`` draws z_l from
+    z_{l−1}, ``down_l`` scores it); the encoder of x once per image."""
+    per_sample = sum(
+        dense_forward_flops(tree)
+        for name, tree in params.items()
+        if name == "decoder" or name.startswith(("up_", "down_"))
+    )
+    return num_examples * k * per_sample + num_examples * dense_forward_flops(params["encoder"])
+
+
 def eval_one(
     arch, k, num_examples, batch_size, chunk_size, seed, data_dir, workdir, peak_gflops
 ) -> dict:
@@ -71,9 +84,7 @@ def eval_one(
     result = score(eval_set)
     seconds = time.perf_counter() - tick
     n = len(eval_set)
-    flops = n * k * dense_forward_flops(params["decoder"]) + n * dense_forward_flops(
-        params["encoder"]
-    )
+    flops = importance_sampling_flops(params, n, k)
     return {
         "peer": "cvae",
         "benchmark": "nll_is",

@@ -30,6 +30,28 @@ def test_flops_per_example_is_six_per_dense_weight_of_the_built_model(arch):
     assert common.dense_flops_per_example(arch) == 6 * sum(int(np.prod(k.shape)) for k in kernels)
 
 
+def test_importance_sampling_flops_count_a_hierarchys_nets_per_sample():
+    """Burda et al.'s two-layer nets: the encoder 784-200-200 → 2×100 once per image; per
+    sample the decoder 100-200-200-784, up_2 100-100-100 → 2×50 and down_2 50-100-100 →
+    2×100, 2 FLOPs per weight."""
+    from benchmarks import evaluation as bench_evaluation
+
+    cfg = config_lib.apply_preset(config_lib.base_config(), "iwae").model
+    cfg.update(
+        {"posterior": "gaussian", "latent_dim": 100, "upper_latent_dims": (50,)}
+        | {"upper_widths": ((100, 100),)}
+    )
+    params = model_lib.init_params(model_lib.build_model(cfg, (28, 28, 1), 10), jax.random.key(0))
+    encoder = 784 * 200 + 200 * 200 + 2 * 200 * 100
+    per_sample = (
+        (100 * 200 + 200 * 200 + 200 * 784)
+        + (100 * 100 + 100 * 100 + 2 * 100 * 50)
+        + (50 * 100 + 100 * 100 + 2 * 100 * 100)
+    )
+    got = bench_evaluation.importance_sampling_flops(params, 3, 7)
+    assert got == 2 * (3 * 7 * per_sample + 3 * encoder)
+
+
 def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_in():
     cfg = config_lib.apply_preset(config_lib.base_config(), "torch_example").model
     cfg.init = "torch"
