@@ -20,8 +20,9 @@ flags.DEFINE_integer("n", 64, "Number of samples.")
 flags.DEFINE_enum(
     "sampler",
     None,
-    list(ex_post.SAMPLERS),
-    "Where latents come from: the prior or an ex-post density.",
+    list(ex_post.SAMPLERS + ex_post.TOP_SAMPLERS),
+    "Where latents come from: the prior or an ex-post density (KIND@top: a hierarchy's, "
+    "fitted to its top layer's codes).",
 )
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
 flags.DEFINE_float(

@@ -52,10 +52,11 @@ def main(argv):
     )
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
-    unknown = sorted(set(FLAGS.samplers) - set(ex_post.SAMPLERS))
+    known = ex_post.SAMPLERS + ex_post.TOP_SAMPLERS
+    unknown = sorted(set(FLAGS.samplers) - set(known))
     if unknown or not FLAGS.samplers:
         raise cli.UsageError(
-            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(ex_post.SAMPLERS)}"
+            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(known)}"
         )
     try:
         classifier, summary = sample_quality.load_classifier(classifier_dir)
@@ -86,8 +87,10 @@ def main(argv):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
     for sampler in FLAGS.samplers:
-        # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored.
-        key = jax.random.fold_in(jax.random.key(FLAGS.seed), ex_post.SAMPLERS.index(sampler))
+        # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored
+        # (KIND@top draws with KIND's key).
+        index = ex_post.SAMPLERS.index(ex_post.split_sampler(sampler)[0])
+        key = jax.random.fold_in(jax.random.key(FLAGS.seed), index)
         images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
         logits, features = classifier.logits_and_features(images)
         result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)

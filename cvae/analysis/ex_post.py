@@ -43,6 +43,25 @@ from cvae.analysis import diffusion
 
 EX_POST = ("gmm", "flow", "two_stage", "diffusion")
 SAMPLERS = ("prior", *EX_POST)  # "prior": the model's own prior, VAE.sample_prior
+# A hierarchy's ex-post densities fitted to the top layer's codes alone ("gmm@top", …); the
+# layers below are drawn from the model's p(z_{l−1} | z_l) (``BottomUpVAE.descend``).
+TOP = "@top"
+TOP_SAMPLERS = tuple(f"{kind}{TOP}" for kind in EX_POST)
+
+
+def split_sampler(name: str) -> tuple[str, bool]:
+    """``"gmm@top"`` → ("gmm", True); ``"gmm"`` → ("gmm", False).
+
+    Args:
+      name: a sampler's name.
+
+    Returns:
+      (the sampler kind, whether it is fitted to a hierarchy's top-layer codes).
+    """
+    kind, top = name.removesuffix(TOP), name.endswith(TOP)
+    return kind, top
+
+
 _META = "sampler.json"
 # Raised whenever a fitting procedure changes: a save of another version is not loaded (the
 # run refits). 2: the two-stage VAE standardises its codes and warms its KL up.

@@ -193,7 +193,10 @@ class Run:
           key: the PRNG key of the draws (``jax.random.key(seed)``), or an int seed.
           n: how many images.
           sampler: "prior", "gmm", "flow", "two_stage" or "diffusion"; None for the
-            family's default (prior for the Gaussian VAE, gmm otherwise).
+            family's default (prior for the Gaussian VAE, gmm otherwise). For a hierarchy
+            also "gmm@top", …: the density fitted to the top layer's codes alone, the
+            layers below drawn from the model's conditionals (``BottomUpVAE.descend``,
+            key ``fold_in(key, 1)``).
           labels: the class of each image, for a conditional model; else None.
           guidance: the diffusion sampler's classifier-free guidance weight w (with labels;
             0: the conditional model as fitted).
@@ -205,6 +208,8 @@ class Run:
         key = _as_key(key)
         sampler = sampler or ex_post.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
+        if sampler in ex_post.TOP_SAMPLERS:
+            return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
         if sampler == "prior":
             z = self._apply(key, n, method=self.model.sample_prior)
         elif sampler in ex_post.EX_POST and labels is None:
@@ -222,6 +227,21 @@ class Run:
         else:
             raise ValueError(f"sampler must be one of {ex_post.SAMPLERS}, got {sampler!r}")
         return self.mean_image(z, labels)
+
+    def _sample_from_the_top(self, key, n: int, sampler: str):
+        """Codes whose top layer comes from the ex-post density of the top layer's codes
+        and whose lower layers are drawn from the model's conditionals below it."""
+        layer_dims: tuple[int, ...] = getattr(self.model, "layer_dims", (self.model.code_dim,))
+        if len(layer_dims) < 2:
+            raise ValueError(
+                f"sampler {sampler!r} needs a hierarchy (model.upper_latent_dims); this "
+                f"run has one stochastic layer: use {ex_post.split_sampler(sampler)[0]!r}"
+            )
+        top = np.asarray(self.ex_post(ex_post.split_sampler(sampler)[0], top=True).sample(key, n))
+        code = jnp.zeros((n, self.model.code_dim), jnp.float32).at[:, -layer_dims[-1] :].set(top)
+        return self._apply(
+            code, len(layer_dims), jax.random.fold_in(key, 1), method=self.model.descend
+        )
 
     def interpolate(self, x0, x1, steps: int = 8, labels=None):
         """Images decoded along the straight line between the posterior means of two images.
@@ -391,7 +411,9 @@ class Run:
         """A digest of the params' values: what a fitted sampler or a score was made from."""
         return _fingerprint(self.params)
 
-    def ex_post(self, kind: str, label: int | None = None, conditional: bool = False):
+    def ex_post(
+        self, kind: str, label: int | None = None, conditional: bool = False, top: bool = False
+    ):
         """An ex-post density of the training codes, fitted once and saved.
 
         Fitted once per set of params and fit lengths (``config.ex_post``) and saved in
@@ -405,12 +427,14 @@ class Run:
           label: fit to the codes of this class only; None for all codes.
           conditional: fit one class-conditional density to every code and its label
             (the diffusion sampler).
+          top: fit to a hierarchy's top-layer codes alone (saved as "KIND@top").
 
         Returns:
           The sampler (``sample(key, n)``, ``log_prob(z)``).
         """
         name = kind if label is None else f"{kind}-label{label}"
         name = f"{kind}-conditional" if conditional else name
+        name = f"{name}{ex_post.TOP}" if top else name
         budget = ex_post.fit_budget(self.config.ex_post, kind)
         memo = (name, tuple(sorted(budget.items())))
         if memo not in self._mixtures:
@@ -441,6 +465,8 @@ class Run:
                     raise ValueError("a conditional sampler needs labelled training data")
                 if label is not None:
                     codes = codes[np.asarray(labels) == label]
+                if top:
+                    codes = codes[:, -self.model.layer_dims[-1] :]
                 key = jax.random.fold_in(
                     jax.random.key(self.config.seed), ex_post.EX_POST.index(kind)
                 )

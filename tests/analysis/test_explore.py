@@ -19,12 +19,10 @@ def run_2d(tmp_path_factory):
     return cvae.load_run(workdir)
 
 
-@pytest.mark.slow
-def test_a_layer_traversal_moves_the_layers_below_it(tmp_path):
-    """Traversing the top layer of a two-layer run changes the images through p(z₁|z₂)
-    (its conditional means, or draws with a key); traversing layer 1 is ``traversal``."""
-    import jax
-
+@pytest.fixture(scope="module")
+def two_layers(tmp_path_factory):
+    """A 3-epoch two-layer run on digits (Gaussian z₁ of 4, z₂ of 2)."""
+    workdir = tmp_path_factory.mktemp("two_layers")
     cfg = make_test_config(
         **{
             "model.upper_latent_dims": (2,),
@@ -33,8 +31,17 @@ def test_a_layer_traversal_moves_the_layers_below_it(tmp_path):
             "train.num_epochs": 3,
         }
     )
-    training.train_and_evaluate(cfg, tmp_path)
-    run = cvae.load_run(tmp_path)
+    training.train_and_evaluate(cfg, workdir)
+    return cvae.load_run(workdir)
+
+
+@pytest.mark.slow
+def test_a_layer_traversal_moves_the_layers_below_it(two_layers):
+    """Traversing the top layer of a two-layer run changes the images through p(z₁|z₂)
+    (its conditional means, or draws with a key); traversing layer 1 is ``traversal``."""
+    import jax
+
+    run = two_layers
     test = data.load("digits", "test")
     x = test.images[0].astype(np.float32) / test.info.pixel_range[1]
     values = np.linspace(-3.0, 3.0, 5)
@@ -51,6 +58,29 @@ def test_a_layer_traversal_moves_the_layers_below_it(tmp_path):
     )
     with pytest.raises(ValueError, match="layer must be 1 … 2"):
         explore.layer_traversal(run, x, 3, [0], values)
+
+
+@pytest.mark.slow
+def test_a_top_layer_sampler_draws_the_lower_layers_from_the_model(two_layers, run_2d):
+    """``gmm@top``: a mixture fitted to the top layer's codes alone (saved apart from the
+    mixture of whole codes); the top layer of its codes comes from it, the layer below
+    from p(z₁|z₂). A one-layer run refuses it, naming the sampler to use."""
+    import jax
+
+    run, key = two_layers, jax.random.key(3)
+    codes = np.asarray(run._sample_from_the_top(key, 6, "gmm@top"))
+    top = np.asarray(run.ex_post("gmm", top=True).sample(key, 6))
+    assert top.shape == (6, 2) and codes.shape == (6, 6)
+    np.testing.assert_array_equal(codes[:, 4:], top)
+    drawn = run.model.apply(
+        {"params": run.params}, codes, 2, jax.random.fold_in(key, 1), method=run.model.descend
+    )
+    np.testing.assert_allclose(codes, drawn, atol=1e-6)
+    images = run.sample(key, 6, sampler="gmm@top")
+    assert images.shape == (6, 8, 8, 1) and np.all(np.isfinite(images))
+    assert (run.workdir / "samplers" / "gmm@top").is_dir()
+    with pytest.raises(ValueError, match="one stochastic layer: use 'gmm'"):
+        run_2d.sample(key, 2, sampler="gmm@top")
 
 
 @pytest.mark.slow
