@@ -30,7 +30,12 @@ from cvae.runs import provenance
 from cvae.training import sweep
 from experiments import cli
 
-flags.DEFINE_string("group_by", None, "Aggregate runs over seeds by this config field.")
+flags.DEFINE_string(
+    "group_by",
+    None,
+    "Aggregate runs over seeds by this config field (or several, comma-separated: a row per "
+    "combination).",
+)
 flags.DEFINE_string("plot", None, "With --group_by: a PNG of each metric against the field.")
 flags.DEFINE_multi_string(
     "reference",
@@ -111,7 +116,7 @@ def sampler_table(groups, field: str) -> str:
         "|" + " --- |" * (len(metrics) + 3),
     ]
     for group in groups:
-        for sampler in ex_post.SAMPLERS:
+        for sampler in ex_post.SAMPLERS + ex_post.TOP_SAMPLERS:
             if f"fid_{sampler}" not in group:
                 continue
             cells = []

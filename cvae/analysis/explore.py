@@ -305,7 +305,7 @@ def run_summary(workdir) -> dict:
     row.update(
         {
             k: evaluation[k]
-            for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k")
+            for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k", *LAYER_METRICS)
             if k in evaluation
         }
     )
@@ -390,13 +390,22 @@ SAMPLE_METRICS = (
     "memorised",
     "memorised_features",
 )
+# A hierarchy's per-layer scores (eval.json), layer 1 next to x; up to four layers reported.
+LAYER_METRICS = tuple(
+    f"{metric}_{layer}" for layer in range(1, 5) for metric in ("kl", "active_units")
+)
 SUMMARY_METRICS = (
     "nll_is",
     "elbo",
     "recon",
     "kl",
     "active_units",
-    *(f"{metric}_{sampler}" for metric in SAMPLE_METRICS for sampler in ex_post.SAMPLERS),
+    *LAYER_METRICS,
+    *(
+        f"{metric}_{sampler}"
+        for metric in SAMPLE_METRICS
+        for sampler in ex_post.SAMPLERS + ex_post.TOP_SAMPLERS
+    ),
     "accuracy_prior",
     "accuracy_gmm",
     "accuracy_diffusion",
@@ -408,22 +417,26 @@ def aggregate(workdirs, group_by: str) -> list[dict]:
 
     Args:
       workdirs: run (or sweep) directories.
-      group_by: a dotted config field, e.g. "model.sigma0".
+      group_by: a dotted config field, e.g. "model.sigma0", or several separated by commas
+        (a group per combination of their values, named "v1 / v2 / …").
 
     Returns:
       One dict per group: {"value", "n", "runs", metric: (mean, std, ci95), ...} with the
       statistics of ``seed_statistics`` over the group's runs.
     """
+    fields = [field.strip() for field in group_by.split(",")]
     groups: dict = {}
     for workdir in workdirs:
         wd = as_workdir(workdir)
         flat = config_lib.flatten(wd.read_config_dict())
-        if group_by not in flat:
-            close = difflib.get_close_matches(group_by, list(flat), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"--group_by {group_by!r} is not a config field{hint}")
-        value = flat[group_by]
-        value = tuple(value) if isinstance(value, list) else value
+        values = []
+        for field in fields:
+            if field not in flat:
+                close = difflib.get_close_matches(field, list(flat), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"--group_by {field!r} is not a config field{hint}")
+            values.append(config_lib.as_tuples(flat[field]))
+        value = values[0] if len(values) == 1 else " / ".join(map(_plain, values))
         groups.setdefault(value, []).append((wd.name, run_summary(wd)))
     out = []
     for value in sorted(groups, key=lambda v: (str(type(v)), v)):
@@ -437,6 +450,13 @@ def aggregate(workdirs, group_by: str) -> list[dict]:
             }
         )
     return out
+
+
+def _plain(value) -> str:
+    """A config value as a group's name: ('gaussian',) → "gaussian", 0.01 → "0.01"."""
+    if isinstance(value, tuple):
+        return ", ".join(map(_plain, value)) or "()"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def metric_statistics(rows) -> dict:

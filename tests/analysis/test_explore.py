@@ -194,6 +194,35 @@ def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
         explore.aggregate(dirs, "model.sigma")
 
 
+def test_aggregate_groups_by_several_fields_and_keeps_each_layers_scores(tmp_path):
+    """A row per combination of the fields' values (tuple fields included), named
+    "v1 / v2"; a hierarchy's kl_l and active_units_l from eval.json are aggregated too."""
+    from cvae import config as config_lib
+    from cvae.runs.workdir import Workdir
+
+    dirs = []
+    for i, (family, upper) in enumerate(
+        [("gaussian", (0.01,)), ("gaussian", (0.01,)), ("gaussian", (0.1,)), ("collapsed", (0.1,))]
+    ):
+        config = config_lib.base_config()
+        config.seed, config.model.posterior = i, family
+        config.model.upper_latent_dims, config.model.upper_widths = (2,), ((8,),)
+        config.model.upper_sigma0s = upper
+        Workdir(tmp_path / f"r{i}").write_config(config)
+        Workdir(tmp_path / f"r{i}").write_eval(
+            {"nll_is": 90.0 + i, "kl_1": 3.0 + i, "kl_2": 1.0, "active_units_2": i, "k": 10}
+        )
+        dirs.append(tmp_path / f"r{i}")
+    groups = explore.aggregate(dirs, "model.posterior, model.upper_sigma0s")
+    assert [(g["value"], g["n"]) for g in groups] == [
+        ("collapsed / 0.1", 1),
+        ("gaussian / 0.01", 2),
+        ("gaussian / 0.1", 1),
+    ]
+    assert groups[1]["kl_1"][0] == pytest.approx(3.5)
+    assert groups[1]["active_units_2"][0] == pytest.approx(0.5)
+
+
 def test_report_by_sampler_has_a_row_per_group_and_scored_sampler(tmp_path):
     from cvae.runs.workdir import Workdir
     from experiments import report
