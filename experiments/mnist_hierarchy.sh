@@ -20,9 +20,10 @@ EPOCHS=${1:-20}
 SEEDS=${2:-0:3}
 OUT=runs/hierarchy
 SWEEP=(env "XLA_FLAGS=${XLA_FLAGS:---xla_force_host_platform_device_count=1}"
-       $PY -m experiments.sweep --seeds "$SEEDS" --config.train.num_epochs="$EPOCHS")
-TWO=(--config experiments/configs/mnist_hierarchy.py)
-ONE=(--config.model.latent_dim=24)
+       $PY -m experiments.sweep --seeds "$SEEDS")
+BUDGET=--config.train.num_epochs=$EPOCHS  # after --config: absl reads the overrides in order
+TWO=(--config experiments/configs/mnist_hierarchy.py $BUDGET)
+ONE=($BUDGET --config.model.latent_dim=24)
 SIGMA=(--grid model.sigma0=0.01,0.1)
 UPPER_SIGMA=(--grid "model.upper_sigma0s=(0.01,),(0.1,)")
 
