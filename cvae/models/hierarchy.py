@@ -22,6 +22,14 @@ density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE
 * per layer, the ELBO's KL terms: KL_L = KL(q(z_L | z_{L−1}) ‖ N(0, I)) in closed form at the
   sampled z_{L−1}, and for l < L the one-sample estimate log q(z_l | z_{l−1}) − log p(z_l | z_{l+1})
   (z_{l+1} is drawn from z_l, so no closed form applies). ELBO = log p(x|z₁) − Σ_l KL_l.
+
+To the rest of cvae a hierarchy looks like a ``VAE`` whose *code* is every layer's latents
+concatenated, z₁ first: ``encode`` gives the mean path's posterior over it, ``decode``
+reads z₁, ``sample_prior`` draws every layer from the top down, ``descend`` regenerates
+the layers below a given one. ``vae.build_model`` builds one from a config's
+``model.upper_*`` fields (``layers_from_config``); ``objectives`` and
+``evaluation.metrics`` hand its bounds to ``elbo_loss``, ``iwae_loss`` and
+``log_importance_weights`` here.
 """
 
 from __future__ import annotations
