@@ -5,19 +5,20 @@
 # the top, beside one-layer references with the same 24 latents (the Gaussian VAE and the
 # collapsed VAE at both σ₀), each a sweep over seeds (σ₀ is traced: a sweep's grid trains in
 # one program). Then every member is evaluated (nll_is at K = 1000, per-layer KL and active
-# units) and its prior and ex-post mixture samples scored with the classifier FID (for the
-# hierarchies also the mixture of the top codes alone, gmm@top), and one report aggregates
-# the combinations.
+# units) and its prior and ex-post mixture samples scored with the classifier FID, and one
+# report aggregates the combinations.
 #
-#   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_hierarchy.sh [EPOCHS] [SEEDS]
+#   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_hierarchy.sh [EPOCHS] [SEEDS] [SAMPLERS]
 #
-# EPOCHS (default 20) is every run's budget, SEEDS (default 0:3) the sweeps' seeds. Rerunning
+# EPOCHS (default 20) is every run's budget, SEEDS (default 0:3) the sweeps' seeds, SAMPLERS
+# (default prior,gmm) those scored (gmm@top: a hierarchy's mixture of top codes). Rerunning
 # resumes every step: a trained sweep, an evaluated run and a scored sampler are skipped.
 # Results: runs/hierarchy/<combination>/ and runs/hierarchy/report.md.
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 EPOCHS=${1:-20}
 SEEDS=${2:-0:3}
+SAMPLERS=${3:-prior,gmm}  # add gmm@top to score the hierarchies' top-code mixtures too
 OUT=runs/hierarchy
 SWEEP=(env "XLA_FLAGS=${XLA_FLAGS:---xla_force_host_platform_device_count=1}"
        $PY -m experiments.sweep --seeds "$SEEDS")
@@ -44,9 +45,8 @@ for sweep in $OUT/*/; do
   for member in $($PY -c "import sys, json; print(' '.join(json.load(open(sys.argv[1]))['members']))" $sweep/sweep.json); do
     dir=$sweep$member
     [ -e $dir/eval.json ] || $PY -m experiments.evaluate --workdir $dir --k 1000
-    samplers=prior,gmm
-    case $sweep in */one_layer_*) ;; *) samplers=$samplers,gmm@top ;; esac
-    missing=$(for s in ${samplers//,/ }; do
+    missing=$(for s in ${SAMPLERS//,/ }; do
+      case $sweep:$s in */one_layer_*:*@top) continue ;; esac  # one layer: no top code
       grep -q "\"fid_$s\"" $dir/sample_quality.json 2>/dev/null || printf '%s,' $s
     done)
     [ -z "$missing" ] || \
