@@ -11,7 +11,8 @@
 #   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_hierarchy.sh [EPOCHS] [SEEDS] [SAMPLERS]
 #
 # EPOCHS (default 20) is every run's budget, SEEDS (default 0:3) the sweeps' seeds, SAMPLERS
-# (default prior,gmm) those scored (gmm@top: a hierarchy's mixture of top codes). Rerunning
+# (default prior,gmm; none: evaluate only) those scored (gmm@top: a hierarchy's mixture of
+# top codes). Rerunning
 # resumes every step: a trained sweep, an evaluated run and a scored sampler are skipped.
 # Results: runs/hierarchy/<combination>/ and runs/hierarchy/report.md.
 set -euo pipefail
@@ -46,7 +47,7 @@ for sweep in $OUT/*/; do
     dir=$sweep$member
     [ -e $dir/eval.json ] || $PY -m experiments.evaluate --workdir $dir --k 1000
     missing=$(for s in ${SAMPLERS//,/ }; do
-      case $sweep:$s in */one_layer_*:*@top) continue ;; esac  # one layer: no top code
+      case $sweep:$s in */one_layer_*:*@top | *:none) continue ;; esac  # one layer: no top code
       grep -q "\"fid_$s\"" $dir/sample_quality.json 2>/dev/null || printf '%s,' $s
     done)
     [ -z "$missing" ] || \
