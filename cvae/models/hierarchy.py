@@ -86,6 +86,12 @@ def layers_from_config(model_config) -> tuple[StochasticLayer, ...]:
     )
 
 
+def _refuse_labels(labels) -> None:
+    """Raises ValueError unless ``labels`` is None: a hierarchy is unconditional."""
+    if labels is not None:
+        raise ValueError("labels were given to a hierarchy, which is unconditional")
+
+
 def _as_image(z):
     """Latents (…, d) as 1×1×d images, the input ``nets.MLPEncoder`` flattens: the nets
     between layers are the image encoder's MLP (trunk, mean and log-variance heads)."""
@@ -225,8 +231,7 @@ class BottomUpVAE(nn.Module):
           deterministic).
         """
         del train
-        if labels is not None:
-            raise ValueError("labels were given to a hierarchy, which is unconditional")
+        _refuse_labels(labels)
         nets.check_image_batch(x, self.event_shape)
         found = [self._posterior(0, *self.encoder(x))]
         for i, net in enumerate(self.up, start=1):
@@ -265,8 +270,7 @@ class BottomUpVAE(nn.Module):
           The likelihood's parameters, (…, *param_shape).
         """
         del train
-        if labels is not None:
-            raise ValueError("labels were given to a hierarchy, which is unconditional")
+        _refuse_labels(labels)
         return self.decoder(z[..., : self.layer_dims[0]])
 
     def sample_layers(self, key, num_samples: int):
@@ -388,8 +392,7 @@ def elbo_loss(
       (loss, terms): the scalar loss and the per-example ``elbo_terms``.
     """
     del unused
-    if labels is not None:
-        raise ValueError("labels were given to a hierarchy, which is unconditional")
+    _refuse_labels(labels)
     recon, lower, top_dims = _elbo_parts(model, params, x, key)
     top = jnp.sum(top_dims, axis=-1)
     kls = [*lower, top]
@@ -468,8 +471,7 @@ def iwae_loss(model: BottomUpVAE, params, x, key, *, k: int, labels=None, **unus
       (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae".
     """
     del unused
-    if labels is not None:
-        raise ValueError("labels were given to a hierarchy, which is unconditional")
+    _refuse_labels(labels)
     recon_k, log_w = _log_weights(model, params, x, key, k)
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
     recon = jnp.mean(recon_k, axis=0)
