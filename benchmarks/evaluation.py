@@ -44,14 +44,19 @@ flags.DEFINE_string("workdir", None, "Score this trained run instead of random p
 
 def importance_sampling_flops(params, num_examples: int, k: int) -> int:
     """The dense layers' forward FLOPs of the importance-sampled NLL: per image and sample,
-    the decoder and, in a hierarchy, the nets between its layers (``up_l`` draws z_l from
-    z_{l−1}, ``down_l`` scores it); the encoder of x once per image."""
-    per_sample = sum(
-        dense_forward_flops(tree)
-        for name, tree in params.items()
-        if name == "decoder" or name.startswith(("up_", "down_"))
-    )
-    return num_examples * k * per_sample + num_examples * dense_forward_flops(params["encoder"])
+    the decoder and, in a hierarchy, the nets that read a sampled layer (bottom-up ``up_l``
+    draws z_l from z_{l−1}; top-down ``posterior_l`` below the top reads z_{l+1}; ``down_l``
+    scores z_{l−1}); once per image, the nets that read only x (the encoder; top-down, the
+    trunks ``trunk_l`` and the top layer's ``posterior_L``)."""
+    heads = [name for name in params if name.startswith("posterior_")]
+    top_head = max(heads, key=lambda name: int(name.rpartition("_")[2]), default=None)
+    per_image, per_sample = 0, 0
+    for name, tree in params.items():
+        if name == "encoder" or name.startswith("trunk_") or name == top_head:
+            per_image += dense_forward_flops(tree)
+        elif name == "decoder" or name.startswith(("up_", "down_", "posterior_")):
+            per_sample += dense_forward_flops(tree)
+    return num_examples * k * per_sample + num_examples * per_image
 
 
 def eval_one(

@@ -122,13 +122,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.conditional = False  # condition encoder and decoder on one-hot labels
     c.model.prior = "standard"  # "standard": N(0, I) | "vamp": VampPrior (Tomczak & Welling)
     c.model.num_pseudo_inputs = 500  # vamp: K learnable pseudo-inputs
-    # Stochastic layers above the first (cvae.models.hierarchy: bottom-up inference, as in
-    # Burda et al.'s two-layer models). Layer 1 is the fields above (encoder_widths,
-    # latent_dim, posterior, sigma0); layer l > 1 reads entry l − 2 of each tuple below.
+    # Stochastic layers above the first (cvae.models.hierarchy). Layer 1 is the fields above
+    # (encoder_widths, latent_dim, posterior, sigma0); layer l > 1 reads entry l − 2 of each
+    # tuple below.
     c.model.upper_latent_dims = ()  # d₂, …, d_L; empty: one stochastic layer
     c.model.upper_widths = ()  # per upper layer, its nets' hidden widths: ((100, 100),)
     c.model.upper_posteriors = ()  # per upper layer "gaussian" | "collapsed"; empty: posterior
     c.model.upper_sigma0s = ()  # per upper layer σ₀ (collapsed); empty: sigma0 for each
+    # "bottom_up": q(z₁|x) q(z₂|z₁)… (Burda et al.'s two-layer models) | "top_down":
+    # q(z_L|x) … q(z₁|z₂, x), in the generative order (ladder VAE)
+    c.model.inference = "bottom_up"
 
     c.objective = ml_collections.ConfigDict()
     c.objective.kind = "elbo"  # "elbo" | "iwae" | "wae_mmd"

@@ -8,23 +8,28 @@
 # units) and its prior and ex-post mixture samples scored with the classifier FID, and one
 # report aggregates the combinations.
 #
-#   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_hierarchy.sh [EPOCHS] [SEEDS] [SAMPLERS]
+#   TFDS_DATA_DIR=../shared/tensorflow_datasets bash experiments/mnist_hierarchy.sh \
+#       [EPOCHS] [SEEDS] [SAMPLERS] [INFERENCE]
 #
 # EPOCHS (default 20) is every run's budget, SEEDS (default 0:3) the sweeps' seeds, SAMPLERS
 # (default prior,gmm; none: evaluate only) those scored (gmm@top: a hierarchy's mixture of
-# top codes). Rerunning
+# top codes), INFERENCE (default bottom_up) the two-layer models' model.inference; with
+# top_down the one-layer references are not trained again (they are bottom_up's). Rerunning
 # resumes every step: a trained sweep, an evaluated run and a scored sampler are skipped.
-# Results: runs/hierarchy/<combination>/ and runs/hierarchy/report.md.
+# Results: runs/hierarchy/<combination>/ and runs/hierarchy/report.md (top_down:
+# runs/hierarchy_top_down/).
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 EPOCHS=${1:-20}
 SEEDS=${2:-0:3}
 SAMPLERS=${3:-prior,gmm}  # add gmm@top to score the hierarchies' top-code mixtures too
+INFERENCE=${4:-bottom_up}
 OUT=runs/hierarchy
+[ "$INFERENCE" = bottom_up ] || OUT=runs/hierarchy_$INFERENCE
 SWEEP=(env "XLA_FLAGS=${XLA_FLAGS:---xla_force_host_platform_device_count=1}"
        $PY -m experiments.sweep --seeds "$SEEDS")
 BUDGET=--config.train.num_epochs=$EPOCHS  # after --config: absl reads the overrides in order
-TWO=(--config experiments/configs/mnist_hierarchy.py $BUDGET)
+TWO=(--config experiments/configs/mnist_hierarchy.py $BUDGET --config.model.inference=$INFERENCE)
 ONE=($BUDGET --config.model.latent_dim=24)
 SIGMA=(--grid model.sigma0=0.01,0.1)
 UPPER_SIGMA=(--grid "model.upper_sigma0s=(0.01,),(0.1,)")
@@ -36,9 +41,11 @@ UPPER_SIGMA=(--grid "model.upper_sigma0s=(0.01,),(0.1,)")
     --config.model.posterior=collapsed --config.model.upper_posteriors="('gaussian',)" "${SIGMA[@]}"
 "${SWEEP[@]}" "${TWO[@]}" --workdir $OUT/collapsed_collapsed \
     --config.model.posterior=collapsed "${SIGMA[@]}" "${UPPER_SIGMA[@]}"
-"${SWEEP[@]}" --config experiments/configs/mnist_vae.py "${ONE[@]}" --workdir $OUT/one_layer_vae
-"${SWEEP[@]}" --config experiments/configs/mnist_cvae.py "${ONE[@]}" "${SIGMA[@]}" \
-    --workdir $OUT/one_layer_cvae
+if [ "$INFERENCE" = bottom_up ]; then
+  "${SWEEP[@]}" --config experiments/configs/mnist_vae.py "${ONE[@]}" --workdir $OUT/one_layer_vae
+  "${SWEEP[@]}" --config experiments/configs/mnist_cvae.py "${ONE[@]}" "${SIGMA[@]}" \
+      --workdir $OUT/one_layer_cvae
+fi
 
 [ -e runs/mnist_classifier/classifier.json ] || \
     $PY -m experiments.train_classifier --workdir runs/mnist_classifier
@@ -59,5 +66,6 @@ $PY -m experiments.report \
     --group_by model.posterior,model.sigma0,model.upper_posteriors,model.upper_sigma0s \
     --by_sampler $OUT/gaussian_gaussian $OUT/gaussian_collapsed $OUT/collapsed_gaussian \
     $OUT/collapsed_collapsed | tee $OUT/report.md
-$PY -m experiments.report --group_by model.posterior,model.sigma0 --by_sampler \
-    $OUT/one_layer_vae $OUT/one_layer_cvae | tee -a $OUT/report.md
+[ "$INFERENCE" != bottom_up ] || \
+    $PY -m experiments.report --group_by model.posterior,model.sigma0 --by_sampler \
+        $OUT/one_layer_vae $OUT/one_layer_cvae | tee -a $OUT/report.md

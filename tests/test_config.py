@@ -97,6 +97,10 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
         ("collapsed", 0.01),
         ("gaussian", 0.5),
     ]
+    top_down = _hierarchy(**{"model.inference": "top_down"})
+    config_lib.validate(top_down)
+    model = vae.build_model(top_down.model, (8, 8, 1), 10)
+    assert isinstance(model, hierarchy.TopDownVAE) and model.layer_dims == (16, 4)
 
 
 @pytest.mark.parametrize(
@@ -121,8 +125,18 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
         ({"objective.kind": "wae_mmd"}, "kind"),
         ({"objective.upper_betas": (1.0, 1.0)}, "upper_betas"),
         ({"objective.upper_betas": (-1.0,)}, "upper_betas"),
+        ({"model.inference": "sideways"}, "inference"),
+        ({"model.inference": "top_down", "model.encoder_widths": ()}, "encoder_widths"),
         # upper fields without upper layers
         ({"model.upper_latent_dims": ()}, "upper_widths"),
+        (
+            {
+                "model.upper_latent_dims": (),
+                "model.upper_widths": (),
+                "model.inference": "top_down",
+            },
+            "inference",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

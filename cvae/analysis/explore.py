@@ -197,7 +197,7 @@ def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarr
     """What one stochastic layer of a hierarchy encodes: images along its dimensions.
 
     x's mean-path code with dimension j of layer ``layer`` set to each value, the layers
-    below regenerated from it (``BottomUpVAE.descend``: their conditional means, or draws
+    below regenerated from it (``Hierarchy.descend``: their conditional means, or draws
     with ``key``), then decoded. For layer 1 this is ``traversal`` of z₁'s dimensions.
 
     Args:

@@ -41,7 +41,7 @@ class Run:
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
     params: dict
-    model: Any  # a VAE, or a cvae.models.hierarchy.BottomUpVAE
+    model: Any  # a VAE, or a cvae.models.hierarchy.Hierarchy
     info: data.DatasetInfo
     meta: dict
     _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -195,7 +195,7 @@ class Run:
           sampler: "prior", "gmm", "flow", "two_stage" or "diffusion"; None for the
             family's default (prior for the Gaussian VAE, gmm otherwise). For a hierarchy
             also "gmm@top", …: the density fitted to the top layer's codes alone, the
-            layers below drawn from the model's conditionals (``BottomUpVAE.descend``,
+            layers below drawn from the model's conditionals (``Hierarchy.descend``,
             key ``fold_in(key, 1)``).
           labels: the class of each image, for a conditional model; else None.
           guidance: the diffusion sampler's classifier-free guidance weight w (with labels;

@@ -278,7 +278,7 @@ def evaluate(
             labels = np.concatenate([labels, np.repeat(labels[:1], pad)])
         return images, labels, stop - start
 
-    layer_dims = model.layer_dims if isinstance(model, hierarchy.BottomUpVAE) else ()
+    layer_dims = model.layer_dims if isinstance(model, hierarchy.Hierarchy) else ()
     layer_kls = tuple(f"kl_{i + 1}" for i in range(len(layer_dims)))
     means = ("elbo", "recon", "kl", *layer_kls)
     sums = dict.fromkeys(means + (("log_px",) if with_density else ()), 0.0)

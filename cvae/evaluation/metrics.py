@@ -52,7 +52,7 @@ def importance_sampled_log_likelihood(
         )
     chunk_size = min(chunk_size, num_samples)
     num_chunks = math.ceil(num_samples / chunk_size)
-    if isinstance(model, hierarchy.BottomUpVAE):  # joint draws from q(z₁ … z_L | x)
+    if isinstance(model, hierarchy.Hierarchy):  # joint draws from q(z₁ … z_L | x)
 
         def log_weights(indices):
             return jax.vmap(

@@ -7,10 +7,10 @@ wires them, and the objectives it is trained on.
 * ``likelihoods``: p(x|z) — Bernoulli, Gaussian, continuous Bernoulli;
 * ``vae``: the ``VAE`` module (standard or VampPrior prior), ``build_model`` from a
   config's ``model`` section, ``init_params``;
-* ``hierarchy``: several stochastic layers with bottom-up inference (``BottomUpVAE``, each
-  layer with its own posterior family and σ₀), its per-layer ELBO, log importance weights
-  and IWAE bound; one layer is the MLP ``VAE``, bit for bit. ``build_model`` builds one
-  when ``model.upper_latent_dims`` is set;
+* ``hierarchy``: several stochastic layers with bottom-up (``BottomUpVAE``) or top-down
+  (``TopDownVAE``) inference, each layer with its own posterior family and σ₀; their
+  per-layer ELBO, log importance weights and IWAE bound; one bottom-up layer is the MLP
+  ``VAE``, bit for bit. ``build_model`` builds one when ``model.upper_latent_dims`` is set;
 * ``objectives``: the ELBO (β, warm-up, free bits), IWAE and WAE-MMD losses, importance
   weights;
 * ``validation``: the valid values of the ``model`` config section.

@@ -1,35 +1,45 @@
-"""A VAE with several stochastic layers and bottom-up inference (Burda et al., 2015).
+"""VAEs with several stochastic layers: bottom-up inference (Burda et al., 2015) and
+top-down inference that shares the generative order (the ladder VAE of Sønderby et al.,
+2016, with VDVAE's way of combining the two passes, Child, 2021).
 
-Layers are numbered from the data up, z₁ next to x and z_L on top:
+Layers are numbered from the data up, z₁ next to x and z_L on top. Both designs generate
+alike: p(x, z₁, …, z_L) = p(x|z₁) · Π_{l<L} p(z_l | z_{l+1}) · p(z_L), with p(z_L) = N(0, I)
+and each p(z_l | z_{l+1}) a diagonal Gaussian whose mean and log-variance an MLP computes.
+They infer differently, each factor a posterior family of its own (``gaussian``,
+``collapsed`` with its own σ₀, or ``deterministic``):
 
-* inference  q(z₁, …, z_L | x) = q(z₁|x) · Π_{l>1} q(z_l | z_{l−1}), each factor a posterior
-  family of its own (``gaussian``, ``collapsed`` with its own σ₀, or ``deterministic``);
-* generation p(x, z₁, …, z_L) = p(x|z₁) · Π_{l<L} p(z_l | z_{l+1}) · p(z_L), with p(z_L) = N(0, I)
-  and each p(z_l | z_{l+1}) a diagonal Gaussian whose mean and log-variance an MLP computes.
+* ``BottomUpVAE``: q(z₁, …, z_L | x) = q(z₁|x) · Π_{l>1} q(z_l | z_{l−1}). The layer-l inference
+  net and the generative net into layer l−1 have the same widths (Burda et al.'s two-layer
+  MNIST model: x → 200 → 200 → z₁ (100) → 100 → 100 → z₂ (50), tanh, and the mirror image
+  down). One layer is ``cvae.models.vae.VAE`` with an MLP: the same parameter names, hence
+  the same initial parameters from a key (``cvae.models.vae.init_params`` initialises both),
+  and the same ELBO, bit for bit.
+* ``TopDownVAE``: q(z₁, …, z_L | x) = q(z_L | x) · Π_{l<L} q(z_l | z_{l+1}, x). A deterministic
+  bottom-up pass computes features h₁ = f₁(x), h_l = f_l(h_{l−1}) (layer l's widths); the
+  top posterior reads h_L, and going down, q(z_l | z_{l+1}, x) reads [h_l, z_{l+1}] — the
+  features of x at that depth and the sample the generative path has just conditioned
+  p(z_l | z_{l+1}) on. Inference thus draws the layers in the order the model generates
+  them, and each layer's KL compares two Gaussians given the same z_{l+1}: it is in closed
+  form, per dimension.
 
-The layer-l inference net and the generative net into layer l−1 have the same widths (Burda
-et al.'s two-layer MNIST model: x → 200 → 200 → z₁ (100) → 100 → 100 → z₂ (50), tanh, and the
-mirror image down). One layer is ``cvae.models.vae.VAE`` with an MLP: the same parameter
-names, hence the same initial parameters from a key (``cvae.models.vae.init_params``
-initialises both), and the same ELBO, bit for bit.
+The bounds, for samples z ~ q drawn ancestrally in inference order (they need every
+layer's density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE``):
 
-The bounds, for samples z ~ q drawn ancestrally from the bottom up (they need every layer's
-density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE``):
-
-* log w = log p(x|z₁) + Σ_{l<L} log p(z_l | z_{l+1}) + log p(z_L) − Σ_l log q(z_l | z_{l−1});
+* log w = log p(x|z₁) + Σ_{l<L} log p(z_l | z_{l+1}) + log p(z_L) − Σ_l log q(z_l | ·);
   the ELBO is E_q[log w], the IWAE bound E[log (1/k) Σ_i w_i], the importance-sampled
   log-likelihood the same with large k;
-* per layer, the ELBO's KL terms: KL_L = KL(q(z_L | z_{L−1}) ‖ N(0, I)) in closed form at the
-  sampled z_{L−1}, and for l < L the one-sample estimate log q(z_l | z_{l−1}) − log p(z_l | z_{l+1})
-  (z_{l+1} is drawn from z_l, so no closed form applies). ELBO = log p(x|z₁) − Σ_l KL_l.
+* per layer, the ELBO's KL terms: KL_L = KL(q(z_L | ·) ‖ N(0, I)) in closed form; for l < L,
+  top-down, KL(q(z_l | z_{l+1}, x) ‖ p(z_l | z_{l+1})) in closed form at the sampled z_{l+1};
+  bottom-up, the one-sample estimate log q(z_l | z_{l−1}) − log p(z_l | z_{l+1}) (z_{l+1} is
+  drawn from z_l, so no closed form applies). ELBO = log p(x|z₁) − Σ_l KL_l.
 
-To the rest of cvae a hierarchy looks like a ``VAE`` whose *code* is every layer's latents
-concatenated, z₁ first: ``encode`` gives the mean path's posterior over it, ``decode``
-reads z₁, ``sample_prior`` draws every layer from the top down, ``descend`` regenerates
-the layers below a given one. ``vae.build_model`` builds one from a config's
-``model.upper_*`` fields (``layers_from_config``); ``objectives`` and
-``evaluation.metrics`` hand its bounds to ``elbo_loss``, ``iwae_loss`` and
-``log_importance_weights`` here.
+To the rest of cvae a hierarchy (either design, a ``Hierarchy``) looks like a ``VAE``
+whose *code* is every layer's latents concatenated, z₁ first: ``encode`` gives the mean
+path's posterior over it, ``decode`` reads z₁, ``sample_prior`` draws every layer from the
+top down, ``descend`` regenerates the layers below a given one. ``vae.build_model`` builds
+one from a config's ``model.upper_*`` fields and ``model.inference``
+(``layers_from_config``); ``objectives`` and ``evaluation.metrics`` hand its bounds to
+``elbo_loss``, ``iwae_loss`` and ``log_importance_weights`` here.
 """
 
 from __future__ import annotations
@@ -98,8 +108,10 @@ def _as_image(z):
     return z[..., None, None, :]
 
 
-class BottomUpVAE(nn.Module):
-    """Stochastic layers with bottom-up inference; see the module docstring.
+class Hierarchy(nn.Module):
+    """What both designs share: the generative path, the code's layout, and the interface of
+    ``VAE`` (see the module docstring). Subclasses build their inference nets in ``setup``
+    (after ``_setup_generative``) and define ``infer`` and ``encode``.
 
     Attributes:
       layers: the stochastic layers, z₁ (next to x) first.
@@ -113,32 +125,20 @@ class BottomUpVAE(nn.Module):
     event_shape: tuple[int, int, int]
     activation: str = "tanh"
 
-    def setup(self):
-        """The nets: ``encoder`` (x → z₁) and ``decoder`` (z₁ → x) named as in ``VAE``, then
-        ``up_l`` (z_{l−1} → z_l) and ``down_l`` (z_l → z_{l−1}) for l = 2 … L."""
+    prior = "standard"  # p(z_L) = N(0, I) (read as on ``VAE``)
+    # Whether q(z_l | ·) and p(z_l | z_{l+1}) condition on the same z_{l+1} for l < L, so that
+    # their KL is in closed form (top-down), or not (bottom-up: a one-sample estimate).
+    closed_form_layer_kls = False
+
+    def _setup_generative(self):
+        """The generative nets: ``decoder`` (z₁ → x, named as in ``VAE``) and ``down_l``
+        (z_l → the mean and log-variance of z_{l−1}) for l = 2 … L."""
         first = self.layers[0]
-        self.encoder = nets.MLPEncoder(
-            first.widths,
-            first.latent_dim,
-            posteriors.has_variance_head(first.posterior),
-            self.activation,
-        )
         self.decoder = nets.MLPDecoder(
             tuple(reversed(first.widths)),
             self.likelihood.param_shape(tuple(self.event_shape)),
             self.activation,
         )
-        self.up = [
-            nets.MLPEncoder(
-                layer.widths,
-                layer.latent_dim,
-                posteriors.has_variance_head(layer.posterior),
-                self.activation,
-                name=f"up_{i + 1}",
-            )
-            for i, layer in enumerate(self.layers)
-            if i > 0
-        ]
         self.down = [
             nets.MLPEncoder(
                 tuple(reversed(layer.widths)),
@@ -150,8 +150,6 @@ class BottomUpVAE(nn.Module):
             for i, layer in enumerate(self.layers)
             if i > 0
         ]
-
-    prior = "standard"  # p(z_L) = N(0, I) (read as on ``VAE``)
 
     @property
     def num_classes(self) -> int:
@@ -196,51 +194,37 @@ class BottomUpVAE(nn.Module):
         return jnp.split(z, bounds, axis=-1)
 
     def infer(self, x, key, num_samples: int | None = None):
-        """Draws z₁, …, z_L ~ q(·|x) from the bottom up.
+        """Draws z₁, …, z_L ~ q(·|x) in the design's order (overridden by each design).
 
         Args:
           x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of z₁'s draw; layer l > 1 draws with ``fold_in(key, l − 1)``.
+          key: the PRNG key of the draws.
           num_samples: joint draws per example; None for one, without the leading axis.
 
         Returns:
-          (posteriors, zs): per layer q(z_l | z_{l−1}) and its draw, z₁ first; each z is
-          (B, d_l) or (num_samples, B, d_l).
+          (posteriors, zs): per layer its posterior factor and its draw, z₁ first; each z
+          is (B, d_l) or (num_samples, B, d_l).
         """
-        found = [self._posterior(0, *self.encoder(x))]
-        zs = [found[0].sample(key, num_samples)]  # z₁ with the key itself, as in VAE
-        for i in range(1, len(self.layers)):
-            found.append(self._posterior(i, *self.up[i - 1](_as_image(zs[-1]))))
-            zs.append(found[-1].sample(jax.random.fold_in(key, i)))
-        return found, zs
+        raise NotImplementedError
 
-    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
-        """Every layer's posterior along the mean path, as one posterior over the code.
-
-        Layer l's factor is q(z_l | μ_{l−1}), its input the mean of the layer below (μ₀ = x):
-        the code's mean is (μ₁(x), μ₂(μ₁(x)), …), what reconstructions, active units and the
-        ex-post densities read. (The bounds draw each layer from the draw below it: ``infer``.)
-
-        Args:
-          x: images in [0, 1], (B, H, W, C).
-          labels: must be None (a hierarchy is unconditional).
-          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
-
-        Returns:
-          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
-          deterministic).
-        """
-        del train
-        _refuse_labels(labels)
-        nets.check_image_batch(x, self.event_shape)
-        found = [self._posterior(0, *self.encoder(x))]
-        for i, net in enumerate(self.up, start=1):
-            found.append(self._posterior(i, *net(_as_image(found[-1].mean))))
+    def _code_posterior(self, found) -> posteriors.Posterior:
+        """One posterior over the code from the layers' factors along the mean path."""
         mean = jnp.concatenate([p.mean for p in found], axis=-1)
         log_vars = [p.log_var for p in found if p.log_var is not None]
         if len(log_vars) < len(found):
             return posteriors.DeterministicPosterior(mean)
         return posteriors.GaussianPosterior(mean, jnp.concatenate(log_vars, axis=-1))
+
+    def conditionals(self, zs):
+        """p(z_l | z_{l+1})'s (mean, log-variance) for l = 1 … L−1, given draws z₁ … z_L.
+
+        Args:
+          zs: per-layer draws, z₁ first.
+
+        Returns:
+          A list of L − 1 (mean, log_var) pairs, layer 1 first.
+        """
+        return [self.down[i - 1](_as_image(zs[i])) for i in range(1, len(self.layers))]
 
     def generative_log_probs(self, zs):
         """log p(z_l | z_{l+1}) for l < L, then log p(z_L), for draws z₁ … z_L.
@@ -251,11 +235,7 @@ class BottomUpVAE(nn.Module):
         Returns:
           A list of L arrays of log-densities, layer 1 first.
         """
-        terms = [
-            posteriors.diag_normal_log_prob(zs[i - 1], *self.down[i - 1](_as_image(zs[i])))
-            for i in range(1, len(self.layers))
-        ]
-        return terms + [posteriors.standard_normal_log_prob(zs[-1])]
+        return _generative_log_probs(zs, self.conditionals(zs))
 
     def decode(self, z, labels=None, *, train: bool = False):
         """p(x|z₁)'s parameters for codes z (or for z₁ alone: the decoder reads z's first d₁
@@ -329,23 +309,209 @@ class BottomUpVAE(nn.Module):
         return jnp.concatenate(self.sample_layers(key, num_samples), axis=-1)
 
     def __call__(self, x, key, num_samples: int | None = None):
-        """One ancestral draw per example (or ``num_samples``) and what the bounds need:
-        (posteriors, zs, p(x|z₁)'s parameters, ``generative_log_probs(zs)``)."""
+        """One joint draw per example (or ``num_samples``) and what the bounds need:
+        (posteriors, zs, p(x|z₁)'s parameters, ``conditionals(zs)``)."""
         found, zs = self.infer(x, key, num_samples)
-        return found, zs, self.decode(zs[0]), self.generative_log_probs(zs)
+        return found, zs, self.decode(zs[0]), self.conditionals(zs)
 
 
-def _elbo_parts(model: BottomUpVAE, params, x, key):
-    """(log p(x|z₁), the one-sample KL terms of layers 1 … L−1, the top layer's closed-form
-    KL per dimension (B, d_L)) for one ancestral draw."""
-    found, zs, dec, prior_terms = cast(tuple, model.apply({"params": params}, x, key))
+class BottomUpVAE(Hierarchy):
+    """Stochastic layers with bottom-up inference q(z₁|x) Π q(z_l | z_{l−1}); see the module
+    docstring (attributes: ``Hierarchy``'s)."""
+
+    def setup(self):
+        """The nets: ``encoder`` (x → z₁) and ``decoder`` (z₁ → x) named as in ``VAE``, then
+        ``up_l`` (z_{l−1} → z_l) and ``down_l`` (z_l → z_{l−1}) for l = 2 … L."""
+        first = self.layers[0]
+        self.encoder = nets.MLPEncoder(
+            first.widths,
+            first.latent_dim,
+            posteriors.has_variance_head(first.posterior),
+            self.activation,
+        )
+        self._setup_generative()
+        self.up = [
+            nets.MLPEncoder(
+                layer.widths,
+                layer.latent_dim,
+                posteriors.has_variance_head(layer.posterior),
+                self.activation,
+                name=f"up_{i + 1}",
+            )
+            for i, layer in enumerate(self.layers)
+            if i > 0
+        ]
+
+    def infer(self, x, key, num_samples: int | None = None):
+        """Draws z₁, …, z_L ~ q(·|x) from the bottom up.
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of z₁'s draw; layer l > 1 draws with ``fold_in(key, l − 1)``.
+          num_samples: joint draws per example; None for one, without the leading axis.
+
+        Returns:
+          (posteriors, zs): per layer q(z_l | z_{l−1}) and its draw, z₁ first; each z is
+          (B, d_l) or (num_samples, B, d_l).
+        """
+        found = [self._posterior(0, *self.encoder(x))]
+        zs = [found[0].sample(key, num_samples)]  # z₁ with the key itself, as in VAE
+        for i in range(1, len(self.layers)):
+            found.append(self._posterior(i, *self.up[i - 1](_as_image(zs[-1]))))
+            zs.append(found[-1].sample(jax.random.fold_in(key, i)))
+        return found, zs
+
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """Every layer's posterior along the mean path, as one posterior over the code.
+
+        Layer l's factor is q(z_l | μ_{l−1}), its input the mean of the layer below (μ₀ = x):
+        the code's mean is (μ₁(x), μ₂(μ₁(x)), …), what reconstructions, active units and the
+        ex-post densities read. (The bounds draw each layer from the draw below it: ``infer``.)
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          labels: must be None (a hierarchy is unconditional).
+          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
+
+        Returns:
+          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
+          deterministic).
+        """
+        del train
+        _refuse_labels(labels)
+        nets.check_image_batch(x, self.event_shape)
+        found = [self._posterior(0, *self.encoder(x))]
+        for i, net in enumerate(self.up, start=1):
+            found.append(self._posterior(i, *net(_as_image(found[-1].mean))))
+        return self._code_posterior(found)
+
+
+class TopDownVAE(Hierarchy):
+    """Stochastic layers with top-down inference q(z_L|x) Π q(z_l | z_{l+1}, x), sharing the
+    generative order; see the module docstring (attributes: ``Hierarchy``'s)."""
+
+    closed_form_layer_kls = True
+
+    def setup(self):
+        """The nets: ``trunk_l`` (the bottom-up pass h_{l−1} → h_l, h₀ = x, layer l's
+        widths), ``posterior_L`` (h_L → z_L's posterior heads), ``posterior_l`` for l < L
+        ([h_l, z_{l+1}] → z_l's heads, through one hidden layer as wide as h_l), then the
+        generative ``decoder`` and ``down_l``."""
+        self.trunks = [
+            nets.MLPStack(layer.widths, self.activation, name=f"trunk_{i + 1}")
+            for i, layer in enumerate(self.layers)
+        ]
+        top = len(self.layers) - 1
+        self.heads = [
+            nets.MLPEncoder(
+                () if i == top else (layer.widths[-1],),
+                layer.latent_dim,
+                posteriors.has_variance_head(layer.posterior),
+                self.activation,
+                name=f"posterior_{i + 1}",
+            )
+            for i, layer in enumerate(self.layers)
+        ]
+        self._setup_generative()
+
+    def _features(self, x):
+        """h₁ … h_L, the bottom-up pass over x (flattened)."""
+        h = [self.trunks[0](x.reshape(x.shape[:-3] + (-1,)))]
+        for trunk in self.trunks[1:]:
+            h.append(trunk(h[-1]))
+        return h
+
+    def _factor(self, i: int, h, z_above):
+        """Layer i's (0-based) posterior factor from its features and the code above it
+        (None for the top layer)."""
+        if z_above is None:
+            return self._posterior(i, *self.heads[i](_as_image(h)))
+        h = jnp.broadcast_to(h, z_above.shape[:-1] + h.shape[-1:])  # sample axes of z
+        return self._posterior(i, *self.heads[i](_as_image(jnp.concatenate([h, z_above], -1))))
+
+    def infer(self, x, key, num_samples: int | None = None):
+        """Draws z_L ~ q(z_L|x), then z_l ~ q(z_l | z_{l+1}, x) down to z₁.
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draws; layer l draws with ``fold_in(key, l − 1)`` (z₁
+            with ``fold_in(key, 0)``).
+          num_samples: joint draws per example; None for one, without the leading axis.
+
+        Returns:
+          (posteriors, zs): per layer q(z_l | z_{l+1}, x) and its draw, z₁ first; each z is
+          (B, d_l) or (num_samples, B, d_l).
+        """
+        h = self._features(x)
+        top = len(self.layers) - 1
+        found = [self._factor(top, h[top], None)]
+        zs = [found[0].sample(jax.random.fold_in(key, top), num_samples)]
+        for i in range(top - 1, -1, -1):
+            found.insert(0, self._factor(i, h[i], zs[0]))
+            zs.insert(0, found[0].sample(jax.random.fold_in(key, i)))
+        return found, zs
+
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """Every layer's posterior along the mean path, as one posterior over the code.
+
+        Layer l's factor is q(z_l | μ_{l+1}, x), its input the mean of the layer above: the
+        code's mean is (μ₁, …, μ_L) with μ_L = μ_L(x), what reconstructions, active units and
+        the ex-post densities read. (The bounds draw each layer given the draw above it:
+        ``infer``.)
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          labels: must be None (a hierarchy is unconditional).
+          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
+
+        Returns:
+          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
+          deterministic).
+        """
+        del train
+        _refuse_labels(labels)
+        nets.check_image_batch(x, self.event_shape)
+        h = self._features(x)
+        top = len(self.layers) - 1
+        found = [self._factor(top, h[top], None)]
+        for i in range(top - 1, -1, -1):
+            found.insert(0, self._factor(i, h[i], found[0].mean))
+        return self._code_posterior(found)
+
+
+def _generative_log_probs(zs, conditionals):
+    """log p(z_l | z_{l+1}) for l < L (from the conditionals' parameters), then log p(z_L)."""
+    terms = [
+        posteriors.diag_normal_log_prob(z, *params)
+        for z, params in zip(zs[:-1], conditionals, strict=True)
+    ]
+    return terms + [posteriors.standard_normal_log_prob(zs[-1])]
+
+
+def _elbo_parts(model: Hierarchy, params, x, key):
+    """(log p(x|z₁), the KL terms of layers 1 … L) for one joint draw: a layer's term is its
+    closed-form KL per dimension, (B, d_l), where it has one (the top layer; every layer of a
+    top-down model), else the one-sample estimate log q − log p, (B,)."""
+    found, zs, dec, conditionals = cast(tuple, model.apply({"params": params}, x, key))
     recon = model.likelihood.log_prob(x, dec)
-    lower = [found[i].log_prob(zs[i]) - prior_terms[i] for i in range(len(zs) - 1)]
-    return recon, lower, found[-1].kl_per_dim()
+    if model.closed_form_layer_kls:
+        lower = [
+            posteriors.diag_normal_kl_per_dim(q.mean, q.log_var, *p)
+            for q, p in zip(found[:-1], conditionals, strict=True)
+        ]
+    else:
+        log_p = _generative_log_probs(zs, conditionals)
+        lower = [found[i].log_prob(zs[i]) - log_p[i] for i in range(len(zs) - 1)]
+    return recon, [*lower, found[-1].kl_per_dim()]
 
 
-def elbo_terms(model: BottomUpVAE, params, x, key):
-    """Per-example ELBO terms with one ancestral draw; see the module docstring.
+def _layer_total(kl):
+    """A layer's KL term per example, (B,), from per-dimension terms or a total."""
+    return jnp.sum(kl, axis=-1) if kl.ndim == 2 else kl
+
+
+def elbo_terms(model: Hierarchy, params, x, key):
+    """Per-example ELBO terms with one joint draw; see the module docstring.
 
     Args:
       model: the hierarchy.
@@ -357,24 +523,23 @@ def elbo_terms(model: BottomUpVAE, params, x, key):
       {"recon": log p(x|z₁), "kl_1" … "kl_L": the per-layer KL terms, "kl": their sum,
       "elbo": recon − kl}, each (B,).
     """
-    recon, lower, top_dims = _elbo_parts(model, params, x, key)
-    kls = [*lower, jnp.sum(top_dims, axis=-1)]
+    recon, parts = _elbo_parts(model, params, x, key)
+    kls = [_layer_total(part) for part in parts]
     terms = {f"kl_{i + 1}": kl for i, kl in enumerate(kls)}
     kl = sum(kls[1:], kls[0])
     return {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
 
 
-def elbo_loss(
-    model: BottomUpVAE, params, x, key, *, labels=None, beta=1.0, free_bits=0.0, **unused
-):
-    """Negative β-ELBO with one ancestral draw per example, β and free bits per layer.
+def elbo_loss(model: Hierarchy, params, x, key, *, labels=None, beta=1.0, free_bits=0.0, **unused):
+    """Negative β-ELBO with one joint draw per example, β and free bits per layer.
 
     loss = −mean_x log p(x|z₁) + Σ_l β_l · penalty_l. Without free bits penalty_l is layer
-    l's batch-mean KL term. With free bits λ > 0 the top layer's is Σ_j max(λ, mean_x KL_j)
-    over its dimensions (its KL is in closed form, as in ``objectives.elbo_loss``: one layer
-    is the VAE's loss exactly), and a lower layer's, whose KL is a one-sample estimate with
-    no per-dimension terms, is max(λ d_l, mean_x KL_l): the layer is one group of free bits
-    (Kingma et al., 2016, eq. 15 with a group per layer).
+    l's batch-mean KL term. With free bits λ > 0 a layer whose KL is in closed form (the
+    top layer; every layer of a top-down model) pays Σ_j max(λ, mean_x KL_j) over its
+    dimensions (as in ``objectives.elbo_loss``: one layer is the VAE's loss exactly), and a
+    bottom-up lower layer, whose KL is a one-sample estimate with no per-dimension terms,
+    max(λ d_l, mean_x KL_l): the layer is one group of free bits (Kingma et al., 2016,
+    eq. 15 with a group per layer).
 
     Args:
       model: the hierarchy.
@@ -393,11 +558,14 @@ def elbo_loss(
     """
     del unused
     _refuse_labels(labels)
-    recon, lower, top_dims = _elbo_parts(model, params, x, key)
-    top = jnp.sum(top_dims, axis=-1)
-    kls = [*lower, top]
-    floors = [jnp.maximum(free_bits * d, jnp.mean(kl)) for d, kl in zip(model.layer_dims, lower)]
-    floors.append(jnp.sum(jnp.maximum(free_bits, jnp.mean(top_dims, axis=0))))
+    recon, parts = _elbo_parts(model, params, x, key)
+    kls = [_layer_total(part) for part in parts]
+    floors = [
+        jnp.sum(jnp.maximum(free_bits, jnp.mean(part, axis=0)))
+        if part.ndim == 2
+        else jnp.maximum(free_bits * d, jnp.mean(part))
+        for d, part in zip(model.layer_dims, parts, strict=True)
+    ]
     betas = tuple(beta) if isinstance(beta, tuple | list) else (beta,) * len(kls)
     # Branch-free (free_bits may be traced); λ = 0 selects the plain mean KL.
     freed = jnp.asarray(free_bits) > 0
@@ -409,17 +577,18 @@ def elbo_loss(
     return loss, {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
 
 
-def _log_weights(model: BottomUpVAE, params, x, key, k: int | None):
+def _log_weights(model: Hierarchy, params, x, key, k: int | None):
     """(log p(x|z₁), log w), each (k, B), for k joint draws per example."""
-    found, zs, dec, prior_terms = cast(tuple, model.apply({"params": params}, x, key, k))
+    found, zs, dec, conditionals = cast(tuple, model.apply({"params": params}, x, key, k))
     recon = model.likelihood.log_prob(x, dec)
     log_w = recon
+    log_p = _generative_log_probs(zs, conditionals)
     for i, (posterior, z) in enumerate(zip(found, zs, strict=True)):
-        log_w = log_w + prior_terms[i] - posterior.log_prob(z)
+        log_w = log_w + log_p[i] - posterior.log_prob(z)
     return recon, log_w
 
 
-def log_importance_weights(model: BottomUpVAE, params, x, key, k: int | None):
+def log_importance_weights(model: Hierarchy, params, x, key, k: int | None):
     """log w = log p(x, z₁…z_L) − log q(z₁…z_L | x) for k joint draws per example.
 
     Args:
@@ -435,7 +604,7 @@ def log_importance_weights(model: BottomUpVAE, params, x, key, k: int | None):
     return _log_weights(model, params, x, key, k)[1]
 
 
-def iwae_bound(model: BottomUpVAE, params, x, key, k: int):
+def iwae_bound(model: Hierarchy, params, x, key, k: int):
     """L_k(x) = log (1/k) Σ_i w_i over k joint draws (Burda et al., 2015); with large k the
     importance-sampled estimate of log p(x).
 
@@ -453,7 +622,7 @@ def iwae_bound(model: BottomUpVAE, params, x, key, k: int):
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
 
 
-def iwae_loss(model: BottomUpVAE, params, x, key, *, k: int, labels=None, **unused):
+def iwae_loss(model: Hierarchy, params, x, key, *, k: int, labels=None, **unused):
     """Negative IWAE bound with k joint draws per example (``objectives.iwae_loss`` for a
     hierarchy); its terms are the k draws' means: "recon" of log p(x|z₁), "kl" of
     log q − log p(z) (= recon − log w), and "iwae" = L_k.
@@ -479,7 +648,7 @@ def iwae_loss(model: BottomUpVAE, params, x, key, *, k: int, labels=None, **unus
     return -jnp.mean(bound), {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
 
 
-def with_sigma0s(model: BottomUpVAE, sigma0s) -> BottomUpVAE:
+def with_sigma0s(model: Hierarchy, sigma0s) -> Hierarchy:
     """The model with layer l's σ₀ set to ``sigma0s[l]`` (numbers or traced values: a
     population member's per-layer σ₀).
 

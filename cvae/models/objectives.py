@@ -4,7 +4,7 @@ encoder the RAE's code and decoder-gradient penalties), the IWAE bound and WAE-M
 Pure functions of (model, params, batch, key): safe under jit and vmap. Each returns the
 scalar loss to minimise and a dict of per-example terms in nats:
 ``{"recon": E_q log p(x|z), "kl": KL(q(z|x) ‖ p(z)), "elbo": recon − kl, …}``.
-The ELBO and IWAE losses of a hierarchy (``cvae.models.hierarchy.BottomUpVAE``) are its
+The ELBO and IWAE losses of a hierarchy (``cvae.models.hierarchy.Hierarchy``) are its
 own, with the same signature and the same terms plus a KL term per layer.
 """
 
@@ -100,7 +100,7 @@ def elbo_loss(
       (loss, terms): the scalar loss and per-example "recon", "kl", "elbo" (and "gp"; for
       a hierarchy "kl_1" … "kl_L", see ``hierarchy.elbo_loss``).
     """
-    if isinstance(model, hierarchy.BottomUpVAE):
+    if isinstance(model, hierarchy.Hierarchy):
         return hierarchy.elbo_loss(
             model, params, x, key, labels=labels, beta=beta, free_bits=free_bits
         )
@@ -305,7 +305,7 @@ def iwae_loss(
       (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae" (= L_k).
     """
     del unused  # β, free bits and code penalties do not apply to the IWAE bound
-    if isinstance(model, hierarchy.BottomUpVAE):
+    if isinstance(model, hierarchy.Hierarchy):
         return hierarchy.iwae_loss(model, params, x, key, k=k, labels=labels)
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     posterior = model.apply(

@@ -51,6 +51,27 @@ def diag_normal_log_prob(z, mean, log_var):
     return -0.5 * jnp.sum(_LOG_2PI + log_var + (z - mean) ** 2 * jnp.exp(-log_var), axis=-1)
 
 
+def diag_normal_kl_per_dim(mean_q, log_var_q, mean_p, log_var_p):
+    """KL(N(mean_q, diag e^log_var_q) ‖ N(mean_p, diag e^log_var_p)) per dimension:
+    ½[log σ_p² − log σ_q² + (σ_q² + (μ_q − μ_p)²) / σ_p² − 1].
+
+    Args:
+      mean_q: (…, d) means of the first Gaussian.
+      log_var_q: (…, d) its log-variances.
+      mean_p: (…, d) means of the second.
+      log_var_p: (…, d) its log-variances.
+
+    Returns:
+      (…, d) nats, ≥ 0; their sum over the last axis is the KL.
+    """
+    return 0.5 * (
+        log_var_p
+        - log_var_q
+        + (jnp.exp(log_var_q) + (mean_q - mean_p) ** 2) * jnp.exp(-log_var_p)
+        - 1.0
+    )
+
+
 def standard_normal_log_prob(z):
     """log N(z; 0, I), summed over the last axis: the prior p(z).
 

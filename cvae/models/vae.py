@@ -158,7 +158,8 @@ def build_model(
     binary_data: bool = False,
 ) -> nn.Module:
     """The VAE a config's ``model`` section describes, for images of a given shape: a ``VAE``,
-    or with ``upper_latent_dims`` a ``cvae.models.hierarchy.BottomUpVAE``.
+    or with ``upper_latent_dims`` a ``cvae.models.hierarchy.BottomUpVAE`` (or ``TopDownVAE``
+    with ``inference = "top_down"``).
 
     Args:
       model_config: the config's ``model`` section (validated here first).
@@ -182,9 +183,8 @@ def build_model(
         raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
     likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
     if cfg.upper_latent_dims:
-        return hierarchy.BottomUpVAE(
-            hierarchy.layers_from_config(cfg), likelihood, event_shape, cfg.activation
-        )
+        design = hierarchy.TopDownVAE if cfg.inference == "top_down" else hierarchy.BottomUpVAE
+        return design(hierarchy.layers_from_config(cfg), likelihood, event_shape, cfg.activation)
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))
@@ -267,7 +267,7 @@ def init_params(model: nn.Module, key: jax.Array, batch_size: int = 1):
     fused multiply-add) differ from them, by at most 2 units in the last place.
 
     Args:
-      model: the VAE (or a ``cvae.models.hierarchy.BottomUpVAE``: any module called as
+      model: the VAE (or a ``cvae.models.hierarchy.Hierarchy``: any module called as
         ``(x, key, labels)`` with ``event_shape`` and ``num_classes``).
       key: the PRNG key of the initialisation.
       batch_size: the dummy batch used to trace the shapes.

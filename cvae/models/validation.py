@@ -177,6 +177,14 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
         "a tuple of positive integers, one per stochastic layer above the first",
     )
     upper = len(m.upper_latent_dims)
+    check(
+        m.inference in hierarchy_inference(upper),
+        "model.inference",
+        m.inference,
+        "'bottom_up' or 'top_down' (the order a hierarchy infers its layers in)"
+        if upper
+        else "'bottom_up' without model.upper_latent_dims (one layer has no order to choose)",
+    )
     if upper == 0:
         for field in ("upper_widths", "upper_posteriors", "upper_sigma0s"):
             check(
@@ -214,3 +222,21 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
     )
     for field, default, valid in _NOT_IN_A_HIERARCHY:
         check(m[field] == default, f"model.{field}", m[field], f"{valid} in a hierarchy")
+    check(
+        m.inference != "top_down" or len(m.encoder_widths) > 0,
+        "model.encoder_widths",
+        m.encoder_widths,
+        "at least one width for top-down inference (layer 1's posterior reads its features)",
+    )
+
+
+def hierarchy_inference(upper_layers: int) -> tuple[str, ...]:
+    """The values ``model.inference`` may take with this many layers above the first.
+
+    Args:
+      upper_layers: len(model.upper_latent_dims).
+
+    Returns:
+      ("bottom_up", "top_down"), or ("bottom_up",) for a single layer.
+    """
+    return ("bottom_up", "top_down") if upper_layers else ("bottom_up",)

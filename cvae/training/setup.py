@@ -60,7 +60,7 @@ class Setup:
     """Everything the single-run loop needs, built from the config before the first epoch."""
 
     mesh: jax.sharding.Mesh
-    model: nn.Module  # a VAE or a cvae.models.hierarchy.BottomUpVAE
+    model: nn.Module  # a VAE or a cvae.models.hierarchy.Hierarchy
     state: dict
     programs: steps.TrainPrograms
     train_data: tuple | None  # (images, labels) replicated on the mesh; None when streamed
@@ -219,17 +219,18 @@ def log_setup(mesh, params, workdir: object) -> None:
         jax.devices()[0].platform,
         jax.process_count(),
         model_lib.count_params(params),
-        _count_nets(params, "encoder", "up_"),
-        _count_nets(params, "decoder", "down_"),
+        _count_nets(params, "encoder", ("up_", "trunk_", "posterior_")),
+        _count_nets(params, "decoder", ("down_",)),
         workdir,
     )
 
 
-def _count_nets(params, name: str, layer_prefix: str) -> int:
-    """Scalars of the net ``name`` and, in a hierarchy, of the nets between its layers on
-    the same side (``up_l`` infer, ``down_l`` generate)."""
+def _count_nets(params, name: str, layer_prefixes: tuple[str, ...]) -> int:
+    """Scalars of the net ``name`` and, in a hierarchy, of the nets of its layers on the same
+    side (bottom-up ``up_l``, top-down ``trunk_l`` and ``posterior_l`` infer; ``down_l``
+    generate)."""
     return sum(
         model_lib.count_params(tree)
         for key, tree in params.items()
-        if key == name or key.startswith(layer_prefix)
+        if key == name or key.startswith(layer_prefixes)
     )

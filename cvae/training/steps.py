@@ -116,7 +116,7 @@ def make_objective(model, config, hyper: dict):
     free bits, the penalties' weights and λ of WAE-MMD, as Python floats for one run or
     traced numbers for a population member; ``config`` decides which objective, and whether
     the gradient penalty is on."""
-    if isinstance(model, hierarchy.BottomUpVAE):
+    if isinstance(model, hierarchy.Hierarchy):
         upper = hyper["upper_sigma0s"]
         model = hierarchy.with_sigma0s(
             model, (hyper["sigma0"], *(upper[i] for i in range(len(model.layers) - 1)))
@@ -169,7 +169,7 @@ def make_step(
         x = preprocess(binarize_key, gather_rows(images, batch_indices))
         y = labels[batch_indices] if conditional else None
         beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
-        if isinstance(model, hierarchy.BottomUpVAE):  # a β per layer, warmed up alike
+        if isinstance(model, hierarchy.Hierarchy):  # a β per layer, warmed up alike
             upper = hyper["upper_betas"]
             beta = (beta,) + tuple(
                 objectives.kl_weight(step, upper[i], hyper["kl_warmup_steps"])

@@ -33,7 +33,7 @@ def test_flops_per_example_is_six_per_dense_weight_of_the_built_model(arch):
 def test_importance_sampling_flops_count_a_hierarchys_nets_per_sample():
     """Burda et al.'s two-layer nets: the encoder 784-200-200 → 2×100 once per image; per
     sample the decoder 100-200-200-784, up_2 100-100-100 → 2×50 and down_2 50-100-100 →
-    2×100, 2 FLOPs per weight."""
+    2×100, 2 FLOPs per weight. The same layers inferred top-down."""
     from benchmarks import evaluation as bench_evaluation
 
     cfg = config_lib.apply_preset(config_lib.base_config(), "iwae").model
@@ -50,6 +50,18 @@ def test_importance_sampling_flops_count_a_hierarchys_nets_per_sample():
     )
     got = bench_evaluation.importance_sampling_flops(params, 3, 7)
     assert got == 2 * (3 * 7 * per_sample + 3 * encoder)
+    # Top-down: the trunks 784-200-200 and 200-100-100 and z₂'s heads 100 → 2×50 once per
+    # image; per sample z₁'s posterior [h₁, z₂] 250-200 → 2×100 reads the drawn z₂.
+    cfg.inference = "top_down"
+    params = model_lib.init_params(model_lib.build_model(cfg, (28, 28, 1), 10), jax.random.key(0))
+    per_image = (784 * 200 + 200 * 200) + (200 * 100 + 100 * 100) + 2 * 100 * 50
+    top_down_per_sample = (
+        (100 * 200 + 200 * 200 + 200 * 784)
+        + (250 * 200 + 2 * 200 * 100)
+        + (50 * 100 + 100 * 100 + 2 * 100 * 100)
+    )
+    got = bench_evaluation.importance_sampling_flops(params, 3, 7)
+    assert got == 2 * (3 * 7 * top_down_per_sample + 3 * per_image)
 
 
 def test_torch_init_draws_weights_and_biases_uniformly_within_one_over_sqrt_fan_in():

@@ -1,5 +1,6 @@
-"""The bottom-up hierarchy: one layer is today's VAE bitwise; its bounds against Monte-Carlo
-and against a marginal likelihood integrated numerically on a grid."""
+"""The hierarchies: one bottom-up layer is today's VAE bitwise; both designs' bounds and
+per-layer KLs against Monte-Carlo, and against a marginal likelihood integrated numerically
+on a grid."""
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 
 from cvae import config as config_lib
-from cvae.models import hierarchy, likelihoods, objectives
+from cvae.models import hierarchy, likelihoods, objectives, posteriors
 from cvae.models import vae as vae_lib
-from cvae.models.hierarchy import BottomUpVAE, StochasticLayer
+from cvae.models.hierarchy import BottomUpVAE, StochasticLayer, TopDownVAE
 
 pytestmark = pytest.mark.unit
 
@@ -60,21 +61,32 @@ def test_one_layer_is_the_vae_bitwise(family):
     )
 
 
-def _two_layers(dims=(4, 2), families=("gaussian", "gaussian"), shape=(4, 4, 1), sigma0=0.3):
+DESIGNS = [BottomUpVAE, TopDownVAE]
+
+
+def _two_layers(
+    dims=(4, 2),
+    families=("gaussian", "gaussian"),
+    shape=(4, 4, 1),
+    sigma0=0.3,
+    design=BottomUpVAE,
+):
     layers = tuple(
         StochasticLayer(d, (16,), f, sigma0) for d, f in zip(dims, families, strict=True)
     )
-    model = BottomUpVAE(layers, BERNOULLI, shape, "tanh")
+    model = design(layers, BERNOULLI, shape, "tanh")
     return model, vae_lib.init_params(model, jax.random.key(0))
 
 
+@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
 @pytest.mark.parametrize(
     "families", [("gaussian", "gaussian"), ("collapsed", "gaussian"), ("gaussian", "collapsed")]
 )
-def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families):
+def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families, design):
     """E_q[log w] estimated with 4,000 draws equals the mean of the per-layer ELBO (top KL in
-    closed form, lower layers one-sample) within Monte-Carlo error."""
-    model, params = _two_layers(families=families)
+    closed form; lower layers one-sample bottom-up, closed form top-down) within Monte-Carlo
+    error."""
+    model, params = _two_layers(families=families, design=design)
     x = _images(3, (4, 4, 1))
     draws = 4000
     log_w = hierarchy.log_importance_weights(model, params, x, jax.random.key(1), draws)
@@ -89,10 +101,11 @@ def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families):
     assert np.all(np.isfinite(terms["kl_2"])) and np.all(np.mean(terms["kl_2"], 0) >= 0)
 
 
-def test_each_layer_has_its_own_beta_and_free_bits():
-    """loss = −mean recon + Σ_l β_l · penalty_l: one β is every layer's; free bits floor the
-    top layer per dimension and a lower layer as one group of λ·d_l nats."""
-    model, params = _two_layers(dims=(4, 2))
+@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+def test_each_layer_has_its_own_beta_and_free_bits(design):
+    """loss = −mean recon + Σ_l β_l · penalty_l: one β is every layer's; free bits floor a
+    closed-form KL per dimension and a bottom-up lower layer as one group of λ·d_l nats."""
+    model, params = _two_layers(dims=(4, 2), design=design)
     x = _images(8, (4, 4, 1))
     key = jax.random.key(5)
     loss, terms = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5))
@@ -104,6 +117,46 @@ def test_each_layer_has_its_own_beta_and_free_bits():
     # λ far above every KL: each layer's penalty is its floor, whatever the draw
     floored, _ = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5), free_bits=50.0)
     np.testing.assert_allclose(floored, -recon + 2.0 * 50.0 * 4 + 0.5 * 50.0 * 2, rtol=1e-6)
+
+
+def test_top_down_layer_kls_are_closed_form_given_the_layer_above():
+    """Top-down, q(z₁ | z₂, x) and p(z₁ | z₂) condition on the same draw z₂: KL_1 in closed
+    form at one z₂ equals the mean of log q − log p over 20,000 draws of z₁ given it."""
+    model, params = _two_layers(families=("gaussian", "collapsed"), design=TopDownVAE)
+    x = _images(3, (4, 4, 1))
+    found, zs, _, conditionals = model.apply({"params": params}, x, jax.random.key(1))
+    q, (mean_p, log_var_p) = found[0], conditionals[0]
+    closed = jnp.sum(posteriors.diag_normal_kl_per_dim(q.mean, q.log_var, mean_p, log_var_p), -1)
+    draws = q.sample(jax.random.key(2), 20_000)
+    one_sample = q.log_prob(draws) - posteriors.diag_normal_log_prob(draws, mean_p, log_var_p)
+    error = 4 * np.std(one_sample, 0) / np.sqrt(20_000)
+    assert np.all(np.abs(np.mean(one_sample, 0) - closed) < error)
+    terms = hierarchy.elbo_terms(model, params, x, jax.random.key(1))  # the same draw
+    np.testing.assert_allclose(terms["kl_1"], closed, rtol=1e-6)
+    np.testing.assert_allclose(terms["kl_2"], jnp.sum(found[1].kl_per_dim(), -1), rtol=1e-6)
+
+
+def test_top_down_shares_the_generative_nets_and_encodes_along_the_mean_path():
+    """Both designs have the same generative nets (decoder, down_2); top-down infers with a
+    bottom-up trunk per layer and a posterior head per layer. With σ₀ → 0 every draw of
+    ``infer`` is its mean given the draw above, so the draws are ``encode``'s mean path."""
+    model, params = _two_layers(families=("collapsed", "collapsed"), sigma0=1e-5, design=TopDownVAE)
+    bottom_up, bottom_up_params = _two_layers(design=BottomUpVAE)
+    assert set(params) == {"trunk_1", "trunk_2", "posterior_1", "posterior_2", "decoder", "down_2"}
+    for net in ("decoder", "down_2"):
+        shapes = jax.tree_util.tree_map(jnp.shape, (params[net], bottom_up_params[net]))
+        assert shapes[0] == shapes[1]
+    x = _images(5, (4, 4, 1))
+    _, zs = model.apply({"params": params}, x, jax.random.key(3), method=model.infer)
+    code = model.apply({"params": params}, x, method=model.encode).mean
+    assert code.shape == (5, 6)
+    for got, want in zip(model.split_code(code), zs, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-3)
+    # z₁'s posterior reads z₂ (Gaussian layers): two draws of z₂, two means of q(z₁ | z₂, x)
+    broad, broad_params = _two_layers(design=TopDownVAE)
+    found, zs = broad.apply({"params": broad_params}, x, jax.random.key(3), 2, method=broad.infer)
+    assert float(jnp.min(jnp.abs(zs[1][0] - zs[1][1]))) > 1e-3
+    assert float(jnp.min(jnp.max(jnp.abs(found[0].mean[0] - found[0].mean[1]), -1))) > 1e-3
 
 
 def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):
@@ -120,13 +173,16 @@ def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):
 
 
 @pytest.mark.slow
-def test_importance_sampled_log_likelihood_matches_numerical_integration():
+@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+def test_importance_sampled_log_likelihood_matches_numerical_integration(design):
     """1-D latents in both layers: the importance-sampled log p(x) agrees with the grid
     integral (to 0.03 nats with k = 200,000 draws from a broad proposal, collapsed σ₀ = 1.5,
     where the estimate converges; measured within 0.01), lies above the ELBO, and the IWAE
     bound rises with k towards it. About 10 s (the draws, a 701² grid and 600 repeated
     bounds): in the slow tier."""
-    model, params = _two_layers(dims=(1, 1), families=("collapsed", "collapsed"), sigma0=1.5)
+    model, params = _two_layers(
+        dims=(1, 1), families=("collapsed", "collapsed"), sigma0=1.5, design=design
+    )
     x = _images(4, (4, 4, 1), seed=3)
     exact = _log_marginal_on_a_grid(model, params, x)
     estimate = hierarchy.iwae_bound(model, params, x, jax.random.key(9), 200_000)
@@ -172,11 +228,13 @@ def test_prior_samples_go_top_down_through_the_conditionals():
 
 
 @pytest.mark.slow
-def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_elbo():
+@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_elbo(design):
     """300 Adam steps on the digits' training set: the test ELBO rises by tens of nats
-    (measured −55 → −21), both layers carry information (KL > 0.5 nat each; measured 2.5
-    and 1.6), and −log p̂(x) (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0). About 6 s of
-    training: in the slow tier."""
+    (measured bottom-up −55 → −21, top-down −53 → −21), both layers carry information
+    (KL > 0.5 nat each; measured 2.5 and 1.6, top-down 2.8 and 1.2), and −log p̂(x)
+    (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0, top-down 19.8 ≤ 20.6). About 6 s of training
+    per design: in the slow tier."""
     import optax
 
     from cvae import data
@@ -187,7 +245,7 @@ def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_el
     train, test = pixels("train") > 0.5, pixels("test") > 0.5
     train, test = train.astype(jnp.float32), test.astype(jnp.float32)
     layers = (StochasticLayer(8, (64,)), StochasticLayer(4, (32,)))
-    model = BottomUpVAE(layers, BERNOULLI, (8, 8, 1), "tanh")
+    model = design(layers, BERNOULLI, (8, 8, 1), "tanh")
     params = vae_lib.init_params(model, jax.random.key(0))
     tx = optax.adam(3e-3)
 

@@ -23,12 +23,13 @@ pytestmark = pytest.mark.slow
 
 # Every device of every process: the global batch of 64 splits 4 ways in both layouts.
 ALL_DEVICES = [*TINY, "--config.train.num_devices=0"]
-# A two-layer hierarchy (collapsed z₁, Gaussian z₂): the multi-process run covers the
-# one-layer machinery and the hierarchy's extra nets and per-layer terms at once.
+# A two-layer hierarchy inferred top-down (collapsed z₁, Gaussian z₂): the multi-process run
+# covers the one-layer machinery and the hierarchy's extra nets and per-layer terms at once.
 TWO_LAYERS = [
     "--config.model.upper_latent_dims=(2,)",
     "--config.model.upper_widths=((8,),)",
     "--config.model.upper_posteriors=('gaussian',)",
+    "--config.model.inference=top_down",
 ]
 DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
 
@@ -59,8 +60,8 @@ def _launch(workdir, epochs, *extra, timeout=300, env=None):
 
 
 def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path):
-    """A two-layer model: two processes × two devices train (and resume to) what one process
-    with four devices trains, with one writer."""
+    """A two-layer model inferred top-down: two processes × two devices train (and resume to)
+    what one process with four devices trains, with one writer."""
     # Two epochs, then a second launch resumes to three: resume across processes.
     first = _launch(tmp_path / "mp", 2, *TWO_LAYERS)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
@@ -91,7 +92,10 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
 
     multi = cvae.load_run(tmp_path / "mp", which="latest")
     reference = cvae.load_run(tmp_path / "sp", which="latest")
-    assert set(multi.params) == {"encoder", "decoder", "up_2", "down_2"}
+    assert set(multi.params) == {
+        *("trunk_1", "trunk_2", "posterior_1", "posterior_2"),
+        *("decoder", "down_2"),
+    }
     leaves = jax.tree_util.tree_leaves
     for x, y in zip(leaves(multi.params), leaves(reference.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -259,8 +259,17 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
             "model.upper_posteriors": ("gaussian",),
             "objective.free_bits": 0.1,
         },
+        {
+            "model.upper_latent_dims": (2,),
+            "model.upper_widths": ((8,),),
+            "model.inference": "top_down",
+            "model.upper_posteriors": ("collapsed",),
+            "model.upper_sigma0s": (0.1,),
+            "objective.kind": "iwae",
+            "objective.k": 3,
+        },
     ],
-    ids=["vamp", "wae_mmd", "rae_gp", "two_layers"],
+    ids=["vamp", "wae_mmd", "rae_gp", "two_layers", "top_down_iwae"],
 )
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
