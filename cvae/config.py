@@ -132,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
     # "bottom_up": q(z₁|x) q(z₂|z₁)… (Burda et al.'s two-layer models) | "top_down":
     # q(z_L|x) … q(z₁|z₂, x), in the generative order (ladder VAE)
     c.model.inference = "bottom_up"
+    # "bottom": p(x|z₁) | "all": p(x|z₁, …, z_L), the decoder reads every layer (Tomczak &
+    # Welling's HVAE)
+    c.model.decoder_layers = "bottom"
 
     c.objective = ml_collections.ConfigDict()
     c.objective.kind = "elbo"  # "elbo" | "iwae" | "wae_mmd"

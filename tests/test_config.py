@@ -101,6 +101,12 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
     config_lib.validate(top_down)
     model = vae.build_model(top_down.model, (8, 8, 1), 10)
     assert isinstance(model, hierarchy.TopDownVAE) and model.layer_dims == (16, 4)
+    hvae = _hierarchy(
+        **{"model.inference": "top_down", "model.prior": "vamp", "model.decoder_layers": "all"}
+    )
+    config_lib.validate(hvae)
+    model = vae.build_model(hvae.model, (8, 8, 1), 10)
+    assert (model.prior, model.num_pseudo_inputs, model.decoder_layers) == ("vamp", 500, "all")
 
 
 @pytest.mark.parametrize(
@@ -126,6 +132,15 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
         ({"objective.upper_betas": (1.0, 1.0)}, "upper_betas"),
         ({"objective.upper_betas": (-1.0,)}, "upper_betas"),
         ({"model.inference": "sideways"}, "inference"),
+        ({"model.decoder_layers": "top"}, "decoder_layers"),
+        (
+            {
+                "model.upper_latent_dims": (),
+                "model.upper_widths": (),
+                "model.decoder_layers": "all",
+            },
+            "decoder_layers",
+        ),
         ({"model.inference": "top_down", "model.encoder_widths": ()}, "encoder_widths"),
         # upper fields without upper layers
         ({"model.upper_latent_dims": ()}, "upper_widths"),

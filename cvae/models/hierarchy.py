@@ -5,6 +5,9 @@ top-down inference that shares the generative order (the ladder VAE of Sønderby
 Layers are numbered from the data up, z₁ next to x and z_L on top. Both designs generate
 alike: p(x, z₁, …, z_L) = p(x|z₁) · Π_{l<L} p(z_l | z_{l+1}) · p(z_L), with p(z_L) = N(0, I)
 and each p(z_l | z_{l+1}) a diagonal Gaussian whose mean and log-variance an MLP computes.
+Two options give the two-layer HVAE of Tomczak & Welling (2018): a decoder of every layer,
+p(x | z₁, …, z_L) (``decoder_layers = "all"``), and the VampPrior on top, p(z_L) =
+(1/K) Σ_k q(z_L | u_k) over learned pseudo-inputs u_k (``prior = "vamp"``, top-down only).
 They infer differently, each factor a posterior family of its own (``gaussian``,
 ``collapsed`` with its own σ₀, or ``deterministic``):
 
@@ -25,13 +28,14 @@ They infer differently, each factor a posterior family of its own (``gaussian``,
 The bounds, for samples z ~ q drawn ancestrally in inference order (they need every
 layer's density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE``):
 
-* log w = log p(x|z₁) + Σ_{l<L} log p(z_l | z_{l+1}) + log p(z_L) − Σ_l log q(z_l | ·);
+* log w = log p(x|z) + Σ_{l<L} log p(z_l | z_{l+1}) + log p(z_L) − Σ_l log q(z_l | ·);
   the ELBO is E_q[log w], the IWAE bound E[log (1/k) Σ_i w_i], the importance-sampled
   log-likelihood the same with large k;
-* per layer, the ELBO's KL terms: KL_L = KL(q(z_L | ·) ‖ N(0, I)) in closed form; for l < L,
+* per layer, the ELBO's KL terms: KL_L = KL(q(z_L | ·) ‖ N(0, I)) in closed form (under a
+  VampPrior the one-sample log q(z_L | x) − log p(z_L)); for l < L,
   top-down, KL(q(z_l | z_{l+1}, x) ‖ p(z_l | z_{l+1})) in closed form at the sampled z_{l+1};
   bottom-up, the one-sample estimate log q(z_l | z_{l−1}) − log p(z_l | z_{l+1}) (z_{l+1} is
-  drawn from z_l, so no closed form applies). ELBO = log p(x|z₁) − Σ_l KL_l.
+  drawn from z_l, so no closed form applies). ELBO = log p(x|z) − Σ_l KL_l.
 
 To the rest of cvae a hierarchy (either design, a ``Hierarchy``) looks like a ``VAE``
 whose *code* is every layer's latents concatenated, z₁ first: ``encode`` gives the mean
@@ -117,22 +121,35 @@ class Hierarchy(nn.Module):
       layers: the stochastic layers, z₁ (next to x) first.
       likelihood: p(x|z₁) (``cvae.models.likelihoods``).
       event_shape: (H, W, C) of the images.
-      activation: the nets' nonlinearity (Burda et al.: tanh).
+      activation: the nets' nonlinearity (Burda et al.: tanh; Tomczak & Welling: gated).
+      prior: p(z_L): "standard", N(0, I), or "vamp", the VampPrior (1/K) Σ_k q(z_L | u_k) over
+        K learnable pseudo-inputs u_k (a design whose q(z_L | ·) reads x alone: top-down).
+      num_pseudo_inputs: K of a VampPrior.
+      decoder_layers: "bottom": p(x|z₁); "all": p(x|z₁, …, z_L), the decoder reads the whole
+        code (Tomczak & Welling's two-layer HVAE).
     """
 
     layers: tuple[StochasticLayer, ...]
     likelihood: Any
     event_shape: tuple[int, int, int]
     activation: str = "tanh"
-
-    prior = "standard"  # p(z_L) = N(0, I) (read as on ``VAE``)
+    prior: str = "standard"
+    num_pseudo_inputs: int = 0
+    decoder_layers: str = "bottom"
     # Whether q(z_l | ·) and p(z_l | z_{l+1}) condition on the same z_{l+1} for l < L, so that
     # their KL is in closed form (top-down), or not (bottom-up: a one-sample estimate).
     closed_form_layer_kls = False
 
     def _setup_generative(self):
-        """The generative nets: ``decoder`` (z₁ → x, named as in ``VAE``) and ``down_l``
-        (z_l → the mean and log-variance of z_{l−1}) for l = 2 … L."""
+        """The generative nets: ``decoder`` (z₁ or the whole code → x, named as in ``VAE``)
+        and ``down_l`` (z_l → the mean and log-variance of z_{l−1}) for l = 2 … L; and a
+        VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel as in ``VAE``."""
+        if self.prior == "vamp":
+            self.pseudo_inputs = self.param(
+                "pseudo_inputs",
+                lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
+                (self.num_pseudo_inputs,) + tuple(self.event_shape),
+            )
         first = self.layers[0]
         self.decoder = nets.MLPDecoder(
             tuple(reversed(first.widths)),
@@ -215,6 +232,40 @@ class Hierarchy(nn.Module):
             return posteriors.DeterministicPosterior(mean)
         return posteriors.GaussianPosterior(mean, jnp.concatenate(log_vars, axis=-1))
 
+    def pseudo_posterior(self) -> posteriors.Posterior:
+        """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]): a batch of K
+        top-layer posteriors (a design whose q(z_L | ·) reads x alone defines it).
+
+        Returns:
+          The top layer's posterior at the pseudo-inputs.
+        """
+        raise NotImplementedError(f"a VampPrior needs top-down inference, not {type(self)}")
+
+    def top_log_prob(self, z):
+        """log p(z_L): N(0, I), or the VampPrior log (1/K) Σ_k q(z_L | u_k).
+
+        Args:
+          z: top-layer latents (…, d_L).
+
+        Returns:
+          (…,) log-densities in nats.
+        """
+        if self.prior != "vamp":
+            return posteriors.standard_normal_log_prob(z)
+        per_component = self.pseudo_posterior().log_prob(z[..., None, :])  # (…, K)
+        return jax.nn.logsumexp(per_component, axis=-1) - math.log(self.num_pseudo_inputs)
+
+    def _draw_top(self, key, num_samples: int):
+        """z_L ~ p(z_L): N(0, I) with ``key``, or a uniformly chosen pseudo-input's top
+        posterior (the component and the draw from ``split(key)``, as ``VAE.sample_prior``)."""
+        dim = self.layers[-1].latent_dim
+        if self.prior != "vamp":
+            return jax.random.normal(key, (num_samples, dim))
+        component_key, draw_key = jax.random.split(key)
+        k = jax.random.randint(component_key, (num_samples,), 0, self.num_pseudo_inputs)
+        chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], self.pseudo_posterior())
+        return chosen.sample(draw_key)
+
     def conditionals(self, zs):
         """p(z_l | z_{l+1})'s (mean, log-variance) for l = 1 … L−1, given draws z₁ … z_L.
 
@@ -235,11 +286,11 @@ class Hierarchy(nn.Module):
         Returns:
           A list of L arrays of log-densities, layer 1 first.
         """
-        return _generative_log_probs(zs, self.conditionals(zs))
+        return _generative_log_probs(zs, self.conditionals(zs), self.top_log_prob(zs[-1]))
 
     def decode(self, z, labels=None, *, train: bool = False):
         """p(x|z₁)'s parameters for codes z (or for z₁ alone: the decoder reads z's first d₁
-        entries).
+        entries); with ``decoder_layers = "all"``, p(x|z₁, …, z_L)'s for whole codes.
 
         Args:
           z: codes (…, d₁ + … + d_L), or bottom-layer latents (…, d₁).
@@ -248,9 +299,19 @@ class Hierarchy(nn.Module):
 
         Returns:
           The likelihood's parameters, (…, *param_shape).
+
+        Raises:
+          ValueError: a decoder of every layer given less than a whole code.
         """
         del train
         _refuse_labels(labels)
+        if self.decoder_layers == "all":
+            if z.shape[-1] != self.code_dim:
+                raise ValueError(
+                    f"this model decodes whole codes of {self.code_dim} numbers (every layer, "
+                    f"z₁ first); got {z.shape[-1]}"
+                )
+            return self.decoder(z)
         return self.decoder(z[..., : self.layer_dims[0]])
 
     def sample_layers(self, key, num_samples: int):
@@ -265,7 +326,7 @@ class Hierarchy(nn.Module):
           The per-layer draws, z₁ first, each (num_samples, d_l).
         """
         top = len(self.layers) - 1
-        zs = [jax.random.normal(key, (num_samples, self.layers[top].latent_dim))]
+        zs = [self._draw_top(key, num_samples)]
         for i in range(top, 0, -1):  # layer i − 1 (0-based) from layer i
             mean, log_var = self.down[i - 1](_as_image(zs[0]))
             noise = jax.random.normal(jax.random.fold_in(key, top - i + 1), mean.shape)
@@ -310,9 +371,10 @@ class Hierarchy(nn.Module):
 
     def __call__(self, x, key, num_samples: int | None = None):
         """One joint draw per example (or ``num_samples``) and what the bounds need:
-        (posteriors, zs, p(x|z₁)'s parameters, ``conditionals(zs)``)."""
+        (posteriors, zs, p(x|z)'s parameters, ``conditionals(zs)``, log p(z_L))."""
         found, zs = self.infer(x, key, num_samples)
-        return found, zs, self.decode(zs[0]), self.conditionals(zs)
+        code = zs[0] if self.decoder_layers == "bottom" else jnp.concatenate(zs, axis=-1)
+        return found, zs, self.decode(code), self.conditionals(zs), self.top_log_prob(zs[-1])
 
 
 class BottomUpVAE(Hierarchy):
@@ -429,6 +491,16 @@ class TopDownVAE(Hierarchy):
         h = jnp.broadcast_to(h, z_above.shape[:-1] + h.shape[-1:])  # sample axes of z
         return self._posterior(i, *self.heads[i](_as_image(jnp.concatenate([h, z_above], -1))))
 
+    def pseudo_posterior(self) -> posteriors.Posterior:
+        """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]).
+
+        Returns:
+          The top layer's posterior at the pseudo-inputs, a batch of K.
+        """
+        u = jnp.clip(self.pseudo_inputs, 0.0, 1.0)
+        top = len(self.layers) - 1
+        return self._factor(top, self._features(u)[top], None)
+
     def infer(self, x, key, num_samples: int | None = None):
         """Draws z_L ~ q(z_L|x), then z_l ~ q(z_l | z_{l+1}, x) down to z₁.
 
@@ -479,30 +551,32 @@ class TopDownVAE(Hierarchy):
         return self._code_posterior(found)
 
 
-def _generative_log_probs(zs, conditionals):
+def _generative_log_probs(zs, conditionals, top_log_prob):
     """log p(z_l | z_{l+1}) for l < L (from the conditionals' parameters), then log p(z_L)."""
     terms = [
         posteriors.diag_normal_log_prob(z, *params)
         for z, params in zip(zs[:-1], conditionals, strict=True)
     ]
-    return terms + [posteriors.standard_normal_log_prob(zs[-1])]
+    return terms + [top_log_prob]
 
 
 def _elbo_parts(model: Hierarchy, params, x, key):
-    """(log p(x|z₁), the KL terms of layers 1 … L) for one joint draw: a layer's term is its
-    closed-form KL per dimension, (B, d_l), where it has one (the top layer; every layer of a
-    top-down model), else the one-sample estimate log q − log p, (B,)."""
-    found, zs, dec, conditionals = cast(tuple, model.apply({"params": params}, x, key))
+    """(log p(x|z), the KL terms of layers 1 … L) for one joint draw: a layer's term is its
+    closed-form KL per dimension, (B, d_l), where it has one (the top layer under N(0, I);
+    every lower layer of a top-down model), else the one-sample estimate log q − log p, (B,)."""
+    found, zs, dec, conditionals, top_log_p = cast(tuple, model.apply({"params": params}, x, key))
     recon = model.likelihood.log_prob(x, dec)
+    log_p = _generative_log_probs(zs, conditionals, top_log_p)
     if model.closed_form_layer_kls:
-        lower = [
+        parts = [
             posteriors.diag_normal_kl_per_dim(q.mean, q.log_var, *p)
             for q, p in zip(found[:-1], conditionals, strict=True)
         ]
     else:
-        log_p = _generative_log_probs(zs, conditionals)
-        lower = [found[i].log_prob(zs[i]) - log_p[i] for i in range(len(zs) - 1)]
-    return recon, [*lower, found[-1].kl_per_dim()]
+        parts = [found[i].log_prob(zs[i]) - log_p[i] for i in range(len(zs) - 1)]
+    if model.prior == "vamp":  # no closed form against a mixture
+        return recon, [*parts, found[-1].log_prob(zs[-1]) - log_p[-1]]
+    return recon, [*parts, found[-1].kl_per_dim()]
 
 
 def _layer_total(kl):
@@ -579,10 +653,12 @@ def elbo_loss(model: Hierarchy, params, x, key, *, labels=None, beta=1.0, free_b
 
 def _log_weights(model: Hierarchy, params, x, key, k: int | None):
     """(log p(x|z₁), log w), each (k, B), for k joint draws per example."""
-    found, zs, dec, conditionals = cast(tuple, model.apply({"params": params}, x, key, k))
+    found, zs, dec, conditionals, top_log_p = cast(
+        tuple, model.apply({"params": params}, x, key, k)
+    )
     recon = model.likelihood.log_prob(x, dec)
     log_w = recon
-    log_p = _generative_log_probs(zs, conditionals)
+    log_p = _generative_log_probs(zs, conditionals, top_log_p)
     for i, (posterior, z) in enumerate(zip(found, zs, strict=True)):
         log_w = log_w + log_p[i] - posterior.log_prob(z)
     return recon, log_w

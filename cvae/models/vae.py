@@ -184,7 +184,15 @@ def build_model(
     likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
     if cfg.upper_latent_dims:
         design = hierarchy.TopDownVAE if cfg.inference == "top_down" else hierarchy.BottomUpVAE
-        return design(hierarchy.layers_from_config(cfg), likelihood, event_shape, cfg.activation)
+        return design(
+            hierarchy.layers_from_config(cfg),
+            likelihood,
+            event_shape,
+            cfg.activation,
+            prior=cfg.prior,
+            num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0,
+            decoder_layers=cfg.decoder_layers,
+        )
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))

@@ -156,7 +156,6 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
 _NOT_IN_A_HIERARCHY = (
     ("arch", "mlp", "'mlp' (a hierarchy's nets are MLPs)"),
     ("conditional", False, "False (a hierarchy is unconditional)"),
-    ("prior", "standard", "'standard' (a hierarchy's top prior is N(0, I))"),
     ("dropout_rate", 0.0, "0 (a hierarchy's nets have no dropout)"),
     ("decoder_widths", (), "() (each generative net mirrors its inference net)"),
     ("init", "lecun", "'lecun' (a hierarchy's nets use Flax's initialisation)"),
@@ -184,6 +183,14 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
         "'bottom_up' or 'top_down' (the order a hierarchy infers its layers in)"
         if upper
         else "'bottom_up' without model.upper_latent_dims (one layer has no order to choose)",
+    )
+    check(
+        m.decoder_layers == "bottom" or (upper > 0 and m.decoder_layers == "all"),
+        "model.decoder_layers",
+        m.decoder_layers,
+        "'bottom' (p(x|z₁)) or 'all' (p(x|z₁, …, z_L))"
+        if upper
+        else "'bottom' without model.upper_latent_dims (one layer is all layers)",
     )
     if upper == 0:
         for field in ("upper_widths", "upper_posteriors", "upper_sigma0s"):
@@ -222,6 +229,13 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
     )
     for field, default, valid in _NOT_IN_A_HIERARCHY:
         check(m[field] == default, f"model.{field}", m[field], f"{valid} in a hierarchy")
+    check(
+        m.prior == "standard" or m.inference == "top_down",
+        "model.prior",
+        m.prior,
+        "'standard' with bottom-up inference (a VampPrior on z_L needs q(z_L|x) to read x "
+        "alone: set model.inference='top_down')",
+    )
     check(
         m.inference != "top_down" or len(m.encoder_widths) > 0,
         "model.encoder_widths",

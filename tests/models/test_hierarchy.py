@@ -124,7 +124,7 @@ def test_top_down_layer_kls_are_closed_form_given_the_layer_above():
     form at one z₂ equals the mean of log q − log p over 20,000 draws of z₁ given it."""
     model, params = _two_layers(families=("gaussian", "collapsed"), design=TopDownVAE)
     x = _images(3, (4, 4, 1))
-    found, zs, _, conditionals = model.apply({"params": params}, x, jax.random.key(1))
+    found, zs, _, conditionals, _ = model.apply({"params": params}, x, jax.random.key(1))
     q, (mean_p, log_var_p) = found[0], conditionals[0]
     closed = jnp.sum(posteriors.diag_normal_kl_per_dim(q.mean, q.log_var, mean_p, log_var_p), -1)
     draws = q.sample(jax.random.key(2), 20_000)
@@ -157,6 +157,75 @@ def test_top_down_shares_the_generative_nets_and_encodes_along_the_mean_path():
     found, zs = broad.apply({"params": broad_params}, x, jax.random.key(3), 2, method=broad.infer)
     assert float(jnp.min(jnp.abs(zs[1][0] - zs[1][1]))) > 1e-3
     assert float(jnp.min(jnp.max(jnp.abs(found[0].mean[0] - found[0].mean[1]), -1))) > 1e-3
+
+
+def _hvae(decoder_layers="all", shape=(4, 4, 1)):
+    """Tomczak & Welling's two-layer HVAE in miniature: top-down, gated layers, a VampPrior
+    of 6 pseudo-inputs on z₂, a decoder of both layers."""
+    layers = (StochasticLayer(4, (16,)), StochasticLayer(2, (16,)))
+    model = TopDownVAE(
+        layers,
+        BERNOULLI,
+        shape,
+        "gated",
+        prior="vamp",
+        num_pseudo_inputs=6,
+        decoder_layers=decoder_layers,
+    )
+    return model, vae_lib.init_params(model, jax.random.key(0))
+
+
+def test_a_vamp_prior_on_top_is_the_mixture_of_the_pseudo_inputs_top_posteriors():
+    """log p(z₂) = log (1/K) Σ_k q(z₂ | u_k), computed here from ``encode`` of the clipped
+    pseudo-inputs; prior draws of z₂ have the mixture's mean and variance; the ELBO with the
+    top KL as a one-sample estimate is E_q[log w] within Monte-Carlo error."""
+    model, params = _hvae()
+    u = jnp.clip(params["pseudo_inputs"], 0.0, 1.0)
+    pseudo = model.apply({"params": params}, u, method=model.encode)
+    mean, log_var = model.split_code(pseudo.mean)[1], model.split_code(pseudo.log_var)[1]
+    z = jax.random.normal(jax.random.key(1), (7, 2))
+    by_hand = jax.nn.logsumexp(
+        posteriors.diag_normal_log_prob(z[:, None], mean, log_var), axis=1
+    ) - np.log(6)
+    got = model.apply({"params": params}, z, method=model.top_log_prob)
+    np.testing.assert_allclose(got, by_hand, rtol=1e-5)
+
+    draws = 20_000
+    _, z2 = model.apply({"params": params}, jax.random.key(2), draws, method=model.sample_layers)
+    mixture_mean = np.mean(mean, 0)
+    mixture_var = np.mean(np.exp(log_var) + mean**2, 0) - mixture_mean**2
+    assert np.all(np.abs(np.mean(z2, 0) - mixture_mean) < 4 * np.sqrt(mixture_var / draws))
+    np.testing.assert_allclose(np.var(z2, 0), mixture_var, rtol=0.05)
+
+    x = _images(3, (4, 4, 1))
+    log_w = hierarchy.log_importance_weights(model, params, x, jax.random.key(3), 4000)
+    elbo = jax.vmap(lambda k: hierarchy.elbo_terms(model, params, x, k)["elbo"])(
+        jax.random.split(jax.random.key(4), 4000)
+    )
+    error = 4 * np.sqrt(np.var(log_w, 0) / 4000 + np.var(elbo, 0) / 4000)
+    assert np.all(np.abs(np.mean(log_w, 0) - np.mean(elbo, 0)) < error)
+
+
+def test_a_decoder_of_every_layer_reads_the_whole_code():
+    """``decoder_layers = "all"``: p(x | z₁, z₂) changes with z₂ and refuses z₁ alone;
+    ``"bottom"``: p(x | z₁) ignores the code's upper part."""
+    everything, params = _hvae("all")
+    bottom, bottom_params = _hvae("bottom")
+    code = jax.random.normal(jax.random.key(0), (5, 6))
+    moved = code.at[:, 4:].add(1.0)  # z₂ only
+    decode = lambda m, p, z: m.apply({"params": p}, z, method=m.decode)
+    assert (
+        float(
+            jnp.max(jnp.abs(decode(everything, params, code) - decode(everything, params, moved)))
+        )
+        > 1e-3
+    )
+    np.testing.assert_array_equal(
+        decode(bottom, bottom_params, code), decode(bottom, bottom_params, moved)
+    )
+    with pytest.raises(ValueError, match="whole codes of 6 numbers"):
+        decode(everything, params, code[:, :4])
+    assert params["decoder"]["trunk"]["hidden_0"]["dense"]["kernel"].shape[0] == 6
 
 
 def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):

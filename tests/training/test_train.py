@@ -267,9 +267,13 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
             "model.upper_sigma0s": (0.1,),
             "objective.kind": "iwae",
             "objective.k": 3,
+            "model.prior": "vamp",  # Tomczak & Welling's HVAE in miniature
+            "model.num_pseudo_inputs": 10,
+            "model.decoder_layers": "all",
+            "model.activation": "gated",
         },
     ],
-    ids=["vamp", "wae_mmd", "rae_gp", "two_layers", "top_down_iwae"],
+    ids=["vamp", "wae_mmd", "rae_gp", "two_layers", "hvae_top_down_iwae"],
 )
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
