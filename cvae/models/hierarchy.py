@@ -224,8 +224,29 @@ class Hierarchy(nn.Module):
         """
         raise NotImplementedError
 
-    def _code_posterior(self, found) -> posteriors.Posterior:
-        """One posterior over the code from the layers' factors along the mean path."""
+    def _mean_path(self, x) -> list:
+        """Every layer's posterior factor along the mean path (each conditioned on the mean
+        of the layer it reads, not a draw), z₁ first (defined by each design)."""
+        raise NotImplementedError
+
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """Every layer's posterior along the mean path, as one posterior over the code: what
+        reconstructions, active units and the ex-post densities read. (The bounds draw each
+        layer given the draw it conditions on: ``infer``.)
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          labels: must be None (a hierarchy is unconditional).
+          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
+
+        Returns:
+          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
+          deterministic).
+        """
+        del train
+        _refuse_labels(labels)
+        nets.check_image_batch(x, self.event_shape)
+        found = self._mean_path(x)
         mean = jnp.concatenate([p.mean for p in found], axis=-1)
         log_vars = [p.log_var for p in found if p.log_var is not None]
         if len(log_vars) < len(found):
@@ -423,29 +444,13 @@ class BottomUpVAE(Hierarchy):
             zs.append(found[-1].sample(jax.random.fold_in(key, i)))
         return found, zs
 
-    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
-        """Every layer's posterior along the mean path, as one posterior over the code.
-
-        Layer l's factor is q(z_l | μ_{l−1}), its input the mean of the layer below (μ₀ = x):
-        the code's mean is (μ₁(x), μ₂(μ₁(x)), …), what reconstructions, active units and the
-        ex-post densities read. (The bounds draw each layer from the draw below it: ``infer``.)
-
-        Args:
-          x: images in [0, 1], (B, H, W, C).
-          labels: must be None (a hierarchy is unconditional).
-          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
-
-        Returns:
-          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
-          deterministic).
-        """
-        del train
-        _refuse_labels(labels)
-        nets.check_image_batch(x, self.event_shape)
+    def _mean_path(self, x) -> list:
+        """Layer l's factor is q(z_l | μ_{l−1}), its input the mean of the layer below
+        (μ₀ = x): the code's mean is (μ₁(x), μ₂(μ₁(x)), …)."""
         found = [self._posterior(0, *self.encoder(x))]
         for i, net in enumerate(self.up, start=1):
             found.append(self._posterior(i, *net(_as_image(found[-1].mean))))
-        return self._code_posterior(found)
+        return found
 
 
 class TopDownVAE(Hierarchy):
@@ -523,32 +528,15 @@ class TopDownVAE(Hierarchy):
             zs.insert(0, found[0].sample(jax.random.fold_in(key, i)))
         return found, zs
 
-    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
-        """Every layer's posterior along the mean path, as one posterior over the code.
-
-        Layer l's factor is q(z_l | μ_{l+1}, x), its input the mean of the layer above: the
-        code's mean is (μ₁, …, μ_L) with μ_L = μ_L(x), what reconstructions, active units and
-        the ex-post densities read. (The bounds draw each layer given the draw above it:
-        ``infer``.)
-
-        Args:
-          x: images in [0, 1], (B, H, W, C).
-          labels: must be None (a hierarchy is unconditional).
-          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
-
-        Returns:
-          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
-          deterministic).
-        """
-        del train
-        _refuse_labels(labels)
-        nets.check_image_batch(x, self.event_shape)
+    def _mean_path(self, x) -> list:
+        """Layer l's factor is q(z_l | μ_{l+1}, x), its input the mean of the layer above: the
+        code's mean is (μ₁, …, μ_L) with μ_L = μ_L(x)."""
         h = self._features(x)
         top = len(self.layers) - 1
         found = [self._factor(top, h[top], None)]
         for i in range(top - 1, -1, -1):
             found.insert(0, self._factor(i, h[i], found[0].mean))
-        return self._code_posterior(found)
+        return found
 
 
 def _generative_log_probs(zs, conditionals, top_log_prob):
