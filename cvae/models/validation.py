@@ -177,7 +177,7 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
     )
     upper = len(m.upper_latent_dims)
     check(
-        m.inference in hierarchy_inference(upper),
+        m.inference in (("bottom_up", "top_down") if upper else ("bottom_up",)),
         "model.inference",
         m.inference,
         "'bottom_up' or 'top_down' (the order a hierarchy infers its layers in)"
@@ -242,15 +242,3 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
         m.encoder_widths,
         "at least one width for top-down inference (layer 1's posterior reads its features)",
     )
-
-
-def hierarchy_inference(upper_layers: int) -> tuple[str, ...]:
-    """The values ``model.inference`` may take with this many layers above the first.
-
-    Args:
-      upper_layers: len(model.upper_latent_dims).
-
-    Returns:
-      ("bottom_up", "top_down"), or ("bottom_up",) for a single layer.
-    """
-    return ("bottom_up", "top_down") if upper_layers else ("bottom_up",)
