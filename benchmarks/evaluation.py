@@ -46,15 +46,19 @@ def importance_sampling_flops(params, num_examples: int, k: int) -> int:
     """The dense layers' forward FLOPs of the importance-sampled NLL: per image and sample,
     the decoder and, in a hierarchy, the nets that read a sampled layer (bottom-up ``up_l``
     draws z_l from z_{l−1}; top-down ``posterior_l`` below the top reads z_{l+1}; ``down_l``
-    scores z_{l−1}); once per image, the nets that read only x (the encoder; top-down, the
-    trunks ``trunk_l`` and the top layer's ``posterior_L``)."""
+    scores z_{l−1}; the residual design's ``prior_l``, ``expand_l`` and ``state_l`` walk the
+    state); once per image, the nets that read only x (the encoder; top-down, the trunks
+    ``trunk_l`` and the top layer's ``posterior_L``). Convolutions are not counted: for
+    conv nets the figure is a lower bound."""
     heads = [name for name in params if name.startswith("posterior_")]
     top_head = max(heads, key=lambda name: int(name.rpartition("_")[2]), default=None)
     per_image, per_sample = 0, 0
     for name, tree in params.items():
         if name == "encoder" or name.startswith("trunk_") or name == top_head:
             per_image += dense_forward_flops(tree)
-        elif name == "decoder" or name.startswith(("up_", "down_", "posterior_")):
+        elif name == "decoder" or name.startswith(
+            ("up_", "down_", "posterior_", "prior_", "expand_", "state_")
+        ):
             per_sample += dense_forward_flops(tree)
     return num_examples * k * per_sample + num_examples * per_image
 

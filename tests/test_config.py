@@ -80,7 +80,7 @@ def _hierarchy(**overrides):
 
 
 def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family():
-    from cvae.models import hierarchy, vae
+    from cvae.models import hierarchy, residual_hierarchy, vae
 
     config = _hierarchy(**{"model.sigma0": 0.2})
     config_lib.validate(config)
@@ -107,6 +107,21 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
     config_lib.validate(hvae)
     model = vae.build_model(hvae.model, (8, 8, 1), 10)
     assert (model.prior, model.num_pseudo_inputs, model.decoder_layers) == ("vamp", 500, "all")
+    residual = _hierarchy(**RESIDUAL)
+    config_lib.validate(residual)
+    model = vae.build_model(residual.model, (28, 28, 1), 10)
+    assert isinstance(model, residual_hierarchy.ResidualTopDownVAE)
+    assert model.channels == (32, 64) and model.layer_dims == (16, 4)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.build_model(residual.model, (30, 30, 1), 10)
+
+
+RESIDUAL = {
+    "model.arch": "resnet",
+    "model.inference": "top_down",
+    "model.decoder_layers": "all",
+    "model.conv_channels": (32, 64),
+}
 
 
 @pytest.mark.parametrize(
@@ -142,6 +157,11 @@ def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family
             "decoder_layers",
         ),
         ({"model.inference": "top_down", "model.encoder_widths": ()}, "encoder_widths"),
+        ({**RESIDUAL, "model.inference": "bottom_up"}, "arch"),
+        ({**RESIDUAL, "model.conv_channels": (32, 64, 64)}, "conv_channels"),
+        ({**RESIDUAL, "model.conv_channels": (32, 60)}, "conv_channels"),
+        ({**RESIDUAL, "model.decoder_layers": "bottom"}, "decoder_layers"),
+        ({**RESIDUAL, "model.activation": "gated"}, "activation"),
         # upper fields without upper layers
         ({"model.upper_latent_dims": ()}, "upper_widths"),
         (

@@ -100,8 +100,12 @@ def layers_from_config(model_config) -> tuple[StochasticLayer, ...]:
     )
 
 
-def _refuse_labels(labels) -> None:
-    """Raises ValueError unless ``labels`` is None: a hierarchy is unconditional."""
+def refuse_labels(labels) -> None:
+    """Raises ValueError unless ``labels`` is None: a hierarchy is unconditional.
+
+    Args:
+      labels: what a caller passed as a hierarchy's labels.
+    """
     if labels is not None:
         raise ValueError("labels were given to a hierarchy, which is unconditional")
 
@@ -140,16 +144,20 @@ class Hierarchy(nn.Module):
     # their KL is in closed form (top-down), or not (bottom-up: a one-sample estimate).
     closed_form_layer_kls = False
 
-    def _setup_generative(self):
-        """The generative nets: ``decoder`` (z₁ or the whole code → x, named as in ``VAE``)
-        and ``down_l`` (z_l → the mean and log-variance of z_{l−1}) for l = 2 … L; and a
-        VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel as in ``VAE``."""
+    def _setup_pseudo_inputs(self):
+        """A VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel as in ``VAE``."""
         if self.prior == "vamp":
             self.pseudo_inputs = self.param(
                 "pseudo_inputs",
                 lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
                 (self.num_pseudo_inputs,) + tuple(self.event_shape),
             )
+
+    def _setup_generative(self):
+        """The generative nets: ``decoder`` (z₁ or the whole code → x, named as in ``VAE``)
+        and ``down_l`` (z_l → the mean and log-variance of z_{l−1}) for l = 2 … L; and a
+        VampPrior's pseudo-inputs (``_setup_pseudo_inputs``)."""
+        self._setup_pseudo_inputs()
         first = self.layers[0]
         self.decoder = nets.MLPDecoder(
             tuple(reversed(first.widths)),
@@ -244,7 +252,7 @@ class Hierarchy(nn.Module):
           deterministic).
         """
         del train
-        _refuse_labels(labels)
+        refuse_labels(labels)
         nets.check_image_batch(x, self.event_shape)
         found = self._mean_path(x)
         mean = jnp.concatenate([p.mean for p in found], axis=-1)
@@ -325,7 +333,7 @@ class Hierarchy(nn.Module):
           ValueError: a decoder of every layer given less than a whole code.
         """
         del train
-        _refuse_labels(labels)
+        refuse_labels(labels)
         if self.decoder_layers == "all":
             if z.shape[-1] != self.code_dim:
                 raise ValueError(
@@ -619,7 +627,7 @@ def elbo_loss(model: Hierarchy, params, x, key, *, labels=None, beta=1.0, free_b
       (loss, terms): the scalar loss and the per-example ``elbo_terms``.
     """
     del unused
-    _refuse_labels(labels)
+    refuse_labels(labels)
     recon, parts = _elbo_parts(model, params, x, key)
     kls = [_layer_total(part) for part in parts]
     floors = [
@@ -704,7 +712,7 @@ def iwae_loss(model: Hierarchy, params, x, key, *, k: int, labels=None, **unused
       (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae".
     """
     del unused
-    _refuse_labels(labels)
+    refuse_labels(labels)
     recon_k, log_w = _log_weights(model, params, x, key, k)
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
     recon = jnp.mean(recon_k, axis=0)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cvae.models import hierarchy, likelihoods, nets, posteriors
+from cvae.models import hierarchy, likelihoods, nets, posteriors, residual_hierarchy
 from cvae.models.validation import validate_model
 
 
@@ -159,7 +159,8 @@ def build_model(
 ) -> nn.Module:
     """The VAE a config's ``model`` section describes, for images of a given shape: a ``VAE``,
     or with ``upper_latent_dims`` a ``cvae.models.hierarchy.BottomUpVAE`` (or ``TopDownVAE``
-    with ``inference = "top_down"``).
+    with ``inference = "top_down"``, or with ``arch = "resnet"`` a
+    ``cvae.models.residual_hierarchy.ResidualTopDownVAE``).
 
     Args:
       model_config: the config's ``model`` section (validated here first).
@@ -183,16 +184,24 @@ def build_model(
         raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
     likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
     if cfg.upper_latent_dims:
+        layers = hierarchy.layers_from_config(cfg)
+        shared = {
+            "prior": cfg.prior,
+            "num_pseudo_inputs": cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0,
+            "decoder_layers": cfg.decoder_layers,
+        }
+        if cfg.arch == "resnet":
+            residual_hierarchy.check_pyramid(event_shape[0], event_shape[1], len(layers))
+            return residual_hierarchy.ResidualTopDownVAE(
+                layers,
+                likelihood,
+                event_shape,
+                cfg.activation,
+                channels=tuple(cfg.conv_channels),
+                **shared,
+            )
         design = hierarchy.TopDownVAE if cfg.inference == "top_down" else hierarchy.BottomUpVAE
-        return design(
-            hierarchy.layers_from_config(cfg),
-            likelihood,
-            event_shape,
-            cfg.activation,
-            prior=cfg.prior,
-            num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0,
-            decoder_layers=cfg.decoder_layers,
-        )
+        return design(layers, likelihood, event_shape, cfg.activation, **shared)
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))

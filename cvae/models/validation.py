@@ -154,7 +154,6 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
 # What a hierarchy (model.upper_latent_dims set) does not have yet, each with the field
 # that must keep its default and why.
 _NOT_IN_A_HIERARCHY = (
-    ("arch", "mlp", "'mlp' (a hierarchy's nets are MLPs)"),
     ("conditional", False, "False (a hierarchy is unconditional)"),
     ("dropout_rate", 0.0, "0 (a hierarchy's nets have no dropout)"),
     ("decoder_widths", (), "() (each generative net mirrors its inference net)"),
@@ -229,6 +228,28 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
     )
     for field, default, valid in _NOT_IN_A_HIERARCHY:
         check(m[field] == default, f"model.{field}", m[field], f"{valid} in a hierarchy")
+    check(
+        m.arch == "mlp" or (m.arch == "resnet" and m.inference == "top_down"),
+        "model.arch",
+        m.arch,
+        "'mlp', or 'resnet' with model.inference='top_down' (residual conv blocks on a "
+        "top-down state) in a hierarchy",
+    )
+    if m.arch == "resnet":
+        check(
+            len(m.conv_channels) == upper + 1,
+            "model.conv_channels",
+            m.conv_channels,
+            f"{upper + 1} channel counts in a residual hierarchy of {upper + 1} layers (layer "
+            "l's grid is H/2^l × W/2^l with conv_channels[l − 1] channels)",
+        )
+        check(
+            m.decoder_layers == "all",
+            "model.decoder_layers",
+            m.decoder_layers,
+            "'all' in a residual hierarchy (its decoder reads the top-down state, which every "
+            "layer writes into)",
+        )
     check(
         m.prior == "standard" or m.inference == "top_down",
         "model.prior",

@@ -219,16 +219,22 @@ def log_setup(mesh, params, workdir: object) -> None:
         jax.devices()[0].platform,
         jax.process_count(),
         model_lib.count_params(params),
-        _count_nets(params, "encoder", ("up_", "trunk_", "posterior_")),
-        _count_nets(params, "decoder", ("down_",)),
+        _count_nets(params, "encoder", INFERENCE_NETS),
+        _count_nets(params, "decoder", GENERATIVE_NETS),
         workdir,
     )
 
 
+# The name prefixes of a hierarchy's per-layer nets on each side: bottom-up ``up_l``,
+# top-down ``trunk_l`` and ``posterior_l`` infer; ``down_l`` and, in the residual design,
+# ``prior_l``, ``expand_l`` and ``state_l`` generate.
+INFERENCE_NETS = ("up_", "trunk_", "posterior_")
+GENERATIVE_NETS = ("down_", "prior_", "expand_", "state_")
+
+
 def _count_nets(params, name: str, layer_prefixes: tuple[str, ...]) -> int:
     """Scalars of the net ``name`` and, in a hierarchy, of the nets of its layers on the same
-    side (bottom-up ``up_l``, top-down ``trunk_l`` and ``posterior_l`` infer; ``down_l``
-    generate)."""
+    side (``INFERENCE_NETS``, ``GENERATIVE_NETS``)."""
     return sum(
         model_lib.count_params(tree)
         for key, tree in params.items()

@@ -11,6 +11,7 @@ from cvae import config as config_lib
 from cvae.models import hierarchy, likelihoods, objectives, posteriors
 from cvae.models import vae as vae_lib
 from cvae.models.hierarchy import BottomUpVAE, StochasticLayer, TopDownVAE
+from cvae.models.residual_hierarchy import ResidualTopDownVAE
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +62,18 @@ def test_one_layer_is_the_vae_bitwise(family):
     )
 
 
-DESIGNS = [BottomUpVAE, TopDownVAE]
+DESIGNS = [BottomUpVAE, TopDownVAE, ResidualTopDownVAE]
+DESIGN_IDS = ["bottom_up", "top_down", "residual"]
+TOP_DOWN = [TopDownVAE, ResidualTopDownVAE]
+
+
+def _build(design, layers, shape, activation="tanh", **options):
+    """A hierarchy of ``design``; the residual one with 8 channels per layer's grid, its
+    decoder of every layer, and images of at least 8×8 (its coarsest grid is H/2^L)."""
+    if design is ResidualTopDownVAE:
+        options = {"channels": (8,) * len(layers), "decoder_layers": "all", **options}
+        shape = (max(shape[0], 8), max(shape[1], 8), shape[2])
+    return design(layers, BERNOULLI, shape, activation, **options)
 
 
 def _two_layers(
@@ -74,11 +86,11 @@ def _two_layers(
     layers = tuple(
         StochasticLayer(d, (16,), f, sigma0) for d, f in zip(dims, families, strict=True)
     )
-    model = design(layers, BERNOULLI, shape, "tanh")
+    model = _build(design, layers, shape)
     return model, vae_lib.init_params(model, jax.random.key(0))
 
 
-@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
 @pytest.mark.parametrize(
     "families", [("gaussian", "gaussian"), ("collapsed", "gaussian"), ("gaussian", "collapsed")]
 )
@@ -87,7 +99,7 @@ def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families, design):
     closed form; lower layers one-sample bottom-up, closed form top-down) within Monte-Carlo
     error."""
     model, params = _two_layers(families=families, design=design)
-    x = _images(3, (4, 4, 1))
+    x = _images(3, model.event_shape)
     draws = 4000
     log_w = hierarchy.log_importance_weights(model, params, x, jax.random.key(1), draws)
     terms = jax.vmap(lambda k: hierarchy.elbo_terms(model, params, x, k))(
@@ -101,12 +113,12 @@ def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families, design):
     assert np.all(np.isfinite(terms["kl_2"])) and np.all(np.mean(terms["kl_2"], 0) >= 0)
 
 
-@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
 def test_each_layer_has_its_own_beta_and_free_bits(design):
     """loss = −mean recon + Σ_l β_l · penalty_l: one β is every layer's; free bits floor a
     closed-form KL per dimension and a bottom-up lower layer as one group of λ·d_l nats."""
     model, params = _two_layers(dims=(4, 2), design=design)
-    x = _images(8, (4, 4, 1))
+    x = _images(8, model.event_shape)
     key = jax.random.key(5)
     loss, terms = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5))
     recon, kl_1, kl_2 = (np.mean(terms[n]) for n in ("recon", "kl_1", "kl_2"))
@@ -119,11 +131,12 @@ def test_each_layer_has_its_own_beta_and_free_bits(design):
     np.testing.assert_allclose(floored, -recon + 2.0 * 50.0 * 4 + 0.5 * 50.0 * 2, rtol=1e-6)
 
 
-def test_top_down_layer_kls_are_closed_form_given_the_layer_above():
+@pytest.mark.parametrize("design", TOP_DOWN, ids=DESIGN_IDS[1:])
+def test_top_down_layer_kls_are_closed_form_given_the_layer_above(design):
     """Top-down, q(z₁ | z₂, x) and p(z₁ | z₂) condition on the same draw z₂: KL_1 in closed
     form at one z₂ equals the mean of log q − log p over 20,000 draws of z₁ given it."""
-    model, params = _two_layers(families=("gaussian", "collapsed"), design=TopDownVAE)
-    x = _images(3, (4, 4, 1))
+    model, params = _two_layers(families=("gaussian", "collapsed"), design=design)
+    x = _images(3, model.event_shape)
     found, zs, _, conditionals, _ = model.apply({"params": params}, x, jax.random.key(1))
     q, (mean_p, log_var_p) = found[0], conditionals[0]
     closed = jnp.sum(posteriors.diag_normal_kl_per_dim(q.mean, q.log_var, mean_p, log_var_p), -1)
@@ -159,15 +172,17 @@ def test_top_down_shares_the_generative_nets_and_encodes_along_the_mean_path():
     assert float(jnp.min(jnp.max(jnp.abs(found[0].mean[0] - found[0].mean[1]), -1))) > 1e-3
 
 
-def _hvae(decoder_layers="all", shape=(4, 4, 1)):
-    """Tomczak & Welling's two-layer HVAE in miniature: top-down, gated layers, a VampPrior
-    of 6 pseudo-inputs on z₂, a decoder of both layers."""
+def _hvae(decoder_layers="all", shape=(4, 4, 1), design=TopDownVAE):
+    """Tomczak & Welling's two-layer HVAE in miniature: top-down, gated layers (tanh in the
+    residual design: gating is an MLP option), a VampPrior of 6 pseudo-inputs on z₂, a
+    decoder of both layers."""
     layers = (StochasticLayer(4, (16,)), StochasticLayer(2, (16,)))
-    model = TopDownVAE(
+    activation = "tanh" if design is ResidualTopDownVAE else "gated"
+    model = _build(
+        design,
         layers,
-        BERNOULLI,
         shape,
-        "gated",
+        activation,
         prior="vamp",
         num_pseudo_inputs=6,
         decoder_layers=decoder_layers,
@@ -175,11 +190,12 @@ def _hvae(decoder_layers="all", shape=(4, 4, 1)):
     return model, vae_lib.init_params(model, jax.random.key(0))
 
 
-def test_a_vamp_prior_on_top_is_the_mixture_of_the_pseudo_inputs_top_posteriors():
+@pytest.mark.parametrize("design", TOP_DOWN, ids=DESIGN_IDS[1:])
+def test_a_vamp_prior_on_top_is_the_mixture_of_the_pseudo_inputs_top_posteriors(design):
     """log p(z₂) = log (1/K) Σ_k q(z₂ | u_k), computed here from ``encode`` of the clipped
     pseudo-inputs; prior draws of z₂ have the mixture's mean and variance; the ELBO with the
     top KL as a one-sample estimate is E_q[log w] within Monte-Carlo error."""
-    model, params = _hvae()
+    model, params = _hvae(design=design)
     u = jnp.clip(params["pseudo_inputs"], 0.0, 1.0)
     pseudo = model.apply({"params": params}, u, method=model.encode)
     mean, log_var = model.split_code(pseudo.mean)[1], model.split_code(pseudo.log_var)[1]
@@ -197,7 +213,7 @@ def test_a_vamp_prior_on_top_is_the_mixture_of_the_pseudo_inputs_top_posteriors(
     assert np.all(np.abs(np.mean(z2, 0) - mixture_mean) < 4 * np.sqrt(mixture_var / draws))
     np.testing.assert_allclose(np.var(z2, 0), mixture_var, rtol=0.05)
 
-    x = _images(3, (4, 4, 1))
+    x = _images(3, model.event_shape)
     log_w = hierarchy.log_importance_weights(model, params, x, jax.random.key(3), 4000)
     elbo = jax.vmap(lambda k: hierarchy.elbo_terms(model, params, x, k)["elbo"])(
         jax.random.split(jax.random.key(4), 4000)
@@ -228,13 +244,89 @@ def test_a_decoder_of_every_layer_reads_the_whole_code():
     assert params["decoder"]["trunk"]["hidden_0"]["dense"]["kernel"].shape[0] == 6
 
 
-def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):
-    """log p(x) = log ∫∫ p(x|z₁) p(z₁|z₂) N(z₂; 0, 1) dz₁ dz₂ for 1-D z₁ and z₂, by the
-    trapezoid rule on a square grid."""
+def _residual(dims=(4, 3, 2), families=None, sigma0=0.3, shape=(16, 16, 1)):
+    """A residual top-down hierarchy, its layers on 8×8, 4×4 and 2×2 grids of 8 channels."""
+    families = families or ("gaussian",) * len(dims)
+    layers = tuple(
+        StochasticLayer(d, (16,), f, sigma0) for d, f in zip(dims, families, strict=True)
+    )
+    model = _build(ResidualTopDownVAE, layers, shape)
+    return model, vae_lib.init_params(model, jax.random.key(0))
+
+
+def test_a_residual_hierarchy_carries_every_layer_above_in_its_state():
+    """The residual design's nets (a bottom-up stage, posterior heads, conditional-prior
+    heads, the state's expansions and writes per layer; one decoder); p(z₁ | z_{>1}) moves
+    with z₃ when z₂ is held (the state remembers every layer, unlike the MLP designs'
+    p(z₁ | z₂)); the decoder reads every layer and refuses less than a whole code."""
+    model, params = _residual()
+    assert set(params) == {
+        *(f"{net}_{layer}" for net in ("trunk", "posterior", "state") for layer in (1, 2, 3)),
+        *(f"{net}_{layer}" for net in ("prior", "expand") for layer in (1, 2)),
+        "decoder",
+    }
+    z1, z2, z3 = (jax.random.normal(jax.random.key(i), (5, d)) for i, d in enumerate((4, 3, 2)))
+    conditionals = lambda zs: model.apply({"params": params}, zs, method=model.conditionals)
+    (mean_1, _), (mean_2, _) = conditionals([z1, z2, z3])
+    (moved_1, _), (moved_2, _) = conditionals([z1, z2, z3 + 1.0])
+    assert float(jnp.min(jnp.max(jnp.abs(mean_1 - moved_1), -1))) > 1e-3
+    assert float(jnp.min(jnp.max(jnp.abs(mean_2 - moved_2), -1))) > 1e-3
+    code = jnp.concatenate([z1, z2, z3], -1)
+    decode = lambda z: model.apply({"params": params}, z, method=model.decode)
+    for part in (slice(0, 4), slice(4, 7), slice(7, 9)):
+        assert float(jnp.max(jnp.abs(decode(code) - decode(code.at[:, part].add(1.0))))) > 1e-3
+    with pytest.raises(ValueError, match="whole codes of 9 numbers"):
+        decode(code[:, :4])
+    # GroupNorm normalises within an example: an example's code and decoding do not depend
+    # on the rest of its batch (what lets a batch split over devices compute the same run)
+    np.testing.assert_allclose(decode(code)[:2], decode(code[:2]), rtol=1e-5, atol=1e-6)
+    x = _images(6, model.event_shape)
+    encode = lambda x: model.apply({"params": params}, x, method=model.encode)
+    np.testing.assert_allclose(encode(x).mean[:2], encode(x[:2]).mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_residual_hierarchy_encodes_along_the_mean_path_and_descends_through_its_state():
+    """With σ₀ → 0 every draw of ``infer`` is its mean given the draws above: the draws are
+    ``encode``'s mean path. ``descend`` from layer 2 keeps z₂ and z₃ and replaces z₁ by
+    p(z₁ | z₂, z₃)'s mean (with a key, a draw around it, the same from the same key)."""
+    model, params = _residual(families=("collapsed",) * 3, sigma0=1e-5)
+    x = _images(5, model.event_shape)
+    _, zs = model.apply({"params": params}, x, jax.random.key(3), method=model.infer)
+    code = model.apply({"params": params}, x, method=model.encode).mean
+    assert code.shape == (5, 9)
+    for got, want in zip(model.split_code(code), zs, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-3)
+
+    model, params = _residual()
+    code = jax.random.normal(jax.random.key(4), (5, 9))
+    apply = lambda *args, **kw: model.apply({"params": params}, *args, **kw)
+    kept = apply(code, 2, method=model.descend)
+    np.testing.assert_array_equal(kept[:, 4:], code[:, 4:])
+    ((mean_1, log_var_1), _) = apply(model.split_code(code), method=model.conditionals)
+    np.testing.assert_allclose(kept[:, :4], mean_1, rtol=1e-5, atol=1e-6)
+    drawn = apply(code, 2, jax.random.key(5), method=model.descend)
+    np.testing.assert_array_equal(drawn, apply(code, 2, jax.random.key(5), method=model.descend))
+    assert float(jnp.min(jnp.abs(drawn[:, :4] - mean_1))) > 0
+    np.testing.assert_array_equal(apply(code, 1, method=model.descend), code)
+    assert np.all(np.isfinite(log_var_1))
+
+
+def test_a_residual_hierarchy_refuses_an_image_its_pyramid_cannot_halve():
+    """Three layers halve the grid three times: 12×12 images do not divide by 8, and 8×8
+    ones leave the top layer a 1×1 grid."""
+    with pytest.raises(ValueError, match="multiples of 8"):
+        _residual(shape=(12, 12, 1))
+    with pytest.raises(ValueError, match="top layer on a 1×1 grid.*at least 2×2"):
+        _residual(shape=(8, 8, 1))
+
+
+def _log_marginal_on_a_grid(model, params, x, half_width=6.0, points=481):
+    """log p(x) = log ∫∫ p(x|z) p(z₁|z₂) N(z₂; 0, 1) dz₁ dz₂ for 1-D z₁ and z₂, by the
+    trapezoid rule on a square grid (p(x|z) reads z₁, or both layers)."""
     grid = jnp.linspace(-half_width, half_width, points)
     z1, z2 = (g.reshape(-1, 1) for g in jnp.meshgrid(grid, grid, indexing="ij"))
     log_prior = model.apply({"params": params}, [z1, z2], method=model.generative_log_probs)
-    dec = model.apply({"params": params}, z1, method=model.decode)
+    dec = model.apply({"params": params}, jnp.concatenate([z1, z2], -1), method=model.decode)
     log_joint = model.likelihood.log_prob(x[:, None], dec[None]) + log_prior[0] + log_prior[1]
     cell = float(grid[1] - grid[0]) ** 2
     weights = jnp.outer(*(jnp.ones(points).at[jnp.array([0, -1])].set(0.5),) * 2).reshape(-1)
@@ -242,17 +334,18 @@ def _log_marginal_on_a_grid(model, params, x, half_width=7.0, points=701):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
 def test_importance_sampled_log_likelihood_matches_numerical_integration(design):
     """1-D latents in both layers: the importance-sampled log p(x) agrees with the grid
     integral (to 0.03 nats with k = 200,000 draws from a broad proposal, collapsed σ₀ = 1.5,
     where the estimate converges; measured within 0.01), lies above the ELBO, and the IWAE
-    bound rises with k towards it. About 10 s (the draws, a 701² grid and 600 repeated
-    bounds): in the slow tier."""
+    bound rises with k towards it. About 10 s per MLP design (the draws, a 481² grid and
+    600 repeated bounds), 20 s for the residual one on one image (its draws and the grid go
+    through convolutions): in the slow tier."""
     model, params = _two_layers(
         dims=(1, 1), families=("collapsed", "collapsed"), sigma0=1.5, design=design
     )
-    x = _images(4, (4, 4, 1), seed=3)
+    x = _images(4, model.event_shape, seed=3)[: 1 if design is ResidualTopDownVAE else 4]
     exact = _log_marginal_on_a_grid(model, params, x)
     estimate = hierarchy.iwae_bound(model, params, x, jax.random.key(9), 200_000)
     np.testing.assert_allclose(estimate, exact, atol=0.03)
@@ -276,9 +369,10 @@ def test_importance_sampled_log_likelihood_matches_numerical_integration(design)
     assert np.all(bounds[2] < exact + 0.01)
 
 
-def test_prior_samples_go_top_down_through_the_conditionals():
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
+def test_prior_samples_go_top_down_through_the_conditionals(design):
     """``sample_prior``'s codes are the layers' ancestral draws concatenated, z₁ first."""
-    model, params = _two_layers()
+    model, params = _two_layers(design=design)
     z1, z2 = model.apply({"params": params}, jax.random.key(0), 5000, method=model.sample_layers)
     assert z1.shape == (5000, 4) and z2.shape == (5000, 2)
     code = model.apply({"params": params}, jax.random.key(0), 5000, method=model.sample_prior)
@@ -288,22 +382,21 @@ def test_prior_samples_go_top_down_through_the_conditionals():
     np.testing.assert_allclose(np.mean(z2, 0), 0.0, atol=0.1)
     np.testing.assert_allclose(np.std(z2, 0), 1.0, atol=0.05)
     # z₁ given z₂ is Gaussian around the generative net's mean
-    mean, log_var = model.apply(
-        {"params": params}, z2, method=lambda m, z: m.down[0](z[:, None, None, :])
-    )  # the net reads 1×1×d
+    ((mean, log_var),) = model.apply({"params": params}, [z1, z2], method=model.conditionals)
     standardised = (z1 - mean) * jnp.exp(-0.5 * log_var)
     np.testing.assert_allclose(np.std(standardised, 0), 1.0, atol=0.05)
     np.testing.assert_allclose(np.mean(standardised, 0), 0.0, atol=0.05)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("design", DESIGNS, ids=["bottom_up", "top_down"])
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
 def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_elbo(design):
     """300 Adam steps on the digits' training set: the test ELBO rises by tens of nats
-    (measured bottom-up −55 → −21, top-down −53 → −21), both layers carry information
-    (KL > 0.5 nat each; measured 2.5 and 1.6, top-down 2.8 and 1.2), and −log p̂(x)
-    (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0, top-down 19.8 ≤ 20.6). About 6 s of training
-    per design: in the slow tier."""
+    (measured bottom-up −55 → −21, top-down −53 → −21, residual −53 → −21), both layers
+    carry information (KL > 0.5 nat each; measured 2.5 and 1.6, top-down 2.8 and 1.2,
+    residual 2.8 and 0.9), and −log p̂(x) (k = 100) ≤ −ELBO (measured 20.0 ≤ 21.0, top-down
+    19.8 ≤ 20.6, residual 19.8 ≤ 20.9). About 6 s of training per MLP design, 12 s for the
+    residual one: in the slow tier."""
     import optax
 
     from cvae import data
@@ -314,7 +407,7 @@ def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_el
     train, test = pixels("train") > 0.5, pixels("test") > 0.5
     train, test = train.astype(jnp.float32), test.astype(jnp.float32)
     layers = (StochasticLayer(8, (64,)), StochasticLayer(4, (32,)))
-    model = design(layers, BERNOULLI, (8, 8, 1), "tanh")
+    model = _build(design, layers, (8, 8, 1))
     params = vae_lib.init_params(model, jax.random.key(0))
     tx = optax.adam(3e-3)
 

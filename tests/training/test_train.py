@@ -272,8 +272,20 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
             "model.decoder_layers": "all",
             "model.activation": "gated",
         },
+        {
+            "model.upper_latent_dims": (2,),
+            "model.upper_widths": ((8,),),
+            "model.encoder_widths": (16,),
+            "model.arch": "resnet",  # a residual top-down hierarchy on 4×4 and 2×2 grids
+            "model.conv_channels": (8, 8),
+            "model.inference": "top_down",
+            "model.decoder_layers": "all",
+            "model.upper_posteriors": ("collapsed",),
+            "model.upper_sigma0s": (0.1,),
+            "objective.free_bits": 0.1,
+        },
     ],
-    ids=["vamp", "wae_mmd", "rae_gp", "two_layers", "hvae_top_down_iwae"],
+    ids=["vamp", "wae_mmd", "rae_gp", "two_layers", "hvae_top_down_iwae", "residual_top_down"],
 )
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
