@@ -11,6 +11,9 @@ wires them, and the objectives it is trained on.
   (``TopDownVAE``) inference, each layer with its own posterior family and σ₀; their
   per-layer ELBO, log importance weights and IWAE bound; one bottom-up layer is the MLP
   ``VAE``, bit for bit. ``build_model`` builds one when ``model.upper_latent_dims`` is set;
+* ``residual_hierarchy``: the top-down hierarchy on a pyramid of residual conv blocks
+  (``ResidualTopDownVAE``, ``model.arch = "resnet"``), whose layers write into a top-down
+  state;
 * ``objectives``: the ELBO (β, warm-up, free bits), IWAE and WAE-MMD losses, importance
   weights;
 * ``validation``: the valid values of the ``model`` config section.

@@ -37,7 +37,10 @@ layer's density: a ``deterministic`` layer, a point mass, makes them raise, as f
   bottom-up, the one-sample estimate log q(z_l | z_{l−1}) − log p(z_l | z_{l+1}) (z_{l+1} is
   drawn from z_l, so no closed form applies). ELBO = log p(x|z) − Σ_l KL_l.
 
-To the rest of cvae a hierarchy (either design, a ``Hierarchy``) looks like a ``VAE``
+A third design, on residual conv blocks with a top-down state that every layer writes
+into, is ``cvae.models.residual_hierarchy.ResidualTopDownVAE``.
+
+To the rest of cvae a hierarchy (any design, a ``Hierarchy``) looks like a ``VAE``
 whose *code* is every layer's latents concatenated, z₁ first: ``encode`` gives the mean
 path's posterior over it, ``decode`` reads z₁, ``sample_prior`` draws every layer from the
 top down, ``descend`` regenerates the layers below a given one. ``vae.build_model`` builds
