@@ -5,10 +5,13 @@ through a dense layer of 64 and written back into the state; the decoder reads t
 hence every layer. Both layers Gaussian unless the command line says otherwise.
 
     python -m experiments.train --config experiments/configs/mnist_hierarchy_resnet.py \
-        --workdir runs/mnist_hierarchy_resnet
+        --workdir runs/mnist_hierarchy_resnet \
+        --config.data.pipeline=stream --config.data.stream_chunk_steps=8   # on a CPU
     python -m experiments.evaluate --workdir runs/mnist_hierarchy_resnet --k 1000
 
-Needs the prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
+On a CPU, conv nets train through the stream (XLA:CPU runs gradient convolutions inside a
+scanned epoch about 15–50× slower; the stream's chunks are unrolled: docs/data.md). Needs the
+prepared TFDS mnist (TFDS_DATA_DIR or --config.data.data_dir).
 """
 
 from experiments.configs import mnist_hierarchy
