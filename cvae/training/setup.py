@@ -177,6 +177,14 @@ def setup(cfg) -> Setup:
             rows=parallel.process_rows(cfg.train.batch_size),
         )
         return Setup(mesh, model, state, programs, None, d, reader)
+    if steps.unroll_convolutions(cfg, mesh):  # a conv model's scanned epoch on a CPU
+        log.warning(
+            "model.arch=%r on CPU devices with the on-device pipeline: XLA:CPU runs the "
+            "gradient convolutions of a scanned epoch without its fast kernels (measured "
+            "15-50x slower); set data.pipeline=stream (and data.stream_chunk_steps=8) to "
+            "train it unrolled",
+            cfg.model.arch,
+        )
     programs = steps.build_programs(
         model=model,
         config=cfg,
