@@ -338,13 +338,17 @@ class Hierarchy(nn.Module):
         del train
         refuse_labels(labels)
         if self.decoder_layers == "all":
-            if z.shape[-1] != self.code_dim:
-                raise ValueError(
-                    f"this model decodes whole codes of {self.code_dim} numbers (every layer, "
-                    f"z₁ first); got {z.shape[-1]}"
-                )
+            self._check_whole_code(z)
             return self.decoder(z)
         return self.decoder(z[..., : self.layer_dims[0]])
+
+    def _check_whole_code(self, z) -> None:
+        """Raises ValueError unless ``z`` holds whole codes (a decoder of every layer)."""
+        if z.shape[-1] != self.code_dim:
+            raise ValueError(
+                f"this model decodes whole codes of {self.code_dim} numbers (every layer, "
+                f"z₁ first); got {z.shape[-1]}"
+            )
 
     def sample_layers(self, key, num_samples: int):
         """z_L ~ N(0, I), then z_l ~ p(z_l | z_{l+1}) down to z₁.

@@ -225,11 +225,7 @@ class ResidualTopDownVAE(Hierarchy):
         """
         del train
         refuse_labels(labels)
-        if z.shape[-1] != self.code_dim:
-            raise ValueError(
-                f"this model decodes whole codes of {self.code_dim} numbers (every layer, "
-                f"z₁ first); got {z.shape[-1]}"
-            )
+        self._check_whole_code(z)
         parts = self.split_code(z)
         return self.decoder(self._walk(parts[-1], lambda i, state, conditional: parts[i])[2])
 
