@@ -155,10 +155,13 @@ def test_ctrl_c_during_start_up_is_quiet(tmp_path, delay_s):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err[-2000:]
-    if proc.returncode == 130:  # before the training loop: nothing trained, one line
-        assert "interrupted (Ctrl-C) before anything was saved" in err
-    else:  # inside the loop: the epoch finished, a save, a clean stop
-        assert proc.returncode == 130 and "SIGINT received" in err, err[-2000:]
+    # Both paths exit 130; which one ran depends on how fast start-up was (a warm
+    # compilation cache reaches the loop within 2 s), so the message tells them apart.
+    assert proc.returncode == 130, err[-2000:]
+    if "SIGINT received" in err:  # inside the loop: the epoch finished, a save, a clean stop
+        assert "saved step" in err and "rerun the same command to resume" in err, err[-2000:]
+    else:  # before the training loop: nothing trained, one line
+        assert "interrupted (Ctrl-C) before anything was saved" in err, err[-2000:]
     assert not (tmp_path / ".lock").exists()
 
 
