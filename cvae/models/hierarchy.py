@@ -265,13 +265,26 @@ class Hierarchy(nn.Module):
         return posteriors.GaussianPosterior(mean, jnp.concatenate(log_vars, axis=-1))
 
     def pseudo_posterior(self) -> posteriors.Posterior:
-        """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]): a batch of K
-        top-layer posteriors (a design whose q(z_L | ·) reads x alone defines it).
+        """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]): the top factor
+        of the design's bottom-up features of u_k, a batch of K top-layer posteriors.
 
         Returns:
           The top layer's posterior at the pseudo-inputs.
         """
-        raise NotImplementedError(f"a VampPrior needs top-down inference, not {type(self)}")
+        u = jnp.clip(self.pseudo_inputs, 0.0, 1.0)
+        top = len(self.layers) - 1
+        return self._factor(top, self._features(u)[top], None)
+
+    def _features(self, x) -> list:
+        """h₁ … h_L, the bottom-up pass over x: defined by the designs whose q(z_L | ·) reads
+        x alone (top-down), the only ones a VampPrior's pseudo-inputs can be encoded by."""
+        name = type(self).__name__
+        raise NotImplementedError(f"a VampPrior needs top-down inference, not {name}")
+
+    def _factor(self, i: int, h, above) -> posteriors.Posterior:
+        """Layer i's (0-based) posterior factor from its features h and what the design reads
+        from above (None for the top layer); defined with ``_features``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer posterior factors")
 
     def top_log_prob(self, z):
         """log p(z_L): N(0, I), or the VampPrior log (1/K) Σ_k q(z_L | u_k).
@@ -510,16 +523,6 @@ class TopDownVAE(Hierarchy):
             return self._posterior(i, *self.heads[i](_as_image(h)))
         h = jnp.broadcast_to(h, z_above.shape[:-1] + h.shape[-1:])  # sample axes of z
         return self._posterior(i, *self.heads[i](_as_image(jnp.concatenate([h, z_above], -1))))
-
-    def pseudo_posterior(self) -> posteriors.Posterior:
-        """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]).
-
-        Returns:
-          The top layer's posterior at the pseudo-inputs, a batch of K.
-        """
-        u = jnp.clip(self.pseudo_inputs, 0.0, 1.0)
-        top = len(self.layers) - 1
-        return self._factor(top, self._features(u)[top], None)
 
     def infer(self, x, key, num_samples: int | None = None):
         """Draws z_L ~ q(z_L|x), then z_l ~ q(z_l | z_{l+1}, x) down to z₁.

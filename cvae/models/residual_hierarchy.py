@@ -188,16 +188,6 @@ class ResidualTopDownVAE(Hierarchy):
         self._walk(found[0].mean, mean)
         return found
 
-    def pseudo_posterior(self) -> posteriors.Posterior:
-        """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]).
-
-        Returns:
-          The top layer's posterior at the pseudo-inputs, a batch of K.
-        """
-        u = jnp.clip(self.pseudo_inputs, 0.0, 1.0)
-        top = len(self.layers) - 1
-        return self._factor(top, self._features(u)[top], None)
-
     def conditionals(self, zs):
         """p(z_l | z_{>l})'s (mean, log-variance) for l = 1 … L−1, given draws z₁ … z_L.
 

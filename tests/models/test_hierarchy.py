@@ -222,6 +222,13 @@ def test_a_vamp_prior_on_top_is_the_mixture_of_the_pseudo_inputs_top_posteriors(
     assert np.all(np.abs(np.mean(log_w, 0) - np.mean(elbo, 0)) < error)
 
 
+def test_a_bottom_up_hierarchy_refuses_a_vamp_prior_by_name():
+    """Bottom-up, q(z_L | z_{L−1}) never reads x, so pseudo-inputs cannot be encoded: the
+    model says so (the config refuses the combination earlier)."""
+    with pytest.raises(NotImplementedError, match="needs top-down inference, not BottomUpVAE"):
+        _hvae(design=BottomUpVAE)
+
+
 def test_a_decoder_of_every_layer_reads_the_whole_code():
     """``decoder_layers = "all"``: p(x | z₁, z₂) changes with z₂ and refuses z₁ alone;
     ``"bottom"``: p(x | z₁) ignores the code's upper part."""
