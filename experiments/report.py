@@ -11,7 +11,10 @@ when the values span two decades or more), with ``--reference DIR`` (a run or a 
 one line per grid point) drawn as horizontal lines with their 95% CI bands — the σ₀
 figure's VAE and AE. ``--by_sampler`` adds a second table with one row per group and
 ex-post sampler and the sample metrics as columns (FID, precision, recall, density,
-coverage, memorised fractions), the family table's layout.
+coverage, memorised fractions), the family table's layout. ``--layer_grid FILE.png``
+draws two-layer runs as a grid, the bottom layer's posterior (rows) against the top
+layer's (columns), one heatmap per metric with each cell's mean ± 95% CI over its seeds:
+where in a hierarchy the posterior can be collapsed, at a glance.
 
 Reads each workdir's config.json, metrics.jsonl, eval.json (run experiments.evaluate
 first), sample_quality.json (experiments.sample_quality) and checkpoint metadata, so every
@@ -19,6 +22,7 @@ number in the results tables (docs/results.md) can be regenerated; under the tab
 provenance (commit, library versions, device).
 """
 
+import itertools
 import pathlib
 
 import numpy as np
@@ -26,6 +30,7 @@ from absl import flags
 
 from cvae import Workdir, analysis
 from cvae.analysis import ex_post, explore
+from cvae.models import hierarchy
 from cvae.runs import provenance
 from cvae.training import sweep
 from experiments import cli
@@ -48,6 +53,12 @@ flags.DEFINE_bool(
     False,
     "With --group_by: one row per group and ex-post sampler, the sample metrics as columns "
     "(FID, precision, recall, density, coverage, memorised fractions).",
+)
+flags.DEFINE_string(
+    "layer_grid",
+    None,
+    "Two-layer runs: a PNG of heatmaps, the bottom layer's posterior (rows) against the top "
+    "layer's (columns), each cell the mean ± 95% CI over its seeds.",
 )
 FLAGS = flags.FLAGS
 COLUMNS = [
@@ -212,6 +223,106 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
     plt.close(fig)
 
 
+# The layer grid's panels, those some run has: likelihood, reconstruction, each layer's
+# KL term and the sample quality of the prior and of the ex-post mixture.
+GRID_METRICS = ("nll_is", "recon", "kl_1", "kl_2", "fid_prior", "fid_gmm")
+
+
+def layer_family(layer: hierarchy.StochasticLayer) -> tuple:
+    """A stochastic layer's posterior as a sortable grid entry: Gaussian first, then collapsed
+    by decreasing σ₀, then deterministic (σ₀ → 0); the last element is its label, e.g.
+    "gaussian", "collapsed 0.1"."""
+    if layer.posterior == "collapsed":
+        return (1, -layer.sigma0, f"collapsed {layer.sigma0:g}")
+    return (0 if layer.posterior == "gaussian" else 2, 0.0, layer.posterior)
+
+
+def layer_grid(workdirs) -> dict:
+    """Two-layer runs as a grid: rows the bottom layer's (z₁) posterior, columns the top's
+    (z₂), in ``layer_family`` order.
+
+    Args:
+      workdirs: run directories of two-layer models (sweeps already expanded).
+
+    Returns:
+      {"rows", "columns": the labels, "runs": (R, C) seed counts, metric: (means, halves)}
+      for each of ``GRID_METRICS`` some run has; a cell without runs, or without an interval
+      (one seed), holds NaN.
+    """
+    cells: dict[tuple, list] = {}
+    for workdir in workdirs:
+        layers = hierarchy.layers_from_config(Workdir(workdir).read_config().model)
+        if len(layers) != 2:
+            raise cli.UsageError(
+                f"{workdir} has {len(layers)} stochastic layer(s); --layer_grid compares "
+                "two-layer runs (give only those)"
+            )
+        key = (layer_family(layers[0]), layer_family(layers[1]))
+        cells.setdefault(key, []).append(explore.run_summary(workdir))
+    bottoms = sorted({key[0] for key in cells})
+    tops = sorted({key[1] for key in cells})
+    grid: dict = {
+        "rows": [family[-1] for family in bottoms],
+        "columns": [family[-1] for family in tops],
+        "runs": np.array([[len(cells.get((b, t), [])) for t in tops] for b in bottoms]),
+    }
+    stats = {key: explore.metric_statistics(rows) for key, rows in cells.items()}
+    for metric in GRID_METRICS:
+        if not any(metric in s for s in stats.values()):
+            continue
+        means, halves = np.full((2, len(bottoms), len(tops)), np.nan)
+        for (i, b), (j, t) in itertools.product(enumerate(bottoms), enumerate(tops)):
+            if metric in stats.get((b, t), {}):
+                means[i, j], _, halves[i, j] = stats[(b, t)][metric]
+        grid[metric] = (means, halves)
+    return grid
+
+
+def layer_grid_plot(grid: dict, path: pathlib.Path) -> None:
+    """One heatmap per metric of ``layer_grid``, each cell annotated "mean ± half-width"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in GRID_METRICS if m in grid]
+    rows, columns = grid["rows"], grid["columns"]
+    across = min(3, len(metrics))
+    down = -(-len(metrics) // across)
+    fig, axes = plt.subplots(
+        down,
+        across,
+        figsize=(1.5 + 1.3 * len(columns) * across, (0.9 + 0.8 * len(rows)) * down),
+        squeeze=False,
+    )
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
+        means, halves = grid[metric]
+        image = ax.imshow(np.ma.masked_invalid(means), cmap="viridis")
+        for i, j in itertools.product(range(len(rows)), range(len(columns))):
+            if np.isnan(means[i, j]):
+                continue
+            interval = "" if np.isnan(halves[i, j]) else f"\n± {halves[i, j]:.1f}"
+            bright = image.norm(means[i, j]) > 0.6  # viridis turns yellow: dark text there
+            ax.text(
+                j,
+                i,
+                f"{means[i, j]:.1f}{interval}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="k" if bright else "w",
+            )
+        ax.set_xticks(range(len(columns)), columns, fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set(title=metric, xlabel="top layer (z₂)", ylabel="bottom layer (z₁)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def table(rows) -> str:
     """The Markdown table of ``run_summary`` rows; a column no run has is left out."""
     columns = [(name, fmt) for name, fmt in COLUMNS if any(r.get(name) is not None for r in rows)]
@@ -284,6 +395,9 @@ def main(argv):
     if FLAGS.by_sampler and not FLAGS.group_by:
         raise cli.UsageError("--by_sampler aggregates over seeds: give --group_by FIELD too")
     rows = [explore.run_summary(w) for w in workdirs]
+    if FLAGS.layer_grid:
+        layer_grid_plot(layer_grid(workdirs), pathlib.Path(FLAGS.layer_grid))
+        print(f"wrote {FLAGS.layer_grid}\n")
     if FLAGS.group_by:
         groups = explore.aggregate(workdirs, FLAGS.group_by)
         print(grouped_table(groups, FLAGS.group_by))

@@ -223,6 +223,59 @@ def test_aggregate_groups_by_several_fields_and_keeps_each_layers_scores(tmp_pat
     assert groups[1]["active_units_2"][0] == pytest.approx(0.5)
 
 
+def test_layer_grid_places_each_two_layer_run_by_its_layers_posteriors(tmp_path):
+    """Rows are z₁'s posterior and columns z₂'s, Gaussian first, then collapsed by
+    decreasing σ₀; a cell is its seeds' mean and 95% half-width (NaN without runs or with one
+    seed); a one-layer run is refused; the figure is written."""
+    from scipy import stats
+
+    from cvae import config as config_lib
+    from cvae.runs.workdir import Workdir
+    from experiments import cli, report
+
+    runs = [  # (bottom, σ₀ bottom, top, σ₀ top, nll)
+        ("gaussian", 0.01, "gaussian", 0.5, 100.0),  # a Gaussian layer's σ₀ is not its family
+        ("gaussian", 0.3, "gaussian", 0.3, 104.0),
+        ("collapsed", 0.01, "gaussian", 0.01, 150.0),
+        ("collapsed", 0.1, "collapsed", 0.1, 120.0),
+        ("gaussian", 0.01, "collapsed", 0.1, 110.0),
+    ]
+    dirs = []
+    for i, (bottom, sigma0, top, upper_sigma0, nll) in enumerate(runs):
+        config = config_lib.base_config()
+        config.seed, config.model.posterior, config.model.sigma0 = i, bottom, sigma0
+        config.model.upper_latent_dims, config.model.upper_widths = (2,), ((8,),)
+        config.model.upper_posteriors, config.model.upper_sigma0s = (top,), (upper_sigma0,)
+        Workdir(tmp_path / f"r{i}").write_config(config)
+        Workdir(tmp_path / f"r{i}").write_eval({"nll_is": nll, "kl_2": float(i), "k": 10})
+        dirs.append(tmp_path / f"r{i}")
+    Workdir(dirs[3]).write_sample_quality({"fid_gmm": 30.0})
+
+    grid = report.layer_grid(dirs)
+    assert grid["rows"] == ["gaussian", "collapsed 0.1", "collapsed 0.01"]
+    assert grid["columns"] == ["gaussian", "collapsed 0.1"]
+    np.testing.assert_array_equal(grid["runs"], [[2, 1], [0, 1], [1, 0]])
+    means, halves = grid["nll_is"]
+    np.testing.assert_array_equal(means, [[102.0, 110.0], [np.nan, 120.0], [150.0, np.nan]])
+    low, high = stats.t.interval(0.95, 1, loc=102.0, scale=stats.sem([100.0, 104.0]))
+    assert halves[0, 0] == pytest.approx((high - low) / 2)
+    assert np.isnan(halves[0, 1])  # one seed: no interval
+    assert grid["kl_2"][0][1, 1] == 3.0
+    fid = grid["fid_gmm"][0]
+    assert fid[1, 1] == 30.0 and np.isnan(fid[0, 0])
+    assert "fid_prior" not in grid and "recon" not in grid
+
+    report.layer_grid_plot(grid, tmp_path / "figure" / "grid.png")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "figure" / "grid.png").ndim == 3
+
+    one_layer = tmp_path / "one"
+    Workdir(one_layer).write_config(config_lib.base_config())
+    with pytest.raises(cli.UsageError, match="has 1 stochastic layer"):
+        report.layer_grid([*dirs, one_layer])
+
+
 def test_report_by_sampler_has_a_row_per_group_and_scored_sampler(tmp_path):
     from cvae.runs.workdir import Workdir
     from experiments import report
