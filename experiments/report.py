@@ -174,6 +174,18 @@ def _pooled(workdirs) -> dict:
     return {"n": len(rows), **explore.metric_statistics(rows)}
 
 
+def _panels(plt, count: int, most_across: int, panel_size: tuple[float, float]):
+    """A figure of ``count`` panels, at most ``most_across`` to a row, each of
+    ``panel_size`` inches; the grid's unused cells are hidden."""
+    across = min(most_across, count)
+    down = -(-count // across)
+    width, height = panel_size
+    fig, axes = plt.subplots(down, across, figsize=(width * across, height * down), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
     """Each metric against ``field`` with 95% CI error bars (numeric fields only), and
     each reference entry as a horizontal line with its 95% CI as a band."""
@@ -186,11 +198,7 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise cli.UsageError(f"--plot needs a numeric --group_by field; {field} takes {values}")
     metrics = [m for m in explore.SUMMARY_METRICS if any(m in g for g in groups)]
-    columns = min(4, len(metrics))
-    rows = -(-len(metrics) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.3 * rows), squeeze=False)
-    for ax in axes.flat[len(metrics) :]:
-        ax.set_visible(False)
+    fig, axes = _panels(plt, len(metrics), 4, (3.6, 3.3))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes.flat, metrics):
         shown = [g for g in groups if metric in g]
@@ -287,16 +295,7 @@ def layer_grid_plot(grid: dict, path: pathlib.Path) -> None:
 
     metrics = [m for m in GRID_METRICS if m in grid]
     rows, columns = grid["rows"], grid["columns"]
-    across = min(3, len(metrics))
-    down = -(-len(metrics) // across)
-    fig, axes = plt.subplots(
-        down,
-        across,
-        figsize=(1.5 + 1.3 * len(columns) * across, (0.9 + 0.8 * len(rows)) * down),
-        squeeze=False,
-    )
-    for ax in axes.flat[len(metrics) :]:
-        ax.set_visible(False)
+    fig, axes = _panels(plt, len(metrics), 3, (1.5 / 3 + 1.3 * len(columns), 0.9 + 0.8 * len(rows)))
     for ax, metric in zip(axes.flat, metrics):
         means, halves = grid[metric]
         image = ax.imshow(np.ma.masked_invalid(means), cmap="viridis")
