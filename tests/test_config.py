@@ -195,15 +195,23 @@ def test_nested_tuples_survive_the_json_round_trip_and_resume_comparison():
     assert config_lib.resume_conflicts(flat_saved, config_lib.flatten(config)) == []
 
 
-@pytest.mark.parametrize(
-    "field, value", [("beta", 0.5), ("kl_warmup_steps", 1000), ("free_bits", 0.25)]
-)
-def test_the_iwae_bound_refuses_the_elbos_kl_options_instead_of_ignoring_them(field, value):
-    """β, its warm-up and free bits weight the ELBO's KL term, which the IWAE bound does not
-    have: with objective.kind='iwae' they are refused in one line naming the field (the
-    same values are accepted with the ELBO)."""
+def test_the_iwae_bound_refuses_free_bits_instead_of_ignoring_them():
+    """Free bits floor the ELBO's per-dimension KL term, which the IWAE bound does not have:
+    with objective.kind='iwae' they are refused in one line naming the field (the same
+    value is accepted with the ELBO)."""
+    config = _with("objective.free_bits", 0.25)
+    config.objective.kind, config.objective.k = "iwae", 5
+    with pytest.raises(config_lib.ConfigError, match="^objective.free_bits = .*kind='elbo'"):
+        config_lib.validate(config)
+    assert _refusal("objective.free_bits", 0.25) is None
+
+
+@pytest.mark.parametrize("field, value", [("beta", 0.5), ("kl_warmup_steps", 1000)])
+def test_the_iwae_bound_accepts_beta_and_its_warm_up(field, value):
+    """β and its warm-up temper the IWAE bound's importance weights (an annealed bound), so
+    the IWAE objective accepts them."""
     config = _with(f"objective.{field}", value)
     config.objective.kind, config.objective.k = "iwae", 5
-    with pytest.raises(config_lib.ConfigError, match=f"^objective.{field} = .*kind='elbo'"):
-        config_lib.validate(config)
-    assert _refusal(f"objective.{field}", value) is None
+    config_lib.validate(config)
+
+

@@ -646,7 +646,7 @@ def elbo_loss(model: Hierarchy, params, x, key, *, labels=None, beta=1.0, free_b
         else jnp.maximum(free_bits * d, jnp.mean(part))
         for d, part in zip(model.layer_dims, parts, strict=True)
     ]
-    betas = tuple(beta) if isinstance(beta, tuple | list) else (beta,) * len(kls)
+    betas = _per_layer(beta, len(kls))
     # Branch-free (free_bits may be traced); λ = 0 selects the plain mean KL.
     freed = jnp.asarray(free_bits) > 0
     loss = -jnp.mean(recon)
@@ -657,17 +657,26 @@ def elbo_loss(model: Hierarchy, params, x, key, *, labels=None, beta=1.0, free_b
     return loss, {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
 
 
+def _per_layer(beta, depth: int) -> tuple:
+    """β_l for each of ``depth`` layers, z₁'s first: ``beta`` itself if one per layer, else
+    the one number repeated."""
+    return tuple(beta) if isinstance(beta, tuple | list) else (beta,) * depth
+
+
 def _log_weights(model: Hierarchy, params, x, key, k: int | None):
-    """(log p(x|z₁), log w), each (k, B), for k joint draws per example."""
+    """(log p(x|z₁), log w, [log p(z_l|z_{l+1}) − log q(z_l|·)]_l), each (k, B), for k joint
+    draws per example."""
     found, zs, dec, conditionals, top_log_p = cast(
         tuple, model.apply({"params": params}, x, key, k)
     )
     recon = model.likelihood.log_prob(x, dec)
-    log_w = recon
+    log_w, ratios = recon, []
     log_p = _generative_log_probs(zs, conditionals, top_log_p)
     for i, (posterior, z) in enumerate(zip(found, zs, strict=True)):
-        log_w = log_w + log_p[i] - posterior.log_prob(z)
-    return recon, log_w
+        log_q = posterior.log_prob(z)
+        log_w = log_w + log_p[i] - log_q
+        ratios.append(log_p[i] - log_q)
+    return recon, log_w, ratios
 
 
 def log_importance_weights(model: Hierarchy, params, x, key, k: int | None):
@@ -704,10 +713,16 @@ def iwae_bound(model: Hierarchy, params, x, key, k: int):
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
 
 
-def iwae_loss(model: Hierarchy, params, x, key, *, k: int, labels=None, **unused):
-    """Negative IWAE bound with k joint draws per example (``objectives.iwae_loss`` for a
-    hierarchy); its terms are the k draws' means: "recon" of log p(x|z₁), "kl" of
-    log q − log p(z) (= recon − log w), and "iwae" = L_k.
+def iwae_loss(model: Hierarchy, params, x, key, *, k: int, labels=None, beta=1.0, **unused):
+    """Negative annealed IWAE bound with k joint draws per example (``objectives.iwae_loss``
+    for a hierarchy).
+
+    The loss is −mean_x L_k^β(x), L_k^β = log (1/k) Σ_i exp(log p(x|z₁ⁱ) + Σ_l β_l r_lⁱ) with
+    r_l = log p(z_l|z_{l+1}) − log q(z_l|·) (z_L's p the prior): β_l = 1 for every layer is
+    the IWAE bound L_k itself, bitwise, and k = 1 is the β-ELBO with Monte-Carlo KL terms,
+    so a KL warm-up of β_l carries over to the IWAE bound. The terms report the true bound
+    whatever β: "recon" the k draws' mean log p(x|z₁), "kl" their mean log q − log p(z)
+    (= recon − log w), and "iwae" = L_k.
 
     Args:
       model: the hierarchy.
@@ -716,18 +731,25 @@ def iwae_loss(model: Hierarchy, params, x, key, *, k: int, labels=None, **unused
       key: the PRNG key of the draws.
       k: draws per example.
       labels: must be None (a hierarchy is unconditional).
-      **unused: the ELBO's options (β, free bits), which do not apply.
+      beta: β_l: one number for every layer, or one per layer, z₁'s first
+        (``objectives.kl_weight`` of each for a warm-up).
+      **unused: the ELBO's other options (free bits), refused by the config's validation.
 
     Returns:
-      (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae".
+      (loss, terms): −mean L_k^β and per-example "recon", "kl", "elbo", "iwae".
     """
     del unused
     refuse_labels(labels)
-    recon_k, log_w = _log_weights(model, params, x, key, k)
+    recon_k, log_w, ratios = _log_weights(model, params, x, key, k)
+    annealed = log_w
+    for b, ratio in zip(_per_layer(beta, len(ratios)), ratios, strict=True):
+        # log w − (1 − β_l) r_l rather than recon + Σ β_l r_l: exactly log w when β_l = 1.
+        annealed = annealed - (1.0 - b) * ratio
+    loss = -jnp.mean(jax.nn.logsumexp(annealed, axis=0) - math.log(k))
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
     recon = jnp.mean(recon_k, axis=0)
     kl = jnp.mean(recon_k - log_w, axis=0)
-    return -jnp.mean(bound), {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
+    return loss, {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
 
 
 def with_sigma0s(model: Hierarchy, sigma0s) -> Hierarchy:

@@ -282,13 +282,26 @@ def log_importance_weights(model, params, x, posterior, z, labels=None, *, train
 
 
 def iwae_loss(
-    model, params, x, key, *, k: int, labels=None, train: bool = False, dropout_key=None, **unused
+    model,
+    params,
+    x,
+    key,
+    *,
+    k: int,
+    labels=None,
+    beta=1.0,
+    train: bool = False,
+    dropout_key=None,
+    **unused,
 ):
-    """Negative IWAE bound (Burda et al., 2015) with k samples per example.
+    """Negative annealed IWAE bound (Burda et al., 2015) with k samples per example.
 
     L_k(x) = E[log (1/k) Σ_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x) i.i.d.;
     L_1 is the ELBO (with a Monte-Carlo KL) and L_k rises towards log p(x) as k grows.
-    Also reports the analytic-KL ELBO terms of the same samples.
+    The loss is −mean_x L_k^β, where each weight's latent part is tempered by β:
+    log w_i^β = log p(x|z_i) + β (log p(z_i) − log q(z_i|x)). β = 1 is L_k itself (bitwise)
+    and k = 1 the β-ELBO with a Monte-Carlo KL, so a KL warm-up carries over to the bound.
+    The terms report the true L_k and the analytic-KL ELBO terms of the same samples.
 
     Args:
       model: the VAE.
@@ -297,16 +310,17 @@ def iwae_loss(
       key: the PRNG key of the sample(s).
       k: samples per example.
       labels: int labels for a conditional model; else None.
+      beta: β (``kl_weight`` for a warm-up); for a hierarchy one number or one per layer.
       train: training mode (dropout on).
       dropout_key: the dropout key when training.
-      **unused: the ELBO's options (β, free bits, code penalty), which do not apply.
+      **unused: the ELBO's other options (free bits, code penalty), which do not apply.
 
     Returns:
-      (loss, terms): −mean L_k and per-example "recon", "kl", "elbo", "iwae" (= L_k).
+      (loss, terms): −mean L_k^β and per-example "recon", "kl", "elbo", "iwae" (= L_k).
     """
-    del unused  # β, free bits and code penalties do not apply to the IWAE bound
+    del unused  # free bits and code penalties do not apply to the IWAE bound
     if isinstance(model, hierarchy.Hierarchy):
-        return hierarchy.iwae_loss(model, params, x, key, k=k, labels=labels)
+        return hierarchy.iwae_loss(model, params, x, key, k=k, labels=labels, beta=beta)
     rngs = {"dropout": dropout_key} if dropout_key is not None else {}
     posterior = model.apply(
         _variables(params), x, labels, train=train, rngs=rngs, method=model.encode
@@ -317,12 +331,15 @@ def iwae_loss(
     )
     bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
     recon_k = model.likelihood.log_prob(x, dec)
+    # log w − (1 − β)(log p(z) − log q) rather than recon + β(…): exactly log w when β = 1.
+    annealed = log_w - (1.0 - beta) * (log_w - recon_k)
+    loss = -jnp.mean(jax.nn.logsumexp(annealed, axis=0) - math.log(k))
     recon = jnp.mean(recon_k, axis=0)
     if model.prior == "vamp":  # the k samples' mean of log q − log p = log p(x|z) − log w
         kl = jnp.mean(recon_k - log_w, axis=0)
     else:
         kl = jnp.sum(posterior.kl_per_dim(), axis=-1)
-    return -jnp.mean(bound), {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
+    return loss, {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
 
 
 def iwae_bound(model, params, x, key, k: int, labels=None):

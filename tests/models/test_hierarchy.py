@@ -131,6 +131,30 @@ def test_each_layer_has_its_own_beta_and_free_bits(design):
     np.testing.assert_allclose(floored, -recon + 2.0 * 50.0 * 4 + 0.5 * 50.0 * 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("design", DESIGNS, ids=DESIGN_IDS)
+def test_the_annealed_iwae_bound_tempers_each_layer_by_its_own_beta(design):
+    """Each importance weight's latent part is tempered layer by layer:
+    log w^β = log p(x|z₁) + Σ_l β_l (log p(z_l|z_{l+1}) − log q(z_l|·)). β_l = 1 everywhere is
+    the IWAE bound bitwise; k = 1 with β is the β-ELBO of the same draw with Monte-Carlo KLs."""
+    model, params = _two_layers(dims=(4, 2), design=design)
+    x = _images(8, model.event_shape)
+    key, k = jax.random.key(5), 4
+    plain, terms = hierarchy.iwae_loss(model, params, x, key, k=k)
+    np.testing.assert_array_equal(plain, -jnp.mean(hierarchy.iwae_bound(model, params, x, key, k)))
+    recon, log_w, (r_1, r_2) = hierarchy._log_weights(model, params, x, key, k)
+    tempered, tempered_terms = hierarchy.iwae_loss(model, params, x, key, k=k, beta=(0.5, 0.2))
+    want = jax.nn.logsumexp(recon + 0.5 * r_1 + 0.2 * r_2, axis=0) - np.log(k)
+    np.testing.assert_allclose(tempered, -np.mean(want), rtol=1e-6)
+    np.testing.assert_array_equal(tempered_terms["iwae"], terms["iwae"])
+    same, _ = hierarchy.iwae_loss(model, params, x, key, k=k, beta=0.5)
+    alike, _ = hierarchy.iwae_loss(model, params, x, key, k=k, beta=(0.5, 0.5))
+    np.testing.assert_array_equal(same, alike)
+    # one draw: the β-ELBO with the layers' one-sample (Monte-Carlo) KL terms
+    one, _ = hierarchy.iwae_loss(model, params, x, key, k=1, beta=(0.5, 0.2))
+    recon, _, (r_1, r_2) = hierarchy._log_weights(model, params, x, key, 1)
+    np.testing.assert_allclose(one, -np.mean(recon + 0.5 * r_1 + 0.2 * r_2), rtol=1e-6)
+
+
 @pytest.mark.parametrize("design", TOP_DOWN, ids=DESIGN_IDS[1:])
 def test_top_down_layer_kls_are_closed_form_given_the_layer_above(design):
     """Top-down, q(z₁ | z₂, x) and p(z₁ | z₂) condition on the same draw z₂: KL_1 in closed

@@ -42,6 +42,42 @@ def test_iwae_bound_rises_with_k_and_sits_above_the_elbo(gaussian_setup):
     assert bounds[1] < bounds[5] < bounds[50]
 
 
+@pytest.mark.parametrize("prior", ["standard", "vamp"])
+def test_the_annealed_iwae_bound_tempers_each_weights_latent_part_by_beta(prior):
+    """β = 1 is the IWAE bound bitwise (loss and gradient); β < 1 is
+    log (1/k) Σ exp(log p(x|z_i) + β (log p(z_i) − log q(z_i|x))) over the same draws, and
+    the reported "iwae" stays the untempered bound."""
+    cfg = config_lib.base_config().model
+    cfg.update({"posterior": "gaussian", "encoder_widths": (16,), "latent_dim": 3})
+    cfg.prior, cfg.num_pseudo_inputs = prior, 4
+    model = model_lib.build_model(cfg, (4, 4, 1), 0)
+    params = model_lib.init_params(model, jax.random.key(0))
+    x = (jax.random.uniform(jax.random.key(1), (6, 4, 4, 1)) < 0.4).astype(jnp.float32)
+    key, k = jax.random.key(2), 5
+
+    def loss(p, beta):
+        return objectives.iwae_loss(model, p, x, key, k=k, beta=beta)
+
+    plain, terms = loss(params, 1.0)
+    np.testing.assert_array_equal(plain, -jnp.mean(objectives.iwae_bound(model, params, x, key, k)))
+    tempered, tempered_terms = loss(params, 0.3)
+    np.testing.assert_array_equal(tempered_terms["iwae"], terms["iwae"])
+    posterior = model.apply({"params": params}, x, method=model.encode)
+    z = posterior.sample(key, k)
+    log_w, dec = objectives.log_importance_weights(model, params, x, posterior, z)
+    recon = model.likelihood.log_prob(x, dec)
+    want = jax.nn.logsumexp(recon + 0.3 * (log_w - recon), axis=0) - np.log(k)
+    np.testing.assert_allclose(tempered, -np.mean(want), rtol=1e-6)
+    assert abs(float(tempered) - float(plain)) > 1e-3  # the tempering is not a no-op
+
+    traced = jax.grad(lambda p: loss(p, jnp.float32(1.0))[0])(params)
+    untempered = jax.grad(
+        lambda p: -jnp.mean(objectives.iwae_bound(model, p, x, key, k))
+    )(params)
+    for a, b in zip(jax.tree_util.tree_leaves(traced), jax.tree_util.tree_leaves(untempered)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_importance_sampled_log_likelihood_exceeds_elbo(gaussian_setup):
     model, params, x = gaussian_setup
     log_px = metrics.importance_sampled_log_likelihood(
