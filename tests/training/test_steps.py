@@ -153,3 +153,33 @@ def test_a_traced_hyperparameter_is_the_config_value_it_replaces(one_step):
 def test_base_config_hyperparameters_cover_every_traced_field():
     flat = config_lib.flatten(config_lib.base_config())
     assert all(name in flat for name in steps.HYPERPARAMETERS)
+
+
+def test_the_kl_warm_up_reaches_the_iwae_bound():
+    """With objective.kind='iwae' the step tempers the importance weights by the warmed-up β:
+    halfway through a warm-up of β = 1 is the bound at β = 0.5, and neither is the plain
+    bound."""
+    cfg = make_test_config(
+        **{
+            "model.encoder_widths": (16,),
+            "model.latent_dim": 2,
+            "objective.kind": "iwae",
+            "objective.k": 3,
+        }
+    )
+    model = model_lib.build_model(cfg.model, (4, 4, 1), 0)
+    preprocess = data.Preprocessor(255.0, binarize=True, dequantize=False)
+    step = jax.jit(steps.make_step(model=model, config=cfg, preprocess=preprocess, total_steps=10))
+    params = model_lib.init_params(model, jax.random.key(0))
+    tx = steps.make_optimizer(cfg.train, 10)
+    state = {"step": jnp.int32(5), "params": params, "opt_state": tx.init(params)}
+    images = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
+    labels, batch, key = np.zeros(32, np.int32), jnp.arange(8), jax.random.key(1)
+    hyper = steps.hyperparameters(cfg)
+
+    def loss(**changed):
+        return float(step(state, batch, images, labels, key, dict(hyper, **changed))[1]["loss"])
+
+    halfway = loss(kl_warmup_steps=10.0)
+    assert halfway == pytest.approx(loss(beta=0.5), rel=1e-6)
+    assert abs(halfway - loss()) > 1e-3
