@@ -213,5 +213,3 @@ def test_the_iwae_bound_accepts_beta_and_its_warm_up(field, value):
     config = _with(f"objective.{field}", value)
     config.objective.kind, config.objective.k = "iwae", 5
     config_lib.validate(config)
-
-

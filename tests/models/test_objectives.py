@@ -71,9 +71,7 @@ def test_the_annealed_iwae_bound_tempers_each_weights_latent_part_by_beta(prior)
     assert abs(float(tempered) - float(plain)) > 1e-3  # the tempering is not a no-op
 
     traced = jax.grad(lambda p: loss(p, jnp.float32(1.0))[0])(params)
-    untempered = jax.grad(
-        lambda p: -jnp.mean(objectives.iwae_bound(model, p, x, key, k))
-    )(params)
+    untempered = jax.grad(lambda p: -jnp.mean(objectives.iwae_bound(model, p, x, key, k)))(params)
     for a, b in zip(jax.tree_util.tree_leaves(traced), jax.tree_util.tree_leaves(untempered)):
         np.testing.assert_array_equal(a, b)
 
