@@ -19,14 +19,18 @@ def mnist(posterior: str, preset: str = "seed"):
     return c
 
 
-def iwae_paper(kind: str, k: int, epochs: int, layers: int = 1):
+MNIST_TRAIN_IMAGES = 60_000
+
+
+def iwae_paper(kind: str, k: int, epochs: int, layers: int = 1, warmup_epochs: int = 0):
     """Burda et al. (2015), one stochastic layer: 784-200-200 (tanh) → 50, decoder mirrored,
     trained like the paper on all 60,000 training images (no validation split: the schedule
     is fixed, nothing is selected; the periodic evaluation reports the test split).
 
     With ``layers=2`` their two-layer model (the widths of the authors' code,
     github.com/yburda/iwae, experiments.py): x → 200-200 → z₁ (100) → 100-100 → z₂ (50),
-    tanh, each generative net the mirror of its inference net, Gaussian layers."""
+    tanh, each generative net the mirror of its inference net, Gaussian layers.
+    ``warmup_epochs`` > 0 warms the KL weight up over that many epochs (not in the paper)."""
     c = mnist("gaussian", preset="iwae")
     if layers == 2:
         c.model.latent_dim = 100
@@ -37,6 +41,7 @@ def iwae_paper(kind: str, k: int, epochs: int, layers: int = 1):
     c.objective.k = k
     c.train.batch_size = 100
     c.train.num_epochs = epochs
+    c.objective.kl_warmup_steps = warmup_epochs * (MNIST_TRAIN_IMAGES // c.train.batch_size)
     c.train.learning_rate = 1e-3
     c.eval.every_epochs = 10
     c.train.checkpoint_every_epochs = 10

@@ -14,11 +14,6 @@ layer goes inactive from the first epochs. docs/results.md states what was run a
 
 from experiments.configs.common import iwae_paper
 
-EPOCHS = 800
-STEPS_PER_EPOCH = 600  # 60,000 images in batches of 100
-
 
 def get_config():
-    c = iwae_paper("iwae", 5, epochs=EPOCHS, layers=2)
-    c.objective.kl_warmup_steps = 100 * STEPS_PER_EPOCH
-    return c
+    return iwae_paper("iwae", 5, epochs=800, layers=2, warmup_epochs=100)
