@@ -101,18 +101,24 @@ def test_the_gather_returns_exactly_the_indexed_images():
         np.testing.assert_array_equal(members, images[indices])
 
 
-@pytest.fixture(scope="module")
-def one_step():
-    cfg = make_test_config(**{"model.encoder_widths": (16,), "model.latent_dim": 2})
+def _compiled_step(start: int = 0, **overrides):
+    """A jitted step of a tiny MLP VAE (``overrides`` on the test config), its state at
+    optimizer step ``start``, 32 random 4×4 images, their labels and the config's hyper."""
+    cfg = make_test_config(**{"model.encoder_widths": (16,), "model.latent_dim": 2, **overrides})
     model = model_lib.build_model(cfg.model, (4, 4, 1), 0)
     preprocess = data.Preprocessor(255.0, binarize=True, dequantize=False)
     step = jax.jit(steps.make_step(model=model, config=cfg, preprocess=preprocess, total_steps=10))
     params = model_lib.init_params(model, jax.random.key(0))
     tx = steps.make_optimizer(cfg.train, 10)
-    state = {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.int32(start), "params": params, "opt_state": tx.init(params)}
     images = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
     labels = np.zeros(32, np.int32)
     return step, state, images, labels, steps.hyperparameters(cfg)
+
+
+@pytest.fixture(scope="module")
+def one_step():
+    return _compiled_step()
 
 
 def test_a_step_is_a_pure_function_of_its_state_batch_and_key(one_step):
@@ -159,23 +165,10 @@ def test_the_kl_warm_up_reaches_the_iwae_bound():
     """With objective.kind='iwae' the step tempers the importance weights by the warmed-up β:
     halfway through a warm-up of β = 1 is the bound at β = 0.5, and neither is the plain
     bound."""
-    cfg = make_test_config(
-        **{
-            "model.encoder_widths": (16,),
-            "model.latent_dim": 2,
-            "objective.kind": "iwae",
-            "objective.k": 3,
-        }
+    step, state, images, labels, hyper = _compiled_step(
+        start=5, **{"objective.kind": "iwae", "objective.k": 3}
     )
-    model = model_lib.build_model(cfg.model, (4, 4, 1), 0)
-    preprocess = data.Preprocessor(255.0, binarize=True, dequantize=False)
-    step = jax.jit(steps.make_step(model=model, config=cfg, preprocess=preprocess, total_steps=10))
-    params = model_lib.init_params(model, jax.random.key(0))
-    tx = steps.make_optimizer(cfg.train, 10)
-    state = {"step": jnp.int32(5), "params": params, "opt_state": tx.init(params)}
-    images = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
-    labels, batch, key = np.zeros(32, np.int32), jnp.arange(8), jax.random.key(1)
-    hyper = steps.hyperparameters(cfg)
+    batch, key = jnp.arange(8), jax.random.key(1)
 
     def loss(**changed):
         return float(step(state, batch, images, labels, key, dict(hyper, **changed))[1]["loss"])
