@@ -80,7 +80,8 @@ def _hierarchy(**overrides):
 
 
 def test_upper_layers_build_a_hierarchy_whose_layers_default_to_the_first_family():
-    from cvae.models import hierarchy, residual_hierarchy, vae
+    from cvae.models import mlp_hierarchy as hierarchy
+    from cvae.models import residual_hierarchy, vae
 
     config = _hierarchy(**{"model.sigma0": 0.2})
     config_lib.validate(config)

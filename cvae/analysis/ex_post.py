@@ -44,7 +44,7 @@ from cvae.analysis import diffusion
 EX_POST = ("gmm", "flow", "two_stage", "diffusion")
 SAMPLERS = ("prior", *EX_POST)  # "prior": the model's own prior, VAE.sample_prior
 # A hierarchy's ex-post densities fitted to the top layer's codes alone ("gmm@top", …); the
-# layers below are drawn from the model's p(z_{l−1} | z_l) (``Hierarchy.descend``).
+# layers below are drawn from the model's p(z_{l−1} | z_l) (the model's ``descend``).
 TOP = "@top"
 TOP_SAMPLERS = tuple(f"{kind}{TOP}" for kind in EX_POST)
 

@@ -197,11 +197,12 @@ def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarr
     """What one stochastic layer of a hierarchy encodes: images along its dimensions.
 
     x's mean-path code with dimension j of layer ``layer`` set to each value, the layers
-    below regenerated from it (``Hierarchy.descend``: their conditional means, or draws
-    with ``key``), then decoded. For layer 1 this is ``traversal`` of z₁'s dimensions.
+    below regenerated from it (the model's ``descend``: their conditional means, or draws
+    with ``key``), then decoded. For layer 1 — the one layer of a one-layer model — this is
+    ``traversal`` of z₁'s dimensions.
 
     Args:
-      run: a run of a hierarchy (``model.upper_latent_dims`` set).
+      run: a run (of any model; a hierarchy's when ``layer`` > 1).
       x: one image (H, W, C) or a batch of one, in [0, 1].
       layer: the layer, 1 (next to x) to L.
       dims: dimensions of that layer to traverse (0-based within the layer).
@@ -211,9 +212,7 @@ def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarr
     Returns:
       Images (len(dims), len(values), H, W, C).
     """
-    dims_of_layers = getattr(run.model, "layer_dims", None)
-    if dims_of_layers is None:
-        raise ValueError("layer_traversal needs a hierarchy; use traversal for one layer")
+    dims_of_layers = run.model.layer_dims
     if not 1 <= layer <= len(dims_of_layers):
         raise ValueError(f"layer must be 1 … {len(dims_of_layers)}, got {layer}")
     offset = sum(dims_of_layers[: layer - 1])

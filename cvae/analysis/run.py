@@ -41,7 +41,7 @@ class Run:
     workdir: pathlib.Path
     config: ml_collections.ConfigDict
     params: dict
-    model: Any  # a VAE, or a cvae.models.hierarchy.Hierarchy
+    model: Any  # any model of cvae.models.protocol
     info: data.DatasetInfo
     meta: dict
     _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -195,7 +195,7 @@ class Run:
           sampler: "prior", "gmm", "flow", "two_stage" or "diffusion"; None for the
             family's default (prior for the Gaussian VAE, gmm otherwise). For a hierarchy
             also "gmm@top", …: the density fitted to the top layer's codes alone, the
-            layers below drawn from the model's conditionals (``Hierarchy.descend``,
+            layers below drawn from the model's conditionals (the model's ``descend``,
             key ``fold_in(key, 1)``).
           labels: the class of each image, for a conditional model; else None.
           guidance: the diffusion sampler's classifier-free guidance weight w (with labels;
@@ -231,7 +231,7 @@ class Run:
     def _sample_from_the_top(self, key, n: int, sampler: str):
         """Codes whose top layer comes from the ex-post density of the top layer's codes
         and whose lower layers are drawn from the model's conditionals below it."""
-        layer_dims: tuple[int, ...] = getattr(self.model, "layer_dims", (self.model.code_dim,))
+        layer_dims = self.model.layer_dims
         if len(layer_dims) < 2:
             raise ValueError(
                 f"sampler {sampler!r} needs a hierarchy (model.upper_latent_dims); this "

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from cvae import data, parallel
 from cvae.evaluation import metrics
-from cvae.models import hierarchy, objectives
+from cvae.models import objectives
 
 EVAL_SEED = 0  # the key of every evaluation draw: scores are comparable across runs
 CHUNK_ROWS = 5000  # decoder rows per importance-sampling chunk when chunk_size = 0 (auto)
@@ -278,7 +278,8 @@ def evaluate(
             labels = np.concatenate([labels, np.repeat(labels[:1], pad)])
         return images, labels, stop - start
 
-    layer_dims = model.layer_dims if isinstance(model, hierarchy.Hierarchy) else ()
+    # Per-layer terms for a model of several layers (one layer's are its totals).
+    layer_dims = model.layer_dims if len(model.layer_dims) > 1 else ()
     layer_kls = tuple(f"kl_{i + 1}" for i in range(len(layer_dims)))
     means = ("elbo", "recon", "kl", *layer_kls)
     sums = dict.fromkeys(means + (("log_px",) if with_density else ()), 0.0)

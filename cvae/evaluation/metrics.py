@@ -17,9 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cvae.models import hierarchy
-from cvae.models.objectives import log_importance_weights
-
 
 def importance_sampled_log_likelihood(
     model, params, x, key, num_samples: int = 5000, chunk_size: int = 250, labels=None
@@ -52,20 +49,13 @@ def importance_sampled_log_likelihood(
         )
     chunk_size = min(chunk_size, num_samples)
     num_chunks = math.ceil(num_samples / chunk_size)
-    if isinstance(model, hierarchy.Hierarchy):  # joint draws from q(z₁ … z_L | x)
 
-        def log_weights(indices):
-            return jax.vmap(
-                lambda i: hierarchy.log_importance_weights(
-                    model, params, x, jax.random.fold_in(key, i), None
-                )
-            )(indices)
-    else:
-        posterior = model.apply({"params": params}, x, labels, method=model.encode)
-
-        def log_weights(indices):
-            z = jax.vmap(lambda i: posterior.sample(jax.random.fold_in(key, i)))(indices)
-            return log_importance_weights(model, params, x, posterior, z, labels)[0]
+    def log_weights(indices):  # draw i from fold_in(key, i), for every layer jointly
+        return jax.vmap(
+            lambda i: model.log_importance_weights(
+                params, x, jax.random.fold_in(key, i), None, labels
+            )
+        )(indices)
 
     def one_chunk(running, chunk_index):
         indices = chunk_index * chunk_size + jnp.arange(chunk_size)

@@ -1,21 +1,24 @@
-"""Models: the nets, posterior families, likelihoods and priors of a VAE, the VAE module that
-wires them, and the objectives it is trained on.
+"""Models: the one model interface, the nets, posterior families, likelihoods and priors,
+the designs that wire them, and the objectives they are trained on.
 
-* ``nets``: MLP, convolutional and residual encoders and decoders (Flax Linen);
+* ``protocol``: ``LatentVariableModel``, what every model declares (its layers' sizes, its
+  labels, its family of bounds) and does (``elbo_terms``, ``log_importance_weights``,
+  ``with_sigma0s``, encode / decode / sample_prior / descend): callers outside this package
+  read models through it alone;
+* ``nets``: MLP, convolutional and residual encoders and decoders, the Gaussian MLP between
+  latent vectors (Flax Linen); ``pyramid``: the nets of a conv pyramid with a top-down state;
 * ``posteriors``: q(z|x) — ``gaussian`` (learned variance), ``collapsed`` (fixed σ₀),
   ``deterministic`` (σ₀ = 0, the autoencoder);
 * ``likelihoods``: p(x|z) — Bernoulli, Gaussian, continuous Bernoulli;
-* ``vae``: the ``VAE`` module (standard or VampPrior prior), ``build_model`` from a
-  config's ``model`` section, ``init_params``;
-* ``hierarchy``: several stochastic layers with bottom-up (``BottomUpVAE``) or top-down
-  (``TopDownVAE``) inference, each layer with its own posterior family and σ₀; their
-  per-layer ELBO, log importance weights and IWAE bound; one bottom-up layer is the MLP
-  ``VAE``, bit for bit. ``build_model`` builds one when ``model.upper_latent_dims`` is set;
-* ``residual_hierarchy``: the top-down hierarchy on a pyramid of residual conv blocks
-  (``ResidualTopDownVAE``, ``model.arch = "resnet"``), whose layers write into a top-down
-  state;
-* ``objectives``: the ELBO (β, warm-up, free bits), IWAE and WAE-MMD losses, importance
-  weights;
+* ``vae``: the one-layer ``VAE`` module (standard or VampPrior prior), ``build_model`` from a
+  config's ``model`` section (any design), ``init_params``;
+* ``hierarchy``: what every design of several stochastic layers shares — the generative
+  walk, top-down inference, the code's layout; ``mlp_hierarchy``: MLPs between latent
+  vectors, inferred bottom-up (``BottomUpVAE``; one layer is the MLP ``VAE``, bit for bit)
+  or top-down (``TopDownVAE``); ``residual_hierarchy``: a pyramid of residual conv blocks
+  with a top-down state (``ResidualTopDownVAE``, ``model.arch = "resnet"``);
+* ``objectives``: the ELBO (β, warm-up, free bits), IWAE and WAE-MMD losses and importance
+  weights, one file per family of bound, each picked by the family the model declares;
 * ``validation``: the valid values of the ``model`` config section.
 
 Everything here is a pure function of its arguments (parameters and keys included). This

@@ -1,65 +1,51 @@
-"""VAEs with several stochastic layers: bottom-up inference (Burda et al., 2015) and
-top-down inference that shares the generative order (the ladder VAE of Sønderby et al.,
-2016, with VDVAE's way of combining the two passes, Child, 2021).
+"""VAEs with several stochastic layers: what every design shares.
 
-Layers are numbered from the data up, z₁ next to x and z_L on top. Both designs generate
-alike: p(x, z₁, …, z_L) = p(x|z₁) · Π_{l<L} p(z_l | z_{l+1}) · p(z_L), with p(z_L) = N(0, I)
-and each p(z_l | z_{l+1}) a diagonal Gaussian whose mean and log-variance an MLP computes.
-Two options give the two-layer HVAE of Tomczak & Welling (2018): a decoder of every layer,
-p(x | z₁, …, z_L) (``decoder_layers = "all"``), and the VampPrior on top, p(z_L) =
-(1/K) Σ_k q(z_L | u_k) over learned pseudo-inputs u_k (``prior = "vamp"``, top-down only).
-They infer differently, each factor a posterior family of its own (``gaussian``,
-``collapsed`` with its own σ₀, or ``deterministic``):
+Layers are numbered from the data up, z₁ next to x and z_L on top. Every design generates
+from the top down, p(x, z₁, …, z_L) = p(x | z) · Π_{l<L} p(z_l | z_{>l}) · p(z_L), with
+p(z_L) = N(0, I) or the VampPrior of Tomczak & Welling (2018), p(z_L) = (1/K) Σ_k
+q(z_L | u_k) over learned pseudo-inputs u_k (``prior = "vamp"``, for designs whose
+q(z_L | ·) reads x alone). Each posterior factor is a family of its own (``gaussian``,
+``collapsed`` with its own σ₀, or ``deterministic``).
 
-* ``BottomUpVAE``: q(z₁, …, z_L | x) = q(z₁|x) · Π_{l>1} q(z_l | z_{l−1}). The layer-l inference
-  net and the generative net into layer l−1 have the same widths (Burda et al.'s two-layer
-  MNIST model: x → 200 → 200 → z₁ (100) → 100 → 100 → z₂ (50), tanh, and the mirror image
-  down). One layer is ``cvae.models.vae.VAE`` with an MLP: the same parameter names, hence
-  the same initial parameters from a key (``cvae.models.vae.init_params`` initialises both),
-  and the same ELBO, bit for bit.
-* ``TopDownVAE``: q(z₁, …, z_L | x) = q(z_L | x) · Π_{l<L} q(z_l | z_{l+1}, x). A deterministic
-  bottom-up pass computes features h₁ = f₁(x), h_l = f_l(h_{l−1}) (layer l's widths); the
-  top posterior reads h_L, and going down, q(z_l | z_{l+1}, x) reads [h_l, z_{l+1}] — the
-  features of x at that depth and the sample the generative path has just conditioned
-  p(z_l | z_{l+1}) on. Inference thus draws the layers in the order the model generates
-  them, and each layer's KL compares two Gaussians given the same z_{l+1}: it is in closed
-  form, per dimension.
+``Hierarchy`` holds that shared part, written once:
 
-The bounds, for samples z ~ q drawn ancestrally in inference order (they need every
-layer's density: a ``deterministic`` layer, a point mass, makes them raise, as for ``VAE``):
+* the **generative walk** (``_walk``): from z_L, for each lower layer l, a context s̃_l
+  (``_expand``), p(z_l | z_{>l})'s mean and log-variance read from it (``_conditional``),
+  the layer's code z_l (chosen by the caller: a draw from p or from q, a mean, a given
+  code), and the context with z_l written in (``_write``). Sampling, ``descend``, the
+  conditionals of given codes and decoding all are walks;
+* **top-down inference** (the ladder VAE's order, Sønderby et al., 2016, combined as in
+  VDVAE, Child, 2021): a bottom-up pass gives features h₁ … h_L (``_features``), q(z_L | x)
+  reads h_L and, walking down, q(z_l | z_{>l}, x) reads h_l with the context the
+  generative path has just conditioned p(z_l | z_{>l}) on (``_factor``): inference draws the
+  layers in the order the model generates them, and each lower layer's KL compares two
+  Gaussians of the same context, in closed form per dimension;
+* the code's layout, the top prior, and the model protocol (``cvae.models.protocol``).
 
-* log w = log p(x|z) + Σ_{l<L} log p(z_l | z_{l+1}) + log p(z_L) − Σ_l log q(z_l | ·);
-  the ELBO is E_q[log w], the IWAE bound E[log (1/k) Σ_i w_i], the importance-sampled
-  log-likelihood the same with large k;
-* per layer, the ELBO's KL terms: KL_L = KL(q(z_L | ·) ‖ N(0, I)) in closed form (under a
-  VampPrior the one-sample log q(z_L | x) − log p(z_L)); for l < L,
-  top-down, KL(q(z_l | z_{l+1}, x) ‖ p(z_l | z_{l+1})) in closed form at the sampled z_{l+1};
-  bottom-up, the one-sample estimate log q(z_l | z_{l−1}) − log p(z_l | z_{l+1}) (z_{l+1} is
-  drawn from z_l, so no closed form applies). ELBO = log p(x|z) − Σ_l KL_l.
+A design supplies its nets and those hooks: ``cvae.models.mlp_hierarchy`` (MLPs between
+vectors; bottom-up inference too, Burda et al., 2015) and ``cvae.models.residual_hierarchy``
+(a pyramid of residual conv blocks with a top-down state). Their bounds — the ELBO with a
+KL term per layer and the importance weights of joint draws — are the "layered" formulas
+of ``cvae.models.objectives``; a deterministic layer (a point mass) makes them raise, as it
+does for ``VAE``.
 
-A third design, on residual conv blocks with a top-down state that every layer writes
-into, is ``cvae.models.residual_hierarchy.ResidualTopDownVAE``.
-
-To the rest of cvae a hierarchy (any design, a ``Hierarchy``) looks like a ``VAE``
-whose *code* is every layer's latents concatenated, z₁ first: ``encode`` gives the mean
-path's posterior over it, ``decode`` reads z₁, ``sample_prior`` draws every layer from the
-top down, ``descend`` regenerates the layers below a given one. ``vae.build_model`` builds
-one from a config's ``model.upper_*`` fields and ``model.inference``
-(``layers_from_config``); ``objectives`` and ``evaluation.metrics`` hand its bounds to
-``elbo_loss``, ``iwae_loss`` and ``log_importance_weights`` here.
+To the rest of cvae a hierarchy's *code* is every layer's latents concatenated, z₁ first:
+``encode`` gives the mean path's posterior over it, ``decode`` reads it, ``sample_prior``
+draws every layer from the top down, ``descend`` regenerates the layers below a given one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cvae.models import nets, posteriors
+from cvae.models import nets, objectives, posteriors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,20 +99,21 @@ def refuse_labels(labels) -> None:
         raise ValueError("labels were given to a hierarchy, which is unconditional")
 
 
-def _as_image(z):
-    """Latents (…, d) as 1×1×d images, the input ``nets.MLPEncoder`` flattens: the nets
-    between layers are the image encoder's MLP (trunk, mean and log-variance heads)."""
-    return z[..., None, None, :]
+# A walk's choice of each lower layer's code: (0-based layer, context, p's (mean, log_var))
+# → z_l.
+Pick = Callable[[int, Any, tuple], jax.Array]
 
 
 class Hierarchy(nn.Module):
-    """What both designs share: the generative path, the code's layout, and the interface of
-    ``VAE`` (see the module docstring). Subclasses build their inference nets in ``setup``
-    (after ``_setup_generative``) and define ``infer`` and ``encode``.
+    """The generative walk, top-down inference, the code's layout and the model protocol,
+    shared by every design (see the module docstring). A design builds its nets in
+    ``setup`` and defines the walk's hooks (``_top_state``, ``_expand``, ``_conditional``,
+    ``_write``, ``_decode_walk``), ``decode``, and the inference hooks ``_features`` and
+    ``_factor`` (or, inferring otherwise, ``_infer_walk`` and ``_mean_path``).
 
     Attributes:
       layers: the stochastic layers, z₁ (next to x) first.
-      likelihood: p(x|z₁) (``cvae.models.likelihoods``).
+      likelihood: p(x|z) (``cvae.models.likelihoods``).
       event_shape: (H, W, C) of the images.
       activation: the nets' nonlinearity (Burda et al.: tanh; Tomczak & Welling: gated).
       prior: p(z_L): "standard", N(0, I), or "vamp", the VampPrior (1/K) Σ_k q(z_L | u_k) over
@@ -143,41 +130,12 @@ class Hierarchy(nn.Module):
     prior: str = "standard"
     num_pseudo_inputs: int = 0
     decoder_layers: str = "bottom"
-    # Whether q(z_l | ·) and p(z_l | z_{l+1}) condition on the same z_{l+1} for l < L, so that
+    # Whether q(z_l | ·) and p(z_l | z_{>l}) condition on the same context for l < L, so that
     # their KL is in closed form (top-down), or not (bottom-up: a one-sample estimate).
-    closed_form_layer_kls = False
+    closed_form_layer_kls = True
+    bound_family = "layered"  # the layered formulas of cvae.models.objectives
 
-    def _setup_pseudo_inputs(self):
-        """A VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel as in ``VAE``."""
-        if self.prior == "vamp":
-            self.pseudo_inputs = self.param(
-                "pseudo_inputs",
-                lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
-                (self.num_pseudo_inputs,) + tuple(self.event_shape),
-            )
-
-    def _setup_generative(self):
-        """The generative nets: ``decoder`` (z₁ or the whole code → x, named as in ``VAE``)
-        and ``down_l`` (z_l → the mean and log-variance of z_{l−1}) for l = 2 … L; and a
-        VampPrior's pseudo-inputs (``_setup_pseudo_inputs``)."""
-        self._setup_pseudo_inputs()
-        first = self.layers[0]
-        self.decoder = nets.MLPDecoder(
-            tuple(reversed(first.widths)),
-            self.likelihood.param_shape(tuple(self.event_shape)),
-            self.activation,
-        )
-        self.down = [
-            nets.MLPEncoder(
-                tuple(reversed(layer.widths)),
-                self.layers[i - 1].latent_dim,
-                True,
-                self.activation,
-                name=f"down_{i + 1}",
-            )
-            for i, layer in enumerate(self.layers)
-            if i > 0
-        ]
+    # ------------------------------------------------------------ the code and the protocol
 
     @property
     def num_classes(self) -> int:
@@ -205,10 +163,12 @@ class Hierarchy(nn.Module):
                 return family
         return "gaussian"
 
-    def _posterior(self, i: int, mean, log_var) -> posteriors.Posterior:
-        layer = self.layers[i]
-        return posteriors.make_posterior(layer.posterior, mean, log_var, layer.sigma0)
+    @nn.nowrap
+    def check_labels(self, labels) -> None:
+        """Raises ValueError unless ``labels`` is None (``refuse_labels``)."""
+        refuse_labels(labels)
 
+    @nn.nowrap
     def split_code(self, z) -> list:
         """A code (…, d₁ + … + d_L) as its layers' parts, z₁ first.
 
@@ -221,48 +181,76 @@ class Hierarchy(nn.Module):
         bounds = [sum(self.layer_dims[:i]) for i in range(1, len(self.layers))]
         return jnp.split(z, bounds, axis=-1)
 
-    def infer(self, x, key, num_samples: int | None = None):
-        """Draws z₁, …, z_L ~ q(·|x) in the design's order (overridden by each design).
+    @nn.nowrap
+    def with_sigma0s(self, sigma0s) -> Hierarchy:
+        """The model with layer l's σ₀ set to ``sigma0s[l]`` (numbers or traced values: a
+        population member's per-layer σ₀).
 
         Args:
+          sigma0s: one σ₀ per layer, z₁'s first.
+
+        Returns:
+          The model (a clone; parameters are unchanged).
+        """
+        layers = tuple(
+            dataclasses.replace(layer, sigma0=s)
+            for layer, s in zip(self.layers, sigma0s, strict=True)
+        )
+        return self.clone(layers=layers)
+
+    @nn.nowrap
+    def elbo_terms(self, params, x, key, labels=None) -> dict:
+        """Per-example ELBO terms with one joint draw (``objectives.elbo_terms``).
+
+        Args:
+          params: the parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draw.
+          labels: must be None.
+
+        Returns:
+          "recon", "kl_1" … "kl_L", "kl" and "elbo", each (B,).
+        """
+        return objectives.elbo_terms(self, params, x, key, labels)
+
+    @nn.nowrap
+    def log_importance_weights(self, params, x, key, k: int | None, labels=None):
+        """log w = log p(x, z₁…z_L) − log q(z₁…z_L | x) for k joint draws per example.
+
+        Args:
+          params: the parameters.
           x: images in [0, 1], (B, H, W, C).
           key: the PRNG key of the draws.
-          num_samples: joint draws per example; None for one, without the leading axis.
+          k: draws per example; None for one, without the leading axis.
+          labels: must be None.
 
         Returns:
-          (posteriors, zs): per layer its posterior factor and its draw, z₁ first; each z
-          is (B, d_l) or (num_samples, B, d_l).
+          (k, B) log-weights ((B,) for k = None).
         """
-        raise NotImplementedError
+        return objectives.log_importance_weights(self, params, x, key, k, labels)
 
-    def _mean_path(self, x) -> list:
-        """Every layer's posterior factor along the mean path (each conditioned on the mean
-        of the layer it reads, not a draw), z₁ first (defined by each design)."""
-        raise NotImplementedError
+    def _posterior(self, i: int, mean, log_var) -> posteriors.Posterior:
+        layer = self.layers[i]
+        return posteriors.make_posterior(layer.posterior, mean, log_var, layer.sigma0)
 
-    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
-        """Every layer's posterior along the mean path, as one posterior over the code: what
-        reconstructions, active units and the ex-post densities read. (The bounds draw each
-        layer given the draw it conditions on: ``infer``.)
+    def _check_whole_code(self, z) -> None:
+        """Raises ValueError unless ``z`` holds whole codes (a decoder of every layer)."""
+        if z.shape[-1] != self.code_dim:
+            raise ValueError(
+                f"this model decodes whole codes of {self.code_dim} numbers (every layer, "
+                f"z₁ first); got {z.shape[-1]}"
+            )
 
-        Args:
-          x: images in [0, 1], (B, H, W, C).
-          labels: must be None (a hierarchy is unconditional).
-          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
+    # ------------------------------------------------------------------------ the top prior
 
-        Returns:
-          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
-          deterministic).
-        """
-        del train
-        refuse_labels(labels)
-        nets.check_image_batch(x, self.event_shape)
-        found = self._mean_path(x)
-        mean = jnp.concatenate([p.mean for p in found], axis=-1)
-        log_vars = [p.log_var for p in found if p.log_var is not None]
-        if len(log_vars) < len(found):
-            return posteriors.DeterministicPosterior(mean)
-        return posteriors.GaussianPosterior(mean, jnp.concatenate(log_vars, axis=-1))
+    def _setup_pseudo_inputs(self):
+        """A VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel as in ``VAE``."""
+        if self.prior == "vamp":
+            self.pseudo_inputs = self.param(
+                "pseudo_inputs",
+                lambda key, shape: 0.05 + 0.01 * jax.random.normal(key, shape),
+                (self.num_pseudo_inputs,) + tuple(self.event_shape),
+            )
 
     def pseudo_posterior(self) -> posteriors.Posterior:
         """q(z_L | u_k) for a VampPrior's K pseudo-inputs (clipped to [0, 1]): the top factor
@@ -274,17 +262,6 @@ class Hierarchy(nn.Module):
         u = jnp.clip(self.pseudo_inputs, 0.0, 1.0)
         top = len(self.layers) - 1
         return self._factor(top, self._features(u)[top], None)
-
-    def _features(self, x) -> list:
-        """h₁ … h_L, the bottom-up pass over x: defined by the designs whose q(z_L | ·) reads
-        x alone (top-down), the only ones a VampPrior's pseudo-inputs can be encoded by."""
-        name = type(self).__name__
-        raise NotImplementedError(f"a VampPrior needs top-down inference, not {name}")
-
-    def _factor(self, i: int, h, above) -> posteriors.Posterior:
-        """Layer i's (0-based) posterior factor from its features h and what the design reads
-        from above (None for the top layer); defined with ``_features``."""
-        raise NotImplementedError(f"{type(self).__name__} has no per-layer posterior factors")
 
     def top_log_prob(self, z):
         """log p(z_L): N(0, I), or the VampPrior log (1/K) Σ_k q(z_L | u_k).
@@ -311,8 +288,52 @@ class Hierarchy(nn.Module):
         chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], self.pseudo_posterior())
         return chosen.sample(draw_key)
 
+    # ------------------------------------------------------------------- the generative walk
+
+    def _top_state(self, z_top):
+        """The walk's state after z_L (defined by each design)."""
+        raise NotImplementedError
+
+    def _expand(self, i: int, state):
+        """Layer i's (0-based) context s̃_i from the state above it (defined by each design)."""
+        raise NotImplementedError
+
+    def _conditional(self, i: int, context) -> tuple:
+        """p(z_i | z_{>i})'s (mean, log-variance) read from the context (each design's)."""
+        raise NotImplementedError
+
+    def _write(self, i: int, context, z):
+        """The state with layer i's code written into its context (defined by each design)."""
+        raise NotImplementedError
+
+    def _decode_walk(self, zs, state):
+        """p(x | ·)'s parameters from a walk's codes and final state (each design's)."""
+        raise NotImplementedError
+
+    def _walk(self, z_top, pick: Pick):
+        """The generative walk from z_L: for each lower layer l, its context s̃_l,
+        p(z_l | z_{>l})'s parameters from it, and z_l = ``pick(l − 1, s̃_l, (mean, log_var))``
+        written into the state.
+
+        Returns:
+          (zs, conditionals, state): the layers' codes z₁ first, the L − 1 conditionals'
+          (mean, log_var) layer 1 first, and the final state (what a decoder of it reads).
+        """
+        top = len(self.layers) - 1
+        state = self._top_state(z_top)
+        zs: list = [z_top]
+        conditionals: list = []
+        for i in range(top - 1, -1, -1):
+            context = self._expand(i, state)
+            conditional = self._conditional(i, context)
+            z = pick(i, context, conditional)
+            state = self._write(i, context, z)
+            zs.insert(0, z)
+            conditionals.insert(0, conditional)
+        return zs, conditionals, state
+
     def conditionals(self, zs):
-        """p(z_l | z_{l+1})'s (mean, log-variance) for l = 1 … L−1, given draws z₁ … z_L.
+        """p(z_l | z_{>l})'s (mean, log-variance) for l = 1 … L−1, given draws z₁ … z_L.
 
         Args:
           zs: per-layer draws, z₁ first.
@@ -320,10 +341,10 @@ class Hierarchy(nn.Module):
         Returns:
           A list of L − 1 (mean, log_var) pairs, layer 1 first.
         """
-        return [self.down[i - 1](_as_image(zs[i])) for i in range(1, len(self.layers))]
+        return self._walk(zs[-1], lambda i, context, conditional: zs[i])[1]
 
     def generative_log_probs(self, zs):
-        """log p(z_l | z_{l+1}) for l < L, then log p(z_L), for draws z₁ … z_L.
+        """log p(z_l | z_{>l}) for l < L, then log p(z_L), for draws z₁ … z_L.
 
         Args:
           zs: per-layer draws, z₁ first.
@@ -331,79 +352,29 @@ class Hierarchy(nn.Module):
         Returns:
           A list of L arrays of log-densities, layer 1 first.
         """
-        return _generative_log_probs(zs, self.conditionals(zs), self.top_log_prob(zs[-1]))
-
-    def decode(self, z, labels=None, *, train: bool = False):
-        """p(x|z₁)'s parameters for codes z (or for z₁ alone: the decoder reads z's first d₁
-        entries); with ``decoder_layers = "all"``, p(x|z₁, …, z_L)'s for whole codes.
-
-        Args:
-          z: codes (…, d₁ + … + d_L), or bottom-layer latents (…, d₁).
-          labels: must be None (a hierarchy is unconditional).
-          train: unused (no dropout); kept for ``VAE.decode``'s signature.
-
-        Returns:
-          The likelihood's parameters, (…, *param_shape).
-
-        Raises:
-          ValueError: a decoder of every layer given less than a whole code.
-        """
-        del train
-        refuse_labels(labels)
-        if self.decoder_layers == "all":
-            self._check_whole_code(z)
-            return self.decoder(z)
-        return self.decoder(z[..., : self.layer_dims[0]])
-
-    def _check_whole_code(self, z) -> None:
-        """Raises ValueError unless ``z`` holds whole codes (a decoder of every layer)."""
-        if z.shape[-1] != self.code_dim:
-            raise ValueError(
-                f"this model decodes whole codes of {self.code_dim} numbers (every layer, "
-                f"z₁ first); got {z.shape[-1]}"
-            )
+        return objectives.elbo.generative_log_probs(
+            zs, self.conditionals(zs), self.top_log_prob(zs[-1])
+        )
 
     def sample_layers(self, key, num_samples: int):
-        """z_L ~ N(0, I), then z_l ~ p(z_l | z_{l+1}) down to z₁.
+        """z_L ~ p(z_L), then z_l ~ p(z_l | z_{>l}) down to z₁.
 
         Args:
-          key: the PRNG key of z_L's draw (as ``VAE.sample_prior``'s); each lower layer
-            draws with ``fold_in(key, j)``, j = 1, 2, … going down.
+          key: the PRNG key of z_L's draw (as ``VAE.sample_prior``'s); the layer j below the
+            top (j = 1 for z_{L−1}) draws with ``fold_in(key, j)``.
           num_samples: how many.
 
         Returns:
           The per-layer draws, z₁ first, each (num_samples, d_l).
         """
         top = len(self.layers) - 1
-        zs = [self._draw_top(key, num_samples)]
-        for i in range(top, 0, -1):  # layer i − 1 (0-based) from layer i
-            mean, log_var = self.down[i - 1](_as_image(zs[0]))
-            noise = jax.random.normal(jax.random.fold_in(key, top - i + 1), mean.shape)
-            zs.insert(0, mean + jnp.exp(0.5 * log_var) * noise)
-        return zs
 
-    def descend(self, code, layer: int, key=None):
-        """The code with the layers below ``layer`` regenerated from it: z_{l−1} from
-        p(z_{l−1} | z_l), and so on down to z₁ — each the conditional mean, or with ``key`` a
-        draw (layer j below from ``fold_in(key, j)``). What a traversal of an upper layer
-        decodes: the layers under it follow the changed code.
+        def draw(i, context, conditional):
+            mean, log_var = conditional
+            noise = jax.random.normal(jax.random.fold_in(key, top - i), mean.shape, mean.dtype)
+            return mean + jnp.exp(0.5 * log_var) * noise
 
-        Args:
-          code: codes (…, d₁ + … + d_L); the entries of layers below ``layer`` are replaced.
-          layer: the layer (1 = next to x) the regeneration starts from.
-          key: None for the conditional means; else the PRNG key of the draws.
-
-        Returns:
-          The codes, (…, d₁ + … + d_L).
-        """
-        parts = self.split_code(code)
-        for i in range(layer - 1, 0, -1):  # 1-based layer i from layer i + 1
-            mean, log_var = self.down[i - 1](_as_image(parts[i]))
-            if key is not None:
-                noise = jax.random.normal(jax.random.fold_in(key, i), mean.shape, mean.dtype)
-                mean = mean + jnp.exp(0.5 * log_var) * noise
-            parts[i - 1] = mean
-        return jnp.concatenate(parts, axis=-1)
+        return self._walk(self._draw_top(key, num_samples), draw)[0]
 
     def sample_prior(self, key, num_samples: int):
         """Codes drawn ancestrally from the top down (``sample_layers``), concatenated:
@@ -418,352 +389,124 @@ class Hierarchy(nn.Module):
         """
         return jnp.concatenate(self.sample_layers(key, num_samples), axis=-1)
 
+    def descend(self, code, layer: int, key=None):
+        """The code with the layers below ``layer`` regenerated from those at and above it:
+        each p(z_j | z_{>j})'s mean, or with ``key`` a draw (1-based layer j from
+        ``fold_in(key, j)``). What a traversal of an upper layer decodes: the layers under it
+        follow the changed code.
+
+        Args:
+          code: codes (…, d₁ + … + d_L); the entries of layers below ``layer`` are replaced.
+          layer: the lowest layer (1 = next to x) kept.
+          key: None for the conditional means; else the PRNG key of the draws.
+
+        Returns:
+          The codes, (…, d₁ + … + d_L).
+        """
+        parts = self.split_code(code)
+
+        def regenerate(i, context, conditional):
+            if i >= layer - 1:
+                return parts[i]
+            mean, log_var = conditional
+            if key is None:
+                return mean
+            noise = jax.random.normal(jax.random.fold_in(key, i + 1), mean.shape, mean.dtype)
+            return mean + jnp.exp(0.5 * log_var) * noise
+
+        return jnp.concatenate(self._walk(parts[-1], regenerate)[0], axis=-1)
+
+    # ----------------------------------------------------------------------------- inference
+
+    def _features(self, x) -> list:
+        """h₁ … h_L, the bottom-up pass over x: defined by the designs whose q(z_L | ·) reads
+        x alone (top-down), the only ones a VampPrior's pseudo-inputs can be encoded by."""
+        name = type(self).__name__
+        raise NotImplementedError(f"a VampPrior needs top-down inference, not {name}")
+
+    def _factor(self, i: int, h, context) -> posteriors.Posterior:
+        """Layer i's (0-based) posterior factor from its features h and the walk's context
+        (None for the top layer); defined with ``_features``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer posterior factors")
+
+    def _infer_walk(self, x, key, num_samples):
+        """Top-down inference: z_L ~ q(z_L|x), then z_l ~ q(z_l | z_{>l}, x) down to z₁ along
+        the generative walk (layer l draws with ``fold_in(key, l − 1)``).
+
+        Returns:
+          (posteriors, zs, conditionals, state): per layer its factor and draw, z₁ first, and
+          the walk's conditionals and final state.
+        """
+        h = self._features(x)
+        top = len(self.layers) - 1
+        found = [self._factor(top, h[top], None)]
+
+        def draw(i, context, conditional):
+            del conditional
+            found.insert(0, self._factor(i, h[i], context))
+            return found[0].sample(jax.random.fold_in(key, i))
+
+        z_top = found[0].sample(jax.random.fold_in(key, top), num_samples)
+        zs, conditionals, state = self._walk(z_top, draw)
+        return found, zs, conditionals, state
+
+    def _mean_path(self, x) -> list:
+        """Every layer's posterior factor along the mean path, z₁ first: top-down, layer l's
+        factor is q(z_l | μ_{>l}, x), the walk conditioned on the means above."""
+        h = self._features(x)
+        top = len(self.layers) - 1
+        found = [self._factor(top, h[top], None)]
+
+        def mean(i, context, conditional):
+            del conditional
+            found.insert(0, self._factor(i, h[i], context))
+            return found[0].mean
+
+        self._walk(found[0].mean, mean)
+        return found
+
+    def infer(self, x, key, num_samples: int | None = None):
+        """Draws z₁, …, z_L ~ q(·|x) in the design's order.
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draws.
+          num_samples: joint draws per example; None for one, without the leading axis.
+
+        Returns:
+          (posteriors, zs): per layer its posterior factor and its draw, z₁ first; each z
+          is (B, d_l) or (num_samples, B, d_l).
+        """
+        found, zs, _, _ = self._infer_walk(x, key, num_samples)
+        return found, zs
+
+    def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
+        """Every layer's posterior along the mean path, as one posterior over the code: what
+        reconstructions, active units and the ex-post densities read. (The bounds draw each
+        layer given the draw it conditions on: ``infer``.)
+
+        Args:
+          x: images in [0, 1], (B, H, W, C).
+          labels: must be None (a hierarchy is unconditional).
+          train: unused (a hierarchy has no dropout); kept for ``VAE.encode``'s signature.
+
+        Returns:
+          A diagonal Gaussian over the (B, d₁ + … + d_L) codes (a point mass if a layer is
+          deterministic).
+        """
+        del train
+        refuse_labels(labels)
+        nets.check_image_batch(x, self.event_shape)
+        found = self._mean_path(x)
+        mean = jnp.concatenate([p.mean for p in found], axis=-1)
+        log_vars = [p.log_var for p in found if p.log_var is not None]
+        if len(log_vars) < len(found):
+            return posteriors.DeterministicPosterior(mean)
+        return posteriors.GaussianPosterior(mean, jnp.concatenate(log_vars, axis=-1))
+
     def __call__(self, x, key, num_samples: int | None = None):
         """One joint draw per example (or ``num_samples``) and what the bounds need:
-        (posteriors, zs, p(x|z)'s parameters, ``conditionals(zs)``, log p(z_L))."""
-        found, zs = self.infer(x, key, num_samples)
-        code = zs[0] if self.decoder_layers == "bottom" else jnp.concatenate(zs, axis=-1)
-        return found, zs, self.decode(code), self.conditionals(zs), self.top_log_prob(zs[-1])
-
-
-class BottomUpVAE(Hierarchy):
-    """Stochastic layers with bottom-up inference q(z₁|x) Π q(z_l | z_{l−1}); see the module
-    docstring (attributes: ``Hierarchy``'s)."""
-
-    def setup(self):
-        """The nets: ``encoder`` (x → z₁) and ``decoder`` (z₁ → x) named as in ``VAE``, then
-        ``up_l`` (z_{l−1} → z_l) and ``down_l`` (z_l → z_{l−1}) for l = 2 … L."""
-        first = self.layers[0]
-        self.encoder = nets.MLPEncoder(
-            first.widths,
-            first.latent_dim,
-            posteriors.has_variance_head(first.posterior),
-            self.activation,
-        )
-        self._setup_generative()
-        self.up = [
-            nets.MLPEncoder(
-                layer.widths,
-                layer.latent_dim,
-                posteriors.has_variance_head(layer.posterior),
-                self.activation,
-                name=f"up_{i + 1}",
-            )
-            for i, layer in enumerate(self.layers)
-            if i > 0
-        ]
-
-    def infer(self, x, key, num_samples: int | None = None):
-        """Draws z₁, …, z_L ~ q(·|x) from the bottom up.
-
-        Args:
-          x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of z₁'s draw; layer l > 1 draws with ``fold_in(key, l − 1)``.
-          num_samples: joint draws per example; None for one, without the leading axis.
-
-        Returns:
-          (posteriors, zs): per layer q(z_l | z_{l−1}) and its draw, z₁ first; each z is
-          (B, d_l) or (num_samples, B, d_l).
-        """
-        found = [self._posterior(0, *self.encoder(x))]
-        zs = [found[0].sample(key, num_samples)]  # z₁ with the key itself, as in VAE
-        for i in range(1, len(self.layers)):
-            found.append(self._posterior(i, *self.up[i - 1](_as_image(zs[-1]))))
-            zs.append(found[-1].sample(jax.random.fold_in(key, i)))
-        return found, zs
-
-    def _mean_path(self, x) -> list:
-        """Layer l's factor is q(z_l | μ_{l−1}), its input the mean of the layer below
-        (μ₀ = x): the code's mean is (μ₁(x), μ₂(μ₁(x)), …)."""
-        found = [self._posterior(0, *self.encoder(x))]
-        for i, net in enumerate(self.up, start=1):
-            found.append(self._posterior(i, *net(_as_image(found[-1].mean))))
-        return found
-
-
-class TopDownVAE(Hierarchy):
-    """Stochastic layers with top-down inference q(z_L|x) Π q(z_l | z_{l+1}, x), sharing the
-    generative order; see the module docstring (attributes: ``Hierarchy``'s)."""
-
-    closed_form_layer_kls = True
-
-    def setup(self):
-        """The nets: ``trunk_l`` (the bottom-up pass h_{l−1} → h_l, h₀ = x, layer l's
-        widths), ``posterior_L`` (h_L → z_L's posterior heads), ``posterior_l`` for l < L
-        ([h_l, z_{l+1}] → z_l's heads, through one hidden layer as wide as h_l), then the
-        generative ``decoder`` and ``down_l``."""
-        self.trunks = [
-            nets.MLPStack(layer.widths, self.activation, name=f"trunk_{i + 1}")
-            for i, layer in enumerate(self.layers)
-        ]
-        top = len(self.layers) - 1
-        self.heads = [
-            nets.MLPEncoder(
-                () if i == top else (layer.widths[-1],),
-                layer.latent_dim,
-                posteriors.has_variance_head(layer.posterior),
-                self.activation,
-                name=f"posterior_{i + 1}",
-            )
-            for i, layer in enumerate(self.layers)
-        ]
-        self._setup_generative()
-
-    def _features(self, x):
-        """h₁ … h_L, the bottom-up pass over x (flattened)."""
-        h = [self.trunks[0](x.reshape(x.shape[:-3] + (-1,)))]
-        for trunk in self.trunks[1:]:
-            h.append(trunk(h[-1]))
-        return h
-
-    def _factor(self, i: int, h, z_above):
-        """Layer i's (0-based) posterior factor from its features and the code above it
-        (None for the top layer)."""
-        if z_above is None:
-            return self._posterior(i, *self.heads[i](_as_image(h)))
-        h = jnp.broadcast_to(h, z_above.shape[:-1] + h.shape[-1:])  # sample axes of z
-        return self._posterior(i, *self.heads[i](_as_image(jnp.concatenate([h, z_above], -1))))
-
-    def infer(self, x, key, num_samples: int | None = None):
-        """Draws z_L ~ q(z_L|x), then z_l ~ q(z_l | z_{l+1}, x) down to z₁.
-
-        Args:
-          x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of the draws; layer l draws with ``fold_in(key, l − 1)`` (z₁
-            with ``fold_in(key, 0)``).
-          num_samples: joint draws per example; None for one, without the leading axis.
-
-        Returns:
-          (posteriors, zs): per layer q(z_l | z_{l+1}, x) and its draw, z₁ first; each z is
-          (B, d_l) or (num_samples, B, d_l).
-        """
-        h = self._features(x)
-        top = len(self.layers) - 1
-        found = [self._factor(top, h[top], None)]
-        zs = [found[0].sample(jax.random.fold_in(key, top), num_samples)]
-        for i in range(top - 1, -1, -1):
-            found.insert(0, self._factor(i, h[i], zs[0]))
-            zs.insert(0, found[0].sample(jax.random.fold_in(key, i)))
-        return found, zs
-
-    def _mean_path(self, x) -> list:
-        """Layer l's factor is q(z_l | μ_{l+1}, x), its input the mean of the layer above: the
-        code's mean is (μ₁, …, μ_L) with μ_L = μ_L(x)."""
-        h = self._features(x)
-        top = len(self.layers) - 1
-        found = [self._factor(top, h[top], None)]
-        for i in range(top - 1, -1, -1):
-            found.insert(0, self._factor(i, h[i], found[0].mean))
-        return found
-
-
-def _generative_log_probs(zs, conditionals, top_log_prob):
-    """log p(z_l | z_{l+1}) for l < L (from the conditionals' parameters), then log p(z_L)."""
-    terms = [
-        posteriors.diag_normal_log_prob(z, *params)
-        for z, params in zip(zs[:-1], conditionals, strict=True)
-    ]
-    return terms + [top_log_prob]
-
-
-def _elbo_parts(model: Hierarchy, params, x, key):
-    """(log p(x|z), the KL terms of layers 1 … L) for one joint draw: a layer's term is its
-    closed-form KL per dimension, (B, d_l), where it has one (the top layer under N(0, I);
-    every lower layer of a top-down model), else the one-sample estimate log q − log p, (B,)."""
-    found, zs, dec, conditionals, top_log_p = cast(tuple, model.apply({"params": params}, x, key))
-    recon = model.likelihood.log_prob(x, dec)
-    log_p = _generative_log_probs(zs, conditionals, top_log_p)
-    if model.closed_form_layer_kls:
-        parts = [
-            posteriors.diag_normal_kl_per_dim(q.mean, q.log_var, *p)
-            for q, p in zip(found[:-1], conditionals, strict=True)
-        ]
-    else:
-        parts = [found[i].log_prob(zs[i]) - log_p[i] for i in range(len(zs) - 1)]
-    if model.prior == "vamp":  # no closed form against a mixture
-        return recon, [*parts, found[-1].log_prob(zs[-1]) - log_p[-1]]
-    return recon, [*parts, found[-1].kl_per_dim()]
-
-
-def _layer_total(kl):
-    """A layer's KL term per example, (B,), from per-dimension terms or a total."""
-    return jnp.sum(kl, axis=-1) if kl.ndim == 2 else kl
-
-
-def elbo_terms(model: Hierarchy, params, x, key):
-    """Per-example ELBO terms with one joint draw; see the module docstring.
-
-    Args:
-      model: the hierarchy.
-      params: its parameters.
-      x: images in [0, 1], (B, H, W, C).
-      key: the PRNG key of the draw.
-
-    Returns:
-      {"recon": log p(x|z₁), "kl_1" … "kl_L": the per-layer KL terms, "kl": their sum,
-      "elbo": recon − kl}, each (B,).
-    """
-    recon, parts = _elbo_parts(model, params, x, key)
-    kls = [_layer_total(part) for part in parts]
-    terms = {f"kl_{i + 1}": kl for i, kl in enumerate(kls)}
-    kl = sum(kls[1:], kls[0])
-    return {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
-
-
-def elbo_loss(model: Hierarchy, params, x, key, *, labels=None, beta=1.0, free_bits=0.0, **unused):
-    """Negative β-ELBO with one joint draw per example, β and free bits per layer.
-
-    loss = −mean_x log p(x|z₁) + Σ_l β_l · penalty_l. Without free bits penalty_l is layer
-    l's batch-mean KL term. With free bits λ > 0 a layer whose KL is in closed form (the
-    top layer; every layer of a top-down model) pays Σ_j max(λ, mean_x KL_j) over its
-    dimensions (as in ``objectives.elbo_loss``: one layer is the VAE's loss exactly), and a
-    bottom-up lower layer, whose KL is a one-sample estimate with no per-dimension terms,
-    max(λ d_l, mean_x KL_l): the layer is one group of free bits (Kingma et al., 2016,
-    eq. 15 with a group per layer).
-
-    Args:
-      model: the hierarchy.
-      params: its parameters.
-      x: images in [0, 1], (B, H, W, C).
-      key: the PRNG key of the draw.
-      labels: must be None (a hierarchy is unconditional).
-      beta: β_l, the KL weights: one number for every layer, or one per layer, z₁'s first
-        (``objectives.kl_weight`` of each for a warm-up).
-      free_bits: λ, nats per latent dimension (0 = off).
-      **unused: ``objectives.elbo_loss``'s options that a hierarchy does not have (code and
-        gradient penalties, dropout): refused by the config's validation.
-
-    Returns:
-      (loss, terms): the scalar loss and the per-example ``elbo_terms``.
-    """
-    del unused
-    refuse_labels(labels)
-    recon, parts = _elbo_parts(model, params, x, key)
-    kls = [_layer_total(part) for part in parts]
-    floors = [
-        jnp.sum(jnp.maximum(free_bits, jnp.mean(part, axis=0)))
-        if part.ndim == 2
-        else jnp.maximum(free_bits * d, jnp.mean(part))
-        for d, part in zip(model.layer_dims, parts, strict=True)
-    ]
-    betas = _per_layer(beta, len(kls))
-    # Branch-free (free_bits may be traced); λ = 0 selects the plain mean KL.
-    freed = jnp.asarray(free_bits) > 0
-    loss = -jnp.mean(recon)
-    for b, floor, term in zip(betas, floors, kls, strict=True):
-        loss = loss + b * jnp.where(freed, floor, jnp.mean(term))
-    kl = sum(kls[1:], kls[0])
-    terms = {f"kl_{i + 1}": term for i, term in enumerate(kls)}
-    return loss, {"recon": recon, **terms, "kl": kl, "elbo": recon - kl}
-
-
-def _per_layer(beta, depth: int) -> tuple:
-    """β_l for each of ``depth`` layers, z₁'s first: ``beta`` itself if one per layer, else
-    the one number repeated."""
-    return tuple(beta) if isinstance(beta, tuple | list) else (beta,) * depth
-
-
-def _log_weights(model: Hierarchy, params, x, key, k: int | None):
-    """(log p(x|z₁), log w, [log p(z_l|z_{l+1}) − log q(z_l|·)]_l), each (k, B), for k joint
-    draws per example."""
-    found, zs, dec, conditionals, top_log_p = cast(
-        tuple, model.apply({"params": params}, x, key, k)
-    )
-    recon = model.likelihood.log_prob(x, dec)
-    log_w, ratios = recon, []
-    log_p = _generative_log_probs(zs, conditionals, top_log_p)
-    for i, (posterior, z) in enumerate(zip(found, zs, strict=True)):
-        log_q = posterior.log_prob(z)
-        log_w = log_w + log_p[i] - log_q
-        ratios.append(log_p[i] - log_q)
-    return recon, log_w, ratios
-
-
-def log_importance_weights(model: Hierarchy, params, x, key, k: int | None):
-    """log w = log p(x, z₁…z_L) − log q(z₁…z_L | x) for k joint draws per example.
-
-    Args:
-      model: the hierarchy.
-      params: its parameters.
-      x: images in [0, 1], (B, H, W, C).
-      key: the PRNG key of the draws.
-      k: draws per example; None for one, without the leading axis.
-
-    Returns:
-      (k, B) log-weights ((B,) for k = None).
-    """
-    return _log_weights(model, params, x, key, k)[1]
-
-
-def iwae_bound(model: Hierarchy, params, x, key, k: int):
-    """L_k(x) = log (1/k) Σ_i w_i over k joint draws (Burda et al., 2015); with large k the
-    importance-sampled estimate of log p(x).
-
-    Args:
-      model: the hierarchy.
-      params: its parameters.
-      x: images in [0, 1], (B, H, W, C).
-      key: the PRNG key of the draws.
-      k: draws per example.
-
-    Returns:
-      (B,) nats.
-    """
-    log_w = log_importance_weights(model, params, x, key, k)
-    return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
-
-
-def iwae_loss(model: Hierarchy, params, x, key, *, k: int, labels=None, beta=1.0, **unused):
-    """Negative annealed IWAE bound with k joint draws per example (``objectives.iwae_loss``
-    for a hierarchy).
-
-    The loss is −mean_x L_k^β(x), L_k^β = log (1/k) Σ_i exp(log p(x|z₁ⁱ) + Σ_l β_l r_lⁱ) with
-    r_l = log p(z_l|z_{l+1}) − log q(z_l|·) (z_L's p the prior): β_l = 1 for every layer is
-    the IWAE bound L_k itself, bitwise, and k = 1 is the β-ELBO with Monte-Carlo KL terms,
-    so a KL warm-up of β_l carries over to the IWAE bound. The terms report the true bound
-    whatever β: "recon" the k draws' mean log p(x|z₁), "kl" their mean log q − log p(z)
-    (= recon − log w), and "iwae" = L_k.
-
-    Args:
-      model: the hierarchy.
-      params: its parameters.
-      x: images in [0, 1], (B, H, W, C).
-      key: the PRNG key of the draws.
-      k: draws per example.
-      labels: must be None (a hierarchy is unconditional).
-      beta: β_l: one number for every layer, or one per layer, z₁'s first
-        (``objectives.kl_weight`` of each for a warm-up).
-      **unused: the ELBO's other options (free bits), refused by the config's validation.
-
-    Returns:
-      (loss, terms): −mean L_k^β and per-example "recon", "kl", "elbo", "iwae".
-    """
-    del unused
-    refuse_labels(labels)
-    recon_k, log_w, ratios = _log_weights(model, params, x, key, k)
-    annealed = log_w
-    for b, ratio in zip(_per_layer(beta, len(ratios)), ratios, strict=True):
-        # log w − (1 − β_l) r_l rather than recon + Σ β_l r_l: exactly log w when β_l = 1.
-        annealed = annealed - (1.0 - b) * ratio
-    loss = -jnp.mean(jax.nn.logsumexp(annealed, axis=0) - math.log(k))
-    bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
-    recon = jnp.mean(recon_k, axis=0)
-    kl = jnp.mean(recon_k - log_w, axis=0)
-    return loss, {"recon": recon, "kl": kl, "elbo": recon - kl, "iwae": bound}
-
-
-def with_sigma0s(model: Hierarchy, sigma0s) -> Hierarchy:
-    """The model with layer l's σ₀ set to ``sigma0s[l]`` (numbers or traced values: a
-    population member's per-layer σ₀).
-
-    Args:
-      model: the hierarchy.
-      sigma0s: one σ₀ per layer, z₁'s first.
-
-    Returns:
-      The model (a clone; parameters are unchanged).
-    """
-    layers = tuple(
-        dataclasses.replace(layer, sigma0=s) for layer, s in zip(model.layers, sigma0s, strict=True)
-    )
-    return model.clone(layers=layers)
+        (posteriors, zs, p(x|z)'s parameters, ``conditionals(zs)``, log p(z_L)), all from
+        one walk."""
+        found, zs, conditionals, state = self._infer_walk(x, key, num_samples)
+        return found, zs, self._decode_walk(zs, state), conditionals, self.top_log_prob(zs[-1])

@@ -66,7 +66,7 @@ def _with_labels(h: jax.Array, labels_onehot: jax.Array | None) -> jax.Array:
     return jnp.concatenate([h, labels_onehot.astype(h.dtype)], axis=-1)
 
 
-def _gaussian_heads(h, latent_dim: int, variance_head: bool):
+def gaussian_heads(h, latent_dim: int, variance_head: bool):
     """The mean and (when the posterior learns it) log-variance heads of a conv encoder."""
     mean = nn.Dense(latent_dim, name="mean")(h)
     return mean, nn.Dense(latent_dim, name="log_var")(h) if variance_head else None
@@ -82,7 +82,7 @@ def _features_to_heads(h, lead, labels_onehot, encoder, *, train: bool):
     """A conv encoder's tail: its flattened features (with labels), dropout, the heads."""
     h = _with_labels(h.reshape(lead + (-1,)), labels_onehot)
     h = nn.Dropout(encoder.dropout_rate, deterministic=not train)(h)
-    return _gaussian_heads(h, encoder.latent_dim, encoder.variance_head)
+    return gaussian_heads(h, encoder.latent_dim, encoder.variance_head)
 
 
 def _flat_latents(z, labels_onehot):
@@ -91,7 +91,7 @@ def _flat_latents(z, labels_onehot):
     return _with_labels(z, labels_onehot).reshape((-1, z.shape[-1] + extra))
 
 
-def _pixel_params(h, param_shape: tuple[int, ...], lead: tuple[int, ...], kernel: int):
+def pixel_params(h, param_shape: tuple[int, ...], lead: tuple[int, ...], kernel: int):
     """The last convolution of a conv decoder: every likelihood parameter per pixel,
     (B, H, W, C·P) → (*lead, *P, H, W, C) for ``param_shape`` = (*P, H, W, C)."""
     height, width, depth = param_shape[-3:]
@@ -126,6 +126,19 @@ class MLPStack(nn.Module):
         return h
 
 
+def _mlp_heads(net, h, *, train: bool):
+    """An MLP's trunk, then its mean head and (``net.variance_head``) log-variance head, as
+    submodules ``trunk``, ``mean`` and ``log_var`` of ``net`` (``MLPEncoder``,
+    ``GaussianMLP``)."""
+    h = MLPStack(net.widths, net.activation, net.dropout_rate, net.weight_init, name="trunk")(
+        h, train=train
+    )
+    mean = Linear(net.latent_dim, net.weight_init, name="mean")(h)
+    if not net.variance_head:
+        return mean, None
+    return mean, Linear(net.latent_dim, net.weight_init, name="log_var")(h)
+
+
 class MLPEncoder(nn.Module):
     """x (…, H, W, C) → (mean, log_var or None), each (…, latent_dim).
 
@@ -143,13 +156,26 @@ class MLPEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, labels_onehot=None, *, train: bool = False):
         h = _with_labels(x.reshape(x.shape[:-3] + (-1,)), labels_onehot)
-        h = MLPStack(
-            self.widths, self.activation, self.dropout_rate, self.weight_init, name="trunk"
-        )(h, train=train)
-        mean = Linear(self.latent_dim, self.weight_init, name="mean")(h)
-        if not self.variance_head:
-            return mean, None
-        return mean, Linear(self.latent_dim, self.weight_init, name="log_var")(h)
+        return _mlp_heads(self, h, train=train)
+
+
+class GaussianMLP(nn.Module):
+    """A vector (…, d_in) → the (mean, log-variance or None) of a diagonal Gaussian over
+    (…, latent_dim): an MLP of ``widths`` and two heads (the second dropped without
+    ``variance_head``). The nets between a hierarchy's layers: p(z_l | z_{l+1}) and the
+    posterior factors q(z_l | ·) that read vectors. Its parameters are named as
+    ``MLPEncoder``'s (``trunk``, ``mean``, ``log_var``)."""
+
+    widths: Sequence[int]
+    latent_dim: int
+    variance_head: bool = True
+    activation: str = "relu"
+    dropout_rate: float = 0.0
+    weight_init: str = "lecun"
+
+    @nn.compact
+    def __call__(self, h, *, train: bool = False):
+        return _mlp_heads(self, h, train=train)
 
 
 class MLPDecoder(nn.Module):
@@ -196,7 +222,7 @@ class ConvEncoder(nn.Module):
         h = MLPStack((self.dense_width,), self.activation, self.dropout_rate, name="trunk")(
             h, train=train
         )
-        return _gaussian_heads(h, self.latent_dim, self.variance_head)
+        return gaussian_heads(h, self.latent_dim, self.variance_head)
 
 
 class ConvDecoder(nn.Module):
@@ -230,7 +256,7 @@ class ConvDecoder(nn.Module):
                 nn.ConvTranspose(ch, (3, 3), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
             )
         h = h[:, :height, :width, :]
-        return _pixel_params(h, self.param_shape, lead, 3)
+        return pixel_params(h, self.param_shape, lead, 3)
 
 
 # ------------------------------------------------------------------ residual conv nets
@@ -324,121 +350,7 @@ class ResNetDecoder(nn.Module):
             h = nn.Conv(ch, (3, 3), padding="SAME", name=f"up_{i}")(act(h))
             h = ResidualBlock(ch, self.activation, name=f"block_{i}")(h)
         h = act(nn.GroupNorm(8, name="norm_out")(h))
-        return _pixel_params(h, self.param_shape, lead, 3)
-
-
-# ------------------------------------------------ a residual top-down hierarchy's nets
-# ``cvae.models.hierarchy.ResidualTopDownVAE``: its layers' latents are vectors, its
-# deterministic states grids. Every net here takes any leading axes (samples, then the
-# batch) before the grid's H×W×C or the vector's features.
-
-
-def _on_grids(fn: Callable[[jax.Array], jax.Array], grid: jax.Array) -> jax.Array:
-    """``fn`` of a batch N×H×W×C applied to grids with any leading axes (…, H, W, C)."""
-    lead = grid.shape[:-3]
-    out = fn(grid.reshape((-1,) + grid.shape[-3:]))
-    return out.reshape(lead + out.shape[1:])
-
-
-class FeatureStage(nn.Module):
-    """One stage of the bottom-up pass, h_{l−1} → h_l: a residual block at h_{l−1}'s width,
-    then a stride-2 4×4 convolution to ``channels`` (halving H and W); the stage that
-    reads x starts with a 3×3 stem convolution to ``channels`` (as ``ResNetEncoder``)."""
-
-    channels: int
-    activation: str = "relu"
-    stem: bool = False
-
-    @nn.compact
-    def __call__(self, h):
-        act = ACTIVATIONS[self.activation]
-
-        def stage(h):
-            if self.stem:
-                h = nn.Conv(self.channels, (3, 3), padding="SAME", name="stem")(h)
-            h = ResidualBlock(h.shape[-1], self.activation, name="block")(h)
-            return nn.Conv(self.channels, (4, 4), strides=(2, 2), padding="SAME", name="down")(
-                act(h)
-            )
-
-        return _on_grids(stage, h)
-
-
-class GridHeads(nn.Module):
-    """A grid (…, H, W, C) → the (mean, log-variance or None) of a latent vector, each
-    (…, latent_dim): GroupNorm and the activation, flattened, an MLP of ``widths``, then a
-    mean head and (``variance_head``) a log-variance head."""
-
-    widths: Sequence[int]
-    latent_dim: int
-    variance_head: bool = True
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, grid):
-        act = ACTIVATIONS[self.activation]
-        h = _on_grids(lambda g: act(nn.GroupNorm(8, name="norm")(g)), grid)
-        h = h.reshape(grid.shape[:-3] + (-1,))
-        h = MLPStack(self.widths, self.activation, name="trunk")(h)
-        return _gaussian_heads(h, self.latent_dim, self.variance_head)
-
-
-class GridExpand(nn.Module):
-    """A state one level up the pyramid → the next finer grid: nearest-neighbour ×2
-    upsampling, the activation, a 3×3 convolution to ``channels``."""
-
-    channels: int
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, state):
-        act = ACTIVATIONS[self.activation]
-
-        def expand(h):
-            h = jax.image.resize(
-                h, (h.shape[0], h.shape[1] * 2, h.shape[2] * 2, h.shape[3]), "nearest"
-            )
-            return nn.Conv(self.channels, (3, 3), padding="SAME", name="conv")(act(h))
-
-        return _on_grids(expand, state)
-
-
-class GridWrite(nn.Module):
-    """Writes a latent vector into the state: state ← block(state + W z), with W z a dense
-    map laid out on the state's grid ``grid`` = (H, W, C) (on top, where there is no state
-    yet, block(W z))."""
-
-    grid: tuple[int, int, int]
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, state, z):
-        height, width, channels = self.grid
-        written = nn.Dense(height * width * channels, name="write")(z)
-        written = written.reshape(z.shape[:-1] + (height, width, channels))
-        state = written if state is None else state + written
-        return _on_grids(ResidualBlock(channels, self.activation, name="block"), state)
-
-
-class GridDecoder(nn.Module):
-    """The finest state (…, H/2, W/2, C) → p(x|·)'s parameters (…, *param_shape): ×2
-    upsampling, a 3×3 convolution to ``channels``, a residual block, GroupNorm and the
-    activation, and a 3×3 convolution to every likelihood parameter per pixel."""
-
-    channels: int
-    param_shape: tuple[int, ...]
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, state):
-        act = ACTIVATIONS[self.activation]
-        lead = state.shape[:-3]
-        h = state.reshape((-1,) + state.shape[-3:])
-        h = jax.image.resize(h, (h.shape[0], h.shape[1] * 2, h.shape[2] * 2, h.shape[3]), "nearest")
-        h = nn.Conv(self.channels, (3, 3), padding="SAME", name="up")(act(h))
-        h = ResidualBlock(self.channels, self.activation, name="block")(h)
-        h = act(nn.GroupNorm(8, name="norm_out")(h))
-        return _pixel_params(h, self.param_shape, lead, 3)
+        return pixel_params(h, self.param_shape, lead, 3)
 
 
 # ------------------------------------------------------------------ Ghosh et al. (2020)
@@ -490,7 +402,7 @@ class GhoshDecoder(nn.Module):
         for i, ch in enumerate(list(reversed(self.channels))[1:4]):
             h = nn.ConvTranspose(ch, (5, 5), strides=(2, 2), padding="SAME", name=f"deconv_{i}")(h)
             h = act(nn.GroupNorm(min(32, ch), name=f"norm_{i}")(h))
-        return _pixel_params(h, self.param_shape, lead, 5)
+        return pixel_params(h, self.param_shape, lead, 5)
 
 
 def check_image_batch(x, event_shape) -> None:

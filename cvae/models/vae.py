@@ -9,6 +9,10 @@ The prior is N(0, I), or with ``prior = "vamp"`` the VampPrior of Tomczak & Well
 p(z) = (1/K) Σ_k q(z | u_k), the mixture of the encoder's own posteriors at K learnable
 pseudo-inputs u_k (a ``pseudo_inputs`` parameter, clipped to the pixel range [0, 1]).
 ``prior_log_prob(z)`` and ``sample_prior(key, n)`` serve either prior.
+
+``VAE`` answers the model protocol of ``cvae.models.protocol`` as a hierarchy of one layer:
+``layer_dims == (latent_dim,)``, its bounds the "single" formulas of
+``cvae.models.objectives``, its ``descend`` the identity.
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cvae.models import hierarchy, likelihoods, nets, posteriors, residual_hierarchy
+from cvae.models import (
+    hierarchy,
+    likelihoods,
+    mlp_hierarchy,
+    nets,
+    objectives,
+    posteriors,
+    residual_hierarchy,
+)
 from cvae.models.validation import validate_model
 
 
@@ -51,22 +63,95 @@ class VAE(nn.Module):
                 (self.num_pseudo_inputs,) + tuple(self.event_shape),
             )
 
+    # The one-layer formulas of cvae.models.objectives: one posterior over the whole code.
+    bound_family = "single"
+
     @property
     def code_dim(self) -> int:
         """The size of a code z: ``latent_dim``."""
         return self.encoder.latent_dim
 
-    def _onehot(self, labels):
-        if self.num_classes == 0:
-            if labels is not None:
-                raise ValueError(
-                    "labels were given to an unconditional model; set "
-                    "model.conditional=True to train a conditional VAE"
-                )
-            return None
-        if labels is None:
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """(latent_dim,): a one-layer model is a hierarchy of one."""
+        return (self.code_dim,)
+
+    @nn.nowrap
+    def check_labels(self, labels) -> None:
+        """Raises ValueError, saying what to change, if a conditional model gets no labels
+        or an unconditional one gets some.
+
+        Args:
+          labels: what a caller passed as the labels.
+        """
+        if self.num_classes == 0 and labels is not None:
+            raise ValueError(
+                "labels were given to an unconditional model; set "
+                "model.conditional=True to train a conditional VAE"
+            )
+        if self.num_classes > 0 and labels is None:
             raise ValueError(f"this conditional model needs labels in [0, {self.num_classes})")
-        return jax.nn.one_hot(labels, self.num_classes)
+
+    @nn.nowrap
+    def split_code(self, z) -> list:
+        """[z]: the code is the one layer's latents.
+
+        Args:
+          z: codes (…, latent_dim).
+
+        Returns:
+          A list of the one part.
+        """
+        return [z]
+
+    @nn.nowrap
+    def with_sigma0s(self, sigma0s) -> VAE:
+        """The model with σ₀ set to ``sigma0s[0]`` (a number or a traced value).
+
+        Args:
+          sigma0s: one σ₀ (a one-layer model's).
+
+        Returns:
+          The model (a clone; parameters are unchanged).
+        """
+        (sigma0,) = sigma0s
+        return self.clone(sigma0=sigma0)
+
+    @nn.nowrap
+    def elbo_terms(self, params, x, key, labels=None) -> dict:
+        """Per-example ELBO terms with one draw (``objectives.elbo_terms``).
+
+        Args:
+          params: the parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draw.
+          labels: int labels for a conditional model; else None.
+
+        Returns:
+          "recon", "kl_1", "kl" (the same) and "elbo", each (B,).
+        """
+        return objectives.elbo_terms(self, params, x, key, labels)
+
+    @nn.nowrap
+    def log_importance_weights(self, params, x, key, k: int | None, labels=None):
+        """log w = log p(x|z) + log p(z) − log q(z|x) for k draws z ~ q(z|x) per example, all
+        from ``key``.
+
+        Args:
+          params: the parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draws.
+          k: draws per example; None for one, without the leading axis.
+          labels: int labels for a conditional model; else None.
+
+        Returns:
+          (k, B) log-weights ((B,) for k = None).
+        """
+        return objectives.log_importance_weights(self, params, x, key, k, labels)
+
+    def _onehot(self, labels):
+        self.check_labels(labels)
+        return None if self.num_classes == 0 else jax.nn.one_hot(labels, self.num_classes)
 
     def encode(self, x, labels=None, *, train: bool = False) -> posteriors.Posterior:
         """q(z|x) for images in [0, 1], as a posterior object.
@@ -143,6 +228,25 @@ class VAE(nn.Module):
         chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], components)
         return chosen.sample(draw_key)
 
+    def descend(self, code, layer: int, key=None):
+        """The code itself: a one-layer model has no layer below its one (``layer`` = 1).
+
+        Args:
+          code: codes (…, latent_dim).
+          layer: 1.
+          key: unused (nothing is drawn).
+
+        Returns:
+          The codes.
+
+        Raises:
+          ValueError: a layer other than 1.
+        """
+        del key
+        if layer != 1:
+            raise ValueError(f"this model has one stochastic layer; got layer {layer}")
+        return code
+
     def __call__(self, x, key, labels=None, *, train: bool = False, num_samples=None):
         """Returns (posterior, z, likelihood params); z has a leading sample axis if asked."""
         posterior = self.encode(x, labels, train=train)
@@ -158,7 +262,7 @@ def build_model(
     binary_data: bool = False,
 ) -> nn.Module:
     """The VAE a config's ``model`` section describes, for images of a given shape: a ``VAE``,
-    or with ``upper_latent_dims`` a ``cvae.models.hierarchy.BottomUpVAE`` (or ``TopDownVAE``
+    or with ``upper_latent_dims`` a ``cvae.models.mlp_hierarchy.BottomUpVAE`` (or ``TopDownVAE``
     with ``inference = "top_down"``, or with ``arch = "resnet"`` a
     ``cvae.models.residual_hierarchy.ResidualTopDownVAE``).
 
@@ -200,7 +304,9 @@ def build_model(
                 channels=tuple(cfg.conv_channels),
                 **shared,
             )
-        design = hierarchy.TopDownVAE if cfg.inference == "top_down" else hierarchy.BottomUpVAE
+        design = (
+            mlp_hierarchy.TopDownVAE if cfg.inference == "top_down" else mlp_hierarchy.BottomUpVAE
+        )
         return design(layers, likelihood, event_shape, cfg.activation, **shared)
     param_shape = likelihood.param_shape(event_shape)
     variance_head = posteriors.has_variance_head(cfg.posterior)
@@ -284,7 +390,7 @@ def init_params(model: nn.Module, key: jax.Array, batch_size: int = 1):
     fused multiply-add) differ from them, by at most 2 units in the last place.
 
     Args:
-      model: the VAE (or a ``cvae.models.hierarchy.Hierarchy``: any module called as
+      model: any model of ``cvae.models.protocol`` (a module called as
         ``(x, key, labels)`` with ``event_shape`` and ``num_classes``).
       key: the PRNG key of the initialisation.
       batch_size: the dummy batch used to trace the shapes.

@@ -60,7 +60,7 @@ class Setup:
     """Everything the single-run loop needs, built from the config before the first epoch."""
 
     mesh: jax.sharding.Mesh
-    model: nn.Module  # a VAE or a cvae.models.hierarchy.Hierarchy
+    model: nn.Module  # any model of cvae.models.protocol
     state: dict
     programs: steps.TrainPrograms
     train_data: tuple | None  # (images, labels) replicated on the mesh; None when streamed

@@ -24,7 +24,7 @@ import optax
 
 from cvae import config as config_lib
 from cvae import data, parallel
-from cvae.models import hierarchy, objectives
+from cvae.models import objectives
 
 # Fields that may differ between the members of one compiled population (cvae.training.population):
 # they change values, never array shapes or the program's structure, so they enter the
@@ -112,23 +112,19 @@ def make_optimizer(
 def make_objective(model, config, hyper: dict):
     """(params, x, key, labels, beta, dropout_key, train) → (loss, per-example terms).
 
-    ``hyper`` (see ``hyperparameters``) supplies σ₀ (every layer's, for a hierarchy), the
+    ``hyper`` (see ``hyperparameters``) supplies σ₀ (every layer's), the
     free bits, the penalties' weights and λ of WAE-MMD, as Python floats for one run or
     traced numbers for a population member; ``config`` decides which objective, and whether
     the gradient penalty is on."""
-    if isinstance(model, hierarchy.Hierarchy):
-        upper = hyper["upper_sigma0s"]
-        model = hierarchy.with_sigma0s(
-            model, (hyper["sigma0"], *(upper[i] for i in range(len(model.layers) - 1)))
-        )
-    else:
-        model = model.clone(sigma0=hyper["sigma0"])
+    upper = hyper["upper_sigma0s"]
+    depth = len(model.layer_dims)
+    model = model.with_sigma0s((hyper["sigma0"], *(upper[i] for i in range(depth - 1))))
     kind = config.objective.kind
     if kind == "iwae":
         return functools.partial(objectives.iwae_loss, model, k=config.objective.k)
     if kind == "wae_mmd":
         return functools.partial(
-            objectives.wae_mmd_loss, model, mmd_weight=hyper["mmd_weight"], code_l2=hyper["code_l2"]
+            objectives.wae_mmd, model, mmd_weight=hyper["mmd_weight"], code_l2=hyper["code_l2"]
         )
     gradient_penalty = hyper["gradient_penalty"] if config.model.gradient_penalty > 0 else None
 
@@ -168,13 +164,12 @@ def make_step(
             batch_indices = jax.lax.with_sharding_constraint(batch_indices, batch_sharding)
         x = preprocess(binarize_key, gather_rows(images, batch_indices))
         y = labels[batch_indices] if conditional else None
-        beta = objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"])
-        if isinstance(model, hierarchy.Hierarchy):  # a β per layer, warmed up alike
-            upper = hyper["upper_betas"]
-            beta = (beta,) + tuple(
-                objectives.kl_weight(step, upper[i], hyper["kl_warmup_steps"])
-                for i in range(len(model.layers) - 1)
-            )
+        # A β per layer, z₁'s first, all warmed up alike.
+        upper = hyper["upper_betas"]
+        beta = (objectives.kl_weight(step, hyper["beta"], hyper["kl_warmup_steps"]),) + tuple(
+            objectives.kl_weight(step, upper[i], hyper["kl_warmup_steps"])
+            for i in range(len(model.layer_dims) - 1)
+        )
         objective = make_objective(model, cfg, hyper)
         tx = make_optimizer(
             cfg.train,

@@ -1,7 +1,7 @@
 """MNIST: the two-stochastic-layer HVAE of the VampPrior paper (Tomczak & Welling, 2018).
 
 Two layers of 40 latents inferred top-down, q(z₂|x) q(z₁|x, z₂), generated as
-p(z₂) p(z₁|z₂) p(x|z₁, z₂) (cvae.models.hierarchy.TopDownVAE with
+p(z₂) p(z₁|z₂) p(x|z₁, z₂) (cvae.models.mlp_hierarchy.TopDownVAE with
 ``model.decoder_layers = "all"``), gated dense layers of 300 units, Bernoulli decoder,
 dynamically binarized MNIST; the VampPrior with K = 500 pseudo-inputs on z₂; the protocol of
 ``mnist_vamp_paper``: 10,000 training images held out for validation, Adam 5e-4, batch 100,

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from cvae import config as config_lib
-from cvae.models import hierarchy, likelihoods, objectives, posteriors
+from cvae.models import likelihoods, objectives, posteriors
 from cvae.models import vae as vae_lib
-from cvae.models.hierarchy import BottomUpVAE, StochasticLayer, TopDownVAE
+from cvae.models.hierarchy import StochasticLayer
+from cvae.models.mlp_hierarchy import BottomUpVAE, TopDownVAE
 from cvae.models.residual_hierarchy import ResidualTopDownVAE
 
 pytestmark = pytest.mark.unit
@@ -42,11 +43,11 @@ def test_one_layer_is_the_vae_bitwise(family):
 
     x = _images(16, (8, 8, 1))
     _, want = objectives.elbo_loss(vae, params, x, jax.random.key(3))
-    got = hierarchy.elbo_terms(one, params, x, jax.random.key(3))
+    got = objectives.elbo_terms(one, params, x, jax.random.key(3))
     for name in ("recon", "kl", "elbo"):
         np.testing.assert_array_equal(got[name], want[name])
     np.testing.assert_array_equal(got["kl_1"], want["kl"])
-    want_w, _ = objectives.log_importance_weights(
+    want_w, _ = objectives.weights_at(
         vae,
         params,
         x,
@@ -54,7 +55,7 @@ def test_one_layer_is_the_vae_bitwise(family):
         posterior.sample(jax.random.key(4), 5),
     )
     np.testing.assert_array_equal(
-        hierarchy.log_importance_weights(one, params, x, jax.random.key(4), 5), want_w
+        objectives.log_importance_weights(one, params, x, jax.random.key(4), 5), want_w
     )
     np.testing.assert_array_equal(
         one.apply({"params": params}, jax.random.key(5), 6, method=one.sample_prior),
@@ -101,8 +102,8 @@ def test_the_elbo_with_analytic_top_kl_is_the_mean_log_weight(families, design):
     model, params = _two_layers(families=families, design=design)
     x = _images(3, model.event_shape)
     draws = 4000
-    log_w = hierarchy.log_importance_weights(model, params, x, jax.random.key(1), draws)
-    terms = jax.vmap(lambda k: hierarchy.elbo_terms(model, params, x, k))(
+    log_w = objectives.log_importance_weights(model, params, x, jax.random.key(1), draws)
+    terms = jax.vmap(lambda k: objectives.elbo_terms(model, params, x, k))(
         jax.random.split(jax.random.key(2), draws)
     )
     assert set(terms) == {"recon", "kl_1", "kl_2", "kl", "elbo"}
@@ -120,14 +121,14 @@ def test_each_layer_has_its_own_beta_and_free_bits(design):
     model, params = _two_layers(dims=(4, 2), design=design)
     x = _images(8, model.event_shape)
     key = jax.random.key(5)
-    loss, terms = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5))
+    loss, terms = objectives.elbo_loss(model, params, x, key, beta=(2.0, 0.5))
     recon, kl_1, kl_2 = (np.mean(terms[n]) for n in ("recon", "kl_1", "kl_2"))
     np.testing.assert_allclose(loss, -recon + 2.0 * kl_1 + 0.5 * kl_2, rtol=1e-6)
-    same, _ = hierarchy.elbo_loss(model, params, x, key, beta=0.7)
-    alike, _ = hierarchy.elbo_loss(model, params, x, key, beta=(0.7, 0.7))
+    same, _ = objectives.elbo_loss(model, params, x, key, beta=0.7)
+    alike, _ = objectives.elbo_loss(model, params, x, key, beta=(0.7, 0.7))
     np.testing.assert_array_equal(same, alike)
     # λ far above every KL: each layer's penalty is its floor, whatever the draw
-    floored, _ = hierarchy.elbo_loss(model, params, x, key, beta=(2.0, 0.5), free_bits=50.0)
+    floored, _ = objectives.elbo_loss(model, params, x, key, beta=(2.0, 0.5), free_bits=50.0)
     np.testing.assert_allclose(floored, -recon + 2.0 * 50.0 * 4 + 0.5 * 50.0 * 2, rtol=1e-6)
 
 
@@ -139,19 +140,19 @@ def test_the_annealed_iwae_bound_tempers_each_layer_by_its_own_beta(design):
     model, params = _two_layers(dims=(4, 2), design=design)
     x = _images(8, model.event_shape)
     key, k = jax.random.key(5), 4
-    plain, terms = hierarchy.iwae_loss(model, params, x, key, k=k)
-    np.testing.assert_array_equal(plain, -jnp.mean(hierarchy.iwae_bound(model, params, x, key, k)))
-    recon, log_w, (r_1, r_2) = hierarchy._log_weights(model, params, x, key, k)
-    tempered, tempered_terms = hierarchy.iwae_loss(model, params, x, key, k=k, beta=(0.5, 0.2))
+    plain, terms = objectives.iwae_loss(model, params, x, key, k=k)
+    np.testing.assert_array_equal(plain, -jnp.mean(objectives.iwae_bound(model, params, x, key, k)))
+    recon, log_w, (r_1, r_2) = objectives.iwae.layered_log_weights(model, params, x, key, k)
+    tempered, tempered_terms = objectives.iwae_loss(model, params, x, key, k=k, beta=(0.5, 0.2))
     want = jax.nn.logsumexp(recon + 0.5 * r_1 + 0.2 * r_2, axis=0) - np.log(k)
     np.testing.assert_allclose(tempered, -np.mean(want), rtol=1e-6)
     np.testing.assert_array_equal(tempered_terms["iwae"], terms["iwae"])
-    same, _ = hierarchy.iwae_loss(model, params, x, key, k=k, beta=0.5)
-    alike, _ = hierarchy.iwae_loss(model, params, x, key, k=k, beta=(0.5, 0.5))
+    same, _ = objectives.iwae_loss(model, params, x, key, k=k, beta=0.5)
+    alike, _ = objectives.iwae_loss(model, params, x, key, k=k, beta=(0.5, 0.5))
     np.testing.assert_array_equal(same, alike)
     # one draw: the β-ELBO with the layers' one-sample (Monte-Carlo) KL terms
-    one, _ = hierarchy.iwae_loss(model, params, x, key, k=1, beta=(0.5, 0.2))
-    recon, _, (r_1, r_2) = hierarchy._log_weights(model, params, x, key, 1)
+    one, _ = objectives.iwae_loss(model, params, x, key, k=1, beta=(0.5, 0.2))
+    recon, _, (r_1, r_2) = objectives.iwae.layered_log_weights(model, params, x, key, 1)
     np.testing.assert_allclose(one, -np.mean(recon + 0.5 * r_1 + 0.2 * r_2), rtol=1e-6)
 
 
@@ -168,7 +169,7 @@ def test_top_down_layer_kls_are_closed_form_given_the_layer_above(design):
     one_sample = q.log_prob(draws) - posteriors.diag_normal_log_prob(draws, mean_p, log_var_p)
     error = 4 * np.std(one_sample, 0) / np.sqrt(20_000)
     assert np.all(np.abs(np.mean(one_sample, 0) - closed) < error)
-    terms = hierarchy.elbo_terms(model, params, x, jax.random.key(1))  # the same draw
+    terms = objectives.elbo_terms(model, params, x, jax.random.key(1))  # the same draw
     np.testing.assert_allclose(terms["kl_1"], closed, rtol=1e-6)
     np.testing.assert_allclose(terms["kl_2"], jnp.sum(found[1].kl_per_dim(), -1), rtol=1e-6)
 
@@ -238,8 +239,8 @@ def test_a_vamp_prior_on_top_is_the_mixture_of_the_pseudo_inputs_top_posteriors(
     np.testing.assert_allclose(np.var(z2, 0), mixture_var, rtol=0.05)
 
     x = _images(3, model.event_shape)
-    log_w = hierarchy.log_importance_weights(model, params, x, jax.random.key(3), 4000)
-    elbo = jax.vmap(lambda k: hierarchy.elbo_terms(model, params, x, k)["elbo"])(
+    log_w = objectives.log_importance_weights(model, params, x, jax.random.key(3), 4000)
+    elbo = jax.vmap(lambda k: objectives.elbo_terms(model, params, x, k)["elbo"])(
         jax.random.split(jax.random.key(4), 4000)
     )
     error = 4 * np.sqrt(np.var(log_w, 0) / 4000 + np.var(elbo, 0) / 4000)
@@ -378,10 +379,10 @@ def test_importance_sampled_log_likelihood_matches_numerical_integration(design)
     )
     x = _images(4, model.event_shape, seed=3)[: 1 if design is ResidualTopDownVAE else 4]
     exact = _log_marginal_on_a_grid(model, params, x)
-    estimate = hierarchy.iwae_bound(model, params, x, jax.random.key(9), 200_000)
+    estimate = objectives.iwae_bound(model, params, x, jax.random.key(9), 200_000)
     np.testing.assert_allclose(estimate, exact, atol=0.03)
     elbo = jnp.mean(
-        jax.vmap(lambda k: hierarchy.elbo_terms(model, params, x, k)["elbo"])(
+        jax.vmap(lambda k: objectives.elbo_terms(model, params, x, k)["elbo"])(
             jax.random.split(jax.random.key(8), 2000)
         ),
         0,
@@ -389,7 +390,7 @@ def test_importance_sampled_log_likelihood_matches_numerical_integration(design)
     assert np.all(elbo < exact)
     bounds = [
         jnp.mean(
-            jax.vmap(lambda key, k=k: hierarchy.iwae_bound(model, params, x, key, k))(
+            jax.vmap(lambda key, k=k: objectives.iwae_bound(model, params, x, key, k))(
                 jax.random.split(jax.random.key(10 + k), 200)
             ),
             0,
@@ -443,7 +444,7 @@ def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_el
     tx = optax.adam(3e-3)
 
     def loss(p, x, key):
-        return -jnp.mean(hierarchy.elbo_terms(model, p, x, key)["elbo"])
+        return -jnp.mean(objectives.elbo_terms(model, p, x, key)["elbo"])
 
     @jax.jit
     def step(carry, i):
@@ -453,10 +454,10 @@ def test_two_layers_learn_digits_and_the_importance_sampled_nll_is_within_the_el
         updates, state = tx.update(grads, state, p)
         return (optax.apply_updates(p, updates), state), None
 
-    before = hierarchy.elbo_terms(model, params, test, jax.random.key(3))
+    before = objectives.elbo_terms(model, params, test, jax.random.key(3))
     (trained, _), _ = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(300))
-    after = hierarchy.elbo_terms(model, trained, test, jax.random.key(3))
+    after = objectives.elbo_terms(model, trained, test, jax.random.key(3))
     assert float(jnp.mean(after["elbo"])) > float(jnp.mean(before["elbo"])) + 10
     assert float(jnp.mean(after["kl_1"])) > 0.5 and float(jnp.mean(after["kl_2"])) > 0.5
-    nll = -hierarchy.iwae_bound(model, trained, test, jax.random.key(4), 100)
+    nll = -objectives.iwae_bound(model, trained, test, jax.random.key(4), 100)
     assert float(jnp.mean(nll)) <= -float(jnp.mean(after["elbo"]))

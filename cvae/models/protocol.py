@@ -1,0 +1,90 @@
+"""The one interface every model answers: ``LatentVariableModel``.
+
+A model is a Flax Linen module whose code is one or more stochastic *layers*, z₁ next to x
+and z_L on top; a one-layer VAE is a hierarchy of one (``layer_dims == (latent_dim,)``).
+Everything outside ``cvae.models`` — training, evaluation, the samplers, the explorer —
+reads a model through this protocol alone and never asks which class it is (a test walks
+the source to hold that). Where a design cannot do something (labels in a hierarchy,
+``descend`` below a one-layer code), the model says so in one line.
+
+What it declares:
+
+* ``event_shape``, ``num_classes`` (labels in [0, num_classes) are accepted; 0: none, and
+  ``check_labels`` refuses any), ``posterior_family`` ("gaussian", "collapsed" — some layer
+  wants an ex-post density to be sampled — or "deterministic": no density, no bounds);
+* ``layer_dims`` (d₁, …, d_L) and ``code_dim`` = Σ d_l: a *code* is every layer's latents
+  concatenated, z₁ first (``split_code`` cuts it);
+* ``bound_family``: which formulas of ``cvae.models.objectives`` score it — "single" (one
+  posterior over the code) or "layered" (the layers drawn jointly in inference order).
+
+What it does (params-taking methods run the model themselves; module methods go through
+``model.apply(variables, …, method=model.NAME)``):
+
+* ``with_sigma0s(sigma0s)``: the model with each layer's σ₀ replaced (traced values allowed);
+* ``elbo_terms(params, x, key, labels=None)``: per-example "recon", "kl", "elbo" and each
+  layer's "kl_l" for one (joint) draw;
+* ``log_importance_weights(params, x, key, k, labels=None)``: log w = log p(x, z) − log
+  q(z|x) for k draws per example, (k, B) ((B,) for k = None);
+* module methods ``encode(x, labels)`` (the posterior over the code: for a hierarchy its
+  mean path), ``decode(z, labels)`` (p(x|·)'s parameters), ``sample_prior(key, n)`` (codes
+  drawn from p(z)), ``descend(code, layer, key=None)`` (the layers below ``layer``
+  regenerated from those at and above it; a one-layer model's code is returned as is).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """What every model of cvae declares and does; see the module docstring."""
+
+    event_shape: tuple[int, int, int]
+
+    @property
+    def num_classes(self) -> int:
+        """Labels in [0, num_classes) are accepted; 0: an unconditional model."""
+        ...
+
+    @property
+    def posterior_family(self) -> str:
+        """ "gaussian", "collapsed" or "deterministic" (see the module docstring)."""
+        ...
+
+    @property
+    def layer_dims(self) -> tuple[int, ...]:
+        """The latent sizes d₁, …, d_L, z₁ (next to x) first."""
+        ...
+
+    @property
+    def code_dim(self) -> int:
+        """d₁ + … + d_L."""
+        ...
+
+    @property
+    def bound_family(self) -> str:
+        """ "single" or "layered": which formulas of ``cvae.models.objectives`` apply."""
+        ...
+
+    def check_labels(self, labels) -> None:
+        """Raises ValueError, in one line, if ``labels`` is not what the model accepts."""
+        ...
+
+    def split_code(self, z) -> list:
+        """Codes (…, code_dim) as their layers' parts, z₁ first."""
+        ...
+
+    def with_sigma0s(self, sigma0s) -> Any:
+        """The model with layer l's σ₀ set to ``sigma0s[l]`` (a collapsed layer's)."""
+        ...
+
+    def elbo_terms(self, params, x, key, labels=None) -> dict:
+        """Per-example ELBO terms of one (joint) draw, each layer's KL among them."""
+        ...
+
+    def log_importance_weights(self, params, x, key, k: int | None, labels=None) -> jax.Array:
+        """(k, B) log-weights log p(x, z) − log q(z|x) ((B,) for k = None)."""
+        ...
