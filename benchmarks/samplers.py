@@ -20,13 +20,12 @@ from absl import app, flags
 
 from benchmarks.common import device_name
 from benchmarks.peak import matmul_peak_gflops
-from cvae import load_run
-from cvae.analysis import ex_post
+from cvae import load_run, samplers
 
 flags.DEFINE_string("workdir", None, "A trained run whose training codes are fitted.")
 flags.DEFINE_integer("num_codes", 10000, "Training codes each sampler is fitted to.")
 flags.DEFINE_integer("num_samples", 10000, "Codes drawn from each fitted sampler.")
-flags.DEFINE_list("samplers", list(ex_post.EX_POST), "Samplers to time.")
+flags.DEFINE_list("samplers", list(samplers.EX_POST), "Samplers to time.")
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +46,7 @@ def main(argv):
     }
     for kind in FLAGS.samplers:
         start = time.perf_counter()
-        sampler = ex_post.fit(kind, codes, jax.random.key(0), seed=0)
+        sampler = samplers.fit(kind, codes, jax.random.key(0), seed=0)
         record[f"fit_s_{kind}"] = round(time.perf_counter() - start, 2)
         jax.block_until_ready(sampler.sample(jax.random.key(1), FLAGS.num_samples))  # compiles
         start = time.perf_counter()

@@ -15,13 +15,14 @@ layer (bottom first)  holds
 ``errors``,           the config error and its one-line check; fault points for
 ``faults``,           tests; the device mesh and the processes of a run
 ``parallel``
-``models``            nets, posteriors, likelihoods, priors, the VAE, objectives
+``models``            the model protocol, nets, posteriors, likelihoods, the designs, bounds
 ``config``            the schema: every field, its default, validation once
 ``data``              data sets, splits, preprocessing, sources, the Grain stream
 ``runs``              the workdir layout, checkpoints (orbax), writers, provenance
 ``evaluation``        the evaluation core, metrics, sample quality
+``samplers``          ex-post densities over codes, one module a kind, and their store
 ``training``          compiled steps, setup and resume, the loop, populations, sweeps
-``analysis``          ``load_run``/``Run``, ex-post samplers, notebook helpers
+``analysis``          ``load_run``/``Run``, notebook helpers
 ====================  ==============================================================
 
 The launchers in ``experiments/`` and the tools in ``benchmarks/`` sit above the package.

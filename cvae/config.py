@@ -169,7 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.num_importance_samples = 5000
     c.eval.chunk_size = 0  # importance samples evaluated at once (bounds memory); 0 = auto
 
-    # The fits of the ex-post samplers (cvae.analysis.ex_post) a run draws from: more
+    # The fits of the ex-post samplers (cvae.samplers) a run draws from: more
     # passes, longer fits, better densities. The defaults are what docs/results.md measured.
     c.ex_post = ml_collections.ConfigDict()
     c.ex_post.flow_max_epochs = 200  # the flow's passes over the codes (early-stopped)

@@ -28,8 +28,8 @@ import pathlib
 import numpy as np
 from absl import flags
 
-from cvae import Workdir, analysis
-from cvae.analysis import ex_post, explore
+from cvae import Workdir, analysis, samplers
+from cvae.analysis import explore
 from cvae.models import hierarchy
 from cvae.runs import provenance
 from cvae.training import sweep
@@ -80,7 +80,7 @@ COLUMNS = [
     *(
         (f"{metric}_{sampler}", "{:.2f}" if metric == "fid" else "{:.3f}")
         for metric in explore.SAMPLE_METRICS
-        for sampler in ex_post.SAMPLERS
+        for sampler in samplers.SAMPLERS
     ),
     ("accuracy_prior", "{:.3f}"),
     ("accuracy_gmm", "{:.3f}"),
@@ -127,7 +127,7 @@ def sampler_table(groups, field: str) -> str:
         "|" + " --- |" * (len(metrics) + 3),
     ]
     for group in groups:
-        for sampler in ex_post.SAMPLERS + ex_post.TOP_SAMPLERS:
+        for sampler in samplers.SAMPLERS + samplers.TOP_SAMPLERS:
             if f"fid_{sampler}" not in group:
                 continue
             cells = []

@@ -2,7 +2,7 @@
 [--sampler prior|gmm|flow|two_stage|diffusion] [--label C] [--out FILE.png]``. gmm (an ex-post
 Gaussian mixture on training codes) is the default for collapsed and deterministic models,
 prior for the gaussian VAE; flow, two_stage and diffusion are the other ex-post densities
-(cvae.analysis.ex_post), fitted once and saved in DIR/samplers/. With a --label, diffusion
+(cvae.samplers), fitted once and saved in DIR/samplers/. With a --label, diffusion
 samples its class-conditional model, guided by --guidance W."""
 
 import pathlib
@@ -10,8 +10,7 @@ import pathlib
 import jax
 from absl import flags
 
-from cvae import Workdir, load_run
-from cvae.analysis import ex_post
+from cvae import Workdir, load_run, samplers
 from cvae.runs import writers
 from experiments import cli
 
@@ -20,7 +19,7 @@ flags.DEFINE_integer("n", 64, "Number of samples.")
 flags.DEFINE_enum(
     "sampler",
     None,
-    list(ex_post.SAMPLERS + ex_post.TOP_SAMPLERS),
+    list(samplers.SAMPLERS + samplers.TOP_SAMPLERS),
     "Where latents come from: the prior or an ex-post density (KIND@top: a hierarchy's, "
     "fitted to its top layer's codes).",
 )
@@ -49,7 +48,7 @@ def main(argv):
         if out.suffix.lower() != ".png":
             raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)
-    sampler = FLAGS.sampler or ex_post.default_sampler(run.model.posterior_family)
+    sampler = FLAGS.sampler or samplers.default_sampler(run.model.posterior_family)
     if FLAGS.guidance and (sampler != "diffusion" or FLAGS.label is None):
         raise cli.UsageError("--guidance applies to --sampler diffusion with a --label")
     images = run.sample(

@@ -22,8 +22,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cvae import Workdir, load_run
-from cvae.analysis import ex_post
+from cvae import Workdir, load_run, samplers
 from cvae.evaluation import neighbours, sample_quality
 from experiments import cli
 
@@ -31,7 +30,7 @@ flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_string("classifier", None, "A directory written by experiments.train_classifier.")
 flags.DEFINE_integer("n", 10000, "Samples per sampler.")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draws.")
-flags.DEFINE_list("samplers", list(ex_post.SAMPLERS), "Samplers to score (comma-separated).")
+flags.DEFINE_list("samplers", list(samplers.SAMPLERS), "Samplers to score (comma-separated).")
 FLAGS = flags.FLAGS
 
 
@@ -52,7 +51,7 @@ def main(argv):
     )
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
-    known = ex_post.SAMPLERS + ex_post.TOP_SAMPLERS
+    known = samplers.SAMPLERS + samplers.TOP_SAMPLERS
     unknown = sorted(set(FLAGS.samplers) - set(known))
     if unknown or not FLAGS.samplers:
         raise cli.UsageError(
@@ -77,11 +76,11 @@ def main(argv):
         "n": FLAGS.n,
         "seed": FLAGS.seed,
         "params_sha256": run.params_sha256,
-        "ex_post": ex_post.fit_budget(run.config.ex_post),  # what the samplers were fitted with
+        "ex_post": samplers.fit_budget(run.config.ex_post),  # what the samplers were fitted with
         "fid_floor": summary["fid_train_vs_test"],
     }
     previous = Workdir(workdir).read_sample_quality() or {}
-    previous.setdefault("ex_post", ex_post.fit_budget())  # scored before budgets: defaults
+    previous.setdefault("ex_post", samplers.fit_budget())  # scored before budgets: defaults
     identity = ("classifier", "n", "seed", "params_sha256", "ex_post")
     if all(previous.get(k) == result[k] for k in identity):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
@@ -89,7 +88,7 @@ def main(argv):
     for sampler in FLAGS.samplers:
         # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored
         # (KIND@top draws with KIND's key).
-        index = ex_post.SAMPLERS.index(ex_post.split_sampler(sampler)[0])
+        index = samplers.SAMPLERS.index(samplers.split_sampler(sampler)[0])
         key = jax.random.fold_in(jax.random.key(FLAGS.seed), index)
         images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
         logits, features = classifier.logits_and_features(images)

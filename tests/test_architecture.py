@@ -28,6 +28,7 @@ LAYERS = [
     {"data"},
     {"runs"},
     {"evaluation"},
+    {"samplers"},
     {"training"},
     {"analysis"},
 ]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cvae import config as config_lib
-from cvae.analysis import ex_post
+from cvae import samplers
 from cvae.analysis.run import Run
 from cvae.evaluation import metrics
 from cvae.runs import checkpoint
@@ -403,7 +403,7 @@ SUMMARY_METRICS = (
     *(
         f"{metric}_{sampler}"
         for metric in SAMPLE_METRICS
-        for sampler in ex_post.SAMPLERS + ex_post.TOP_SAMPLERS
+        for sampler in samplers.SAMPLERS + samplers.TOP_SAMPLERS
     ),
     "accuracy_prior",
     "accuracy_gmm",

@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cvae import data, evaluation, parallel
-from cvae.analysis import ex_post
+from cvae import data, evaluation, parallel, samplers
 from cvae.evaluation import metrics
 from cvae.models import objectives
 from cvae.models import vae as model_lib
@@ -44,7 +43,7 @@ class Run:
     model: Any  # any model of cvae.models.protocol
     info: data.DatasetInfo
     meta: dict
-    _mixtures: dict = dataclasses.field(default_factory=dict, repr=False)
+    _store: samplers.SamplerStore | None = dataclasses.field(default=None, repr=False)
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -206,17 +205,17 @@ class Run:
         """
         _require_int(n, 1, "the number of samples must be a positive integer")
         key = _as_key(key)
-        sampler = sampler or ex_post.default_sampler(self.model.posterior_family)
+        sampler = sampler or samplers.default_sampler(self.model.posterior_family)
         labels = self._labels(labels, n)
-        if sampler in ex_post.TOP_SAMPLERS:
+        if sampler in samplers.TOP_SAMPLERS:
             return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
         if sampler == "prior":
             z = self._apply(key, n, method=self.model.sample_prior)
-        elif sampler in ex_post.EX_POST and labels is None:
+        elif sampler in samplers.EX_POST and labels is None:
             z = self.ex_post(sampler).sample(key, n)
         elif sampler == "diffusion":
             z = self.ex_post(sampler, conditional=True).sample(key, n, labels, guidance)
-        elif sampler in ex_post.EX_POST:
+        elif sampler in samplers.EX_POST:
             wanted = np.asarray(labels)
             z = np.zeros((n, self.model.code_dim), np.float32)
             for label in np.unique(wanted):
@@ -225,7 +224,7 @@ class Run:
                     jax.random.fold_in(key, int(label)), len(rows)
                 )
         else:
-            raise ValueError(f"sampler must be one of {ex_post.SAMPLERS}, got {sampler!r}")
+            raise ValueError(f"sampler must be one of {samplers.SAMPLERS}, got {sampler!r}")
         return self.mean_image(z, labels)
 
     def _sample_from_the_top(self, key, n: int, sampler: str):
@@ -235,9 +234,9 @@ class Run:
         if len(layer_dims) < 2:
             raise ValueError(
                 f"sampler {sampler!r} needs a hierarchy (model.upper_latent_dims); this "
-                f"run has one stochastic layer: use {ex_post.split_sampler(sampler)[0]!r}"
+                f"run has one stochastic layer: use {samplers.split_sampler(sampler)[0]!r}"
             )
-        top = np.asarray(self.ex_post(ex_post.split_sampler(sampler)[0], top=True).sample(key, n))
+        top = np.asarray(self.ex_post(samplers.split_sampler(sampler)[0], top=True).sample(key, n))
         code = jnp.zeros((n, self.model.code_dim), jnp.float32).at[:, -layer_dims[-1] :].set(top)
         return self._apply(
             code, len(layer_dims), jax.random.fold_in(key, 1), method=self.model.descend
@@ -395,7 +394,7 @@ class Run:
             labels.append(y)
         return np.concatenate(codes), (np.concatenate(labels) if self.info.num_classes else None)
 
-    def latent_mixture(self, label: int | None = None) -> ex_post.LatentMixture:
+    def latent_mixture(self, label: int | None = None) -> samplers.LatentMixture:
         """The ex-post Gaussian mixture (``ex_post("gmm")``).
 
         Args:
@@ -413,8 +412,9 @@ class Run:
 
     def ex_post(
         self, kind: str, label: int | None = None, conditional: bool = False, top: bool = False
-    ):
-        """An ex-post density of the training codes, fitted once and saved.
+    ) -> Any:
+        """An ex-post density of the training codes, fitted once and saved
+        (``cvae.samplers.SamplerStore``).
 
         Fitted once per set of params and fit lengths (``config.ex_post``) and saved in
         ``DIR/samplers/``: a later call, or a later process, loads it instead of refitting
@@ -423,7 +423,7 @@ class Run:
         the run's seed: a rerun gives the same samples.
 
         Args:
-          kind: "gmm", "flow", "two_stage" or "diffusion" (``cvae.analysis.ex_post``).
+          kind: "gmm", "flow", "two_stage" or "diffusion" (``cvae.samplers``).
           label: fit to the codes of this class only; None for all codes.
           conditional: fit one class-conditional density to every code and its label
             (the diffusion sampler).
@@ -432,80 +432,17 @@ class Run:
         Returns:
           The sampler (``sample(key, n)``, ``log_prob(z)``).
         """
-        name = kind if label is None else f"{kind}-label{label}"
-        name = f"{kind}-conditional" if conditional else name
-        name = f"{name}{ex_post.TOP}" if top else name
-        budget = ex_post.fit_budget(self.config.ex_post, kind)
-        memo = (name, tuple(sorted(budget.items())))
-        if memo not in self._mixtures:
-            directory = Workdir(self.workdir).sampler_dir(name)
-            fingerprint = self.params_sha256
-            try:
-                loaded = ex_post.load(directory)
-            except Exception as err:  # noqa: BLE001 - any damage to the files: refit
-                # The fit is a function of an explicit key, so the refit is the same sampler.
-                log.warning(
-                    "the saved %s sampler in %s is unreadable (%s: %s); fitting it again",
-                    kind,
-                    directory,
-                    type(err).__name__,
-                    str(err).splitlines()[0][:120],
-                )
-                loaded = None
-            if (
-                loaded is not None
-                and loaded[1].get("params_sha256") == fingerprint
-                # a sampler saved before budgets were recorded was fitted with the defaults
-                and loaded[1].get("budget", ex_post.fit_budget(None, kind)) == budget
-            ):
-                self._mixtures[memo] = loaded[0]
-            else:
-                codes, labels = self.training_codes()
-                if conditional and labels is None:
-                    raise ValueError("a conditional sampler needs labelled training data")
-                if label is not None:
-                    codes = codes[np.asarray(labels) == label]
-                if top:
-                    codes = codes[:, -self.model.layer_dims[-1] :]
-                key = jax.random.fold_in(
-                    jax.random.key(self.config.seed), ex_post.EX_POST.index(kind)
-                )
-                if kind != "gmm":  # the mixture fits in a moment; the others take a while
-                    log.info(
-                        "fitting the %s sampler to %d training codes; it is saved in %s and "
-                        "reused while these params are the run's",
-                        kind,
-                        len(codes),
-                        directory,
-                    )
-                fitted = ex_post.fit(
-                    kind,
-                    codes,
-                    key,
-                    seed=self.config.seed,
-                    progress=True,
-                    labels=labels if conditional else None,
-                    num_classes=self.info.num_classes if conditional else 0,
-                    budget=self.config.ex_post,
-                )
-                try:
-                    ex_post.save(
-                        fitted,
-                        directory,
-                        {
-                            "params_sha256": fingerprint,
-                            "budget": budget,
-                            "num_codes": len(codes),
-                            "label": label,
-                            "conditional": conditional,
-                        },
-                    )
-                except OSError as err:  # a read-only run still samples
-                    log.warning(
-                        "could not save the fitted %s sampler in %s: %s", kind, directory, err
-                    )
-                self._mixtures[memo] = fitted
-        return self._mixtures[memo]
+        if self._store is None:
+            self._store = samplers.SamplerStore(
+                Workdir(self.workdir),
+                self.params_sha256,
+                self.config.seed,
+                self.config.ex_post,
+                self.training_codes,
+                self.info.num_classes,
+                self.model.layer_dims[-1],
+            )
+        return self._store.get(kind, label, conditional, top)
 
 
 def _as_key(key):

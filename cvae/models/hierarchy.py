@@ -165,7 +165,11 @@ class Hierarchy(nn.Module):
 
     @nn.nowrap
     def check_labels(self, labels) -> None:
-        """Raises ValueError unless ``labels`` is None (``refuse_labels``)."""
+        """Raises ValueError unless ``labels`` is None (``refuse_labels``).
+
+        Args:
+          labels: what a caller passed as the labels.
+        """
         refuse_labels(labels)
 
     @nn.nowrap

@@ -70,21 +70,60 @@ class LatentVariableModel(Protocol):
         ...
 
     def check_labels(self, labels) -> None:
-        """Raises ValueError, in one line, if ``labels`` is not what the model accepts."""
+        """Raises ValueError, in one line, if ``labels`` is not what the model accepts.
+
+        Args:
+          labels: int labels, one per example, or None.
+        """
         ...
 
     def split_code(self, z) -> list:
-        """Codes (…, code_dim) as their layers' parts, z₁ first."""
+        """Codes as their layers' parts.
+
+        Args:
+          z: codes (…, code_dim).
+
+        Returns:
+          The parts, z₁ first, each (…, d_l).
+        """
         ...
 
     def with_sigma0s(self, sigma0s) -> Any:
-        """The model with layer l's σ₀ set to ``sigma0s[l]`` (a collapsed layer's)."""
+        """The model with each layer's σ₀ replaced (a collapsed layer's).
+
+        Args:
+          sigma0s: one σ₀ per layer, z₁'s first (numbers or traced values).
+
+        Returns:
+          The model (a clone; parameters are unchanged).
+        """
         ...
 
     def elbo_terms(self, params, x, key, labels=None) -> dict:
-        """Per-example ELBO terms of one (joint) draw, each layer's KL among them."""
+        """Per-example ELBO terms of one (joint) draw, each layer's KL among them.
+
+        Args:
+          params: the model's parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draw.
+          labels: int labels for a conditional model; else None.
+
+        Returns:
+          "recon", "kl", "elbo" and "kl_1" … "kl_L", each (B,) nats.
+        """
         ...
 
     def log_importance_weights(self, params, x, key, k: int | None, labels=None) -> jax.Array:
-        """(k, B) log-weights log p(x, z) − log q(z|x) ((B,) for k = None)."""
+        """log w = log p(x, z) − log q(z|x) for k draws per example.
+
+        Args:
+          params: the model's parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draws.
+          k: draws per example; None for one, without the leading axis.
+          labels: int labels for a conditional model; else None.
+
+        Returns:
+          (k, B) log-weights ((B,) for k = None).
+        """
         ...

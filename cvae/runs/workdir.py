@@ -11,7 +11,7 @@
     DIR/tb/                    TensorBoard events
     DIR/images/                reconstruction and sample grids, one PNG per evaluation
     DIR/samples_<sampler>.png  sample grids drawn by experiments.sample / experiments.main
-    DIR/samplers/<kind>/       fitted ex-post densities (cvae.analysis.ex_post), reused while the
+    DIR/samplers/<kind>/       fitted ex-post densities (cvae.samplers), reused while the
                                params they were fitted to are the run's
 
 Everything else asks a ``Workdir`` for paths and for reading and writing these files.

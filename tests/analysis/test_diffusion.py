@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cvae.analysis import diffusion
+from cvae.samplers import diffusion
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 import cvae
 from cvae import training
-from cvae.analysis import ex_post
+from cvae.samplers import registry as ex_post
 from tests.helpers import make_test_config
 
 pytestmark = pytest.mark.slow

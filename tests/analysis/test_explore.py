@@ -126,7 +126,7 @@ def test_diagnostics_and_summaries(run_2d):
 def test_projected_mixture_density_is_the_exact_marginal():
     from scipy.stats import multivariate_normal
 
-    from cvae.analysis import ex_post
+    from cvae import samplers as ex_post
 
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(400, 3)) @ np.diag([2.0, 1.0, 0.3])

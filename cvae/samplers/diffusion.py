@@ -1,4 +1,4 @@
-"""A flow-matching model over latent codes: the ``diffusion`` ex-post sampler.
+"""``diffusion``: a flow-matching model over latent codes, sampled by solving its ODE.
 
 Conditional flow matching with the linear (rectified-flow) path (Lipman et al., 2023;
 Liu et al., 2023). With z₁ a standardised training code and z₀ ~ N(0, I),
@@ -34,13 +34,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pathlib
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from tqdm.auto import tqdm
+
+from cvae.samplers.kind import Kind, load_standardisation, save_standardisation
 
 LABEL_DROPOUT = 0.1  # the share of codes trained as unconditional (classifier-free guidance)
 
@@ -89,6 +93,7 @@ class DiffusionSampler:
     """z = shift + scale ⊙ ODE(v_θ; z₀ ~ N(0, I)): the flow-matching model over the
     standardised codes."""
 
+    kind = "diffusion"
     params: dict
     dim: int
     width: int
@@ -285,3 +290,45 @@ def fit_diffusion(
     for b in tqdm(range(blocks), desc="fit diffusion", unit="block", disable=not progress):
         params, opt_state, _ = run_block(params, opt_state, b * block)
     return DiffusionSampler(jax.device_get(params), dim, width, depth, num_classes, shift, scale)
+
+
+def _fit(codes, key, *, seed: int, progress: bool, labels, num_classes: int, budget: dict):
+    del seed
+    return fit_diffusion(
+        codes,
+        key,
+        labels,
+        num_classes,
+        num_updates=budget["diffusion_updates"] or None,
+        progress=progress,
+    )
+
+
+def _save(sampler: DiffusionSampler, directory: pathlib.Path) -> dict:
+    (directory / "params.msgpack").write_bytes(serialization.to_bytes(sampler.params))
+    save_standardisation(directory, sampler.shift, sampler.scale)
+    return {
+        "dim": sampler.dim,
+        "width": sampler.width,
+        "depth": sampler.depth,
+        "num_classes": sampler.num_classes,
+    }
+
+
+def _load(directory: pathlib.Path, shape: dict) -> DiffusionSampler:
+    module = VelocityNet(shape["dim"], shape["width"], shape["depth"], shape["num_classes"])
+    template = initial_params(module, jax.random.key(0))
+    params = serialization.from_bytes(template, (directory / "params.msgpack").read_bytes())
+    shift, scale = load_standardisation(directory)
+    return DiffusionSampler(
+        jax.device_get(params),
+        shape["dim"],
+        shape["width"],
+        shape["depth"],
+        shape["num_classes"],
+        shift,
+        scale,
+    )
+
+
+KIND = Kind("diffusion", _fit, ("diffusion_updates",), _save, _load)
