@@ -18,7 +18,8 @@ split_host_into_cores()  # before cvae imports jax
 
 from absl import flags
 
-from cvae import Workdir, analysis, evaluation, load_run
+from cvae import Workdir, evaluation
+from cvae.runs import restore
 from experiments import cli
 
 flags.DEFINE_string(
@@ -57,10 +58,10 @@ def main(argv):
         raise cli.UsageError(f"--batch_size must be ≥ 1, got {FLAGS.batch_size}")
     if FLAGS.chunk_size is not None and FLAGS.chunk_size < 0:
         raise cli.UsageError(f"--chunk_size must be ≥ 0 (0 = automatic), got {FLAGS.chunk_size}")
-    if not Workdir(workdir).config_path.exists() and analysis.sweep_members(workdir):
+    if not Workdir(workdir).config_path.exists() and restore.sweep_members(workdir):
         return evaluate_sweep(workdir)
-    run = load_run(workdir)
-    result = run.evaluate(
+    result = evaluation.evaluate_run(
+        restore.restore(workdir),
         FLAGS.split,
         FLAGS.k,
         batch_size=FLAGS.batch_size,
@@ -74,10 +75,10 @@ def main(argv):
 
 def evaluate_sweep(directory: str) -> None:
     """Every finished member of a sweep: eval.json each, one line each on the console."""
-    finished, notes = analysis.sweep_members(directory)
+    finished, notes = restore.sweep_members(directory)
     if not finished:
         raise cli.UsageError(f"the sweep in {directory} has no finished member to evaluate")
-    results = analysis.evaluate_sweep(
+    results = evaluation.evaluate_sweep(
         directory, FLAGS.split, FLAGS.k, batch_size=FLAGS.batch_size, chunk_size=FLAGS.chunk_size
     )
     for name, scores in results.items():

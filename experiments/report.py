@@ -31,7 +31,7 @@ from absl import flags
 from cvae import Workdir, analysis, samplers
 from cvae.analysis import explore
 from cvae.models import hierarchy
-from cvae.runs import provenance
+from cvae.runs import provenance, restore
 from cvae.training import sweep
 from experiments import cli
 
@@ -160,7 +160,7 @@ def reference_groups(paths) -> list[dict]:
             continue
         points: dict[str, list] = {}
         for name, entry in record["members"].items():
-            if entry["status"] in sweep.FINISHED:
+            if entry["status"] in restore.FINISHED:
                 point = "/".join(p for p in name.split("/") if not p.startswith("seed="))
                 points.setdefault(point, []).append(path / name)
         for point, workdirs in points.items():

@@ -32,7 +32,7 @@ split_host_into_cores()
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cvae import analysis, parallel  # noqa: E402
+from cvae import evaluation, parallel  # noqa: E402
 from cvae.training import sweep  # noqa: E402
 from experiments import cli  # noqa: E402
 
@@ -116,7 +116,7 @@ def main(argv):
         print("interrupted: rerun the same command to resume")
         cli.exit_interrupted(interrupted[0].stop_signal)
     if FLAGS.evaluate is not None:  # the finished members: a failed one keeps its status
-        results = analysis.evaluate_sweep(directory, "test", FLAGS.evaluate)
+        results = evaluation.evaluate_sweep(directory, "test", FLAGS.evaluate)
         print(
             f"evaluated {len(results)} finished member(s) with K = {FLAGS.evaluate}: "
             "eval.json in each"

@@ -8,12 +8,8 @@ use to explore and compare runs.
 This package sits at the top of the library: it may import everything beneath it.
 """
 
-from cvae.analysis.run import (
-    Run,
-    evaluate_sweep,
-    load_config,
-    load_run,
-    sweep_members,
-)
+from cvae.analysis.run import Run, load_config, load_run
+from cvae.evaluation.saved_runs import evaluate_sweep
+from cvae.runs.restore import sweep_members
 
 __all__ = ["Run", "evaluate_sweep", "load_config", "load_run", "sweep_members"]

@@ -16,33 +16,25 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from cvae import data, evaluation, parallel, samplers
+from cvae import data, evaluation, samplers
 from cvae.evaluation import metrics
 from cvae.models import objectives
 from cvae.models import vae as model_lib
-from cvae.runs import checkpoint
+from cvae.runs.restore import Restored, load_config, restore
 from cvae.runs.workdir import RunNotFoundError, Workdir
-from cvae.training import sweep
 
 log = logging.getLogger("cvae")
 
 __all__ = ["Run", "RunNotFoundError", "load_config", "load_run"]
-WHICH = ("best", "latest")
 
 
 @dataclasses.dataclass
-class Run:
-    """A trained run: its config, params (best or latest checkpoint), model and data info."""
+class Run(Restored):
+    """A trained run: its config, params (best or latest checkpoint), model and data info
+    (``cvae.runs.restore.Restored``), with what notebooks do with them."""
 
-    workdir: pathlib.Path
-    config: ml_collections.ConfigDict
-    params: dict
-    model: Any  # any model of cvae.models.protocol
-    info: data.DatasetInfo
-    meta: dict
     _store: samplers.SamplerStore | None = dataclasses.field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -323,27 +315,12 @@ class Run:
           progress: show a progress bar.
 
         Returns:
-          What ``cvae.evaluation.evaluate`` returns: means in nats over every example.
+          What ``cvae.evaluation.evaluate`` returns (means in nats over every example), and
+          the ``split``.
         """
-        cfg = self.config
-        k = cfg.eval.num_importance_samples if k is None else k
-        eval_set = evaluation.EvalSet(
-            data.role_source(cfg.data, split), cfg.data.binarize == "dynamic"
+        return evaluation.evaluate_run(
+            self, split, k, batch_size=batch_size, chunk_size=chunk_size, progress=progress
         )
-        devices = cfg.train.num_devices if cfg.train.num_devices <= jax.device_count() else 0
-        result = evaluation.evaluate(
-            self.model,
-            self.params,
-            eval_set,
-            k=k,
-            mesh=parallel.make_mesh(devices),
-            batch_size=cfg.eval.batch_size if batch_size is None else batch_size,
-            chunk_size=cfg.eval.chunk_size if chunk_size is None else chunk_size,
-            code_l2=cfg.model.code_l2,
-            progress=progress,
-            description=f"evaluate {split}",
-        )
-        return {**result, "split": split}
 
     def eval_set(self, split: str = "test", binarized: bool | None = None):
         """A split as evaluation reads it, row range by row range; nothing is read until asked for.
@@ -474,21 +451,6 @@ def _require_int(value, minimum: int, message: str) -> None:
         raise ValueError(f"{message}, got {value!r}")
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The saved config of a run, tuples restored.
-
-    Args:
-      workdir: the run directory.
-
-    Returns:
-      The config.
-
-    Raises:
-      RunNotFoundError: the directory holds no run.
-    """
-    return Workdir(workdir).read_config()
-
-
 def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
     """A trained run: its config, model and parameters, ready for notebooks and scripts.
 
@@ -503,98 +465,4 @@ def load_run(workdir: str | pathlib.Path, which: str = "best") -> Run:
     Raises:
       RunNotFoundError: no run, or no checkpoint, in the directory.
     """
-    if which not in WHICH:
-        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    wd = Workdir(workdir)
-    config = wd.read_config()
-    ckpt = checkpoint.Checkpointer(wd.checkpoints, config.train.keep_checkpoints)
-    restored = ckpt.restore_params(which)
-    ckpt.close()
-    if restored is None:
-        raise RunNotFoundError(
-            f"{wd.path} has no checkpoint yet; train it first (or wait "
-            "for its first epoch to finish)"
-        )
-    params, meta = restored
-    saved = wd.read_data_info()
-    if saved is not None:  # the run's data need not be here to decode and sample
-        info = data.DatasetInfo(
-            saved["name"],
-            tuple(saved["shape"]),
-            saved["num_classes"],
-            tuple(saved["pixel_range"]),
-        )
-    else:  # a run from before data.json: ask the source (a TFDS split is not read)
-        info = data.open_source(config.data, "test").info
-    model = model_lib.build_model(
-        config.model, info.shape, info.num_classes, binary_data=config.data.binarize == "dynamic"
-    )
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    return Run(wd.path, config, params, model, info, meta)
-
-
-def sweep_members(directory: str | pathlib.Path) -> tuple[list[pathlib.Path], list[str]] | None:
-    """The finished members of a sweep directory, and notes on the others.
-
-    Args:
-      directory: a directory written by ``experiments.sweep``.
-
-    Returns:
-      (run directories of the members that finished, one note per status of those left
-      out), or None when the directory holds no ``sweep.json``.
-    """
-    directory = pathlib.Path(directory)
-    record = sweep.SweepFile(directory).read()
-    if record is None:
-        return None
-    finished: list = []
-    left_out: dict[str, list[str]] = {}
-    for name, entry in sorted(record["members"].items()):
-        if entry["status"] in sweep.FINISHED:
-            finished.append(directory / name)
-        else:
-            left_out.setdefault(entry["status"], []).append(name)
-    notes = [
-        f"{directory}: left out {len(names)} {status} member(s): {', '.join(names)}"
-        for status, names in left_out.items()
-    ]
-    return finished, notes
-
-
-def evaluate_sweep(
-    directory: str | pathlib.Path,
-    split: str = "test",
-    k: int | None = None,
-    *,
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
-) -> dict[str, dict]:
-    """Evaluates every finished member of a sweep and writes each member's ``eval.json``.
-
-    Members whose models are equal (the seeds of one grid point) share one compiled
-    evaluation program.
-
-    Args:
-      directory: a directory written by ``experiments.sweep``.
-      split: a role or a split string, as ``Run.evaluate`` takes.
-      k: importance samples; None for each member's ``eval.num_importance_samples``.
-      batch_size: examples per batch; None for the members' config.
-      chunk_size: importance samples at once; None for the members' config.
-
-    Returns:
-      Each evaluated member's scores, by its path inside the sweep.
-
-    Raises:
-      RunNotFoundError: the directory holds no sweep.
-    """
-    directory = pathlib.Path(directory)
-    members = sweep_members(directory)
-    if members is None:
-        raise RunNotFoundError(f"{directory} holds no sweep (no {sweep.SWEEP_FILE})")
-    results = {}
-    for workdir in members[0]:
-        run = load_run(workdir)
-        scores = run.evaluate(split, k, batch_size=batch_size, chunk_size=chunk_size)
-        Workdir(workdir).write_eval(scores)
-        results[str(workdir.relative_to(directory))] = scores
-    return results
+    return Run(**vars(restore(workdir, which)))

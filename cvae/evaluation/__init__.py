@@ -3,6 +3,8 @@ and the quality of samples.
 
 * ``core``: ``evaluate(model, params, EvalSet(...))`` — ELBO, reconstruction, KL, the
   importance-sampled log p(x) and active units, read batch by batch over a mesh;
+* ``saved_runs``: a restored run scored with its own settings (``evaluate_run``), and every
+  finished member of a sweep directory (``evaluate_sweep``);
 * ``metrics``: importance-sampled log-likelihood, active units, running moments, KL per
   dimension;
 * ``sample_quality``: the digit classifier whose features give the classifier-feature FID
@@ -10,8 +12,8 @@ and the quality of samples.
 * ``neighbours``: precision and recall, density and coverage, and the memorisation check,
   from nearest-neighbour balls in the same feature space.
 
-This package imports ``models``, ``data``, ``parallel`` and, to store the classifier,
-``runs``; training and analysis build on it.
+This package imports ``models``, ``data``, ``parallel`` and ``runs`` (to restore a saved
+run and to store the classifier); training and analysis build on it.
 """
 
 from cvae.evaluation.core import (
@@ -21,5 +23,14 @@ from cvae.evaluation.core import (
     evaluation_batch_size,
     format_table,
 )
+from cvae.evaluation.saved_runs import evaluate_run, evaluate_sweep
 
-__all__ = ["EvalSet", "auto_chunk_size", "evaluate", "evaluation_batch_size", "format_table"]
+__all__ = [
+    "EvalSet",
+    "auto_chunk_size",
+    "evaluate",
+    "evaluate_run",
+    "evaluate_sweep",
+    "evaluation_batch_size",
+    "format_table",
+]

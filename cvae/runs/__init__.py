@@ -4,10 +4,12 @@ its provenance record, the lock that keeps one writer per directory, and atomic 
 * ``workdir``: ``Workdir``, the one place that spells a file name; the lock; atomic writes;
 * ``checkpoint``: the only module that talks to orbax (save, restore, quarantine);
 * ``writers``: ``metrics.jsonl``, TensorBoard events, PNG grids;
-* ``provenance``: the code commit, library versions and machine of a run.
+* ``provenance``: the code commit, library versions and machine of a run;
+* ``restore``: a trained run's config, params and model from its workdir (``restore``), and
+  the finished members of a sweep directory.
 
-This package imports, of cvae, only the bottom layers (``config``, ``faults``,
-``parallel``, ``models``): training, evaluation and analysis build on it.
+This package imports, of cvae, only the layers beneath it (``errors``, ``faults``,
+``parallel``, ``models``, ``config``, ``data``): evaluation, training and analysis build on it.
 """
 
 from cvae.runs.workdir import (

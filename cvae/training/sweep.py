@@ -29,11 +29,11 @@ import ml_collections
 
 from cvae import config as config_lib
 from cvae import parallel
+from cvae.runs.restore import SWEEP_FILE
 from cvae.runs.workdir import read_json, write_json_atomic
 from cvae.training import population, steps
 
 log = logging.getLogger("cvae")
-SWEEP_FILE = "sweep.json"
 
 
 class SweepSpecError(ValueError):
@@ -357,9 +357,6 @@ def _status(outcome: population.MemberOutcome) -> dict:
     }
     entry.update({f"test_{k}": v for k, v in outcome.final_metrics.items() if math.isfinite(v)})
     return entry
-
-
-FINISHED = ("done", "stopped_early")  # members whose runs are complete and can be reported
 
 
 def describe(record: dict) -> str:
