@@ -24,7 +24,7 @@ import numpy as np
 from absl import flags
 
 from cvae import load_run
-from cvae.analysis import explore
+from cvae.analysis import compare, explore
 from cvae.runs import writers
 from experiments import cli
 
@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 
 
 def _label(run) -> str:
-    return explore.run_label(explore.run_summary(run.workdir))
+    return compare.run_label(compare.run_summary(run.workdir))
 
 
 def samples_figure(runs, n: int, key) -> plt.Figure:
@@ -91,7 +91,7 @@ def latents_figure(runs) -> plt.Figure:
 def learning_curves_figure(runs) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for run in runs:
-        curve = explore.learning_curves(run.workdir, "validation")
+        curve = compare.learning_curves(run.workdir, "validation")
         if curve["epoch"]:
             ax.plot(curve["epoch"], curve["elbo"], marker=".", label=_label(run))
     ax.set(xlabel="epoch", ylabel="validation ELBO (nats)", title="learning curves")
@@ -102,13 +102,13 @@ def learning_curves_figure(runs) -> plt.Figure:
 
 def sigma0_figure(rows) -> plt.Figure | None:
     metrics = [
-        m for m in ("nll_is", "recon", "kl", "active_units") if len(explore.by_sigma0(rows, m)) >= 2
+        m for m in ("nll_is", "recon", "kl", "active_units") if len(compare.by_sigma0(rows, m)) >= 2
     ]
     if not metrics:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        points = explore.by_sigma0(rows, metric)
+        points = compare.by_sigma0(rows, metric)
         mean, std, _ = map(np.array, zip(*points.values()))
         ax.errorbar(list(points), mean, yerr=std, marker="o", capsize=3, label="collapsed")
         for row in rows:
@@ -117,7 +117,7 @@ def sigma0_figure(rows) -> plt.Figure | None:
                     row[metric],
                     ls="--",
                     lw=1,
-                    label=explore.run_label(row),
+                    label=compare.run_label(row),
                     color="k" if row["posterior"] == "gaussian" else "grey",
                 )
         ax.set_xscale("log")
@@ -156,7 +156,7 @@ def main(argv):
         ),
         "learning_curves": (learning_curves_figure(runs), f"Validation ELBO per epoch of {names}"),
     }
-    sigma = sigma0_figure([explore.run_summary(w) for w in workdirs])
+    sigma = sigma0_figure([compare.run_summary(w) for w in workdirs])
     if sigma is not None:
         figures["sigma0"] = (sigma, f"Test metrics against σ₀ of {names}")
     for name, (fig, caption) in figures.items():

@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 
 from cvae import Workdir, analysis, samplers
-from cvae.analysis import explore
+from cvae.analysis import compare
 from cvae.models import hierarchy
 from cvae.runs import provenance, restore
 from cvae.training import sweep
@@ -79,7 +79,7 @@ COLUMNS = [
     ("params", "{:,}"),
     *(
         (f"{metric}_{sampler}", "{:.2f}" if metric == "fid" else "{:.3f}")
-        for metric in explore.SAMPLE_METRICS
+        for metric in compare.SAMPLE_METRICS
         for sampler in samplers.SAMPLERS
     ),
     ("accuracy_prior", "{:.3f}"),
@@ -98,8 +98,8 @@ def provenance_lines(workdirs) -> str:
 
 
 def grouped_table(groups, field: str) -> str:
-    """The Markdown table of ``explore.aggregate``: mean ± 95% CI half-width per metric."""
-    metrics = [m for m in explore.SUMMARY_METRICS if any(m in g for g in groups)]
+    """The Markdown table of ``compare.aggregate``: mean ± 95% CI half-width per metric."""
+    metrics = [m for m in compare.SUMMARY_METRICS if any(m in g for g in groups)]
     lines = [
         f"| {field} | runs | " + " | ".join(metrics) + " |",
         "|" + " --- |" * (len(metrics) + 2),
@@ -121,7 +121,7 @@ def grouped_table(groups, field: str) -> str:
 def sampler_table(groups, field: str) -> str:
     """``grouped_table`` turned on its side for the sample metrics: one row per group and
     sampler (the samplers a group's runs were scored with), one column per metric."""
-    metrics = list(explore.SAMPLE_METRICS)
+    metrics = list(compare.SAMPLE_METRICS)
     lines = [
         f"| {field} | sampler | runs | " + " | ".join(metrics) + " |",
         "|" + " --- |" * (len(metrics) + 3),
@@ -150,7 +150,7 @@ def sampler_table(groups, field: str) -> str:
 
 
 def reference_groups(paths) -> list[dict]:
-    """``explore.aggregate``-style entries for reference lines: a run directory is one
+    """``compare.aggregate``-style entries for reference lines: a run directory is one
     entry; a sweep directory gives one per grid point (its members pooled over seeds)."""
     entries = []
     for path in paths:
@@ -170,8 +170,8 @@ def reference_groups(paths) -> list[dict]:
 
 
 def _pooled(workdirs) -> dict:
-    rows = [explore.run_summary(w) for w in workdirs]
-    return {"n": len(rows), **explore.metric_statistics(rows)}
+    rows = [compare.run_summary(w) for w in workdirs]
+    return {"n": len(rows), **compare.metric_statistics(rows)}
 
 
 def _panels(plt, count: int, most_across: int, panel_size: tuple[float, float]):
@@ -197,7 +197,7 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
     values = [g["value"] for g in groups]
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise cli.UsageError(f"--plot needs a numeric --group_by field; {field} takes {values}")
-    metrics = [m for m in explore.SUMMARY_METRICS if any(m in g for g in groups)]
+    metrics = [m for m in compare.SUMMARY_METRICS if any(m in g for g in groups)]
     fig, axes = _panels(plt, len(metrics), 4, (3.6, 3.3))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes.flat, metrics):
@@ -266,7 +266,7 @@ def layer_grid(workdirs) -> dict:
                 "two-layer runs (give only those)"
             )
         key = (layer_family(layers[0]), layer_family(layers[1]))
-        cells.setdefault(key, []).append(explore.run_summary(workdir))
+        cells.setdefault(key, []).append(compare.run_summary(workdir))
     bottoms = sorted({key[0] for key in cells})
     tops = sorted({key[1] for key in cells})
     grid: dict = {
@@ -274,7 +274,7 @@ def layer_grid(workdirs) -> dict:
         "columns": [family[-1] for family in tops],
         "runs": np.array([[len(cells.get((b, t), [])) for t in tops] for b in bottoms]),
     }
-    stats = {key: explore.metric_statistics(rows) for key, rows in cells.items()}
+    stats = {key: compare.metric_statistics(rows) for key, rows in cells.items()}
     for metric in GRID_METRICS:
         if not any(metric in s for s in stats.values()):
             continue
@@ -393,12 +393,12 @@ def main(argv):
         raise cli.UsageError("--plot draws metrics against a field: give --group_by FIELD too")
     if FLAGS.by_sampler and not FLAGS.group_by:
         raise cli.UsageError("--by_sampler aggregates over seeds: give --group_by FIELD too")
-    rows = [explore.run_summary(w) for w in workdirs]
+    rows = [compare.run_summary(w) for w in workdirs]
     if FLAGS.layer_grid:
         layer_grid_plot(layer_grid(workdirs), pathlib.Path(FLAGS.layer_grid))
         print(f"wrote {FLAGS.layer_grid}\n")
     if FLAGS.group_by:
-        groups = explore.aggregate(workdirs, FLAGS.group_by)
+        groups = compare.aggregate(workdirs, FLAGS.group_by)
         print(grouped_table(groups, FLAGS.group_by))
         if FLAGS.by_sampler:
             print()

@@ -3,7 +3,8 @@ use to explore and compare runs.
 
 * ``run``: ``load_run(workdir)`` → ``Run`` (encode, decode, sample — through the ex-post
   samplers of ``cvae.samplers`` where asked — interpolate, evaluate);
-* ``explore``: tables of runs, learning curves, latent statistics for notebooks.
+* ``explore``: one run's latent space — projections, traversals, manifolds, diagnostics;
+* ``compare``: many runs — summary rows, groups with statistics over seeds, learning curves.
 
 This package sits at the top of the library: it may import everything beneath it.
 """

@@ -3,7 +3,7 @@ import pytest
 
 import cvae
 from cvae import data, training
-from cvae.analysis import explore
+from cvae.analysis import compare, explore
 from tests.helpers import make_test_config
 
 pytestmark = pytest.mark.unit
@@ -115,10 +115,10 @@ def test_diagnostics_and_summaries(run_2d):
     diag = explore.posterior_diagnostics(run_2d, images)
     assert diag["kl_per_dim"].shape == (2,) and np.all(diag["kl_per_dim"] >= 0)
     assert 0 <= diag["active_units"] <= 2
-    row = explore.run_summary(run_2d.workdir)
+    row = compare.run_summary(run_2d.workdir)
     assert row["posterior"] == "gaussian" and row["epochs"] == 3
     assert row["params"] == run_2d.num_params  # from checkpoint metadata
-    curves = explore.learning_curves(run_2d.workdir)
+    curves = compare.learning_curves(run_2d.workdir)
     assert curves["epoch"] == [1, 2, 3]
     assert run_2d.num_params > 0
 
@@ -183,7 +183,7 @@ def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
         for i, v in enumerate(values)
     ]
     dirs.append(_fake_run(tmp_path / "lone", 0, 1.0, 80.0))
-    groups = explore.aggregate(dirs, "model.sigma0")
+    groups = compare.aggregate(dirs, "model.sigma0")
     assert [g["value"] for g in groups] == [0.01, 0.1, 1.0]
     assert [g["n"] for g in groups] == [3, 2, 1]
     mean, std, half = groups[0]["nll_is"]
@@ -191,7 +191,7 @@ def test_aggregate_gives_mean_std_and_a_student_t_interval_per_group(tmp_path):
     assert (mean, std) == pytest.approx((102.0, 2.0)) and half == pytest.approx((high - low) / 2)
     assert np.isnan(groups[2]["nll_is"][2])  # one run: no interval
     with pytest.raises(ValueError, match="did you mean 'model.sigma0'"):
-        explore.aggregate(dirs, "model.sigma")
+        compare.aggregate(dirs, "model.sigma")
 
 
 def test_aggregate_groups_by_several_fields_and_keeps_each_layers_scores(tmp_path):
@@ -213,7 +213,7 @@ def test_aggregate_groups_by_several_fields_and_keeps_each_layers_scores(tmp_pat
             {"nll_is": 90.0 + i, "kl_1": 3.0 + i, "kl_2": 1.0, "active_units_2": i, "k": 10}
         )
         dirs.append(tmp_path / f"r{i}")
-    groups = explore.aggregate(dirs, "model.posterior, model.upper_sigma0s")
+    groups = compare.aggregate(dirs, "model.posterior, model.upper_sigma0s")
     assert [(g["value"], g["n"]) for g in groups] == [
         ("collapsed / 0.1", 1),
         ("gaussian / 0.01", 2),
@@ -288,7 +288,7 @@ def test_report_by_sampler_has_a_row_per_group_and_scored_sampler(tmp_path):
             scores |= {"fid_diffusion": fid - 1.0, "recall_diffusion": 0.25}
         Workdir(path).write_sample_quality(scores)
         dirs.append(path)
-    lines = report.sampler_table(explore.aggregate(dirs, "model.sigma0"), "model.sigma0")
+    lines = report.sampler_table(compare.aggregate(dirs, "model.sigma0"), "model.sigma0")
     lines = lines.splitlines()
     assert lines[0] == (
         "| model.sigma0 | sampler | runs | fid | precision | recall | density | coverage"
