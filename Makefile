@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check cvae experiments benchmarks tests
 	$(PY) -m ruff format --check --quiet cvae experiments benchmarks tests
 
-# mypy over cvae/ at the level pyproject.toml declares ([tool.mypy]).
+# mypy over cvae/, experiments/ and benchmarks/ at the level pyproject.toml declares.
 typecheck: $(STAMP)
 	$(PY) -m mypy
 

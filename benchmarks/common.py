@@ -43,7 +43,8 @@ def dense_flops_per_example(arch: str) -> int:
     widths → 784. Elementwise work (activations, sampling, the loss) is not counted.
     """
     preset = config_lib.PRESETS[arch]
-    widths, latent = list(preset["encoder_widths"]), preset["latent_dim"]
+    widths = [int(w) for w in preset["encoder_widths"]]
+    latent = preset["latent_dim"]
     encoder = list(zip([IMAGE_PIXELS] + widths[:-1], widths, strict=True))
     encoder += [(widths[-1], latent)] * 2
     dec_widths = widths[::-1]

@@ -40,6 +40,7 @@ def pipeline_one(arch, batch_size, epochs, init, seed, data_dir, peak_gflops) ->
     cfg = bench_config(arch, batch_size, epochs, init, seed, data_dir)
     cfg.data.pipeline, cfg.data.stream_workers = "stream", FLAGS.stream_workers
     d = training.load_training_data(cfg, 1)  # builds the decoded cache on first use
+    assert d.train_source is not None  # data.pipeline = "stream" keeps the source
     reader = data.Stream(d.train_source, cfg.data.stream_chunk_steps, workers=FLAGS.stream_workers)
     order = np.asarray(
         steps.make_epoch_indices(num_train=d.num_train, batch_size=batch_size, class_table=None)(

@@ -22,7 +22,11 @@ from cvae.models.validation import validate_model
 SEED_PRESET = {"encoder_widths": (128, 64, 32), "latent_dim": 16, "activation": "relu"}
 TORCH_EXAMPLE_PRESET = {"encoder_widths": (400,), "latent_dim": 20, "activation": "relu"}
 IWAE_PRESET = {"encoder_widths": (200, 200), "latent_dim": 50, "activation": "tanh"}
-PRESETS = {"seed": SEED_PRESET, "torch_example": TORCH_EXAMPLE_PRESET, "iwae": IWAE_PRESET}
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": SEED_PRESET,
+    "torch_example": TORCH_EXAMPLE_PRESET,
+    "iwae": IWAE_PRESET,
+}
 
 
 # The values an enumerated field takes (``--helpconfig`` lists them; ``validate`` checks).

@@ -75,7 +75,9 @@ def main(argv):
 
 def evaluate_sweep(directory: str) -> None:
     """Every finished member of a sweep: eval.json each, one line each on the console."""
-    finished, notes = restore.sweep_members(directory)
+    members = restore.sweep_members(directory)
+    assert members is not None  # main checked that it is a sweep
+    finished, notes = members
     if not finished:
         raise cli.UsageError(f"the sweep in {directory} has no finished member to evaluate")
     results = evaluation.evaluate_sweep(

@@ -78,8 +78,8 @@ def latents_figure(runs) -> plt.Figure:
         xy = (codes - center) @ basis.T
         colour = dict(c=labels, cmap="tab10") if labels is not None else {}
         ax.scatter(xy[:, 0], xy[:, 1], s=3, **colour)
-        xs = np.linspace(*np.percentile(xy[:, 0], [0.5, 99.5]), 120)
-        ys = np.linspace(*np.percentile(xy[:, 1], [0.5, 99.5]), 120)
+        (x_low, x_high), (y_low, y_high) = np.percentile(xy, [0.5, 99.5], axis=0).T
+        xs, ys = np.linspace(x_low, x_high, 120), np.linspace(y_low, y_high, 120)
         density = explore.mixture_density_on_plane(run.latent_mixture(), center, basis, xs, ys)
         ax.contour(xs, ys, density, levels=6, colors="k", linewidths=0.6)
         ax.set_title(_label(run), fontsize=8)

@@ -110,6 +110,7 @@ def main(argv):
         )
         print(f"{outcome.status:>13}  {name}  epoch {outcome.epoch}  {scores}")
     record = sweep.SweepFile(pathlib.Path(directory)).read()
+    assert record is not None  # run_sweep has just written it
     print(f"{directory}/sweep.json: {sweep.describe(record)}")
     interrupted = [o for o in outcomes.values() if o.status == "interrupted"]
     if interrupted:

@@ -57,7 +57,7 @@ def should_checkpoint(cfg, epoch_done: int, *, improved: bool, stopping: bool) -
     )
 
 
-def elbo_terms(scores: dict) -> dict:
+def recorded_terms(scores: dict) -> dict:
     """The ELBO terms an evaluation record keeps: "elbo", "recon", "kl" and, for a
     hierarchy, each layer's "kl_l"."""
     return {
@@ -172,7 +172,7 @@ class RunBook:
                     **stamp,
                     "split": self.data.eval_split,
                     "loss": scores["loss"],
-                    **elbo_terms(scores),
+                    **recorded_terms(scores),
                     "examples_per_s": len(self.data.eval_set) / (time.perf_counter() - tick),
                 }
             )
@@ -209,7 +209,7 @@ class RunBook:
     def finish(self, state) -> dict:
         """Scores the test split with the final params and writes the test record."""
         scores = self.score(state["params"], self.data.test_set)
-        test_metrics = {"loss": scores["loss"], **elbo_terms(scores)}
+        test_metrics = {"loss": scores["loss"], **recorded_terms(scores)}
         self.writer.write(
             {
                 "step": int(state["step"]),
