@@ -12,8 +12,9 @@ never up and never in a cycle; no import hides inside a function to dodge one
 ====================  ==============================================================
 layer (bottom first)  holds
 ====================  ==============================================================
-``errors``,           the config error and its one-line check; fault points for
-``faults``,           tests; the device mesh and the processes of a run
+``errors``,           the config error and its one-line check; how a config field
+``schema``,           is declared; fault points for tests; the device mesh and the
+``faults``,           processes of a run
 ``parallel``
 ``models``            the model protocol, nets, posteriors, likelihoods, the designs, bounds
 ``config``            the schema: every field, its default, validation once

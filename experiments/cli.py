@@ -68,17 +68,9 @@ def _underscored(argv):
 
 def config_field_help(config=None) -> str:
     """Every field of ``config`` (the schema's defaults when None) and its value, one per
-    line, with the values an enumerated field takes and what 0 means where it is valid."""
-    fields = config_lib.flatten(config if config is not None else config_lib.base_config())
-    lines = []
-    for name, value in fields.items():
-        note = ""
-        if name in config_lib.CHOICES:
-            note = f"  # one of: {', '.join(config_lib.CHOICES[name])}"
-        elif name in config_lib.ZERO_MEANS:
-            note = f"  # 0: {config_lib.ZERO_MEANS[name]}"
-        lines.append(f"  --config.{name}={value!r}{note}")
-    return "\n".join(lines)
+    line, with what it is and the values an enumerated field takes or what 0 means
+    (``cvae.config.field_help``)."""
+    return config_lib.field_help(config)
 
 
 def unknown_config_field(argv) -> str | None:

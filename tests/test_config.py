@@ -7,6 +7,7 @@ import math
 import pytest
 
 from cvae import config as config_lib
+from cvae.training.setup import resume_conflicts
 
 pytestmark = pytest.mark.unit
 
@@ -193,7 +194,7 @@ def test_nested_tuples_survive_the_json_round_trip_and_resume_comparison():
     restored = config_lib.from_dict(saved)
     assert restored.model.upper_widths == ((16, 8), (8,))
     flat_saved = json.loads(json.dumps(config_lib.flatten(config)))
-    assert config_lib.resume_conflicts(flat_saved, config_lib.flatten(config)) == []
+    assert resume_conflicts(flat_saved, config_lib.flatten(config)) == []
 
 
 def test_the_iwae_bound_refuses_free_bits_instead_of_ignoring_them():

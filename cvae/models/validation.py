@@ -1,19 +1,134 @@
-"""The valid values of the ``model`` config section, checked beside the registries they name
-(activations, initialisations, posterior families, likelihoods)."""
+"""The ``model`` config section: its fields declared once (``MODEL_FIELDS``, beside the
+registries they name — activations, initialisations, posterior families, likelihoods) and
+the rules between them, checked by ``validate_model``."""
 
 from __future__ import annotations
 
 import ml_collections
 
-from cvae.errors import check, check_int, finite, positive_ints
+from cvae.errors import check, finite, positive_ints
 from cvae.models import likelihoods, nets, posteriors
+from cvae.schema import Field, check_fields
 
 ARCHS = ("mlp", "conv", "resnet", "ghosh")
 PRIORS = ("standard", "vamp")
 
+MODEL_FIELDS = {
+    "arch": Field(
+        "mlp",
+        "the nets: mlp | conv | resnet (residual, GroupNorm; 32×32, 64×64) | ghosh (the conv "
+        "nets of Ghosh et al., 2020)",
+        "choice",
+        choices=ARCHS,
+    ),
+    "encoder_widths": Field(
+        (128, 64, 32), "the MLP encoder's hidden widths", "ints", nonempty=True
+    ),
+    "decoder_widths": Field(
+        (),
+        "the MLP decoder's hidden widths; empty: the encoder's mirrored",
+        "ints",
+        valid="a tuple of positive integers (empty = mirrored)",
+    ),
+    "conv_channels": Field(
+        (32, 64), "the channels of each conv stage (or residual level)", "ints", nonempty=True
+    ),
+    "conv_dense_width": Field(256, "the conv nets' dense layer's width", "int", minimum=1),
+    "latent_dim": Field(16, "the size of a code z (of layer 1 in a hierarchy)", "int", minimum=1),
+    "activation": Field(
+        "relu", "the nets' nonlinearity", "choice", choices=(*sorted(nets.ACTIVATIONS), nets.GATED)
+    ),
+    "init": Field(
+        "lecun",
+        "lecun (Flax's default) | torch (nn.Linear's default)",
+        "choice",
+        choices=nets.INITS,
+    ),
+    "posterior": Field(
+        "collapsed",
+        "q(z|x): gaussian | collapsed | deterministic",
+        "choice",
+        choices=posteriors.FAMILIES,
+    ),
+    "sigma0": Field(
+        posteriors.DEFAULT_SIGMA0,
+        "the collapsed posterior's fixed σ₀",
+        "float",
+        minimum=0.0,
+        valid="finite and ≥ 0 (the collapsed posterior's σ₀)",
+    ),
+    "code_l2": Field(
+        0.0,
+        "deterministic only: the RAE penalty (code_l2/2)·‖μ‖²",
+        "float",
+        minimum=0.0,
+        zero="no code penalty",
+    ),
+    "likelihood": Field(
+        "bernoulli",
+        "p(x|z): bernoulli | gaussian | continuous_bernoulli",
+        "choice",
+        choices=likelihoods.NAMES,
+    ),
+    "likelihood_scale": Field(
+        0.0,
+        "gaussian only: a fixed σ",
+        "float",
+        minimum=0.0,
+        zero="the Gaussian's scale is learned",
+    ),
+    "dropout_rate": Field(
+        0.0, "dropout in the nets", "float", minimum=0.0, below=1.0, zero="no dropout"
+    ),
+    "gradient_penalty": Field(
+        0.0,
+        "deterministic only: the RAE-GP weight of ‖∇_z D(z)‖²",
+        "float",
+        minimum=0.0,
+        zero="no decoder-gradient penalty",
+    ),
+    "conditional": Field(False, "condition encoder and decoder on one-hot labels", "bool"),
+    "prior": Field(
+        "standard",
+        "p(z): standard, N(0, I) | vamp, the VampPrior (Tomczak & Welling)",
+        "choice",
+        choices=PRIORS,
+    ),
+    "num_pseudo_inputs": Field(500, "vamp: K learnable pseudo-inputs", "int", minimum=1),
+    # Stochastic layers above the first (cvae.models.hierarchy). Layer 1 is the fields
+    # above (encoder_widths, latent_dim, posterior, sigma0); layer l > 1 reads entry l − 2
+    # of each tuple below.
+    "upper_latent_dims": Field(
+        (),
+        "d₂, …, d_L; empty: one stochastic layer",
+        "ints",
+        valid="a tuple of positive integers, one per stochastic layer above the first",
+    ),
+    "upper_widths": Field((), "per upper layer, its nets' hidden widths: ((100, 100),)", "tuple"),
+    "upper_posteriors": Field(
+        (), "per upper layer gaussian | collapsed; empty: model.posterior", "tuple"
+    ),
+    "upper_sigma0s": Field((), "per upper layer σ₀ (collapsed); empty: model.sigma0", "tuple"),
+    "inference": Field(
+        "bottom_up",
+        "bottom_up: q(z₁|x) q(z₂|z₁)… (Burda et al.) | top_down: q(z_L|x) … q(z₁|z₂, x), in "
+        "the generative order (ladder VAE)",
+        "choice",
+        choices=("bottom_up", "top_down"),
+    ),
+    "decoder_layers": Field(
+        "bottom",
+        "bottom: p(x|z₁) | all: p(x|z₁, …, z_L), the decoder reads every layer (Tomczak & "
+        "Welling's HVAE)",
+        "choice",
+        choices=("bottom", "all"),
+    ),
+}
+
 
 def validate_model(m: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError for the first field of the ``model`` section outside its valid range.
+    """Raises ConfigError for the first field of the ``model`` section outside its valid
+    range (``MODEL_FIELDS``), then for the first rule between its fields that fails.
 
     ``cvae.config.validate`` calls it with the rest of the config; ``vae.build_model``
     calls it alone, so a model built from a hand-made section is checked too.
@@ -21,12 +136,7 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     Args:
       m: the ``model`` section of a config.
     """
-    check(
-        m.arch in ARCHS,
-        "model.arch",
-        m.arch,
-        "'mlp', 'conv', 'resnet' or 'ghosh'",
-    )
+    check_fields("model.", MODEL_FIELDS, m)
     check(
         m.arch != "ghosh" or len(m.conv_channels) == 4,
         "model.conv_channels",
@@ -34,43 +144,11 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         "four widths with model.arch='ghosh' (the paper's 128, 256, 512, 1024)",
     )
     check(
-        isinstance(m.latent_dim, int) and m.latent_dim > 0,
-        "model.latent_dim",
-        m.latent_dim,
-        "a positive integer",
-    )
-    check(
-        positive_ints(m.encoder_widths) and len(m.encoder_widths) > 0,
-        "model.encoder_widths",
-        m.encoder_widths,
-        "a non-empty tuple of positive integers",
-    )
-    check(
-        positive_ints(m.decoder_widths),
-        "model.decoder_widths",
-        m.decoder_widths,
-        "a tuple of positive integers (empty = mirrored)",
-    )
-    check_int(m.conv_dense_width, "model.conv_dense_width", 1)
-    check(
-        positive_ints(m.conv_channels) and len(m.conv_channels) > 0,
-        "model.conv_channels",
-        m.conv_channels,
-        "a non-empty tuple of positive integers",
-    )
-    check(
-        m.activation in nets.ACTIVATIONS or m.activation == nets.GATED,
-        "model.activation",
-        m.activation,
-        f"one of {sorted(nets.ACTIVATIONS) + [nets.GATED]}",
-    )
-    check(
         m.activation != nets.GATED or m.arch == "mlp",
         "model.activation",
         m.activation,
         "not 'gated' for conv nets (gated dense layers are an MLP option)",
     )
-    check(m.init in nets.INITS, "model.init", m.init, f"one of {nets.INITS}")
     check(
         m.arch != "resnet" or all(c % 8 == 0 for c in m.conv_channels),
         "model.conv_channels",
@@ -84,43 +162,10 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         "'lecun' for conv nets (the torch initialisation is implemented for MLPs only)",
     )
     check(
-        m.posterior in posteriors.FAMILIES,
-        "model.posterior",
-        m.posterior,
-        f"one of {posteriors.FAMILIES}",
-    )
-    check(
-        finite(m.sigma0) and m.sigma0 >= 0,
-        "model.sigma0",
-        m.sigma0,
-        "finite and ≥ 0 (the collapsed posterior's σ₀)",
-    )
-    check(
         m.posterior != "collapsed" or m.sigma0 > 0,
         "model.sigma0",
         m.sigma0,
         "> 0 for the collapsed posterior (σ₀ = 0 is model.posterior='deterministic')",
-    )
-    check(finite(m.code_l2) and m.code_l2 >= 0, "model.code_l2", m.code_l2, "finite and ≥ 0")
-    check(
-        m.likelihood in likelihoods.NAMES,
-        "model.likelihood",
-        m.likelihood,
-        f"one of {likelihoods.NAMES}",
-    )
-    check(
-        finite(m.likelihood_scale) and m.likelihood_scale >= 0,
-        "model.likelihood_scale",
-        m.likelihood_scale,
-        "finite and ≥ 0 (0 = learned)",
-    )
-    check(0 <= m.dropout_rate < 1, "model.dropout_rate", m.dropout_rate, "in [0, 1)")
-    check(m.prior in PRIORS, "model.prior", m.prior, "'standard' or 'vamp'")
-    check(
-        isinstance(m.num_pseudo_inputs, int) and m.num_pseudo_inputs >= 1,
-        "model.num_pseudo_inputs",
-        m.num_pseudo_inputs,
-        "a positive integer",
     )
     check(
         m.prior == "standard" or m.posterior in ("gaussian", "collapsed"),
@@ -134,12 +179,6 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
         "model.prior",
         m.prior,
         "'standard' for a conditional model (pseudo-inputs carry no labels)",
-    )
-    check(
-        finite(m.gradient_penalty) and m.gradient_penalty >= 0,
-        "model.gradient_penalty",
-        m.gradient_penalty,
-        "finite and ≥ 0",
     )
     check(
         m.gradient_penalty == 0 or m.posterior == "deterministic",
@@ -168,20 +207,12 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
     Args:
       m: the ``model`` section of a config.
     """
-    check(
-        positive_ints(m.upper_latent_dims),
-        "model.upper_latent_dims",
-        m.upper_latent_dims,
-        "a tuple of positive integers, one per stochastic layer above the first",
-    )
     upper = len(m.upper_latent_dims)
     check(
-        m.inference in (("bottom_up", "top_down") if upper else ("bottom_up",)),
+        upper > 0 or m.inference == "bottom_up",
         "model.inference",
         m.inference,
-        "'bottom_up' or 'top_down' (the order a hierarchy infers its layers in)"
-        if upper
-        else "'bottom_up' without model.upper_latent_dims (one layer has no order to choose)",
+        "'bottom_up' without model.upper_latent_dims (one layer has no order to choose)",
     )
     check(
         m.decoder_layers == "bottom" or (upper > 0 and m.decoder_layers == "all"),

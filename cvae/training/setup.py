@@ -100,6 +100,31 @@ class Setup:
         return lambda key, epoch: np.asarray(indices(key, epoch).addressable_data(0))
 
 
+# Fields whose change makes a saved run a different experiment: resuming across them would
+# silently mix two runs, so the trainer refuses unless train.overwrite is set.
+RESUME_CRITICAL_PREFIXES = ("seed", "data.", "model.", "objective.", "train.batch_size")
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """Resume-critical fields that differ between a saved config and the current one.
+
+    Args:
+      saved: the saved config, flattened (fields it lacks take today's defaults).
+      current: the current config, flattened.
+
+    Returns:
+      Their dotted names, sorted (seed, data, model, objective and batch size fields).
+    """
+    saved = {**config_lib.flatten(config_lib.base_config()), **saved}  # fields added since
+    names = sorted(set(saved) | set(current))
+    return [
+        n
+        for n in names
+        if any(n == p or n.startswith(p) for p in RESUME_CRITICAL_PREFIXES)
+        and saved.get(n) != current.get(n)
+    ]
+
+
 def prepare_workdir(config, workdir: Workdir) -> None:
     """Refuses to resume a different experiment; honours train.overwrite; writes config.json.
 
@@ -108,7 +133,7 @@ def prepare_workdir(config, workdir: Workdir) -> None:
     """
     conflicts = []
     if workdir.config_path.exists() and workdir.has_checkpoint():
-        conflicts = config_lib.resume_conflicts(
+        conflicts = resume_conflicts(
             config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
         )
         if conflicts and not config.train.overwrite:
