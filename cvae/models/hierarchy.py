@@ -29,6 +29,9 @@ KL term per layer and the importance weights of joint draws — are the "layered
 of ``cvae.models.objectives``; a deterministic layer (a point mass) makes them raise, as it
 does for ``VAE``.
 
+(One module on purpose: the walk, inference along it, the top prior and the protocol are
+the one thing every design shares; what differs lives in the design modules.)
+
 To the rest of cvae a hierarchy's *code* is every layer's latents concatenated, z₁ first:
 ``encode`` gives the mean path's posterior over it, ``decode`` reads it, ``sample_prior``
 draws every layer from the top down, ``descend`` regenerates the layers below a given one.
