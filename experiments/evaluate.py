@@ -28,8 +28,8 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
     "k",
     None,
-    "Importance samples per example for nll_is "
-    "(default: the run's eval.num_importance_samples; 0 skips nll_is).",
+    "Importance samples per example for nll_is, at least 1 (default: the run's "
+    "eval.num_importance_samples, where 0 means no nll_is).",
 )
 flags.DEFINE_string(
     "split",

@@ -40,7 +40,11 @@ config_flags.DEFINE_config_file(
     "config", None, "A config file from experiments/configs/.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "The sweep's directory: one run directory per member.")
-flags.DEFINE_string("seeds", "0:1", "Seeds: START:STOP (e.g. 0:5) or a list (0,3,7).")
+flags.DEFINE_string(
+    "seeds",
+    "0:1",
+    "Seeds: START:STOP (0:5 for seeds 0 to 4) or a list (0,3,7); a lone number is refused.",
+)
 flags.DEFINE_multi_string(
     "grid",
     [],

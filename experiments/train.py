@@ -33,7 +33,8 @@ flags.DEFINE_bool(
     "distributed",
     False,
     "Join a multi-process run, letting JAX detect the layout from the cluster "
-    "(SLURM, Open MPI, Cloud TPU) where the three flags above are not given.",
+    "(SLURM, Open MPI, Cloud TPU) where --coordinator_address, --num_processes and "
+    "--process_id are not given.",
 )
 flags.DEFINE_integer(
     "heartbeat_timeout_s",
@@ -45,7 +46,8 @@ FLAGS = flags.FLAGS
 
 
 def wants_distributed() -> bool:
-    """Any of the three flags, --distributed, or JAX's own JAX_COORDINATOR_ADDRESS."""
+    """--coordinator_address, --num_processes, --process_id, --distributed, or JAX's own
+    JAX_COORDINATOR_ADDRESS."""
     given = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     return (
         FLAGS.distributed

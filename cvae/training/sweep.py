@@ -51,7 +51,17 @@ class Member:
 
 
 def parse_seeds(spec: str) -> list[int]:
-    """``"0:5"`` → [0, 1, 2, 3, 4]; ``"0,3,7"`` → [0, 3, 7]; ``"4"`` → [4]."""
+    """``"0:5"`` → [0, 1, 2, 3, 4]; ``"0,3,7"`` → [0, 3, 7]; a lone number is refused.
+
+    ``--seeds 3`` reads as "three seeds" to some and "seed 3" to others, so it is refused
+    with both spellings: ``0:3`` for seeds 0, 1, 2 and ``3:4`` for seed 3 alone.
+    """
+    if spec.strip().isdigit():
+        n = int(spec)
+        raise SweepSpecError(
+            f"--seeds {spec} is ambiguous: write --seeds 0:{n} for {n} seeds (0 to {n - 1}) "
+            f"or --seeds {n}:{n + 1} for seed {n} alone"
+        )
     try:
         if ":" in spec:
             start, stop = (int(part) for part in spec.split(":"))

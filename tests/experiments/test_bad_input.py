@@ -87,6 +87,10 @@ def run_dir(tmp_path_factory):
         (["experiments.sample", "--workdir", "RUN", "--out", "grid.jpg"], "must end in .png"),
         (["experiments.sample", "--workdir", "RUN", "--n", "-1"], "--n must be ≥ 1"),
         (["experiments.evaluate", "--workdir", "RUN", "--nosuchflag=1"], "nosuchflag"),
+        (
+            ["experiments.sweep", *CONFIG, "--seeds", "3"],
+            "--seeds 3 is ambiguous: write --seeds 0:3 for 3 seeds (0 to 2) or --seeds 3:4",
+        ),
     ],
 )
 def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, run_dir):
