@@ -15,6 +15,8 @@
                                params they were fitted to are the run's
 
 Everything else asks a ``Workdir`` for paths and for reading and writing these files.
+(One module on purpose: every name above, the lock that keeps one writer per directory
+and the atomic writes they are written with; splitting them would spell names twice.)
 """
 
 from __future__ import annotations
