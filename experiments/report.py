@@ -336,8 +336,11 @@ def table(rows) -> str:
 
 # Metrics a training run does not write, the command that adds them, and whether every
 # run is expected to have them (a FID is optional until some run has one).
-EVALUATE = "python -m experiments.evaluate --workdir DIR (given a sweep directory: every member)"
-SCORE_SAMPLES = "python -m experiments.sample_quality --workdir RUN --classifier DIR for each run"
+EVALUATE = "python -m experiments.evaluate --workdir {}"
+SCORE_SAMPLES = (
+    "python -m experiments.sample_quality --workdir {} --classifier CLASSIFIER_DIR "
+    "(a digit classifier: python -m experiments.train_classifier)"
+)
 ADDED_BY = {
     "nll_is": (EVALUATE, True),
     "active_units": (EVALUATE, True),
@@ -346,23 +349,41 @@ ADDED_BY = {
 }
 
 
-def missing_notes(rows) -> list[str]:
+def missing_notes(rows, workdirs, sweeps=()) -> list[str]:
     """One line per metric some runs lack, naming those runs and the command that adds it
-    (a deterministic model has no nll_is: it is not counted as lacking one)."""
+    with the directory to give it: a sweep directory holding every such run (its members are
+    evaluated together), else the first such run (a deterministic model has no nll_is: it is
+    not counted as lacking one).
+
+    Args:
+      rows: ``compare.run_summary`` of each run.
+      workdirs: the runs' directories, in the order of ``rows``.
+      sweeps: the sweep directories the runs were given as.
+
+    Returns:
+      The lines.
+    """
     notes = []
     for metric, (command, expected) in ADDED_BY.items():
         owed = [
-            r for r in rows if not (metric == "nll_is" and r.get("posterior") == "deterministic")
+            (r, w)
+            for r, w in zip(rows, workdirs, strict=True)
+            if not (metric == "nll_is" and r.get("posterior") == "deterministic")
         ]
-        lacking = [r["run"] for r in owed if r.get(metric) is None]
+        lacking = [(r["run"], w) for r, w in owed if r.get(metric) is None]
         if not lacking or (not expected and len(lacking) == len(owed)):
             continue
-        names = ", ".join(lacking[:6]) + (
+        names = ", ".join(name for name, _ in lacking[:6]) + (
             f" and {len(lacking) - 6} more" if len(lacking) > 6 else ""
         )
-        notes.append(
-            f"{metric} missing for {len(lacking)} of {len(rows)} run(s) ({names}): {command}"
-        )
+        paths = [pathlib.Path(w) for _, w in lacking]
+        holder = next((s for s in sweeps if all(p.is_relative_to(s) for p in paths)), None)
+        if command is EVALUATE and holder is not None:
+            hint = command.format(holder) + " (every member of the sweep)"
+        else:
+            hint = command.format(paths[0])
+            hint += f", and the same for the other {len(paths) - 1}" if len(paths) > 1 else ""
+        notes.append(f"{metric} missing for {len(lacking)} of {len(rows)} run(s) ({names}): {hint}")
     return notes
 
 
@@ -415,7 +436,8 @@ def main(argv):
         print(table(rows))
     print()
     print(provenance_lines(workdirs))
-    for note in notes + missing_notes(rows):
+    sweeps = [pathlib.Path(a) for a in argv[1:] if analysis.sweep_members(a) is not None]
+    for note in notes + missing_notes(rows, workdirs, sweeps):
         print(note)
 
 

@@ -277,6 +277,7 @@ def test_two_array_tasks_share_one_sweep_directory(tmp_path):
     # Scores only an evaluation writes: the report says which runs lack them and how to add
     # them; evaluating the sweep directory writes every member's eval.json.
     assert "nll_is missing for 8 of 8 run(s)" in summary.stdout
+    assert f"experiments.evaluate --workdir {tmp_path} (every member" in summary.stdout
     evaluated = run_cli("experiments.evaluate", "--workdir", str(tmp_path), "--k", "2")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "wrote eval.json in 8 member(s)" in evaluated.stdout
