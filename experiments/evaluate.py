@@ -60,8 +60,9 @@ def main(argv):
         raise cli.UsageError(f"--chunk_size must be ≥ 0 (0 = automatic), got {FLAGS.chunk_size}")
     if not Workdir(workdir).config_path.exists() and restore.sweep_members(workdir):
         return evaluate_sweep(workdir)
+    run = restore.restore(workdir)
     result = evaluation.evaluate_run(
-        restore.restore(workdir),
+        run,
         FLAGS.split,
         FLAGS.k,
         batch_size=FLAGS.batch_size,
@@ -69,7 +70,7 @@ def main(argv):
         progress=True,
     )
     path = Workdir(workdir).write_eval(result)
-    print(evaluation.format_table(result))
+    print(evaluation.format_table(result, run.model.posterior_family))
     print(f"wrote {path}")
 
 

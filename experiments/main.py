@@ -43,7 +43,7 @@ def main(argv):
         samples = run.sample(jax.random.key(0), 64, sampler=sampler)
         writers.save_png(workdir.samples_path(sampler), writers.image_grid(jax.device_get(samples)))
     done = time.perf_counter()
-    print(evaluation.format_table(scores))
+    print(evaluation.format_table(scores, run.model.posterior_family))
     print(f"\ntraining {trained - started:.1f} s, evaluation and sampling {done - trained:.1f} s")
     print(
         f"results in {workdir.path}/: eval.json, metrics.jsonl, samples_gmm.png, "

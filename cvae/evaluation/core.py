@@ -314,17 +314,24 @@ def evaluate(
     return result
 
 
-def format_table(result: dict) -> str:
-    """The scores as aligned ``name  value`` lines (what experiments.evaluate prints).
+def format_table(result: dict, posterior_family: str | None = None) -> str:
+    """The scores as aligned ``name  value`` lines (what experiments.evaluate prints), each
+    labelled for the model it describes.
 
     Args:
       result: what ``evaluate`` returns.
+      posterior_family: the model's (``model.posterior_family``): the ``kl`` row of a
+        deterministic encoder is its code penalty, of any other the KL; None says both.
 
     Returns:
       The table, one line a score.
     """
     rows = []
-    for name, note in TABLE_ROWS:
+    labels = dict(TABLE_ROWS)
+    if posterior_family is not None:
+        labels["kl"] = KL_LABELS[posterior_family == "deterministic"]
+    for name, _ in TABLE_ROWS:
+        note = labels[name]
         if name in result:
             rows.append((name, result[name], note))
         if name == "active_units":
@@ -359,9 +366,14 @@ TABLE_ROWS = (
     ("nll_is", "nats: −log p(x), importance-sampled with K samples (lower is better)"),
     ("elbo", "nats: the evidence lower bound (higher is better)"),
     ("recon", "nats: E_q log p(x|z)"),
-    ("kl", "nats: KL(q(z|x) ‖ p(z)) (the code penalty for a deterministic encoder)"),
+    ("kl", "nats: KL(q(z|x) ‖ p(z)), or a deterministic encoder's code penalty"),
     ("active_units", "latent dimensions with Cov_x E_q[z_j] > 0.01"),
     ("k", "K: importance samples per example"),
     ("split", ""),
     ("num_examples", "examples scored"),
 )
+# The kl row's label for a model with a density (False) and a deterministic encoder (True).
+KL_LABELS = {
+    False: "nats: KL(q(z|x) ‖ p(z))",
+    True: "nats: the code penalty (λ/2)‖μ‖² (a deterministic encoder has no KL)",
+}

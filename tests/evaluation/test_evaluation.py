@@ -65,6 +65,10 @@ def test_a_hierarchy_scores_each_layer_and_its_joint_importance_samples_ignore_c
     assert first["nll_is"] <= -first["elbo"]
     table = evaluation.format_table(first)
     assert "kl_2" in table and "active_units_1" in table
+    # each model's kl row says what it is: a KL with a density, a code penalty without
+    assert "code penalty" not in evaluation.format_table(first, "gaussian")
+    assert "KL(q(z|x)" not in evaluation.format_table(first, "deterministic")
+    assert "code penalty" in evaluation.format_table(first, "deterministic")
 
 
 def test_one_device_and_eight_devices_score_alike(trained):
