@@ -109,8 +109,11 @@ class RunBook:
         *,
         ckpt: checkpoint.Checkpointer,
         progress: Progress,
+        name: str = "",
     ):
         self.cfg, self.workdir, self.model, self.data = cfg, workdir, model, d
+        # A population member's log lines start with its name (its directory in the sweep).
+        self.log_prefix = f"{name}: " if name else ""
         self.ckpt, self.progress = ckpt, progress
         self.eval_mesh = mesh
         self.learning_rate = steps.learning_rate(cfg.train, total_steps(cfg, d))
@@ -178,7 +181,8 @@ class RunBook:
             )
             if self.primary:
                 log.info(
-                    "epoch %d: %s ELBO %.3f nats (recon %.3f, KL %.3f; best so far %.3f)",
+                    "%sepoch %d: %s ELBO %.3f nats (recon %.3f, KL %.3f; best so far %.3f)",
+                    self.log_prefix,
                     epoch + 1,
                     self.data.eval_split,
                     scores["elbo"],

@@ -32,6 +32,8 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import pathlib
 import time
 
 import jax
@@ -176,6 +178,21 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
 
 
+def member_names(workdirs) -> list[str]:
+    """Each member's name in log lines: its directory relative to the members' common
+    parent ("sigma0=0.01/seed=3" in a sweep), or its own name for a population of one.
+
+    Args:
+      workdirs: the members' ``Workdir``s.
+
+    Returns:
+      One name per member.
+    """
+    paths = [w.path.resolve() for w in workdirs]
+    root = pathlib.Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+    return [str(p.relative_to(root)) for p in paths]
+
+
 def train_population(configs, workdirs) -> PopulationResult:
     """Trains ``configs[i]`` in ``workdirs[i]`` for every i, all in one compiled program.
 
@@ -231,13 +248,16 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
     models = [setup_lib.build_model(cfg, d) for cfg in configs]
     books, states = [], []
     everywhere = parallel.replicated(mesh)
-    for cfg, model, workdir in zip(configs, models, workdirs):
+    names = member_names(workdirs)
+    for cfg, model, workdir, name in zip(configs, models, workdirs, names, strict=True):
         fresh = parallel.place(setup_lib.initial_state(model, cfg, total_steps), everywhere)
         ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
         state, progress = setup_lib.resume(ckpt, fresh, workdir)
         states.append(jax.device_get(state))
         books.append(
-            bookkeeping.RunBook(cfg, workdir, model, d, eval_mesh, ckpt=ckpt, progress=progress)
+            bookkeeping.RunBook(
+                cfg, workdir, model, d, eval_mesh, ckpt=ckpt, progress=progress, name=name
+            )
         )
     setup_lib.log_setup(
         mesh,

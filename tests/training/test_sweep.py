@@ -4,6 +4,7 @@ alone; members shard over a ``member`` mesh axis; shards of an array job share o
 directory; bad grids fail in one line."""
 
 import json
+import logging
 
 import jax
 import numpy as np
@@ -52,7 +53,7 @@ def _assert_records_close(a, b, rtol):
             np.testing.assert_allclose(x[key], y[key], rtol=rtol, err_msg=f"{x['split']} {key}")
 
 
-def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_path):
+def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_path, caplog):
     schedule = {
         "train.optimizer": "adamw",
         "train.weight_decay": 1e-4,
@@ -63,8 +64,12 @@ def test_each_member_equals_its_run_alone_and_the_population_compiles_once(tmp_p
         make_test_config(seed=s, **schedule, **{"model.sigma0": v, "train.learning_rate": lr})
         for s, v, lr in ((0, 0.01, 1e-3), (1, 0.1, 1e-3), (2, 0.01, 3e-3), (3, 1.0, 1e-3))
     ]
-    result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(4)])
+    with caplog.at_level(logging.INFO, logger="cvae"):
+        result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(4)])
     assert result.traces["train_epoch"] == 1
+    # each member's validation line names the member
+    validation = [r.getMessage() for r in caplog.records if "validation ELBO" in r.getMessage()]
+    assert validation and {line.split(":")[0] for line in validation} == {"m0", "m1", "m2", "m3"}
     assert [o.status for o in result.outcomes] == ["done"] * 4
     for i, cfg in enumerate(configs):
         alone = training.train_and_evaluate(cfg, tmp_path / f"alone{i}")
