@@ -128,8 +128,7 @@ class MLPStack(nn.Module):
 
 def _mlp_heads(net, h, *, train: bool):
     """An MLP's trunk, then its mean head and (``net.variance_head``) log-variance head, as
-    submodules ``trunk``, ``mean`` and ``log_var`` of ``net`` (``MLPEncoder``,
-    ``GaussianMLP``)."""
+    submodules ``trunk``, ``mean`` and ``log_var`` of ``net`` (a ``GaussianMLP``)."""
     h = MLPStack(net.widths, net.activation, net.dropout_rate, net.weight_init, name="trunk")(
         h, train=train
     )
@@ -139,32 +138,12 @@ def _mlp_heads(net, h, *, train: bool):
     return mean, Linear(net.latent_dim, net.weight_init, name="log_var")(h)
 
 
-class MLPEncoder(nn.Module):
-    """x (…, H, W, C) → (mean, log_var or None), each (…, latent_dim).
-
-    The mean and the log-variance come from two separate heads on the last hidden layer;
-    ``variance_head=False`` (collapsed and deterministic posteriors) drops the second.
-    """
-
-    widths: Sequence[int]
-    latent_dim: int
-    variance_head: bool = True
-    activation: str = "relu"
-    dropout_rate: float = 0.0
-    weight_init: str = "lecun"
-
-    @nn.compact
-    def __call__(self, x, labels_onehot=None, *, train: bool = False):
-        h = _with_labels(x.reshape(x.shape[:-3] + (-1,)), labels_onehot)
-        return _mlp_heads(self, h, train=train)
-
-
 class GaussianMLP(nn.Module):
     """A vector (…, d_in) → the (mean, log-variance or None) of a diagonal Gaussian over
     (…, latent_dim): an MLP of ``widths`` and two heads (the second dropped without
     ``variance_head``). The nets between a hierarchy's layers: p(z_l | z_{l+1}) and the
-    posterior factors q(z_l | ·) that read vectors. Its parameters are named as
-    ``MLPEncoder``'s (``trunk``, ``mean``, ``log_var``)."""
+    posterior factors q(z_l | ·) that read vectors; ``MLPEncoder`` is one over images.
+    Parameters: ``trunk``, ``mean``, ``log_var``."""
 
     widths: Sequence[int]
     latent_dim: int
@@ -175,6 +154,20 @@ class GaussianMLP(nn.Module):
 
     @nn.compact
     def __call__(self, h, *, train: bool = False):
+        return _mlp_heads(self, h, train=train)
+
+
+class MLPEncoder(GaussianMLP):
+    """x (…, H, W, C) → (mean, log_var or None), each (…, latent_dim): the ``GaussianMLP`` of
+    the flattened image (and one-hot labels), with its attributes and parameter names.
+
+    The mean and the log-variance come from two separate heads on the last hidden layer;
+    ``variance_head=False`` (collapsed and deterministic posteriors) drops the second.
+    """
+
+    @nn.compact
+    def __call__(self, x, labels_onehot=None, *, train: bool = False):
+        h = _with_labels(x.reshape(x.shape[:-3] + (-1,)), labels_onehot)
         return _mlp_heads(self, h, train=train)
 
 
