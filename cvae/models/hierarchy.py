@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from cvae.models import nets, objectives, posteriors
+from cvae.models.protocol import ScoredByObjectives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,7 @@ def refuse_labels(labels) -> None:
 Pick = Callable[[int, Any, tuple], jax.Array]
 
 
-class Hierarchy(nn.Module):
+class Hierarchy(ScoredByObjectives, nn.Module):
     """The generative walk, top-down inference, the code's layout and the model protocol,
     shared by every design (see the module docstring). A design builds its nets in
     ``setup`` and defines the walk's hooks (``_top_state``, ``_expand``, ``_conditional``,
@@ -204,37 +205,6 @@ class Hierarchy(nn.Module):
             for layer, s in zip(self.layers, sigma0s, strict=True)
         )
         return self.clone(layers=layers)
-
-    @nn.nowrap
-    def elbo_terms(self, params, x, key, labels=None) -> dict:
-        """Per-example ELBO terms with one joint draw (``objectives.elbo_terms``).
-
-        Args:
-          params: the parameters.
-          x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of the draw.
-          labels: must be None.
-
-        Returns:
-          "recon", "kl_1" … "kl_L", "kl" and "elbo", each (B,).
-        """
-        return objectives.elbo_terms(self, params, x, key, labels)
-
-    @nn.nowrap
-    def log_importance_weights(self, params, x, key, k: int | None, labels=None):
-        """log w = log p(x, z₁…z_L) − log q(z₁…z_L | x) for k joint draws per example.
-
-        Args:
-          params: the parameters.
-          x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of the draws.
-          k: draws per example; None for one, without the leading axis.
-          labels: must be None.
-
-        Returns:
-          (k, B) log-weights ((B,) for k = None).
-        """
-        return objectives.log_importance_weights(self, params, x, key, k, labels)
 
     def _posterior(self, i: int, mean, log_var) -> posteriors.Posterior:
         layer = self.layers[i]

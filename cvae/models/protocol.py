@@ -24,7 +24,8 @@ What it does (params-taking methods run the model themselves; module methods go 
 * ``elbo_terms(params, x, key, labels=None)``: per-example "recon", "kl", "elbo" and each
   layer's "kl_l" for one (joint) draw;
 * ``log_importance_weights(params, x, key, k, labels=None)``: log w = log p(x, z) − log
-  q(z|x) for k draws per example, (k, B) ((B,) for k = None);
+  q(z|x) for k draws per example, (k, B) ((B,) for k = None) — these two written once, in
+  ``ScoredByObjectives``, a base of every design;
 * module methods ``encode(x, labels)`` (the posterior over the code: for a hierarchy its
   mean path), ``decode(z, labels)`` (p(x|·)'s parameters), ``sample_prior(key, n)`` (codes
   drawn from p(z)), ``descend(code, layer, key=None)`` (the layers below ``layer``
@@ -35,7 +36,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import flax.linen as nn
 import jax
+
+from cvae.models import objectives
 
 
 @runtime_checkable
@@ -127,3 +131,41 @@ class LatentVariableModel(Protocol):
           (k, B) log-weights ((B,) for k = None).
         """
         ...
+
+
+class ScoredByObjectives:
+    """The protocol's scoring methods, written once for every design: each model's
+    ``elbo_terms`` and ``log_importance_weights`` are ``cvae.models.objectives``' formulas
+    of the family it declares (``bound_family``). A base of ``VAE`` and ``Hierarchy``."""
+
+    @nn.nowrap
+    def elbo_terms(self, params, x, key, labels=None) -> dict:
+        """Per-example ELBO terms with one (joint) draw (``objectives.elbo_terms``).
+
+        Args:
+          params: the model's parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draw.
+          labels: int labels for a conditional model; else None.
+
+        Returns:
+          "recon", "kl", "elbo" and "kl_1" … "kl_L", each (B,) nats.
+        """
+        return objectives.elbo_terms(self, params, x, key, labels)
+
+    @nn.nowrap
+    def log_importance_weights(self, params, x, key, k: int | None, labels=None):
+        """log w = log p(x, z) − log q(z|x) for k draws per example (every layer of a layered
+        model from one joint draw; a one-layer model's k draws all from ``key``).
+
+        Args:
+          params: the model's parameters.
+          x: images in [0, 1], (B, H, W, C).
+          key: the PRNG key of the draws.
+          k: draws per example; None for one, without the leading axis.
+          labels: int labels for a conditional model; else None.
+
+        Returns:
+          (k, B) log-weights ((B,) for k = None).
+        """
+        return objectives.log_importance_weights(self, params, x, key, k, labels)

@@ -31,14 +31,14 @@ from cvae.models import (
     likelihoods,
     mlp_hierarchy,
     nets,
-    objectives,
     posteriors,
     residual_hierarchy,
 )
+from cvae.models.protocol import ScoredByObjectives
 from cvae.models.validation import validate_model
 
 
-class VAE(nn.Module):
+class VAE(ScoredByObjectives, nn.Module):
     """Encoder → posterior family → decoder → likelihood; see the module docstring."""
 
     encoder: nn.Module
@@ -116,38 +116,6 @@ class VAE(nn.Module):
         """
         (sigma0,) = sigma0s
         return self.clone(sigma0=sigma0)
-
-    @nn.nowrap
-    def elbo_terms(self, params, x, key, labels=None) -> dict:
-        """Per-example ELBO terms with one draw (``objectives.elbo_terms``).
-
-        Args:
-          params: the parameters.
-          x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of the draw.
-          labels: int labels for a conditional model; else None.
-
-        Returns:
-          "recon", "kl_1", "kl" (the same) and "elbo", each (B,).
-        """
-        return objectives.elbo_terms(self, params, x, key, labels)
-
-    @nn.nowrap
-    def log_importance_weights(self, params, x, key, k: int | None, labels=None):
-        """log w = log p(x|z) + log p(z) − log q(z|x) for k draws z ~ q(z|x) per example, all
-        from ``key``.
-
-        Args:
-          params: the parameters.
-          x: images in [0, 1], (B, H, W, C).
-          key: the PRNG key of the draws.
-          k: draws per example; None for one, without the leading axis.
-          labels: int labels for a conditional model; else None.
-
-        Returns:
-          (k, B) log-weights ((B,) for k = None).
-        """
-        return objectives.log_importance_weights(self, params, x, key, k, labels)
 
     def _onehot(self, labels):
         self.check_labels(labels)
