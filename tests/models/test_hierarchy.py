@@ -372,8 +372,10 @@ def test_importance_sampled_log_likelihood_matches_numerical_integration(design)
     integral (to 0.03 nats with k = 200,000 draws from a broad proposal, collapsed σ₀ = 1.5,
     where the estimate converges; measured within 0.01), lies above the ELBO, and the IWAE
     bound rises with k towards it. About 10 s per MLP design (the draws, a 481² grid and
-    600 repeated bounds), 20 s for the residual one on one image (its draws and the grid go
-    through convolutions): in the slow tier."""
+    600 repeated bounds), 15 s for the residual one on one image (its draws and the grid go
+    through convolutions; its bounds are the layered formulas the MLP designs check rising
+    with k, so it skips that part): in the slow tier. The grid stays 481²: at 241² the
+    residual design's integral moves by 0.02 nats (the MLP designs' by 1e-6)."""
     model, params = _two_layers(
         dims=(1, 1), families=("collapsed", "collapsed"), sigma0=1.5, design=design
     )
@@ -388,6 +390,8 @@ def test_importance_sampled_log_likelihood_matches_numerical_integration(design)
         0,
     )
     assert np.all(elbo < exact)
+    if design is ResidualTopDownVAE:
+        return
     bounds = [
         jnp.mean(
             jax.vmap(lambda key, k=k: objectives.iwae_bound(model, params, x, key, k))(
