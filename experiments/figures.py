@@ -72,7 +72,7 @@ def latents_figure(runs) -> plt.Figure:
     for ax, run in zip(axes[0], runs):
         x, labels = run.inputs("test", 2000)
         codes = np.concatenate(
-            [np.asarray(run.encode(x[i : i + 1000])[0]) for i in range(0, len(x), 1000)]
+            [np.asarray(run.encode(x[i : i + 1000], flat=True)[0]) for i in range(0, len(x), 1000)]
         )
         center, basis = explore.pca_plane(codes)
         xy = (codes - center) @ basis.T

@@ -43,7 +43,12 @@ def run_summary(workdir) -> dict:
             if config["objective"]["kind"] == "iwae"
             else "elbo"
         ),
-        "latent_dim": config["model"]["latent_dim"],
+        # a code map's size follows the images: say its channels
+        "latent_dim": (
+            f"map ×{config['model']['code_channels']}"
+            if config["model"]["arch"] == "conv_map"
+            else config["model"]["latent_dim"]
+        ),
         "epochs": train[-1]["epoch"] if train else 0,
         "examples_per_s": float(np.median([r["examples_per_s"] for r in train[1:]] or [0])),
         "wall_s": train[-1]["elapsed_s"] if train else 0.0,
@@ -54,7 +59,10 @@ def run_summary(workdir) -> dict:
     row.update(
         {
             k: evaluation[k]
-            for k in ("nll_is", "elbo", "recon", "kl", "active_units", "k", *LAYER_METRICS)
+            for k in (
+                *("nll_is", "elbo", "recon", "kl", "active_units", "k"),
+                *("code_std", "sigma0_relative", *LAYER_METRICS),
+            )
             if k in evaluation
         }
     )

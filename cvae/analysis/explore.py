@@ -1,7 +1,7 @@
 """One run's latent space, computed for the notebooks and the explorer: 2-D projections of
-codes, traversals (of the code, or of one layer with the layers below regenerated),
-manifolds, the ex-post mixture's density on a plane, nearest training images and
-per-dimension diagnostics. Comparing several runs is ``cvae.analysis.compare``.
+codes, a code map's channels as images, traversals (of the code, or of one layer with the
+layers below regenerated), manifolds, the ex-post mixture's density on a plane, nearest
+training images and per-dimension diagnostics. Comparing several runs is ``cvae.analysis.compare``.
 
 Everything takes a ``Run`` (``cvae.load_run``) or codes, and returns arrays or plain
 records; plotting stays in the notebooks.
@@ -170,6 +170,30 @@ def nearest_training_images(samples, training_images, k: int = 1):
     return order, np.sqrt(np.maximum(np.take_along_axis(squared, order, 1), 0.0))
 
 
+def code_map_channels(run: Run, x) -> np.ndarray:
+    """A code map's channels as images: each image's posterior mean, an h × w × c map, as c
+    images of h × w (what each channel of the tokenizer's code holds, where).
+
+    Args:
+      run: a run whose code is a map (``model.arch = "conv_map"``).
+      x: images (N, H, W, C) in [0, 1].
+
+    Returns:
+      (N, c, h, w).
+
+    Raises:
+      ValueError: the run's code is a vector.
+    """
+    (shape, *upper) = run.model.layer_shapes
+    if upper or len(shape) != 3:
+        raise ValueError(
+            "this run's code is a vector, not a map (model.arch='conv_map' trains a model "
+            "whose code is a map); see its dimensions with traversal or project_2d"
+        )
+    mean, _ = run.encode(x)
+    return np.moveaxis(np.asarray(mean), -1, 1)
+
+
 def traversal(run: Run, x, dims, values) -> np.ndarray:
     """Images along latent dimensions: x's posterior mean with dimension j set to each value.
 
@@ -182,7 +206,7 @@ def traversal(run: Run, x, dims, values) -> np.ndarray:
     Returns:
       Images (len(dims), len(values), H, W, C).
     """
-    mean, _ = run.encode(np.asarray(x)[None])
+    mean, _ = run.encode(np.asarray(x)[None], flat=True)
     rows = []
     for j in dims:
         z = jnp.repeat(mean, len(values), axis=0).at[:, j].set(jnp.asarray(values))
@@ -213,7 +237,7 @@ def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarr
     if not 1 <= layer <= len(dims_of_layers):
         raise ValueError(f"layer must be 1 … {len(dims_of_layers)}, got {layer}")
     offset = sum(dims_of_layers[: layer - 1])
-    mean, _ = run.encode(np.asarray(x)[None])
+    mean, _ = run.encode(np.asarray(x)[None], flat=True)
     rows = []
     for j in dims:
         code = jnp.repeat(mean, len(values), axis=0).at[:, offset + j].set(jnp.asarray(values))

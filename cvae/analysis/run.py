@@ -20,7 +20,7 @@ import numpy as np
 
 from cvae import data, evaluation, samplers
 from cvae.evaluation import metrics
-from cvae.models import objectives
+from cvae.models import objectives, protocol
 from cvae.models import vae as model_lib
 from cvae.runs.restore import Restored, load_config, restore
 from cvae.runs.workdir import RunNotFoundError, Workdir
@@ -103,32 +103,39 @@ class Run(Restored):
         return self.model.apply({"params": self.params}, *args, method=method)
 
     # -------------------------------------------------------------- the API
-    def encode(self, x, labels=None):
-        """The parameters of q(z|x).
+    def encode(self, x, labels=None, *, flat: bool = False):
+        """The parameters of q(z|x), shaped as the model's code.
 
         Args:
           x: images (N, H, W, C) in [0, 1] (``inputs`` gives them as evaluation sees them).
           labels: int labels, one per image, for a conditional model; else None.
+          flat: codes as vectors (N, d) whatever their shape (what densities over codes
+            take).
 
         Returns:
-          (mean (N, d), log_var (N, d)); log_var is None for collapsed and deterministic models.
+          (mean, log_var), each (N, d) — or (N, h, w, c) maps for a model whose code is a
+          map (``model.arch = "conv_map"``) unless ``flat``; log_var is None for collapsed and
+          deterministic models.
         """
         x = self._inputs(x)
         posterior = self._apply(x, self._labels(labels, len(x)), method=self.model.encode)
         log_var = posterior.log_var if self.model.posterior_family == "gaussian" else None
-        return posterior.mean, log_var
+        if flat or len(self.model.layer_shapes) > 1:
+            return posterior.mean, log_var
+        (mean,) = protocol.shaped_layers(self.model, posterior.mean)
+        return mean, None if log_var is None else protocol.shaped_layers(self.model, log_var)[0]
 
     def decode(self, z, labels=None):
         """The likelihood parameters of p(x|z).
 
         Args:
-          z: latents (N, d).
+          z: latents (N, d), or maps (N, h, w, c) for a model whose code is a map.
           labels: int labels, one per image, for a conditional model; else None.
 
         Returns:
           The decoder's output: logits for Bernoulli models.
         """
-        z = np.asarray(z, np.float32)
+        z = np.asarray(protocol.flat_code(self.model, np.asarray(z, np.float32)))
         d = self.model.code_dim
         if z.ndim != 2 or z.shape[-1] != d:
             what = (
@@ -248,7 +255,7 @@ class Run(Restored):
         """
         _require_int(steps, 2, "steps must be an integer ≥ 2 (both ends included)")
         pair = jnp.concatenate([self._inputs(x0), self._inputs(x1)])  # each a batch of one
-        means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels))
+        means, _ = self.encode(pair, None if labels is None else jnp.full((2,), labels), flat=True)
         t = jnp.linspace(0.0, 1.0, steps)[:, None]
         z = (1 - t) * means[0] + t * means[1]
         return self.mean_image(z, labels)
@@ -367,7 +374,8 @@ class Run(Restored):
         sample = self.eval_set("train").head(max_examples)
         codes, labels = [], []
         for images, y in sample.unit_batches(1000):
-            codes.append(np.asarray(self.encode(images, y if self.model.num_classes else None)[0]))
+            condition = y if self.model.num_classes else None
+            codes.append(np.asarray(self.encode(images, condition, flat=True)[0]))
             labels.append(y)
         return np.concatenate(codes), (np.concatenate(labels) if self.info.num_classes else None)
 

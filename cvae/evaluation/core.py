@@ -245,7 +245,9 @@ def evaluate(
 
     Returns:
       ``elbo``, ``recon``, ``kl``, ``loss`` (= −elbo),
-      ``active_units`` (dimensions with Cov_x E_q[z_j] > 0.01), ``num_examples``, ``k``, and
+      ``active_units`` (dimensions with Cov_x E_q[z_j] > 0.01), ``num_examples``, ``k``,
+      ``code_std`` = √(mean_j Var_x E_q[z_j]) (the codes' spread, every layer's together),
+      for one layer of fixed scale ``sigma0_relative`` = σ₀ / code_std, and
       ``nll_is`` = −mean log p̂(x) when K ≥ 1 and the posterior has a density; for a
       hierarchy also each layer's ``kl_l`` and ``active_units_l`` (layer 1 next to x).
     """
@@ -304,6 +306,11 @@ def evaluate(
             moments.add(out["mean"][:real])
     result = {name: sums[name] / n for name in means}
     result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n, k=k)
+    # The codes' scale: σ₀ compares across models only relative to it.
+    result["code_std"] = float(np.sqrt(np.mean(moments.variance)))
+    (sigma0, *upper) = model.sigma0s
+    if not upper and sigma0 is not None and result["code_std"] > 0:
+        result["sigma0_relative"] = float(sigma0) / result["code_std"]
     if layer_dims:  # a hierarchy's code is its layers' latents, z₁ first
         starts = np.cumsum((0, *layer_dims))
         active = moments.variance > metrics.ACTIVE_THRESHOLD
@@ -368,6 +375,8 @@ TABLE_ROWS = (
     ("recon", "nats: E_q log p(x|z)"),
     ("kl", "nats: KL(q(z|x) ‖ p(z)), or a deterministic encoder's code penalty"),
     ("active_units", "latent dimensions with Cov_x E_q[z_j] > 0.01"),
+    ("code_std", "the codes' spread √(mean_j Var_x E_q[z_j])"),
+    ("sigma0_relative", "σ₀ / code_std: the posterior's fixed scale against the codes'"),
     ("k", "K: importance samples per example"),
     ("split", ""),
     ("num_examples", "examples scored"),

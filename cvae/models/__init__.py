@@ -7,6 +7,7 @@ the designs that wire them, and the objectives they are trained on.
   read models through it alone;
 * ``nets``: MLP, convolutional and residual encoders and decoders, the Gaussian MLP between
   latent vectors (Flax Linen); ``pyramid``: the nets of a conv pyramid with a top-down state;
+  ``code_maps``: conv nets whose code is a map h × w × c (a tokenizer, ``arch = "conv_map"``);
 * ``posteriors``: q(z|x) — ``gaussian`` (learned variance), ``collapsed`` (fixed σ₀),
   ``deterministic`` (σ₀ = 0, the autoencoder);
 * ``likelihoods``: p(x|z) — Bernoulli, Gaussian, continuous Bernoulli;

@@ -152,6 +152,18 @@ class Hierarchy(ScoredByObjectives, nn.Module):
         return tuple(layer.latent_dim for layer in self.layers)
 
     @property
+    def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """((d₁,), …, (d_L,)): every layer's code is a vector."""
+        return tuple((d,) for d in self.layer_dims)
+
+    @property
+    def sigma0s(self) -> tuple[float | None, ...]:
+        """Each layer's fixed σ₀ (a collapsed layer's); None where the scale is learned."""
+        return tuple(
+            layer.sigma0 if layer.posterior == "collapsed" else None for layer in self.layers
+        )
+
+    @property
     def code_dim(self) -> int:
         """The size of a code: every layer's latents concatenated, d₁ + … + d_L."""
         return sum(self.layer_dims)

@@ -13,7 +13,11 @@ What it declares:
   ``check_labels`` refuses any), ``posterior_family`` ("gaussian", "collapsed" — some layer
   wants an ex-post density to be sampled — or "deterministic": no density, no bounds);
 * ``layer_dims`` (d₁, …, d_L) and ``code_dim`` = Σ d_l: a *code* is every layer's latents
-  concatenated, z₁ first (``split_code`` cuts it);
+  concatenated, z₁ first (``split_code`` cuts it); ``layer_shapes``: each layer's code as
+  it is read — a vector ``(d_l,)`` or a map ``(h, w, c)`` with d_l = h·w·c, held flattened
+  position-major (``shaped_layers`` and ``flat_code`` convert);
+* ``sigma0s``: each layer's fixed posterior scale σ₀ (0 for a point mass; None where the
+  scale is learned);
 * ``bound_family``: which formulas of ``cvae.models.objectives`` score it — "single" (one
   posterior over the code) or "layered" (the layers drawn jointly in inference order).
 
@@ -39,7 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 import flax.linen as nn
 import jax
 
-from cvae.models import objectives
+from cvae.models import code_maps, objectives
 
 
 @runtime_checkable
@@ -66,6 +70,16 @@ class LatentVariableModel(Protocol):
     @property
     def code_dim(self) -> int:
         """d₁ + … + d_L."""
+        ...
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Each layer's code shape, z₁'s first: (d_l,) or a map (h, w, c)."""
+        ...
+
+    @property
+    def sigma0s(self) -> tuple[float | None, ...]:
+        """Each layer's fixed σ₀ (0: a point mass); None where the scale is learned."""
         ...
 
     @property
@@ -131,6 +145,40 @@ class LatentVariableModel(Protocol):
           (k, B) log-weights ((B,) for k = None).
         """
         ...
+
+
+def shaped_layers(model: LatentVariableModel, z) -> list:
+    """A code as its layers' parts in their shapes.
+
+    Args:
+      model: any model of this protocol.
+      z: codes (…, code_dim).
+
+    Returns:
+      The parts, z₁ first: (…, d_l) vectors or (…, h, w, c) maps.
+    """
+    return [
+        part.reshape(part.shape[:-1] + tuple(shape))
+        for part, shape in zip(model.split_code(z), model.layer_shapes, strict=True)
+    ]
+
+
+def flat_code(model: LatentVariableModel, z):
+    """Codes as the model holds them, (…, code_dim), from a one-layer model's maps
+    (…, h, w, c) or from codes already flat.
+
+    Args:
+      model: any model of this protocol.
+      z: codes.
+
+    Returns:
+      (…, code_dim) codes.
+
+    Raises:
+      ValueError: ``z`` has neither shape (one line naming both).
+    """
+    shape = model.layer_shapes[0] if len(model.layer_shapes) == 1 else (model.code_dim,)
+    return code_maps.flat_codes(z, shape, model.code_dim)
 
 
 class ScoredByObjectives:

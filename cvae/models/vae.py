@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cvae.models import (
+    code_maps,
     hierarchy,
     likelihoods,
     mlp_hierarchy,
@@ -50,6 +51,9 @@ class VAE(ScoredByObjectives, nn.Module):
     num_classes: int = 0
     prior: str = "standard"  # "standard": N(0, I) | "vamp": the VampPrior
     num_pseudo_inputs: int = 0
+    # The code's shape: () for a vector of latent_dim numbers, (h, w, c) for a code map
+    # (cvae.models.code_maps), which the model holds flattened to h·w·c.
+    code_shape: tuple[int, ...] = ()
 
     def setup(self):
         """Flax's set-up: a VampPrior's pseudo-inputs, initialised N(0.05, 0.01²) per pixel (the
@@ -75,6 +79,18 @@ class VAE(ScoredByObjectives, nn.Module):
     def layer_dims(self) -> tuple[int, ...]:
         """(latent_dim,): a one-layer model is a hierarchy of one."""
         return (self.code_dim,)
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """((latent_dim,),) for a vector code, ((h, w, c),) for a code map."""
+        return (tuple(self.code_shape) or (self.code_dim,),)
+
+    @property
+    def sigma0s(self) -> tuple[float | None, ...]:
+        """(σ₀,): the collapsed family's fixed σ₀, 0 for the deterministic one, None for the
+        gaussian family (whose scale is learned)."""
+        fixed = {"collapsed": self.sigma0, "deterministic": 0.0}
+        return (fixed.get(self.posterior_family),)
 
     @nn.nowrap
     def check_labels(self, labels) -> None:
@@ -140,13 +156,17 @@ class VAE(ScoredByObjectives, nn.Module):
         """The likelihood's parameters of p(x|z).
 
         Args:
-          z: latents (…, latent_dim).
+          z: latents (…, latent_dim), or for a code map also maps (…, h, w, c).
           labels: int labels for a conditional model; else None.
           train: training mode (dropout on).
 
         Returns:
           The decoder's output, shaped as the likelihood asks (``param_shape``).
+
+        Raises:
+          ValueError: codes of another shape (one line naming both).
         """
+        z = code_maps.flat_codes(z, self.layer_shapes[0], self.code_dim)
         return self.decoder(z, self._onehot(labels), train=train)
 
     def pseudo_posterior(self, *, train: bool = False) -> posteriors.Posterior:
@@ -232,7 +252,8 @@ def build_model(
     """The VAE a config's ``model`` section describes, for images of a given shape: a ``VAE``,
     or with ``upper_latent_dims`` a ``cvae.models.mlp_hierarchy.BottomUpVAE`` (or ``TopDownVAE``
     with ``inference = "top_down"``, or with ``arch = "resnet"`` a
-    ``cvae.models.residual_hierarchy.ResidualTopDownVAE``).
+    ``cvae.models.residual_hierarchy.ResidualTopDownVAE``). With ``arch = "conv_map"`` the
+    VAE's code is a map (``cvae.models.code_maps``).
 
     Args:
       model_config: the config's ``model`` section (validated here first).
@@ -281,6 +302,7 @@ def build_model(
     decoder_widths = tuple(cfg.decoder_widths) or tuple(reversed(cfg.encoder_widths))
     encoder: nn.Module
     decoder: nn.Module
+    code_shape: tuple[int, int, int] | tuple[()] = ()
     if cfg.arch == "mlp":
         encoder = nets.MLPEncoder(
             tuple(cfg.encoder_widths),
@@ -305,6 +327,22 @@ def build_model(
         decoder = nets.ConvDecoder(
             tuple(cfg.conv_channels),
             cfg.conv_dense_width,
+            param_shape,
+            cfg.activation,
+            cfg.dropout_rate,
+        )
+    elif cfg.arch == "conv_map":
+        code_shape = code_maps.map_shape(event_shape, len(cfg.conv_channels), cfg.code_channels)
+        encoder = code_maps.ConvMapEncoder(
+            tuple(cfg.conv_channels),
+            code_shape,
+            variance_head,
+            cfg.activation,
+            cfg.dropout_rate,
+        )
+        decoder = code_maps.ConvMapDecoder(
+            tuple(cfg.conv_channels),
+            code_shape,
             param_shape,
             cfg.activation,
             cfg.dropout_rate,
@@ -334,7 +372,7 @@ def build_model(
             tuple(cfg.conv_channels), param_shape, cfg.activation, cfg.dropout_rate
         )
     else:
-        raise AssertionError(cfg.arch)  # validate_model admits only the four above
+        raise AssertionError(cfg.arch)  # validate_model admits only the five above
     return VAE(
         encoder=encoder,
         decoder=decoder,
@@ -345,6 +383,7 @@ def build_model(
         num_classes=num_classes if cfg.conditional else 0,
         prior=cfg.prior,
         num_pseudo_inputs=cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0,
+        code_shape=code_shape,
     )
 
 

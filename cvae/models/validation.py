@@ -10,14 +10,15 @@ from cvae.errors import check, finite, positive_ints
 from cvae.models import likelihoods, nets, posteriors
 from cvae.schema import Field, check_fields
 
-ARCHS = ("mlp", "conv", "resnet", "ghosh")
+ARCHS = ("mlp", "conv", "resnet", "ghosh", "conv_map")
 PRIORS = ("standard", "vamp")
 
 MODEL_FIELDS = {
     "arch": Field(
         "mlp",
         "the nets: mlp | conv | resnet (residual, GroupNorm; 32×32, 64×64) | ghosh (the conv "
-        "nets of Ghosh et al., 2020)",
+        "nets of Ghosh et al., 2020) | conv_map (a code map h × w × code_channels, the "
+        "tokenizer of a latent generative model)",
         "choice",
         choices=ARCHS,
     ),
@@ -34,7 +35,20 @@ MODEL_FIELDS = {
         (32, 64), "the channels of each conv stage (or residual level)", "ints", nonempty=True
     ),
     "conv_dense_width": Field(256, "the conv nets' dense layer's width", "int", minimum=1),
-    "latent_dim": Field(16, "the size of a code z (of layer 1 in a hierarchy)", "int", minimum=1),
+    "latent_dim": Field(
+        16,
+        "the size of a code z (of layer 1 in a hierarchy); conv_map: h·w·code_channels, not "
+        "this field",
+        "int",
+        minimum=1,
+    ),
+    "code_channels": Field(
+        4,
+        "conv_map: the channels c of the code map, h × w × c with h = ⌈H / 2^n⌉ for n = "
+        "len(conv_channels) (MNIST with two stages: 7 × 7 × c)",
+        "int",
+        minimum=1,
+    ),
     "activation": Field(
         "relu", "the nets' nonlinearity", "choice", choices=(*sorted(nets.ACTIVATIONS), nets.GATED)
     ),

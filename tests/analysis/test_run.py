@@ -30,3 +30,33 @@ def test_a_run_loads_decodes_and_samples_without_its_data_set(tmp_path):
     for needs_data in (lambda: run.inputs("test", 4), lambda: run.sample(0, 4, "flow")):
         with pytest.raises(ValueError, match=r"npz data set .*digits\.npz.*no such file"):
             needs_data()
+
+
+def test_a_tokenizer_run_encodes_to_maps_decodes_them_and_reports_sigma0_relative(tmp_path):
+    """A collapsed tokenizer (4×4×2 code maps of the digits): ``encode`` gives maps,
+    ``decode`` takes them (or flat codes) and refuses another shape in one line, the
+    evaluation reports σ₀ relative to the codes' spread, the gmm fits the flattened codes,
+    and the explorer shows each channel as an image."""
+    from cvae.analysis import explore
+
+    config = make_test_config(
+        **{"model.arch": "conv_map", "model.conv_channels": (8,), "model.code_channels": 2}
+    )
+    training.train_and_evaluate(config, tmp_path / "run")
+    run = cvae.load_run(tmp_path / "run")
+    x, _ = run.inputs("test", 5)
+    maps, log_var = run.encode(x)
+    flat, _ = run.encode(x, flat=True)
+    assert maps.shape == (5, 4, 4, 2) and log_var is None and flat.shape == (5, 32)
+    np.testing.assert_array_equal(np.asarray(maps).reshape(5, -1), flat)
+    np.testing.assert_array_equal(run.decode(maps), run.decode(flat))
+    with pytest.raises(ValueError, match=r"\(5, 4, 4, 3\).*…×4×4×2 or flat …×32"):
+        run.decode(np.zeros((5, 4, 4, 3), np.float32))
+    channels = explore.code_map_channels(run, x)
+    assert channels.shape == (5, 2, 4, 4)
+    np.testing.assert_array_equal(channels[:, 1], np.asarray(maps)[..., 1])
+
+    scores = run.evaluate("test", k=5)
+    assert scores["code_std"] > 0
+    assert scores["sigma0_relative"] == pytest.approx(0.01 / scores["code_std"])
+    assert run.sample(0, 4, "gmm").shape == (4, 8, 8, 1)

@@ -1,8 +1,8 @@
 """The one model interface: every design — the one-layer VAE (Gaussian, collapsed,
-deterministic, VampPrior, conditional) and the three hierarchies — answers the protocol of
-``cvae.models.protocol`` with the same meaning: its layers' sizes, a code that splits into
-them, σ₀ per layer, per-layer ELBO terms, importance weights of one signature, ``descend``,
-and the labels it accepts."""
+deterministic, VampPrior, conditional, a code map) and the three hierarchies — answers the
+protocol of ``cvae.models.protocol`` with the same meaning: its layers' sizes, a code that
+splits into them, σ₀ per layer, per-layer ELBO terms, importance weights of one signature,
+``descend``, and the labels it accepts."""
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,21 @@ DESIGNS = {
         "conv_channels": (8, 8),
         "decoder_layers": "all",
         **TWO,
+    },
+    # tokenizers: a 2×2×1 code map (two halvings of 8×8), its KL per position
+    "code_map": {
+        "posterior": "collapsed",
+        "sigma0": 0.1,
+        "arch": "conv_map",
+        "conv_channels": (8, 8),
+        "code_channels": 1,
+    },
+    "conditional_code_map": {
+        "posterior": "gaussian",
+        "arch": "conv_map",
+        "conv_channels": (8, 8),
+        "code_channels": 1,
+        "conditional": True,
     },
 }
 

@@ -302,8 +302,13 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
             "model.upper_sigma0s": (0.1,),
             "objective.free_bits": 0.1,
         },
+        # a tokenizer: a collapsed code map, 4×4×2 on the 8×8 digits
+        {"model.arch": "conv_map", "model.conv_channels": (8,), "model.code_channels": 2},
     ],
-    ids=["vamp", "wae_mmd", "rae_gp", "two_layers", "hvae_top_down_iwae", "residual_top_down"],
+    ids=[
+        *("vamp", "wae_mmd", "rae_gp", "two_layers", "hvae_top_down_iwae", "residual_top_down"),
+        "code_map",
+    ],
 )
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
     import cvae
