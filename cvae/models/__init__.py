@@ -18,6 +18,8 @@ the designs that wire them, and the objectives they are trained on.
   vectors, inferred bottom-up (``BottomUpVAE``; one layer is the MLP ``VAE``, bit for bit)
   or top-down (``TopDownVAE``); ``residual_hierarchy``: a pyramid of residual conv blocks
   with a top-down state (``ResidualTopDownVAE``, ``model.arch = "resnet"``);
+* ``dit``: a diffusion transformer over maps (code maps or images), adaLN-Zero conditioned on
+  the time and the label; ``flow_matching``: its loss, guided velocity and ODE sampler;
 * ``objectives``: the ELBO (β, warm-up, free bits), IWAE and WAE-MMD losses and importance
   weights, one file per family of bound, each picked by the family the model declares;
 * ``validation``: the valid values of the ``model`` config section.

@@ -26,7 +26,8 @@ p(z), and sampling with classifier-free guidance (Ho & Salimans, 2022) uses
     v = v(z, t, ∅) + (1 + w) (v(z, t, y) − v(z, t, ∅)),
 
 w = 0 the plain conditional model, w > 0 sharper classes. The ODE is solved with Heun's
-second-order method at a fixed number of steps (``num_steps``), all in one compiled loop.
+second-order method at a fixed number of steps (``num_steps``), all in one compiled loop
+(``cvae.models.flow_matching.solve``, which the latent DiT shares).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import optax
 from flax import serialization
 from tqdm.auto import tqdm
 
+from cvae.models import flow_matching
 from cvae.samplers.kind import Kind, load_standardisation, save_standardisation
 
 LABEL_DROPOUT = 0.1  # the share of codes trained as unconditional (classifier-free guidance)
@@ -126,8 +128,8 @@ class DiffusionSampler:
             labels = jnp.full((num_samples,), self.num_classes)  # the null label: p(z)
         z0 = jax.random.normal(key, (num_samples, self.dim))
         labels = None if labels is None else jnp.asarray(labels, jnp.int32)
-        z1 = _solve(
-            self.module, self.params, z0, labels, float(guidance), self.num_steps, self.num_classes
+        z1 = flow_matching.solve(
+            self.module, self.params, z0, labels, float(guidance), self.num_steps
         )
         return jnp.asarray(self.shift) + jnp.asarray(self.scale) * z1
 
@@ -147,36 +149,6 @@ class DiffusionSampler:
             self.module, self.params, standard, num_steps or self.num_steps, self.num_classes
         )
         return log_p - float(np.sum(np.log(self.scale)))
-
-
-def _velocity(module, params, z, t, labels, guidance, num_classes):
-    """v(z, t), guided when labels are given (the null label's velocity mixed in)."""
-    times = jnp.full((z.shape[0],), t)
-    if not num_classes:
-        return module.apply({"params": params}, z, times)
-    conditional = module.apply({"params": params}, z, times, labels)
-    if guidance == 0.0:
-        return conditional
-    null = jnp.full_like(labels, num_classes)
-    unconditional = module.apply({"params": params}, z, times, null)
-    return unconditional + (1.0 + guidance) * (conditional - unconditional)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _solve(module, params, z0, labels, guidance, num_steps, num_classes):
-    """Heun's method for dz/dt = v from t = 0 to 1 in ``num_steps`` equal steps."""
-    dt = 1.0 / num_steps
-    v = functools.partial(
-        _velocity, module, params, labels=labels, guidance=guidance, num_classes=num_classes
-    )
-
-    def step(i, z):
-        t = i * dt
-        slope = v(z, t)
-        predicted = z + dt * slope
-        return z + 0.5 * dt * (slope + v(predicted, t + dt))
-
-    return jax.lax.fori_loop(0, num_steps, step, z0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
