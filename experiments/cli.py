@@ -18,13 +18,16 @@ import os
 import pathlib
 import signal
 import sys
+from typing import Any
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from cvae import config as config_lib
 from cvae.data import PipelineError
 from cvae.runs.checkpoint import CheckpointWriteError
 from cvae.runs.workdir import WorkdirLockedError
+from cvae.schema import help_line
 from cvae.training import TrainingDivergedError
 from experiments import quiet_interrupts
 
@@ -66,16 +69,53 @@ def _underscored(argv):
     return out
 
 
+# The schema of the launcher's --config: the VAE's (cvae/config.py) unless a launcher of
+# another kind of run declares its own (use_config_schema) before its flags are parsed.
+_SCHEMA: dict[str, Any] = {"fields": config_lib.FIELDS, "defined_in": "cvae/config.py"}
+
+
+def use_config_schema(fields: dict, defined_in: str) -> None:
+    """Makes ``--helpconfig`` and the unknown-field message speak of another config.
+
+    Args:
+      fields: the config's ``Field``s by dotted name.
+      defined_in: the file that declares them (named in the messages).
+    """
+    _SCHEMA.update(fields=fields, defined_in=defined_in)
+
+
+def define_config_dict(name: str, config, help_text: str) -> None:
+    """``config_flags.DEFINE_config_dict`` for a launcher whose config is built in code: its
+    ``--config.NAME`` overrides are read from the command line as the flag is defined, so an
+    unknown field is refused here, in one line, before it can become a traceback.
+
+    Args:
+      name: the flag ("config").
+      config: the default config.
+      help_text: the flag's help.
+    """
+    unknown = unknown_config_field([a for a in sys.argv[1:] if a not in HELP_FLAGS])
+    if unknown:
+        _fail(unknown, 2)
+    config_flags.DEFINE_config_dict(name, config, help_text)
+
+
 def config_field_help(config=None) -> str:
     """Every field of ``config`` (the schema's defaults when None) and its value, one per
     line, with what it is and the values an enumerated field takes or what 0 means
-    (``cvae.config.field_help``)."""
-    return config_lib.field_help(config)
+    (``cvae.config.field_help``, or the declared schema's lines)."""
+    fields = _SCHEMA["fields"]
+    if fields is config_lib.FIELDS:
+        return config_lib.field_help(config)
+    values = config_lib.flatten(config) if config is not None else {}
+    return "\n".join(
+        help_line(name, field, values.get(name, field.default)) for name, field in fields.items()
+    )
 
 
 def unknown_config_field(argv) -> str | None:
     """A message for the first ``--config.a.b=`` override naming no field, else None."""
-    fields = list(config_lib.flatten(config_lib.base_config()))
+    fields = list(_SCHEMA["fields"])
     for arg in argv:
         if not arg.startswith("--config."):
             continue
@@ -85,7 +125,7 @@ def unknown_config_field(argv) -> str | None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             return (
                 f"unknown config field {name!r}{hint} (--helpconfig lists every field; "
-                "they are defined in cvae/config.py)"
+                f"they are defined in {_SCHEMA['defined_in']})"
             )
     return None
 

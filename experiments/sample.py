@@ -1,9 +1,11 @@
 """Draw samples: ``python -m experiments.sample --workdir DIR [--n 64]
-[--sampler prior|gmm|flow|two_stage|diffusion] [--label C] [--out FILE.png]``. gmm (an ex-post
+[--sampler prior|gmm|flow|two_stage|diffusion|latent_diffusion] [--label C]
+[--out FILE.png]``. gmm (an ex-post
 Gaussian mixture on training codes) is the default for collapsed and deterministic models,
 prior for the gaussian VAE; flow, two_stage and diffusion are the other ex-post densities
 (cvae.samplers), fitted once and saved in DIR/samplers/. With a --label, diffusion
-samples its class-conditional model, guided by --guidance W."""
+samples its class-conditional model, guided by --guidance W. latent_diffusion samples the
+DiT that experiments.train_latent trained on a tokenizer's code maps (DIR/latent_diffusion)."""
 
 import pathlib
 
@@ -11,6 +13,7 @@ import jax
 from absl import flags
 
 from cvae import Workdir, load_run, samplers
+from cvae.analysis.run import LATENT_DIFFUSION
 from cvae.runs import writers
 from experiments import cli
 
@@ -19,19 +22,22 @@ flags.DEFINE_integer("n", 64, "Number of samples.")
 flags.DEFINE_enum(
     "sampler",
     None,
-    list(samplers.SAMPLERS + samplers.TOP_SAMPLERS),
+    list(samplers.SAMPLERS + samplers.TOP_SAMPLERS + (LATENT_DIFFUSION,)),
     "Where latents come from: the prior or an ex-post density (KIND@top: a hierarchy's, "
-    "fitted to its top layer's codes).",
+    "fitted to its top layer's codes), or latent_diffusion: the DiT trained on the run's "
+    "code maps by experiments.train_latent.",
 )
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
 flags.DEFINE_float(
     "guidance",
     0.0,
-    "Classifier-free guidance weight w of --sampler diffusion with --label (0: none).",
+    "Classifier-free guidance weight w of --sampler diffusion or latent_diffusion with "
+    "--label (0: none).",
 )
 flags.DEFINE_string("out", None, "PNG path (default DIR/samples_<sampler>.png).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the draw.")
 FLAGS = flags.FLAGS
+GUIDED = ("diffusion", LATENT_DIFFUSION)  # the samplers with classifier-free guidance
 
 
 def main(argv):
@@ -49,8 +55,10 @@ def main(argv):
             raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)
     sampler = FLAGS.sampler or samplers.default_sampler(run.model.posterior_family)
-    if FLAGS.guidance and (sampler != "diffusion" or FLAGS.label is None):
-        raise cli.UsageError("--guidance applies to --sampler diffusion with a --label")
+    if FLAGS.guidance and (sampler not in GUIDED or FLAGS.label is None):
+        raise cli.UsageError(
+            "--guidance applies to --sampler diffusion or latent_diffusion with a --label"
+        )
     images = run.sample(
         jax.random.key(FLAGS.seed),
         FLAGS.n,

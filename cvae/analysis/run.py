@@ -9,7 +9,6 @@ images = run.sample(jax.random.key(0), 64, sampler="gmm")
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import pathlib
 from typing import Any
@@ -22,12 +21,16 @@ from cvae import data, evaluation, samplers
 from cvae.evaluation import metrics
 from cvae.models import objectives, protocol
 from cvae.models import vae as model_lib
+from cvae.runs import provenance
 from cvae.runs.restore import Restored, load_config, restore
 from cvae.runs.workdir import RunNotFoundError, Workdir
+from cvae.training import latent
 
 log = logging.getLogger("cvae")
 
-__all__ = ["Run", "RunNotFoundError", "load_config", "load_run"]
+__all__ = ["LATENT_DIFFUSION", "Run", "RunNotFoundError", "load_config", "load_run"]
+
+LATENT_DIFFUSION = "latent_diffusion"  # the sampler that is a run of its own
 
 
 @dataclasses.dataclass
@@ -36,6 +39,7 @@ class Run(Restored):
     (``cvae.runs.restore.Restored``), with what notebooks do with them."""
 
     _store: samplers.SamplerStore | None = dataclasses.field(default=None, repr=False)
+    _latent_runs: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -135,7 +139,9 @@ class Run(Restored):
         Returns:
           The decoder's output: logits for Bernoulli models.
         """
-        z = np.asarray(protocol.flat_code(self.model, np.asarray(z, np.float32)))
+        z = np.asarray(z, np.float32)
+        if z.ndim > 2:  # code maps (N, h, w, c), or a shape no code has
+            z = np.asarray(protocol.flat_code(self.model, z))
         d = self.model.code_dim
         if z.ndim != 2 or z.shape[-1] != d:
             what = (
@@ -194,9 +200,12 @@ class Run(Restored):
             family's default (prior for the Gaussian VAE, gmm otherwise). For a hierarchy
             also "gmm@top", …: the density fitted to the top layer's codes alone, the
             layers below drawn from the model's conditionals (the model's ``descend``,
-            key ``fold_in(key, 1)``).
-          labels: the class of each image, for a conditional model; else None.
-          guidance: the diffusion sampler's classifier-free guidance weight w (with labels;
+            key ``fold_in(key, 1)``). "latent_diffusion": the DiT trained on this run's
+            code maps (``experiments.train_latent``; ``latent_diffusion()``), its codes
+            decoded.
+          labels: the class of each image, for a conditional model (or a conditional
+            latent DiT); else None.
+          guidance: the diffusion samplers' classifier-free guidance weight w (with labels;
             0: the conditional model as fitted).
 
         Returns:
@@ -205,6 +214,8 @@ class Run(Restored):
         _require_int(n, 1, "the number of samples must be a positive integer")
         key = _as_key(key)
         sampler = sampler or samplers.default_sampler(self.model.posterior_family)
+        if sampler == LATENT_DIFFUSION:
+            return self._sample_latent_diffusion(key, n, labels, guidance)
         labels = self._labels(labels, n)
         if sampler in samplers.TOP_SAMPLERS:
             return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
@@ -225,6 +236,29 @@ class Run(Restored):
         else:
             raise ValueError(f"sampler must be one of {samplers.SAMPLERS}, got {sampler!r}")
         return self.mean_image(z, labels)
+
+    def latent_diffusion(self, workdir=None) -> latent.LatentDiffusion:
+        """The latent diffusion run trained on this run's codes (``experiments.train_latent``),
+        loaded once; one trained on other parameters of this run is refused.
+
+        Args:
+          workdir: its directory; None for this run's ``latent_diffusion/``.
+
+        Returns:
+          The latent run (``cvae.training.latent.LatentDiffusion``).
+        """
+        path = pathlib.Path(workdir) if workdir else self.workdir / latent.DEFAULT_DIR
+        if path not in self._latent_runs:
+            self._latent_runs[path] = latent.load_latent(path, tokenizer_sha256=self.params_sha256)
+        return self._latent_runs[path]
+
+    def _sample_latent_diffusion(self, key, n: int, labels, guidance: float):
+        """Images from the latent DiT: its code maps decoded (or its own pixels)."""
+        diffusion = self.latent_diffusion()
+        drawn = diffusion.sample(key, n, labels, guidance)
+        if diffusion.space == "pixels":
+            return drawn
+        return self.mean_image(drawn, self._labels(labels, n) if self.model.num_classes else None)
 
     def _sample_from_the_top(self, key, n: int, sampler: str):
         """Codes whose top layer comes from the ex-post density of the top layer's codes
@@ -393,7 +427,7 @@ class Run(Restored):
     @property
     def params_sha256(self) -> str:
         """A digest of the params' values: what a fitted sampler or a score was made from."""
-        return _fingerprint(self.params)
+        return provenance.params_sha256(self.params)
 
     def ex_post(
         self, kind: str, label: int | None = None, conditional: bool = False, top: bool = False
@@ -443,14 +477,6 @@ def _as_key(key):
         f"key must be a PRNG key such as jax.random.key(0), or an int seed; got "
         f"{type(key).__name__} {getattr(key, 'dtype', '')} {getattr(key, 'shape', '')}".rstrip()
     )
-
-
-def _fingerprint(params) -> str:
-    """A digest of a params tree's values: which params a saved sampler was fitted to."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
-        digest.update(np.ascontiguousarray(leaf).tobytes())
-    return digest.hexdigest()
 
 
 def _require_int(value, minimum: int, message: str) -> None:

@@ -51,7 +51,15 @@ def sincos_positions(rows: int, cols: int, width: int) -> np.ndarray:
 
 
 def time_features(t, width: int):
-    """Sinusoidal features of times t ∈ [0, 1] (frequencies 1 … 1000), (B,) → (B, width)."""
+    """Sinusoidal features of times t ∈ [0, 1] (frequencies 1 … 1000).
+
+    Args:
+      t: times (B,).
+      width: the features' width (even).
+
+    Returns:
+      (B, width): sines then cosines.
+    """
     frequencies = jnp.exp(jnp.linspace(0.0, math.log(1000.0), width // 2))
     angles = t[:, None] * frequencies[None]
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1)

@@ -1,11 +1,13 @@
 """Where a result came from: the code's git commit (and whether the tree was dirty), the
 versions of the libraries that computed it, whether they are the lock file's, and the
 machine. Training writes it to the workdir (``provenance.json``); ``experiments.report``
-prints it under every table.
+prints it under every table. ``params_sha256`` names the params a fitted sampler or a
+second-stage run was made from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import pathlib
 import platform
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 _REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -152,3 +155,18 @@ def describe(record: dict | None) -> str:
         f"{code}; {versions}; {lock}{record.get('device_count')} × "
         f"{record.get('device_kind')} ({record.get('platform')})"
     )
+
+
+def params_sha256(params) -> str:
+    """A digest of a params tree's values: which params a sampler or a run was made from.
+
+    Args:
+      params: a pytree of arrays.
+
+    Returns:
+      The SHA-256 of every leaf's bytes, in tree order, as hex.
+    """
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()

@@ -9,7 +9,9 @@ populations and sweeps that train many runs in one program.
 * ``bookkeeping``: ``RunBook`` — records, validation, model selection, checkpoints;
 * ``loop``: ``train_and_evaluate(config, workdir)``, the loop, read top to bottom;
 * ``population``: many runs that differ only in traced hyperparameters, vmapped;
-* ``sweep``: seeds × grids expanded into populations, resumable, sharded over hosts.
+* ``sweep``: seeds × grids expanded into populations, resumable, sharded over hosts;
+* ``latent``: a second-stage run — a DiT trained by flow matching on a frozen tokenizer's
+  code maps (or on pixels), with its own workdir, checkpoints and exact resume.
 
 This package imports models, data, runs, evaluation and the top-level modules; only
 analysis and the launchers are above it.

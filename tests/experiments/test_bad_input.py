@@ -91,6 +91,29 @@ def run_dir(tmp_path_factory):
             ["experiments.sweep", *CONFIG, "--seeds", "3"],
             "--seeds 3 is ambiguous: write --seeds 0:3 for 3 seeds (0 to 2) or --seeds 3:4",
         ),
+        # a latent diffusion run
+        (["experiments.train_latent", "--workdir", "W"], "--tokenizer is required"),
+        (
+            ["experiments.train_latent", "--tokenizer", "RUN", "--config.widht=3"],
+            "unknown config field 'widht'; did you mean 'width'? (--helpconfig lists every "
+            "field; they are defined in cvae/training/latent.py)",
+        ),
+        (
+            ["experiments.train_latent", "--tokenizer", "RUN", "--workdir", "W"],
+            "is not a tokenizer: its code is a vector, not a map",
+        ),
+        (
+            ["experiments.train_latent", "--tokenizer", "RUN", "--config.width=30"],
+            "width 30 must be a multiple of 4",
+        ),
+        (
+            ["experiments.train_latent", "--tokenizer", "RUN", "--config.warmup_steps=30000"],
+            "config.warmup_steps (30000) must be below config.num_steps (20000)",
+        ),
+        (
+            ["experiments.sample", "--workdir", "RUN", "--sampler", "latent_diffusion"],
+            "holds no latent diffusion run; train one with experiments.train_latent",
+        ),
     ],
 )
 def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, run_dir):
@@ -117,12 +140,19 @@ def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, 
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("script", ["experiments.train", "experiments.evaluate"])
-def test_help_exits_0_and_config_fields_are_listed(script):
+@pytest.mark.parametrize(
+    "script, field",
+    [
+        ("experiments.train", "--config.model.latent_dim=16"),
+        ("experiments.evaluate", "--config.model.latent_dim=16"),
+        ("experiments.train_latent", "--config.width=128  # the tokens' width"),
+    ],
+)
+def test_help_exits_0_and_config_fields_are_listed(script, field):
     out = _cli(script, "--help")
     assert out.returncode == 0 and "--workdir" in out.stdout
     fields = _cli(script, "--helpconfig")
-    assert fields.returncode == 0 and "--config.model.latent_dim=16" in fields.stdout
+    assert fields.returncode == 0 and field in fields.stdout
 
 
 def _popen_with_sigint_handled(args, **kwargs):
