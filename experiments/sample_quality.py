@@ -3,7 +3,9 @@
 
 Draws ``--n`` samples E[x|z] with z from each of ``--samplers`` (default: the prior and
 every ex-post density — gmm, flow, two_stage, diffusion; fitted ones are reused from
-RUN/samplers/), and writes ``RUN/sample_quality.json``: per sampler ``fid_<sampler>``
+RUN/samplers/; ``latent_diffusion``, the DiT of ``experiments.train_latent``, when asked
+for; RUN may also be a latent run's directory, whose samples are scored into its own
+file), and writes ``RUN/sample_quality.json``: per sampler ``fid_<sampler>``
 (classifier-feature FID against the real test images), ``precision_``/``recall_<sampler>``
 (Kynkäänniemi et al., k = 3) and ``density_``/``coverage_<sampler>`` (Naeem et al., k = 5)
 on the same features against the test images, ``memorised_<sampler>`` (the fraction of
@@ -23,7 +25,10 @@ import numpy as np
 from absl import flags
 
 from cvae import Workdir, load_run, samplers
+from cvae.analysis.run import LATENT_DIFFUSION
 from cvae.evaluation import neighbours, sample_quality
+from cvae.runs.workdir import read_json
+from cvae.training import latent
 from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
@@ -51,7 +56,7 @@ def main(argv):
     )
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
-    known = samplers.SAMPLERS + samplers.TOP_SAMPLERS
+    known = samplers.SAMPLERS + samplers.TOP_SAMPLERS + (LATENT_DIFFUSION,)
     unknown = sorted(set(FLAGS.samplers) - set(known))
     if unknown or not FLAGS.samplers:
         raise cli.UsageError(
@@ -61,7 +66,12 @@ def main(argv):
         classifier, summary = sample_quality.load_classifier(classifier_dir)
     except FileNotFoundError as err:
         raise cli.UsageError(str(err)) from None
-    run = load_run(workdir)
+    # A latent diffusion run's directory: score its samples, decoded by its tokenizer run,
+    # into its own sample_quality.json.
+    latent_record = read_json(pathlib.Path(workdir) / latent.RECORD)
+    latent_dir = workdir if latent_record else None
+    run = load_run(latent_record["tokenizer"]["workdir"] if latent_record else workdir)
+    scored = [LATENT_DIFFUSION] if latent_dir else FLAGS.samplers  # a latent run has one
     if summary["dataset"] != run.config.data.name:
         raise cli.UsageError(
             f"the classifier was trained on {summary['dataset']!r} but the run "
@@ -85,12 +95,20 @@ def main(argv):
     if all(previous.get(k) == result[k] for k in identity):
         result = {**previous, **result}  # the other samplers' draws do not depend on these
     labels = np.arange(FLAGS.n) % run.model.num_classes if run.model.num_classes else None
-    for sampler in FLAGS.samplers:
+    for sampler in scored:
         # The draws of sampler i come from fold_in(key(seed), i) whichever others are scored
         # (KIND@top draws with KIND's key).
-        index = samplers.SAMPLERS.index(samplers.split_sampler(sampler)[0])
+        index = (
+            len(samplers.SAMPLERS)  # the latent DiT: after every ex-post kind
+            if sampler == LATENT_DIFFUSION
+            else samplers.SAMPLERS.index(samplers.split_sampler(sampler)[0])
+        )
         key = jax.random.fold_in(jax.random.key(FLAGS.seed), index)
-        images = np.asarray(jax.device_get(run.sample(key, FLAGS.n, sampler, labels)))
+        if latent_dir:
+            drawn = run.sample_latent(key, FLAGS.n, workdir=latent_dir)
+        else:
+            drawn = run.sample(key, FLAGS.n, sampler, labels)
+        images = np.asarray(jax.device_get(drawn))
         logits, features = classifier.logits_and_features(images)
         result[f"fid_{sampler}"] = sample_quality.frechet_distance(features, real_features)
         scores = {

@@ -215,7 +215,7 @@ class Run(Restored):
         key = _as_key(key)
         sampler = sampler or samplers.default_sampler(self.model.posterior_family)
         if sampler == LATENT_DIFFUSION:
-            return self._sample_latent_diffusion(key, n, labels, guidance)
+            return self.sample_latent(key, n, labels, guidance)
         labels = self._labels(labels, n)
         if sampler in samplers.TOP_SAMPLERS:
             return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
@@ -252,10 +252,23 @@ class Run(Restored):
             self._latent_runs[path] = latent.load_latent(path, tokenizer_sha256=self.params_sha256)
         return self._latent_runs[path]
 
-    def _sample_latent_diffusion(self, key, n: int, labels, guidance: float):
-        """Images from the latent DiT: its code maps decoded (or its own pixels)."""
-        diffusion = self.latent_diffusion()
-        drawn = diffusion.sample(key, n, labels, guidance)
+    def sample_latent(self, key, n: int, labels=None, guidance: float = 0.0, workdir=None):
+        """Images from a latent diffusion run on this run's codes: its code maps decoded (or,
+        in pixel space, its own images).
+
+        Args:
+          key: the PRNG key of the draws, or an int seed.
+          n: how many images.
+          labels: the class of each, for a conditional latent run; else None.
+          guidance: its classifier-free guidance weight w (with labels).
+          workdir: the latent run's directory; None for this run's ``latent_diffusion/``.
+
+        Returns:
+          Images (n, H, W, C).
+        """
+        _require_int(n, 1, "the number of samples must be a positive integer")
+        diffusion = self.latent_diffusion(workdir)
+        drawn = diffusion.sample(_as_key(key), n, labels, guidance)
         if diffusion.space == "pixels":
             return drawn
         return self.mean_image(drawn, self._labels(labels, n) if self.model.num_classes else None)

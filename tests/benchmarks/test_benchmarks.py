@@ -173,3 +173,23 @@ def test_bench_samplers_times_each_fit_and_draw_on_a_runs_codes(tmp_path):
     for kind in ("gmm", "diffusion"):
         assert record[f"fit_s_{kind}"] > 0 and record[f"sample_s_{kind}"] > 0
     assert "fit_s_flow" not in record and record["matmul_peak_gflops"] > 0
+
+
+def test_bench_latent_times_the_tokenizer_the_dit_and_its_sampling():
+    """A few steps of each at a small DiT: the documented JSON line, with the tokens of the
+    latent and the pixel model equal (49)."""
+    for space in ("latent", "pixels"):
+        out = run_cli(
+            "benchmarks.latent",
+            *["--space", space, "--steps", "2", "--num_samples", "100", "--width", "32"],
+            *["--depth", "1", "--sampling_steps", "2", "--batch_size", "16"],
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        record = json.loads(out.stdout.strip().splitlines()[-1])
+        assert record["benchmark"] == "latent" and record["space"] == space
+        assert record["tokens"] == 49 and record["batch_size"] == 16
+        for name in ("tokenizer", "dit"):
+            assert record[f"{name}_examples_per_s"] > 0
+            assert 0 < record[f"{name}_fraction_of_peak"] < 1
+        assert record["dit_sample_s_per_10000"] > 0

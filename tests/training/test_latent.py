@@ -158,3 +158,23 @@ def test_a_conditional_latent_run_takes_labels_and_an_unconditional_one_refuses_
     latent.train_latent(_config(num_steps=10), tokenizer, tmp_path / "u", progress=False)
     with pytest.raises(ValueError, match="trained without labels"):
         run.latent_diffusion(tmp_path / "u").sample(0, 4, labels=[1, 2, 3, 4])
+
+
+def test_sample_quality_scores_a_latent_run_into_its_own_file(tokenizer, tmp_path):
+    """``experiments.sample_quality --workdir LATENT_DIR``: the DiT's samples, decoded by its
+    tokenizer, scored against the test images, written beside the latent run."""
+    latent.train_latent(_config(num_steps=10), tokenizer, tmp_path / "ld", progress=False)
+    clf = run_cli(
+        "experiments.train_classifier", "--workdir", str(tmp_path / "clf"), "--dataset", "digits"
+    )
+    assert clf.returncode == 0, clf.stderr[-2000:]
+    out = run_cli(
+        "experiments.sample_quality",
+        *["--workdir", str(tmp_path / "ld"), "--classifier", str(tmp_path / "clf")],
+        *["--n", "200"],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "ld" / "sample_quality.json").read_text())
+    assert result["fid_latent_diffusion"] > 0 and result["n"] == 200
+    assert 0 <= result["recall_latent_diffusion"] <= 1
+    assert not (tokenizer / "sample_quality.json").exists()
