@@ -17,7 +17,9 @@
 # on. Each point is a run of its own, trained with streamed batches (the fast path for conv
 # nets on a CPU). Rerunning resumes every step: a trained run resumes or is skipped, an
 # evaluated or scored one is skipped. Results: runs/latent_<data>/<point>_s<seed>/ (the
-# tokenizer's eval.json; its latent_diffusion/sample_quality.json, the pixel DiT's own).
+# tokenizer's eval.json; its latent_diffusion/sample_quality.json; the pixel DiT of a seed
+# in cvae_0.1_s<seed>/pixel_diffusion/), and the report of every point:
+#   python -m experiments.report runs/latent_<data>/*_s* --group_by model.posterior,model.sigma0
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 EPOCHS=${1:-20}
@@ -59,9 +61,8 @@ for point in $POINTS; do
       $PY -m experiments.evaluate --workdir "$tokenizer" --k 1000
     }
     latent=$dir/latent_diffusion
-    [ "$point" = pixels ] && latent=$dir
     space=latent
-    [ "$point" = pixels ] && space=pixels
+    [ "$point" = pixels ] && latent=$tokenizer/pixel_diffusion && space=pixels
     $PY -m experiments.train_latent --tokenizer "$tokenizer" --workdir "$latent" \
         --config.space=$space --config.num_steps=$STEPS --config.seed=$seed
     grep -q '"fid_latent_diffusion"' "$latent/sample_quality.json" 2>/dev/null || \

@@ -75,12 +75,14 @@ COLUMNS = [
     ("recon", "{:.2f}"),
     ("kl", "{:.2f}"),
     ("active_units", "{}"),
+    ("code_std", "{:.3f}"),
+    ("sigma0_relative", "{:.3f}"),
     ("k", "{}"),
     ("params", "{:,}"),
     *(
         (f"{metric}_{sampler}", "{:.2f}" if metric == "fid" else "{:.3f}")
         for metric in compare.SAMPLE_METRICS
-        for sampler in samplers.SAMPLERS
+        for sampler in samplers.SAMPLERS + compare.LATENT_RUNS
     ),
     ("accuracy_prior", "{:.3f}"),
     ("accuracy_gmm", "{:.3f}"),

@@ -13,7 +13,7 @@ import numpy as np
 from cvae import config as config_lib
 from cvae import samplers
 from cvae.runs import checkpoint
-from cvae.runs.workdir import as_workdir
+from cvae.runs.workdir import as_workdir, read_json
 
 
 def run_summary(workdir) -> dict:
@@ -69,6 +69,16 @@ def run_summary(workdir) -> dict:
     quality = wd.read_sample_quality() or {}
     prefixes = tuple(f"{m}_" for m in (*SAMPLE_METRICS, "accuracy"))
     row.update({k: v for k, v in quality.items() if k.startswith(prefixes)})
+    # Latent DiTs trained on this run's codes, each scored into its own directory.
+    for name in LATENT_RUNS:
+        scored = read_json(wd / name / wd.SAMPLE_QUALITY) or {}
+        row.update(
+            {
+                k.replace("_latent_diffusion", f"_{name}"): v
+                for k, v in scored.items()
+                if k.startswith(prefixes) and k.endswith("_latent_diffusion")
+            }
+        )
     if wd.checkpoints.is_dir():
         ckpt = checkpoint.Checkpointer(wd.checkpoints)
         count = ckpt.parameter_count()
@@ -147,6 +157,9 @@ SAMPLE_METRICS = (
     "memorised",
     "memorised_features",
 )
+# The directories of latent DiTs a tokenizer's row reports (experiments/latent_study.sh
+# trains the pixel baseline of a seed inside that seed's σ₀ = 0.1 tokenizer).
+LATENT_RUNS = ("latent_diffusion", "pixel_diffusion")
 # A hierarchy's per-layer scores (eval.json), layer 1 next to x; up to four layers reported.
 LAYER_METRICS = tuple(
     f"{metric}_{layer}" for layer in range(1, 5) for metric in ("kl", "active_units")
@@ -157,11 +170,13 @@ SUMMARY_METRICS = (
     "recon",
     "kl",
     "active_units",
+    "code_std",
+    "sigma0_relative",
     *LAYER_METRICS,
     *(
         f"{metric}_{sampler}"
         for metric in SAMPLE_METRICS
-        for sampler in samplers.SAMPLERS + samplers.TOP_SAMPLERS
+        for sampler in samplers.SAMPLERS + samplers.TOP_SAMPLERS + LATENT_RUNS
     ),
     "accuracy_prior",
     "accuracy_gmm",

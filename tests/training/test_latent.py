@@ -162,19 +162,27 @@ def test_a_conditional_latent_run_takes_labels_and_an_unconditional_one_refuses_
 
 def test_sample_quality_scores_a_latent_run_into_its_own_file(tokenizer, tmp_path):
     """``experiments.sample_quality --workdir LATENT_DIR``: the DiT's samples, decoded by its
-    tokenizer, scored against the test images, written beside the latent run."""
-    latent.train_latent(_config(num_steps=10), tokenizer, tmp_path / "ld", progress=False)
+    tokenizer, scored against the test images, written beside the latent run; the
+    tokenizer's report row carries them."""
+    from cvae.analysis import compare
+
+    shutil.copytree(tokenizer, tmp_path / "tokenizer")
+    latent.train_latent(_config(num_steps=10), tmp_path / "tokenizer", progress=False)
+    latent_dir = tmp_path / "tokenizer" / latent.DEFAULT_DIR
     clf = run_cli(
         "experiments.train_classifier", "--workdir", str(tmp_path / "clf"), "--dataset", "digits"
     )
     assert clf.returncode == 0, clf.stderr[-2000:]
     out = run_cli(
         "experiments.sample_quality",
-        *["--workdir", str(tmp_path / "ld"), "--classifier", str(tmp_path / "clf")],
+        *["--workdir", str(latent_dir), "--classifier", str(tmp_path / "clf")],
         *["--n", "200"],
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads((tmp_path / "ld" / "sample_quality.json").read_text())
+    result = json.loads((latent_dir / "sample_quality.json").read_text())
     assert result["fid_latent_diffusion"] > 0 and result["n"] == 200
     assert 0 <= result["recall_latent_diffusion"] <= 1
-    assert not (tokenizer / "sample_quality.json").exists()
+    assert not (tmp_path / "tokenizer" / "sample_quality.json").exists()
+    row = compare.run_summary(tmp_path / "tokenizer")
+    assert row["fid_latent_diffusion"] == result["fid_latent_diffusion"]
+    assert row["latent_dim"] == "map ×2"

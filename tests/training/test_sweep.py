@@ -358,3 +358,25 @@ def test_population_refuses_configs_that_differ_in_structure(tmp_path):
             [make_test_config(), make_test_config(**{"train.weight_decay": 1e-4})],
             [tmp_path / "a", tmp_path / "b"],
         )
+
+
+def test_tokenizer_members_over_seeds_and_sigma0_train_as_alone(tmp_path):
+    """Tokenizers (4×4×2 code maps) in one population, seeds and σ₀ differing: each member
+    trains what its run alone trains."""
+    tokenizer = {
+        "model.arch": "conv_map",
+        "model.conv_channels": (8,),
+        "model.code_channels": 2,
+        "train.num_epochs": 1,
+    }
+    configs = [
+        make_test_config(seed=s, **tokenizer, **{"model.sigma0": v})
+        for s, v in ((0, 0.01), (1, 0.3))
+    ]
+    result = population.train_population(configs, [tmp_path / f"m{i}" for i in range(2)])
+    assert [o.status for o in result.outcomes] == ["done"] * 2
+    for i, cfg in enumerate(configs):
+        alone = training.train_and_evaluate(cfg, tmp_path / f"alone{i}")
+        for x, y in zip(_member_params(result, i), _leaves(alone.state["params"]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert cvae.load_run(tmp_path / "m1").encode(np.zeros((1, 8, 8, 1)))[0].shape == (1, 4, 4, 2)
