@@ -170,13 +170,14 @@ def nearest_training_images(samples, training_images, k: int = 1):
     return order, np.sqrt(np.maximum(np.take_along_axis(squared, order, 1), 0.0))
 
 
-def code_map_channels(run: Run, x) -> np.ndarray:
+def code_map_channels(run: Run, x, labels=None) -> np.ndarray:
     """A code map's channels as images: each image's posterior mean, an h × w × c map, as c
     images of h × w (what each channel of the tokenizer's code holds, where).
 
     Args:
       run: a run whose code is a map (``model.arch = "conv_map"``).
       x: images (N, H, W, C) in [0, 1].
+      labels: their labels, for a conditional model; else None.
 
     Returns:
       (N, c, h, w).
@@ -190,7 +191,7 @@ def code_map_channels(run: Run, x) -> np.ndarray:
             "this run's code is a vector, not a map (model.arch='conv_map' trains a model "
             "whose code is a map); see its dimensions with traversal or project_2d"
         )
-    mean, _ = run.encode(x)
+    mean, _ = run.encode(x, labels)
     return np.moveaxis(np.asarray(mean), -1, 1)
 
 

@@ -268,7 +268,10 @@ class Run(Restored):
         """
         _require_int(n, 1, "the number of samples must be a positive integer")
         diffusion = self.latent_diffusion(workdir)
-        drawn = diffusion.sample(_as_key(key), n, labels, guidance)
+        # Labels condition the DiT when it was trained with them; a conditional tokenizer's
+        # decoder reads them in any case (its codes do not carry the class).
+        conditions_dit = diffusion.module.num_classes > 0 or not self.model.num_classes
+        drawn = diffusion.sample(_as_key(key), n, labels if conditions_dit else None, guidance)
         if diffusion.space == "pixels":
             return drawn
         return self.mean_image(drawn, self._labels(labels, n) if self.model.num_classes else None)

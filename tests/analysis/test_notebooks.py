@@ -63,14 +63,30 @@ def test_explore_latents_trains_the_quickstart_when_no_workdir_is_given(monkeypa
     assert "does not apply: one stochastic layer" in text
 
 
-def test_explore_latents_on_a_conditional_run(monkeypatch, tmp_path):
-    training.train_and_evaluate(make_test_config(**{"model.conditional": True}), tmp_path)
+def test_explore_latents_on_a_conditional_tokenizer_with_a_latent_dit(monkeypatch, tmp_path):
+    """A conditional tokenizer (2×2×1 code maps: few enough numbers for a mixture per class
+    of the digits) with a latent DiT on its codes: the class-conditional rows, the code
+    map's channels and the DiT's samples are drawn too."""
+    from cvae.training import latent
+
+    tokenizer = {
+        "model.arch": "conv_map",
+        "model.conv_channels": (8, 8),
+        "model.code_channels": 1,
+    }
+    config = make_test_config(**{"model.conditional": True, **tokenizer})
+    training.train_and_evaluate(config, tmp_path)
+    dit = latent.latent_config()
+    dit.update(width=32, depth=1, heads=2, num_steps=20, steps_per_call=10, warmup_steps=2)
+    latent.train_latent(dit, tmp_path, progress=False)
     monkeypatch.setenv("CVAE_WORKDIR", str(tmp_path))
     monkeypatch.setenv("CVAE_PROJECTIONS", "pca")  # t-SNE and UMAP: drawn by the quickstart
     book = _execute("explore_latents.ipynb")
     text = _text(book)
-    assert "unconditional model" not in text
-    assert len(_figures(book)) >= 9  # the class-conditional rows are drawn too
+    assert "unconditional model" not in text and "not a map" not in text
+    assert len(_figures(book)) >= 10  # the class-conditional rows and the channels too
+    sources = "".join(c.source for c in book.cells if c.cell_type == "code")
+    assert 'samplers.append("latent_diffusion")' in sources
 
 
 def _unlabelled_npz(tmp_path):
