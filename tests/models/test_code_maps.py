@@ -131,3 +131,16 @@ def test_a_conditional_tokenizer_reads_its_labels_at_every_position():
 def test_a_tokenizer_config_it_cannot_build_is_refused_naming_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
         _tokenizer((8, 8, 1), **fields)
+
+
+def test_a_deterministic_tokenizers_rae_penalty_is_half_lambda_the_squared_map():
+    """The RAE's code penalty on a code map: (λ/2) Σ over positions and channels of μ²."""
+    model, params = _tokenizer(
+        (8, 8, 1), conv_channels=(8,), code_channels=2, posterior="deterministic"
+    )
+    x = jax.random.bernoulli(jax.random.key(7), 0.4, (3, 8, 8, 1)).astype(jnp.float32)
+    _, terms = objectives.elbo_loss(model, params, x, jax.random.key(8), code_l2=0.5)
+    (maps,) = protocol.shaped_layers(
+        model, model.apply({"params": params}, x, method=model.encode).mean
+    )
+    np.testing.assert_allclose(terms["kl"], 0.25 * jnp.sum(maps**2, (1, 2, 3)), rtol=1e-5)
