@@ -218,9 +218,34 @@ def run(main, positional: bool = False) -> None:
             if os.environ.get("CVAE_DEBUG"):
                 raise
             _fail(_describe_os_error(err) if isinstance(err, OSError) else str(err), 2)
+        except Exception as err:
+            if os.environ.get("CVAE_DEBUG") or not out_of_memory(err):
+                raise
+            _fail(out_of_memory(err), 1)
 
     # --help lists the launcher's own flags, also when a console script is the program.
     app.run(guarded, flags_parser=functools.partial(_parse_flags, module=main.__module__))
+
+
+def out_of_memory(err: BaseException) -> str:
+    """The one line for XLA running out of memory (an empty string for any other error):
+    what could not be allocated, and what to lower.
+
+    Args:
+      err: the exception a launcher raised.
+
+    Returns:
+      The message, or "".
+    """
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return ""
+    what = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), "")
+    what = what.split("RESOURCE_EXHAUSTED:", 1)[-1].strip().rstrip(".")
+    return (
+        f"out of memory ({what}): ask for less at once — lower --n, --k, --batch_size or "
+        "--chunk_size, or the config's train.batch_size / eval.batch_size"
+    )
 
 
 def exit_interrupted(signal_name: str | None) -> None:

@@ -87,10 +87,15 @@ def test_a_saved_sampler_reloads_bit_identically(fitted, kind, tmp_path):
 
 def test_a_run_fits_each_sampler_once_and_reuses_it(tmp_path, monkeypatch, caplog):
     training.train_and_evaluate(make_test_config(), tmp_path)
-    first = {
-        kind: np.asarray(cvae.load_run(tmp_path).sample(jax.random.key(0), 16, kind))
-        for kind in ("flow", "two_stage", "diffusion")
-    }
+    with caplog.at_level(logging.INFO, logger="cvae"):
+        first = {
+            kind: np.asarray(cvae.load_run(tmp_path).sample(jax.random.key(0), 16, kind))
+            for kind in ("flow", "two_stage", "diffusion", "gmm")
+        }
+    # every fit says so first: none is a silent minute (the mixture's EM takes one on MNIST)
+    fitting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fitting")]
+    assert [m.split()[2] for m in fitting] == ["flow", "two_stage", "diffusion", "gmm"]
+    caplog.clear()
     assert (tmp_path / "samplers" / "flow" / "sampler.json").is_file()
     monkeypatch.setattr(ex_post, "fit", lambda *a, **k: pytest.fail("refitted a saved sampler"))
     again = cvae.load_run(tmp_path)

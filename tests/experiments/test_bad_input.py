@@ -286,3 +286,19 @@ def test_per_example_scores_rank_examples_and_average_to_the_splits_scores(run):
     assert abs(np.mean(scores["elbo"]) - split["elbo"]) < 0.02 * abs(split["elbo"])
     with pytest.raises(ValueError, match="k must be an integer"):
         run.scores(x, k=-1)
+
+
+def test_out_of_memory_is_one_line_saying_what_to_lower():
+    """XLA's RESOURCE_EXHAUSTED (here a real one: 4 TB asked of the CPU) becomes the line a
+    launcher prints, naming the allocation and the flags that size it; other errors none."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import cli
+
+    with pytest.raises(Exception) as error:
+        jax.jit(lambda: jnp.ones((2**40,), jnp.float32))().block_until_ready()
+    message = cli.out_of_memory(error.value)
+    assert message.startswith("out of memory (Out of memory allocating 4398046511104 bytes)")
+    assert "lower --n, --k, --batch_size or --chunk_size" in message and "\n" not in message
+    assert cli.out_of_memory(ValueError("something else")) == ""
