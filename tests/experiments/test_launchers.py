@@ -422,3 +422,30 @@ def test_importing_a_launcher_leaves_the_importers_sigint_alone():
         env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _console_script_modules() -> list[str]:
+    """The launchers: every console script's module (pyproject.toml, [project.scripts])."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    return sorted({target.split(":")[0] for target in scripts.values()})
+
+
+def test_usage_lists_every_flag_of_every_launcher():
+    """Each flag that a launcher's ``--help`` lists appears in docs/usage.md as ``--NAME``
+    (its table of scripts, or the section the flag belongs to). About 10 s: one forked
+    launcher per console script."""
+    import re
+
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    missing = {}
+    for module in _console_script_modules():
+        out = run_cli(module, "--help")
+        assert out.returncode == 0, (module, out.stderr[-1000:])
+        names = re.findall(r"^\s+--(?:\[no\])?([a-z0-9_]+):", out.stdout, re.MULTILINE)
+        assert names, module
+        absent = [n for n in names if not re.search(rf"--{n}(?![a-z0-9_])", usage)]
+        if absent:
+            missing[module] = absent
+    assert not missing, f"flags missing from docs/usage.md: {missing}"
