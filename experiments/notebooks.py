@@ -1,11 +1,13 @@
-"""Execute the notebooks in place, so that the committed copies show their outputs:
-``python -m experiments.notebooks [--epochs E] [NAME.ipynb ...]``.
+"""Execute the notebooks: ``python -m experiments.notebooks [--epochs E] [--out DIR |
+--in_place] [NAME.ipynb ...]``.
 
-Each notebook runs top to bottom with nbclient on the digits quickstart (it trains into a
-temporary directory when ``CVAE_WORKDIR``/``CVAE_WORKDIRS`` are unset) and is written back
-with its outputs. Readers see the figures on any notebook viewer without running anything;
-``tests/analysis/test_notebooks.py`` checks that the committed outputs hold no error and that the
-notebooks still execute.
+Each notebook runs top to bottom with nbclient on ``CVAE_WORKDIR``/``CVAE_WORKDIRS``, or on
+the digits quickstart (trained into a temporary directory) when they are unset, and is
+written with its outputs to ``--out`` (default ``build/notebooks/``); the committed copies
+in ``notebooks/`` are rewritten only with ``--in_place``, which is how they are refreshed so
+that readers see the figures on any notebook viewer without running anything
+(``tests/analysis/test_notebooks.py`` checks that the committed outputs hold no error and
+that the notebooks still execute).
 """
 
 import os
@@ -20,6 +22,10 @@ from experiments import cli
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("explore_latents.ipynb", "compare_runs.ipynb")
 flags.DEFINE_integer("epochs", None, "Quickstart epochs (default: the config's, 150).")
+flags.DEFINE_string("out", "build/notebooks", "Where the executed notebooks are written.")
+flags.DEFINE_bool(
+    "in_place", False, "Rewrite the committed notebooks in notebooks/ instead (a refresh)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -40,13 +46,15 @@ def execute(name: str, epochs: int | None = None) -> nbformat.NotebookNode:
 def main(argv):
     names = argv[1:] or list(NOTEBOOKS)
     os.environ.setdefault("XLA_FLAGS", "")
+    out = ROOT / "notebooks" if FLAGS.in_place else pathlib.Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
     for name in names:
         book = execute(name, FLAGS.epochs)
-        nbformat.write(book, ROOT / "notebooks" / name)
+        nbformat.write(book, out / name)
         images = sum(
             "image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", [])
         )
-        print(f"executed notebooks/{name}: {images} figures")
+        print(f"executed notebooks/{name}: {images} figures, written to {out / name}")
 
 
 def entry() -> None:

@@ -1,6 +1,6 @@
 """The notebooks run top to bottom (executed with nbclient) on the digits quickstart, on a
 conditional run and on an unlabelled npz set; the committed copies carry the outputs of
-``python -m experiments.notebooks`` and no error."""
+``python -m experiments.notebooks --in_place`` and no error."""
 
 import nbformat
 import numpy as np
@@ -46,7 +46,9 @@ def single_device_kernel(monkeypatch):
 def test_committed_notebooks_show_their_outputs_and_no_error(name):
     book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     code = [c for c in book.cells if c.cell_type == "code"]
-    assert all(c.get("execution_count") for c in code), "run python -m experiments.notebooks"
+    assert all(c.get("execution_count") for c in code), (
+        "run python -m experiments.notebooks --in_place"
+    )
     assert not [o for o in _outputs(book) if o.get("output_type") == "error"]
     assert len(_figures(book)) >= 3
 
@@ -158,3 +160,22 @@ def test_compare_runs_on_unlabelled_runs_given_by_the_user(monkeypatch, tmp_path
         str(o.get("data", {}).get("text/plain", "")) for o in _outputs(book)
     )
     assert len(_figures(book)) == 3  # curves, bars, the σ₀ figure
+
+
+def test_the_launcher_writes_executed_copies_and_leaves_the_committed_ones(tmp_path):
+    """``experiments.notebooks`` writes to ``--out``; only ``--in_place`` would rewrite
+    notebooks/ (not run here: it is the refresh of the committed copies)."""
+    from tests.helpers import run_cli
+
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path / "run")
+    committed = (ROOT / "notebooks" / "compare_runs.ipynb").read_bytes()
+    out = run_cli(
+        "experiments.notebooks",
+        *["--out", str(tmp_path / "executed"), "compare_runs.ipynb"],
+        env={"CVAE_WORKDIRS": str(tmp_path / "run"), "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"written to {tmp_path / 'executed' / 'compare_runs.ipynb'}" in out.stdout
+    book = nbformat.read(tmp_path / "executed" / "compare_runs.ipynb", as_version=4)
+    assert all(c.get("execution_count") for c in book.cells if c.cell_type == "code")
+    assert (ROOT / "notebooks" / "compare_runs.ipynb").read_bytes() == committed
