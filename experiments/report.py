@@ -42,6 +42,12 @@ flags.DEFINE_string(
     "combination).",
 )
 flags.DEFINE_string("plot", None, "With --group_by: a PNG of each metric against the field.")
+flags.DEFINE_string(
+    "x",
+    None,
+    "With --plot: the x axis is this metric's mean over each group (e.g. sigma0_relative, "
+    "with its 95% CI) instead of the field's value.",
+)
 flags.DEFINE_multi_string(
     "reference",
     [],
@@ -188,14 +194,26 @@ def _panels(plt, count: int, most_across: int, panel_size: tuple[float, float]):
     return fig, axes
 
 
-def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
-    """Each metric against ``field`` with 95% CI error bars (numeric fields only), and
-    each reference entry as a horizontal line with its 95% CI as a band."""
+def grouped_plot(
+    groups, field: str, path: pathlib.Path, references=(), x_metric: str | None = None
+) -> None:
+    """Each metric against ``field`` (numeric fields only) — or against the groups' mean of
+    ``x_metric``, with its 95% CI as horizontal bars — with 95% CI error bars, and each
+    reference entry as a horizontal line with its 95% CI as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if x_metric is not None:
+        if not any(x_metric in g for g in groups):
+            raise cli.UsageError(f"--x {x_metric}: no group has that metric")
+        groups = [
+            {**g, "value": g[x_metric][0], "x_half": g[x_metric][2]}
+            for g in groups
+            if x_metric in g
+        ]
+        field = f"{x_metric} (by {field})"
     values = [g["value"] for g in groups]
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise cli.UsageError(f"--plot needs a numeric --group_by field; {field} takes {values}")
@@ -210,6 +228,7 @@ def grouped_plot(groups, field: str, path: pathlib.Path, references=()) -> None:
             [g["value"] for g in shown],
             mean,
             yerr=half,
+            xerr=[0.0 if np.isnan(g.get("x_half", np.nan)) else g["x_half"] for g in shown],
             marker="o",
             capsize=3,
             color="k",
@@ -414,6 +433,8 @@ def main(argv):
         Workdir(workdir).require_run()
     if FLAGS.plot and not FLAGS.group_by:
         raise cli.UsageError("--plot draws metrics against a field: give --group_by FIELD too")
+    if FLAGS.x and not FLAGS.plot:
+        raise cli.UsageError("--x sets --plot's x axis: give --plot FILE.png too")
     if FLAGS.by_sampler and not FLAGS.group_by:
         raise cli.UsageError("--by_sampler aggregates over seeds: give --group_by FIELD too")
     rows = [compare.run_summary(w) for w in workdirs]
@@ -432,6 +453,7 @@ def main(argv):
                 FLAGS.group_by,
                 pathlib.Path(FLAGS.plot),
                 reference_groups([pathlib.Path(r) for r in FLAGS.reference]),
+                FLAGS.x,
             )
             print(f"\nwrote {FLAGS.plot}")
     else:

@@ -329,3 +329,28 @@ def test_report_group_by_prints_intervals_and_plots(tmp_path):
     # mean ± t(0.975, 1) · 0.707 / √2, and the standard deviation 0.707
     assert lines[2].startswith("| 0.01 | 2 | 100.50 ± 6.35 (sd 0.71) |")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_report_plots_against_a_metric_with_x(tmp_path):
+    """``--x sigma0_relative`` draws each metric against the groups' mean σ₀ / std(μ) (a
+    non-numeric grouping is then fine); ``--x`` without ``--plot``, or naming a metric no
+    group has, is one line."""
+    from cvae.runs.workdir import Workdir
+    from tests.helpers import run_cli
+
+    dirs = []
+    for i, (sigma0, spread) in enumerate([(0.01, 0.2), (0.01, 0.25), (0.1, 0.3), (0.1, 0.35)]):
+        path = _fake_run(tmp_path / f"r{i}", i, sigma0, 100.0 + i)
+        Workdir(path).write_eval({"nll_is": 100.0 + i, "sigma0_relative": sigma0 / spread})
+        dirs.append(str(path))
+    group = ["--group_by", "model.posterior,model.sigma0"]
+    plot = ["--plot", str(tmp_path / "x.png"), "--x", "sigma0_relative"]
+    out = run_cli("experiments.report", *dirs, *group, *plot)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "x.png").stat().st_size > 0
+    for args, message in (
+        (["--x", "sigma0_relative"], "--x sets --plot's x axis"),
+        (["--plot", str(tmp_path / "y.png"), "--x", "fid_gmm"], "--x fid_gmm: no group has"),
+    ):
+        bad = run_cli("experiments.report", *dirs, *group, *args)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1
