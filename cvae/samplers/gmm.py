@@ -65,7 +65,29 @@ class LatentMixture:
         return jax.nn.logsumexp(jnp.asarray(self.log_weights) + log_normal, axis=-1)
 
 
-def fit_latent_mixture(codes, num_components: int = 10, seed: int = 0) -> LatentMixture:
+DEFAULT_COMPONENTS = 10  # the mixture's K unless a caller says otherwise
+
+
+def check_enough_codes(codes, num_components: int = DEFAULT_COMPONENTS) -> None:
+    """Raises ValueError, in one line, unless there are at least K·(d + 1) codes: each full
+    covariance is non-singular only with more than d codes per component.
+
+    Args:
+      codes: (N, d).
+      num_components: K.
+    """
+    needed = num_components * (np.shape(codes)[-1] + 1)
+    if len(codes) < needed:
+        raise ValueError(
+            f"fitting a {num_components}-component mixture to {np.shape(codes)[-1]}-"
+            f"dimensional codes needs at least {needed} training codes, got "
+            f"{len(codes)}; use --sampler prior or train on more data"
+        )
+
+
+def fit_latent_mixture(
+    codes, num_components: int = DEFAULT_COMPONENTS, seed: int = 0
+) -> LatentMixture:
     """Fits a full-covariance Gaussian mixture to training codes with EM (scikit-learn).
 
     Args:
@@ -80,14 +102,7 @@ def fit_latent_mixture(codes, num_components: int = 10, seed: int = 0) -> Latent
       ValueError: fewer than K·(d + 1) codes (a full covariance would be singular).
     """
     codes = np.asarray(codes, np.float64)
-    # Each full covariance is non-singular only with more than d codes per component.
-    needed = num_components * (codes.shape[-1] + 1)
-    if len(codes) < needed:
-        raise ValueError(
-            f"fitting a {num_components}-component mixture to {codes.shape[-1]}-"
-            f"dimensional codes needs at least {needed} training codes, got "
-            f"{len(codes)}; use --sampler prior or train on more data"
-        )
+    check_enough_codes(codes, num_components)
     gmm = GaussianMixture(
         num_components, covariance_type="full", reg_covar=1e-6, random_state=seed
     ).fit(codes)
@@ -119,4 +134,4 @@ def _load(directory: pathlib.Path, shape: dict) -> LatentMixture:
         return LatentMixture(f["log_weights"], f["means"], f["cholesky"])
 
 
-KIND = Kind("gmm", _fit, (), _save, _load)
+KIND = Kind("gmm", _fit, (), _save, _load, check_enough_codes)

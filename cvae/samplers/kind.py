@@ -53,6 +53,8 @@ class Kind:
         sampler records them and is refitted when they change).
       save: (sampler, directory) → its shape (a JSON-able dict), having written its files.
       load: (directory, shape) → the sampler, bit-identical to the one saved.
+      check: (codes) → None, raising ValueError in one line for codes it cannot be fitted
+        to — run before a fit is announced, so a refusal is the only line a user sees.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Kind:
     budget_fields: tuple[str, ...]
     save: Callable[[Any, pathlib.Path], dict]
     load: Callable[[pathlib.Path, dict], Sampler]
+    check: Callable[[Any], None] = lambda codes: None
 
 
 def save_standardisation(directory: pathlib.Path, shift, scale) -> None:

@@ -111,6 +111,7 @@ class SamplerStore:
         if top:
             codes = codes[:, -self.top_dim :]
         key = jax.random.fold_in(jax.random.key(self.seed), registry.EX_POST.index(kind))
+        registry.kind_named(kind).check(codes)  # a refusal, before any announcement
         # Every fit says what it is doing: even the mixture's EM takes a minute on 60,000
         # MNIST codes.
         log.info(
