@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cvae.models import flow_matching
+
 
 def sincos_positions(rows: int, cols: int, width: int) -> np.ndarray:
     """The fixed 2-D sine-cosine position embedding of a rows × cols grid of tokens: half the
@@ -176,6 +178,4 @@ def init_dit(module: DiT, key: jax.Array) -> dict:
     Returns:
       The params pytree.
     """
-    labels = jnp.zeros((1,), jnp.int32) if module.num_classes else None
-    x = jnp.zeros((1, *module.shape), jnp.float32)
-    return module.init(key, x, jnp.zeros((1,)), labels)["params"]
+    return flow_matching.init_params(module, key, module.shape)

@@ -25,6 +25,23 @@ import jax.numpy as jnp
 LABEL_DROPOUT = 0.1  # the share of labels trained as the null label (classifier-free guidance)
 
 
+def init_params(module, key, shape) -> dict:
+    """A velocity network's fresh parameters, traced on one zero point of ``shape`` (also
+    the template saved parameters are read into).
+
+    Args:
+      module: the network, called as ``(x, t, labels)``; labels when it has ``num_classes``.
+      key: the PRNG key of the initialisation.
+      shape: one data point's shape: (d,) or (H, W, C).
+
+    Returns:
+      The params pytree.
+    """
+    labels = jnp.zeros((1,), jnp.int32) if module.num_classes else None
+    x = jnp.zeros((1, *shape), jnp.float32)
+    return module.init(key, x, jnp.zeros((1,)), labels)["params"]
+
+
 def _along(t, x):
     """Times (B,) shaped to broadcast against x (B, …)."""
     return t.reshape((-1,) + (1,) * (x.ndim - 1))

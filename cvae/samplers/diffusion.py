@@ -86,8 +86,7 @@ def initial_params(module: VelocityNet, key) -> dict:
     Returns:
       The params pytree.
     """
-    labels = jnp.zeros((1,), jnp.int32) if module.num_classes else None
-    return module.init(key, jnp.zeros((1, module.dim)), jnp.zeros((1,)), labels)["params"]
+    return flow_matching.init_params(module, key, (module.dim,))
 
 
 @dataclasses.dataclass
