@@ -25,18 +25,29 @@ METRIC_KEYS = (
     "examples_per_s",
     "elapsed_s",
 )
+# A latent DiT's records: its flow-matching loss, no ELBO (cvae.training.latent).
+LATENT_METRIC_KEYS = ("step", "split", "loss", "examples_per_s", "elapsed_s")
 
 
 class MetricsWriter:
     """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard.
 
     ``enabled=False`` (every process but the primary one of a multi-process run) checks the
-    records and writes nothing, so that one run leaves one metrics.jsonl.
+    records and writes nothing, so that one run leaves one metrics.jsonl. ``required`` is the
+    keys every record must hold: a VAE run's ``METRIC_KEYS`` unless another kind of run
+    (a latent DiT's, ``LATENT_METRIC_KEYS``) says otherwise.
     """
 
-    def __init__(self, workdir: Workdir, tensorboard: bool = True, enabled: bool = True):
+    def __init__(
+        self,
+        workdir: Workdir,
+        tensorboard: bool = True,
+        enabled: bool = True,
+        required: tuple[str, ...] = METRIC_KEYS,
+    ):
         self.workdir = workdir
         self.enabled = enabled
+        self.required = required
         self._tb = None
         if tensorboard and enabled:
             from tensorboardX import SummaryWriter
@@ -44,8 +55,8 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(workdir.tensorboard))
 
     def write(self, record: dict) -> None:
-        """Appends ``record`` (it must hold METRIC_KEYS) and mirrors its numbers."""
-        missing = [k for k in METRIC_KEYS if k not in record]
+        """Appends ``record`` (it must hold the ``required`` keys) and mirrors its numbers."""
+        missing = [k for k in self.required if k not in record]
         if missing:
             raise KeyError(f"metrics record lacks {missing}")
         if not self.enabled:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from cvae import data, evaluation
 from cvae.models import dit, flow_matching
-from cvae.runs import checkpoint, provenance
+from cvae.runs import checkpoint, provenance, writers
 from cvae.runs.restore import Restored, restore
 from cvae.runs.workdir import Workdir, read_json, write_json_atomic
 from cvae.schema import Field, check_fields, defaults
@@ -193,7 +193,7 @@ class Normaliser:
 @dataclasses.dataclass
 class TrainingTable:
     """What each step draws its batch from, on the device: per example the posterior mean
-    and scale of the code map (pixels: the image and a scale of 0), and the label."""
+    and scale of the code map (pixels: the image, and no scale), and the label."""
 
     mean: jax.Array  # (N, h, w, c)
     scale: jax.Array | None  # (N, h, w, c); None: nothing to draw (pixels, an autoencoder)
@@ -402,9 +402,7 @@ def _train(config, tokenizer: Restored, wd: Workdir, stop, progress: bool) -> di
         wd.truncate_metrics(int(state["step"]))
         log.info("resumed from step %d in %s", int(state["step"]), wd.path)
     run_call = _compiled_call(module, tx, table, config, train_key)
-    from tensorboardX import SummaryWriter
-
-    board = SummaryWriter(str(wd.tensorboard))
+    writer = writers.MetricsWriter(wd, required=writers.LATENT_METRIC_KEYS)
     start = int(state["step"])
     calls = math.ceil((config.num_steps - start) / config.steps_per_call)
     started = time.perf_counter()
@@ -430,9 +428,7 @@ def _train(config, tokenizer: Restored, wd: Workdir, stop, progress: bool) -> di
                 "examples_per_s": steps * config.batch_size / elapsed,
                 "elapsed_s": time.perf_counter() - started,
             }
-            wd.append_metrics(last)
-            board.add_scalar("train/loss", loss, step)
-            board.add_scalar("train/examples_per_s", last["examples_per_s"], step)
+            writer.write(last)
             bar.update(steps)
             bar.set_postfix(loss=f"{loss:.4f}")
             done = step >= config.num_steps
@@ -442,7 +438,7 @@ def _train(config, tokenizer: Restored, wd: Workdir, stop, progress: bool) -> di
                 break
     finally:
         bar.close()
-        board.close()
+        writer.close()
         ckpt.close()
     return {**last, "stopped_by": stop["signal"]}
 
