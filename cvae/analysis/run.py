@@ -40,6 +40,7 @@ class Run(Restored):
 
     _store: samplers.SamplerStore | None = dataclasses.field(default=None, repr=False)
     _latent_runs: dict = dataclasses.field(default_factory=dict, repr=False)
+    _programs: dict = dataclasses.field(default_factory=dict, repr=False)  # see _apply
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -104,7 +105,19 @@ class Run(Restored):
         return labels
 
     def _apply(self, *args, method):
-        return self.model.apply({"params": self.params}, *args, method=method)
+        """``model.apply`` of ``method`` as one compiled program per method and argument
+        kinds (flax run eagerly would compile each of its operations on its own: a
+        hundred small programs for one decode). Python ints (sizes, layer numbers) are
+        static."""
+        static = tuple(i for i, a in enumerate(args) if isinstance(a, int))
+        program = self._programs.get((method, static))
+        if program is None:
+            program = jax.jit(
+                lambda params, *a: self.model.apply({"params": params}, *a, method=method),
+                static_argnums=tuple(i + 1 for i in static),
+            )
+            self._programs[(method, static)] = program
+        return program(self.params, *args)
 
     # -------------------------------------------------------------- the API
     def encode(self, x, labels=None, *, flat: bool = False):

@@ -67,11 +67,9 @@ def recorded_terms(scores: dict) -> dict:
     }
 
 
-def log_images(model, params, images01, labels, key, workdir: Workdir, step, writer) -> None:
-    """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids.
-
-    ``params`` are host (numpy) copies: these few eager ops run on the local device only.
-    """
+def grid_images(model, params, images01, labels, key):
+    """(reconstructions E[x|μ(x)], prior samples E[x|z]) of ``len(images01)`` images: the
+    pure function that ``log_images`` compiles once per run."""
     n = len(images01)
     labels = labels if model.num_classes else None
     posterior = model.apply({"params": params}, images01, labels, method=model.encode)
@@ -83,7 +81,17 @@ def log_images(model, params, images01, labels, key, workdir: Workdir, step, wri
     samples = model.likelihood.mean(
         model.apply({"params": params}, z, sample_labels, method=model.decode)
     )
-    columns = int(np.ceil(np.sqrt(n)))
+    return recon, samples
+
+
+def log_images(draw, params, images01, labels, key, workdir: Workdir, step, writer) -> None:
+    """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids.
+
+    ``draw`` is ``grid_images`` compiled for the run's model; ``params`` are host (numpy)
+    copies, so the program runs on the local device only.
+    """
+    recon, samples = jax.device_get(draw(params, images01, labels, key))
+    columns = int(np.ceil(np.sqrt(len(images01))))
     for tag, grid in (("reconstructions", np.concatenate([images01, recon])), ("samples", samples)):
         tiled = writers.image_grid(np.asarray(grid), columns)
         writers.save_png(workdir.image_path(tag, step), tiled)
@@ -124,6 +132,7 @@ class RunBook:
             self.writer.hparams(cfg)
         self.started = time.perf_counter() - progress.elapsed_s
         self.grid = min(cfg.train.image_grid_size, len(d.eval_set))
+        self.draw_grids = jax.jit(functools.partial(grid_images, model))
         if self.primary:  # so that load_run needs no data to decode and sample
             workdir.write_data_info(dataclasses.asdict(d.info))
 
@@ -193,7 +202,7 @@ class RunBook:
             if self.grid and self.primary:
                 images, labels = self.data.eval_set.first(self.grid)
                 log_images(
-                    self.model,
+                    self.draw_grids,
                     jax.device_get(state["params"]),
                     images,
                     labels,

@@ -175,8 +175,10 @@ def initial_state(model, cfg, total_steps: int) -> dict:
     init_key, _, _ = run_keys(cfg.seed)
     params = model_lib.init_params(model, init_key)
     tx = steps.make_optimizer(cfg.train, total_steps)
+    # One program for the optimizer's state: run eagerly, each leaf's zeros compiles alone.
+    opt_state = jax.jit(tx.init)(params)
     return jax.device_get(
-        {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
     )
 
 
