@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import pathlib
+import re
 import signal
 import sys
 from typing import Any
@@ -43,11 +44,69 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+
+
 def _available_configs() -> str:
-    here = pathlib.Path(__file__).parent / "configs"
     return ", ".join(
-        sorted(p.stem for p in here.glob("*.py") if p.stem not in ("__init__", "common"))
+        sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
     )
+
+
+# What absl says about a value its flag cannot parse, and what the flag takes instead.
+_VALUE_ERRORS = (
+    ("invalid literal for int()", "an integer"),
+    ("could not convert string to float", "a number"),
+    ("Non-boolean argument to boolean flag", "true or false"),
+)
+
+
+def describe_flag_error(message: str) -> str:
+    """absl's one-line flag error, said as what to do.
+
+    An unknown flag names the launcher flag or the config fields it probably meant
+    (``--epochs`` → ``--config.train.num_epochs``); a value that does not parse names the
+    flag, the value and the kind of value the flag takes.
+
+    Args:
+      message: the first line of absl's ``flags.Error``.
+
+    Returns:
+      The message for ``error:``.
+    """
+    unknown = re.match(r"Unknown command line flag '([^']+)'", message)
+    if unknown:
+        return f"unknown flag --{unknown[1]}{_meant(unknown[1])} (--help lists the flags)"
+    value = re.match(r"flag (--[^=]+)=(.*?): (.*)$", message)
+    if value:
+        for symptom, takes in _VALUE_ERRORS:
+            if symptom in value[3]:
+                return f"{value[1]} takes {takes}, got {value[2]!r}"
+    return message
+
+
+def _meant(name: str) -> str:
+    """'; did you mean …?' for an unknown flag: a launcher flag spelled alike, or the config
+    fields whose last part is, ends with or starts with the name."""
+    close = difflib.get_close_matches(name, list(flags.FLAGS), n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean --{close[0]}?"
+    if "config" not in flags.FLAGS:
+        return ""
+    leaf = _ABBREVIATIONS.get(name, name.replace("-", "_"))
+    tiers = (
+        lambda last: last == leaf,
+        lambda last: last == f"num_{leaf}",
+        lambda last: last.endswith("_" + leaf) or last.startswith(leaf + "_"),
+    )
+    for matches in tiers:  # the closest kind of match only
+        fields = [f for f in _SCHEMA["fields"] if matches(f.rsplit(".", 1)[-1])]
+        if fields:
+            return "; did you mean " + " or ".join(f"--config.{f}" for f in fields[:3]) + "?"
+    return ""
+
+
+_ABBREVIATIONS = {"lr": "learning_rate", "bs": "batch_size", "epochs": "num_epochs"}
 
 
 def _underscored(argv):
@@ -158,6 +217,9 @@ def _parse_flags(argv, module: str = "__main__"):
         sys.exit(0)
     config_help = "--helpconfig" in argv
     argv = [arg for arg in argv if arg != "--helpconfig"]
+    config_path = _config_path(argv)
+    if "config" in flags.FLAGS and pathlib.Path(config_path).is_dir():
+        _fail(_describe_os_error(IsADirectoryError(21, "Is a directory", config_path)), 2)
     try:
         parsed = flags.FLAGS(argv)
         if config_help:  # the fields of the config these flags load, overrides included
@@ -172,7 +234,7 @@ def _parse_flags(argv, module: str = "__main__"):
             sys.exit(0)
         return parsed
     except flags.Error as err:
-        _fail(str(err).splitlines()[0], 2)
+        _fail(describe_flag_error(str(err).splitlines()[0]), 2)
     except OSError as err:
         _fail(unknown_config_field(argv) or _describe_os_error(err), 2)
     except Exception as err:  # the config file's own code failed, or a mistyped field
@@ -182,7 +244,21 @@ def _parse_flags(argv, module: str = "__main__"):
 
 
 def _describe_os_error(err: OSError) -> str:
-    """ml_collections reports a bad --config file as a multi-line OSError: keep its gist."""
+    """ml_collections reports a bad --config file as a multi-line OSError: keep its gist. A
+    file where a directory belongs (``--workdir README.md``) and a directory where a file
+    belongs (``--config experiments/configs``) say which path and what to give instead."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:
+        return (
+            f"{err.filename} is a file, and a directory is needed there: give a directory "
+            "(it is created if missing), e.g. --workdir runs/NAME"
+        )
+    if isinstance(err, IsADirectoryError) and err.filename:
+        return f"{err.filename} is a directory, and a file is needed there" + (
+            f": --config takes a config file, e.g. {err.filename.rstrip('/')}/"
+            f"digits_cvae.py ({_available_configs()})"
+            if pathlib.Path(err.filename).resolve() == CONFIG_DIR
+            else ""
+        )
     if "Failed loading config file" not in str(err):
         return str(err)
     reason = str(err).strip().splitlines()[-1].strip()

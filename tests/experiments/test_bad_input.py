@@ -87,6 +87,33 @@ def run_dir(tmp_path_factory):
         (["experiments.sample", "--workdir", "RUN", "--out", "grid.jpg"], "must end in .png"),
         (["experiments.sample", "--workdir", "RUN", "--n", "-1"], "--n must be ≥ 1"),
         (["experiments.evaluate", "--workdir", "RUN", "--nosuchflag=1"], "nosuchflag"),
+        # the mistakes of a first day: each says what to type instead
+        (
+            ["experiments.train", *CONFIG, "--epochs", "3"],
+            "unknown flag --epochs; did you mean --config.train.num_epochs?",
+        ),
+        (["experiments.evaluate", "--workdri", "RUN"], "did you mean --workdir?"),
+        (
+            ["experiments.train", *CONFIG, "--config.train.num_epochs=three"],
+            "--config.train.num_epochs takes an integer, got 'three'",
+        ),
+        (
+            ["experiments.train", *CONFIG, "--config.train.learning_rate=fast"],
+            "--config.train.learning_rate takes a number, got 'fast'",
+        ),
+        (
+            ["experiments.train", *CONFIG, "--config.train.overwrite=yes"],
+            "--config.train.overwrite takes true or false, got 'yes'",
+        ),
+        (
+            ["experiments.train", "--config", "experiments/configs", "--workdir", "W"],
+            "experiments/configs is a directory, and a file is needed there: --config takes "
+            "a config file, e.g. experiments/configs/digits_cvae.py",
+        ),
+        (
+            ["experiments.train", "--config", CONFIG[1], "--workdir", "AFILE"],
+            "is a file, and a directory is needed there",
+        ),
         (
             ["experiments.sweep", *CONFIG, "--seeds", "3"],
             "--seeds 3 is ambiguous: write --seeds 0:3 for 3 seeds (0 to 2) or --seeds 3:4",
@@ -123,6 +150,7 @@ def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, 
         "DIR": str(tmp_path),
         "GARBAGE": str(tmp_path / "garbage.npz"),
         "NOFILE": str(tmp_path / "none.npz"),
+        "AFILE": str(tmp_path / "garbage.npz"),
     }
     (tmp_path / "garbage.npz").write_bytes(b"this is not an npz archive")
     for name, text in BAD_CONFIG_FILES.items():
