@@ -171,11 +171,9 @@ class RunBook:
         }
         self.writer.write(record)
         improved = False
-        if (
-            (epoch + 1) % cfg.eval.every_epochs == 0
-            or epoch + 1 == cfg.train.num_epochs
-            or stopping
-        ):
+        # A stop (a signal) saves without an evaluation of its own: the resumed run then
+        # writes, selects and counts patience exactly as the run never stopped.
+        if (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.train.num_epochs:
             tick = time.perf_counter()
             state = state_of()
             scores = self.score(state["params"], self.data.eval_set)

@@ -19,7 +19,7 @@ import jax
 from tqdm import tqdm
 
 from cvae import config as config_lib
-from cvae import parallel
+from cvae import faults, parallel
 from cvae.runs import checkpoint
 from cvae.runs.workdir import Workdir, as_workdir
 from cvae.training.bookkeeping import RunBook
@@ -93,6 +93,7 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
             state, per_step = s.run_epoch(state, data_key, train_key, epoch)
             per_step = jax.device_get(per_step)
             seconds = time.perf_counter() - tick
+            faults.fault_point("epoch_end")  # the tests' place for a kill or a signal
             # A signal stops every process at this epoch, wherever it was delivered.
             stopping = parallel.any_process(stop["signal"] is not None)
             record = book.after_epoch(

@@ -346,3 +346,25 @@ def test_a_real_full_disk_is_one_line_status_1_and_the_rerun_resumes(tmp_path):
         assert Workdir(disk / "run").read_metrics("test")[-1]["epoch"] == 4
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# Early stopping on, validation every second epoch: a stop between two evaluations must
+# neither add a validation record nor move model selection or the patience count.
+SELECTING = ["--config.eval.every_epochs=2", "--config.train.early_stopping_patience=2"]
+
+
+@pytest.mark.slow
+def test_a_sigterm_between_evaluations_resumes_to_the_uninterrupted_run_record_for_record(
+    tmp_path,
+):
+    whole = _train_cli(tmp_path / "whole", extra=SELECTING, fresh=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    stopped = _train_cli(tmp_path / "split", "epoch_end:3:SIGTERM", extra=SELECTING)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "SIGTERM received: saved step" in stopped.stderr
+    records = Workdir(tmp_path / "split").read_metrics()
+    assert [r["epoch"] for r in records if r["split"] != "train"] == [2]  # none at the stop
+    assert records[-1]["epoch"] == 3
+    rerun = _train_cli(tmp_path / "split", extra=SELECTING)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    _assert_same_run(tmp_path / "split", tmp_path / "whole")
