@@ -105,6 +105,21 @@ def provenance_lines(workdirs) -> str:
     return "\n".join(f"Runs {', '.join(names)}: {line}." for line, names in groups.items())
 
 
+def config_history_lines(workdirs) -> list[str]:
+    """One line per run whose config changed across a resume: from which step, which
+    fields, from what to what (config_history.jsonl); none for runs trained by one config."""
+    lines = []
+    for workdir in workdirs:
+        wd = Workdir(workdir)
+        for record in wd.read_config_history():
+            changed = ", ".join(
+                f"{name} {before!r} → {after!r}"
+                for name, (before, after) in record["changes"].items()
+            )
+            lines.append(f"Run {wd.name} resumed at step {record['step']} with {changed}.")
+    return lines
+
+
 def grouped_table(groups, field: str) -> str:
     """The Markdown table of ``compare.aggregate``: mean ± 95% CI half-width per metric."""
     metrics = [m for m in compare.SUMMARY_METRICS if any(m in g for g in groups)]
@@ -460,6 +475,8 @@ def main(argv):
         print(table(rows))
     print()
     print(provenance_lines(workdirs))
+    for line in config_history_lines(workdirs):
+        print(line)
     sweeps = [pathlib.Path(a) for a in argv[1:] if analysis.sweep_members(a) is not None]
     for note in notes + missing_notes(rows, workdirs, sweeps):
         print(note)

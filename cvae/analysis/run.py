@@ -51,6 +51,13 @@ class Run(Restored):
         )
 
     @property
+    def config_history(self) -> list[dict]:
+        """The config changes of this run's resumes, oldest first: [{"step", "epoch",
+        "changes": {field: [before, after]}, "provenance"}, …]; ``config`` is the one in
+        force since the last of them (empty: one config trained the whole run)."""
+        return Workdir(self.workdir).read_config_history()
+
+    @property
     def num_params(self) -> int:
         """Number of trainable scalars."""
         return model_lib.count_params(self.params)

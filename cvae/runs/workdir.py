@@ -109,6 +109,7 @@ class Workdir:
     EVAL = "eval.json"
     SAMPLE_QUALITY = "sample_quality.json"
     PROVENANCE = "provenance.json"
+    CONFIG_HISTORY = "config_history.jsonl"  # one record per resume that changed the config
     DATA_INFO = "data.json"
     CHECKPOINTS = "checkpoints"
     TENSORBOARD = "tb"
@@ -289,6 +290,33 @@ class Workdir:
         """
         write_json_atomic(self.config_path, config.to_dict())
 
+    def read_config_history(self) -> list[dict]:
+        """config_history.jsonl: one record per resume that changed the config.
+
+        Returns:
+          [{"step", "epoch", "changes": {name: [before, after]}, "provenance"}, …], oldest
+          first; empty for a run trained by one config.
+        """
+        path = self.path / self.CONFIG_HISTORY
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def append_config_history(self, record: dict) -> None:
+        """Appends one record to config_history.jsonl and flushes it to disk.
+
+        Args:
+          record: {"step", "epoch", "changes", "provenance"}.
+        """
+        with open(self.path / self.CONFIG_HISTORY, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear_config_history(self) -> None:
+        """Deletes config_history.jsonl (train.overwrite starts a new run)."""
+        (self.path / self.CONFIG_HISTORY).unlink(missing_ok=True)
+
     # --------------------------------------------------------------- results
     def read_eval(self) -> dict | None:
         """eval.json, experiments.evaluate's scores.
@@ -388,22 +416,30 @@ class Workdir:
                 records.append(record)
         return records
 
-    def truncate_metrics(self, max_step: int) -> None:
+    def truncate_metrics(self, max_step: int, finished: bool = False) -> None:
         """Prepares metrics.jsonl for a run resuming at ``max_step``.
 
-        Keeps the records up to it, drops later ones and the final test record (the resumed run
+        Keeps the records up to it, drops later ones and the test record (the resumed run
         writes them again) and any torn line, so the file keeps one record per (split, epoch).
+        A ``finished`` run (nothing left to train) keeps its test record at ``max_step``, and
+        a file with nothing to drop is not rewritten.
 
         Args:
           max_step: the step the run resumes from.
+          finished: whether the run has nothing left to train.
         """
-        if self.metrics_path.exists():
-            kept = [
-                r
-                for r in self.read_metrics()
-                if r.get("step", max_step + 1) <= max_step and r.get("split") != "test"
-            ]
-            write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        if not self.metrics_path.exists():
+            return
+        text = self.metrics_path.read_text()
+        kept = [
+            r
+            for r in self.read_metrics()
+            if r.get("step", max_step + 1) <= max_step
+            and (r.get("split") != "test" or (finished and r.get("step") == max_step))
+        ]
+        new_text = "".join(json.dumps(r) + "\n" for r in kept)
+        if new_text != text:
+            write_text_atomic(self.metrics_path, new_text)
 
     def append_metrics(self, record: dict) -> None:
         """Appends one record as a line of metrics.jsonl.

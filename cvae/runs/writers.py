@@ -48,11 +48,17 @@ class MetricsWriter:
         self.workdir = workdir
         self.enabled = enabled
         self.required = required
-        self._tb = None
-        if tensorboard and enabled:
+        self._tensorboard = tensorboard and enabled
+        self._writer = None  # opened at the first record: a run with nothing new writes no file
+
+    @property
+    def _tb(self):
+        """The TensorBoard writer, or None when disabled (opened on first use)."""
+        if self._tensorboard and self._writer is None:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(workdir.tensorboard))
+            self._writer = SummaryWriter(str(self.workdir.tensorboard))
+        return self._writer
 
     def write(self, record: dict) -> None:
         """Appends ``record`` (it must hold the ``required`` keys) and mirrors its numbers."""
@@ -86,9 +92,9 @@ class MetricsWriter:
             self._tb.add_image(tag, grid, step, dataformats="HWC")
 
     def close(self) -> None:
-        """Flushes and closes the TensorBoard writer."""
-        if self._tb is not None:
-            self._tb.close()
+        """Flushes and closes the TensorBoard writer, if one was opened."""
+        if self._writer is not None:
+            self._writer.close()
 
 
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:

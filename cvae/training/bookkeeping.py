@@ -218,9 +218,14 @@ class RunBook:
         return record
 
     def finish(self, state) -> dict:
-        """Scores the test split with the final params and writes the test record."""
+        """Scores the test split with the final params and writes the test record, unless
+        that step's record is there (a rerun of a finished run writes nothing; every process
+        still scores, as the evaluation is one program over all of them)."""
         scores = self.score(state["params"], self.data.test_set)
         test_metrics = {"loss": scores["loss"], **recorded_terms(scores)}
+        step = int(state["step"])
+        if self.primary and any(r["step"] == step for r in self.workdir.read_metrics("test")):
+            return test_metrics
         self.writer.write(
             {
                 "step": int(state["step"]),

@@ -24,7 +24,14 @@ from cvae.runs import checkpoint
 from cvae.runs.workdir import Workdir, as_workdir
 from cvae.training.bookkeeping import RunBook
 from cvae.training.guards import one_writer, stop_requests
-from cvae.training.setup import log_setup, prepare_workdir, resume, run_keys, setup
+from cvae.training.setup import (
+    log_setup,
+    prepare_workdir,
+    record_config_changes,
+    resume,
+    run_keys,
+    setup,
+)
 
 log = logging.getLogger("cvae")
 
@@ -71,10 +78,11 @@ def train_and_evaluate(config, workdir) -> TrainResult:
 
 def _train(cfg, workdir: Workdir) -> TrainResult:
     """The body of ``train_and_evaluate``, run while holding the workdir's lock."""
-    prepare_workdir(cfg, workdir)
+    changes = prepare_workdir(cfg, workdir)
     s = setup(cfg)
     ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
-    state, progress = resume(ckpt, s.state, workdir)
+    state, progress = resume(ckpt, s.state, workdir, cfg.train.num_epochs)
+    record_config_changes(cfg, workdir, changes, int(state["step"]), progress.epoch)
     log_setup(s.mesh, state["params"], workdir.path)
     _, data_key, train_key = parallel.replicate(run_keys(cfg.seed), s.mesh)
     book = RunBook(cfg, workdir, s.model, s.data, s.mesh, ckpt=ckpt, progress=progress)

@@ -232,8 +232,7 @@ def train_population(configs, workdirs) -> PopulationResult:
 
 def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
     cfg0 = configs[0]
-    for cfg, workdir in zip(configs, workdirs):
-        setup_lib.prepare_workdir(cfg, workdir)
+    changes = [setup_lib.prepare_workdir(cfg, workdir) for cfg, workdir in zip(configs, workdirs)]
     mesh = parallel.make_population_mesh(len(configs), cfg0.train.num_devices)
     eval_mesh = Mesh(mesh.devices.reshape(-1), ("data",))  # evaluation splits every batch
     d = inputs.load_training_data(cfg0, mesh.shape["data"])
@@ -249,10 +248,13 @@ def _train_population(configs, workdirs: list[Workdir]) -> PopulationResult:
     books, states = [], []
     everywhere = parallel.replicated(mesh)
     names = member_names(workdirs)
-    for cfg, model, workdir, name in zip(configs, models, workdirs, names, strict=True):
+    for cfg, model, workdir, name, changed in zip(
+        configs, models, workdirs, names, changes, strict=True
+    ):
         fresh = parallel.place(setup_lib.initial_state(model, cfg, total_steps), everywhere)
         ckpt = checkpoint.Checkpointer(workdir.checkpoints, cfg.train.keep_checkpoints)
-        state, progress = setup_lib.resume(ckpt, fresh, workdir)
+        state, progress = setup_lib.resume(ckpt, fresh, workdir, cfg.train.num_epochs)
+        setup_lib.record_config_changes(cfg, workdir, changed, int(state["step"]), progress.epoch)
         states.append(jax.device_get(state))
         books.append(
             bookkeeping.RunBook(

@@ -125,22 +125,54 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def prepare_workdir(config, workdir: Workdir) -> None:
-    """Refuses to resume a different experiment; honours train.overwrite; writes config.json.
+def config_changes(saved: dict, current: dict) -> dict[str, list]:
+    """Every field whose value differs between a saved config and the current one.
+
+    Args:
+      saved: the saved config, flattened (fields it lacks take today's defaults).
+      current: the current config, flattened.
+
+    Returns:
+      {dotted name: [saved value, current value]}, sorted by name.
+    """
+    saved = {**config_lib.flatten(config_lib.base_config()), **saved}
+    return {
+        n: [saved.get(n), current.get(n)]
+        for n in sorted(set(saved) | set(current))
+        if saved.get(n) != current.get(n)
+    }
+
+
+def prepare_workdir(config, workdir: Workdir) -> dict[str, list]:
+    """Refuses to resume a different experiment; honours train.overwrite; writes config.json
+    for a new run.
+
+    A resumed run's config.json is left as it is here: when the command changed fields that
+    a run may change (the number of epochs, the learning rate, …), ``record_config_changes``
+    records them once the resumed step is known. A rerun that changes nothing writes
+    nothing.
 
     Every process reads the saved config before any process changes the workdir, so all of
     them take the same decision; only the primary one deletes and writes.
+
+    Returns:
+      The fields a resume changes, {name: [saved, current]}; empty for a new run.
     """
-    conflicts = []
-    if workdir.config_path.exists() and workdir.has_checkpoint():
-        conflicts = resume_conflicts(
-            config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
-        )
+    conflicts: list[str] = []
+    changes: dict[str, list] = {}
+    resuming = workdir.config_path.exists() and workdir.has_checkpoint()
+    if resuming:
+        saved, current = config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
+        conflicts = resume_conflicts(saved, current)
         if conflicts and not config.train.overwrite:
             raise ConfigMismatchError(
                 f"{workdir.path} holds a run whose config differs in {', '.join(conflicts)}; "
                 "use another --workdir, or set --config.train.overwrite=True to discard it"
             )
+        # train.overwrite only matters when there is something to discard
+        changes = {
+            n: v for n, v in config_changes(saved, current).items() if n != "train.overwrite"
+        }
     parallel.barrier("workdir-read")
     if parallel.is_primary():
         if conflicts:
@@ -150,9 +182,49 @@ def prepare_workdir(config, workdir: Workdir) -> None:
                 ", ".join(conflicts),
             )
             workdir.clear_run()
+            workdir.clear_config_history()
+        if not resuming or conflicts:
+            workdir.write_config(config)
+            workdir.write_provenance(provenance.collect())
+    parallel.barrier("workdir-ready")
+    return {} if conflicts else changes
+
+
+def record_config_changes(config, workdir: Workdir, changes: dict, step: int, epoch: int) -> None:
+    """Announces and records a resume's config changes, then saves the new config.
+
+    One line names every changed field with its old and new value; ``config_history.jsonl``
+    gains {"step", "epoch", "changes", "provenance"}: the config in config.json governs from
+    that step on, and the history says what governed before. The history is written before
+    config.json, so a crash between the two repeats the record on the rerun instead of
+    losing it.
+
+    Args:
+      config: the current config.
+      workdir: the run directory.
+      changes: ``prepare_workdir``'s {name: [saved, current]}.
+      step: the step the run resumed from.
+      epoch: the epoch it resumed from.
+    """
+    if not changes:
+        return
+    if step == 0:  # no save was readable: the run starts anew, under this config
+        if parallel.is_primary():
+            workdir.write_config(config)
+            workdir.write_provenance(provenance.collect())
+        return
+    log.warning(
+        "resuming %s at step %d with a changed config: %s (recorded in %s)",
+        workdir.path,
+        step,
+        ", ".join(f"{n} {old!r} → {new!r}" for n, (old, new) in changes.items()),
+        Workdir.CONFIG_HISTORY,
+    )
+    if parallel.is_primary():
+        record = {"step": step, "epoch": epoch, "changes": changes}
+        workdir.append_config_history({**record, "provenance": provenance.collect()})
         workdir.write_config(config)
         workdir.write_provenance(provenance.collect())
-    parallel.barrier("workdir-ready")
 
 
 def build_model(cfg, d: TrainingData) -> nn.Module:
@@ -224,8 +296,11 @@ def setup(cfg) -> Setup:
     return Setup(mesh, model, state, programs, steps.place_training_data(d.in_memory, mesh), d)
 
 
-def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
-    """(state, Progress) of the newest readable checkpoint, or the fresh ones given."""
+def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir, num_epochs: int):
+    """(state, Progress) of the newest readable checkpoint, or the fresh ones given.
+
+    metrics.jsonl is cut back to the resumed step; a run already finished (``num_epochs``
+    reached, or stopped early) keeps its test record, so rerunning it changes no file."""
     restored = ckpt.restore(
         jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
@@ -240,7 +315,8 @@ def resume(ckpt: checkpoint.Checkpointer, state, workdir: Workdir):
         **{f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta}
     )
     if parallel.is_primary():
-        workdir.truncate_metrics(int(state["step"]))
+        finished = progress.epoch >= num_epochs or progress.stopped_early
+        workdir.truncate_metrics(int(state["step"]), finished)
     log.info(
         "resumed from step %d (epoch %d) in %s", int(state["step"]), progress.epoch, workdir.path
     )

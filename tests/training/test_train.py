@@ -361,3 +361,43 @@ def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_fix(
         make_test_config(**{"train.num_epochs": 1}), tmp_path / "run"
     )
     assert fixed.epoch == 1 and not fixed.interrupted
+
+
+def test_a_resume_that_changes_the_config_is_announced_recorded_and_reported(tmp_path, caplog):
+    """Extending a run and changing its learning rate: one line says so, the history names
+    the fields and the step, config.json holds what governs now, load_run and report show
+    the history, and a rerun that changes nothing changes no file."""
+    import cvae
+    from experiments import report
+
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    assert Workdir(tmp_path).read_config_history() == []
+    changed = make_test_config(**{"train.num_epochs": 2, "train.learning_rate": 0.01})
+    with caplog.at_level("WARNING", logger="cvae"):
+        training.train_and_evaluate(changed, tmp_path)
+    steps_per_epoch = 1400 // 64
+    (line,) = [r.getMessage() for r in caplog.records if "changed config" in r.getMessage()]
+    assert f"at step {steps_per_epoch} with a changed config: train.learning_rate" in line
+    assert "train.learning_rate 0.001 → 0.01, train.num_epochs 1 → 2" in line
+    (record,) = Workdir(tmp_path).read_config_history()
+    assert record["step"] == steps_per_epoch and record["epoch"] == 1
+    assert record["changes"] == {
+        "train.learning_rate": [0.001, 0.01],
+        "train.num_epochs": [1, 2],
+    }
+    assert "git_commit" in record["provenance"]
+    saved = Workdir(tmp_path).read_config()
+    assert saved.train.learning_rate == 0.01 and saved.train.num_epochs == 2
+    assert cvae.load_run(tmp_path).config_history == [record]
+    (reported,) = report.config_history_lines([tmp_path])
+    assert reported == (
+        f"Run {tmp_path.name} resumed at step {steps_per_epoch} with train.learning_rate "
+        "0.001 → 0.01, train.num_epochs 1 → 2."
+    )
+
+    def files():
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = files()
+    training.train_and_evaluate(changed, tmp_path)
+    assert files() == before
