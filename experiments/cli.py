@@ -273,9 +273,7 @@ def run(main, positional: bool = False) -> None:
 
     def guarded(argv):
         quiet_interrupts()
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        logging.getLogger("absl").setLevel(logging.WARNING)
-        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
+        log_to_stderr(absl_prefix=FLAGS_LOG_PREFIX.value)
         if len(argv) > 1 and not positional:
             _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value", 2)
         try:
@@ -301,6 +299,51 @@ def run(main, positional: bool = False) -> None:
 
     # --help lists the launcher's own flags, also when a console script is the program.
     app.run(guarded, flags_parser=functools.partial(_parse_flags, module=main.__module__))
+
+
+FLAGS_LOG_PREFIX = flags.DEFINE_bool(
+    "log_prefix",
+    False,
+    "Log lines with absl's prefix (level, date, microseconds, thread, file:line) instead "
+    "of the time of day.",
+)
+
+
+class _PlainFormatter(logging.Formatter):
+    """``12:03:41 message``; warnings and errors say so (``12:03:41 warning: …``)."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno >= logging.WARNING:
+            stamp, _, message = line.partition(" ")
+            return f"{stamp} {record.levelname.lower()}: {message}"
+        return line
+
+
+def log_to_stderr(absl_prefix: bool = False) -> None:
+    """Log lines of INFO and above on stderr, one per event, each with the time of day.
+
+    absl's handler (installed by ``app.run``, with its long prefix) is replaced by a plain
+    stream handler unless ``absl_prefix``; a plain ``StreamHandler`` is also what tqdm's
+    logging redirection recognises, so log lines print above a progress bar, not through
+    it (``cvae.progress``).
+
+    Args:
+      absl_prefix: keep absl's prefix (``I1207 12:03:41.590577 1402… loop.py:114]``).
+    """
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if not absl_prefix:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+        root.addHandler(handler)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
 
 
 def out_of_memory(err: BaseException) -> str:

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "cvae"
 
 # Bottom first; a module may import its own layer's modules and those of lower layers.
 LAYERS = [
-    {"errors", "faults", "parallel", "schema"},
+    {"errors", "faults", "parallel", "progress", "schema"},
     {"models"},
     {"config"},
     {"data"},

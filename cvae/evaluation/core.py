@@ -29,13 +29,14 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import math
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from cvae import data, parallel
+from cvae import progress as progress_lib
 from cvae.evaluation import metrics
 from cvae.models import objectives
 
@@ -287,10 +288,12 @@ def evaluate(
     sums = dict.fromkeys(means + (("log_px",) if with_density else ()), 0.0)
     moments = metrics.RunningMoments()
     num_batches = math.ceil(n / bs)
+    if progress and not progress_lib.on_terminal():  # no bar: one line says what runs
+        logging.getLogger("cvae").info("%s: %d examples, K=%d", description, n, k)
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
         pending = reader.submit(read, 0)
-        for b in tqdm(
-            range(num_batches), desc=f"{description} (K={k})", unit="batch", disable=not progress
+        for b in progress_lib.bar(
+            range(num_batches), desc=f"{description} (K={k})", unit="batch", enabled=progress
         ):
             images, labels, real = pending.result()
             if b + 1 < num_batches:  # read the next batch while this one is scored

@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from tqdm.auto import tqdm
 
+from cvae import progress as progress_lib
 from cvae.models import flow_matching
 from cvae.samplers.kind import Kind, load_standardisation, save_standardisation
 
@@ -258,7 +258,7 @@ def fit_diffusion(
         return params, opt_state, values
 
     opt_state = tx.init(params)
-    for b in tqdm(range(blocks), desc="fit diffusion", unit="block", disable=not progress):
+    for b in progress_lib.bar(range(blocks), desc="fit diffusion", unit="block", enabled=progress):
         params, opt_state, _ = run_block(params, opt_state, b * block)
     return DiffusionSampler(jax.device_get(params), dim, width, depth, num_classes, shift, scale)
 

@@ -15,6 +15,7 @@ from flowjax.distributions import Normal
 from flowjax.flows import masked_autoregressive_flow
 from flowjax.train import fit_to_data
 
+from cvae import progress as progress_lib
 from cvae.samplers.kind import Kind, load_standardisation, save_standardisation
 
 
@@ -99,7 +100,7 @@ def fit_latent_flow(
         max_epochs=max_epochs,
         max_patience=10,
         batch_size=256,
-        show_progress=progress,
+        show_progress=progress and progress_lib.on_terminal(),
     )
     return LatentFlow(flow, shift, scale, layers, width)
 

@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from cvae import data, evaluation
+from cvae import progress as progress_lib
 from cvae.models import dit, flow_matching
 from cvae.runs import checkpoint, provenance, writers
 from cvae.runs.restore import Restored, restore
@@ -211,12 +211,12 @@ def _encoded_training_split(tokenizer: Restored, space: str, max_examples: int):
     (shape,) = model.layer_shapes
     means, scales, labels = [], [], []
     encode = jax.jit(lambda x, y: model.apply({"params": params}, x, y, method=model.encode))
-    for images, y in tqdm(
+    for images, y in progress_lib.bar(
         eval_set.unit_batches(1000),
         total=math.ceil(len(eval_set) / 1000),
         desc="encode the training split",
         unit="batch",
-        disable=space == "pixels",
+        enabled=space != "pixels",
     ):
         labels.append(y)
         if space == "pixels":
@@ -407,9 +407,12 @@ def _train(config, tokenizer: Restored, wd: Workdir, stop, progress: bool) -> di
     calls = math.ceil((config.num_steps - start) / config.steps_per_call)
     started = time.perf_counter()
     last: dict[str, Any] = {"step": start, "loss": float("nan")}
-    bar = tqdm(total=config.num_steps, initial=start, desc="latent DiT", disable=not progress)
+    bar = progress_lib.bar(
+        total=config.num_steps, initial=start, desc="latent DiT", enabled=progress
+    )
+    every = progress_lib.log_every(calls)  # off a terminal: about ten lines a run
     try:
-        for _ in range(max(calls, 0)):
+        for call in range(max(calls, 0)):
             tick = time.perf_counter()
             steps = min(config.steps_per_call, config.num_steps - int(state["step"]))
             state, losses = run_call(state, steps)
@@ -431,6 +434,14 @@ def _train(config, tokenizer: Restored, wd: Workdir, stop, progress: bool) -> di
             writer.write(last)
             bar.update(steps)
             bar.set_postfix(loss=f"{loss:.4f}")
+            if bar.disable and progress and (call % every == 0 or call + 1 == calls):
+                log.info(
+                    "latent DiT step %d/%d: loss %.4f, %.0f examples/s",
+                    step,
+                    config.num_steps,
+                    loss,
+                    last["examples_per_s"],
+                )
             done = step >= config.num_steps
             if done or step % config.checkpoint_every < steps or stop["signal"]:
                 ckpt.save(step, state, {"step": step, "loss": loss})

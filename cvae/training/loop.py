@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 
 import jax
-from tqdm import tqdm
 
 from cvae import config as config_lib
 from cvae import faults, parallel
+from cvae import progress as progress_lib
 from cvae.runs import checkpoint
 from cvae.runs.workdir import Workdir, as_workdir
 from cvae.training.bookkeeping import RunBook
@@ -87,15 +86,17 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
     _, data_key, train_key = parallel.replicate(run_keys(cfg.seed), s.mesh)
     book = RunBook(cfg, workdir, s.model, s.data, s.mesh, ckpt=ckpt, progress=progress)
     result = TrainResult(state, progress.epoch, stopped_early=progress.stopped_early)
-    bar = tqdm(
+    bar = progress_lib.bar(
         total=cfg.train.num_epochs,
         initial=progress.epoch,
         unit="epoch",
-        disable=not (book.primary and sys.stderr.isatty()),
+        enabled=book.primary,
         desc="train",
     )
+    # Off a terminal: about ten train lines a run (and every validation's line).
+    every = progress_lib.log_every(cfg.train.num_epochs)
     first_epoch = cfg.train.num_epochs if progress.stopped_early else progress.epoch
-    with stop_requests() as stop:
+    with stop_requests() as stop, progress_lib.logging_above_bars(not bar.disable):
         for epoch in range(first_epoch, cfg.train.num_epochs):
             first_step, tick = int(state["step"]), time.perf_counter()
             state, per_step = s.run_epoch(state, data_key, train_key, epoch)
@@ -110,7 +111,8 @@ def _train(cfg, workdir: Workdir) -> TrainResult:
             result.stopped_early = progress.stopped_early
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.2f}", ex_s=f"{record['examples_per_s']:.0f}")
-            if bar.disable:  # no terminal: plain log lines instead of the bar
+            cadence = (epoch + 1) % every == 0 or epoch + 1 == cfg.train.num_epochs
+            if bar.disable and (cadence or epoch == first_epoch or stopping):
                 log.info(
                     "epoch %d/%d step %d: loss %.3f, %.0f examples/s",
                     epoch + 1,

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -343,7 +344,6 @@ def test_sample_quality_scores_prior_and_mixture_samples(trained_workdir, tmp_pa
 
 def test_the_results_page_quotes_what_the_quickstart_produces_now(tmp_path):
     """The results page's quickstart line must match `make run` as the code stands."""
-    import re
 
     readme = (ROOT / "docs" / "results.md").read_text()
     quoted = re.search(
@@ -355,10 +355,73 @@ def test_the_results_page_quotes_what_the_quickstart_produces_now(tmp_path):
     assert quoted, "the results page's quickstart line changed form; update this test with it"
     out = _cli("experiments.main", "--workdir", str(tmp_path / "quick"), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    # Off a terminal `make run` fits on a screen: no bars, about ten train lines and one per
+    # validation, plain time stamps, and the results last (stdout).
+    log = out.stderr.splitlines()
+    assert "\r" not in out.stderr and "%|" not in out.stderr, out.stderr[-2000:]
+    assert len(log) <= 32, out.stderr
+    assert len([line for line in log if "/150 step" in line]) == 11, out.stderr
+    assert len([line for line in log if "validation ELBO" in line]) == 15, out.stderr
+    assert all(re.match(r"\d\d:\d\d:\d\d \S", line) for line in log), out.stderr
+    assert out.stdout.strip().splitlines()[-1].startswith("results in ")
+    assert "nll_is" in out.stdout
     scores = json.loads((tmp_path / "quick" / "eval.json").read_text())
     assert f"{-scores['elbo']:.2f}" == quoted.group(1)
     assert f"{scores['nll_is']:.2f}" == quoted.group(2)
     assert scores["k"] == int(quoted.group(3)) and scores["active_units"] == int(quoted.group(4))
+
+
+def test_on_a_terminal_log_lines_print_above_the_bar_not_through_it(tmp_path):
+    """A training on a pseudo-terminal: the bar redraws its own line (carriage returns) and
+    every log line (the setup, the validations, the test ELBO) starts a line of its own."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    primary, secondary = pty.openpty()
+    # 40 rows × 120 columns, as a terminal window has (a bare pty has none)
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    args = [*TINY, "--config.train.num_epochs=6", "--config.eval.every_epochs=2"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "--config",
+            "experiments/configs/digits_cvae.py",
+        ]
+        + args
+        + ["--workdir", str(tmp_path / "run")],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the command has exited
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=240) == 0, b"".join(chunks)[-2000:]
+    # (a terminal turns each "\n" into "\r\n": undone, so that "\r" is the bar's own)
+    screen = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    assert "train:" in screen and "\r" in screen  # a bar, redrawn in place
+    # What a terminal shows: each physical line's text after its last carriage return.
+    shown = [line.rsplit("\r", 1)[-1] for line in screen.split("\n")]
+    for needle in ("devices:", "validation ELBO", "test ELBO"):
+        lines = [line for line in shown if needle in line]
+        assert lines, (needle, screen[-3000:])
+        for line in lines:
+            assert re.match(r"\d\d:\d\d:\d\d ", line) and "%|" not in line, line
+    assert sum("validation ELBO" in line for line in shown) == 3
 
 
 def test_evaluate_splits_a_cpu_host_into_a_device_per_core(monkeypatch):
@@ -436,7 +499,6 @@ def test_usage_lists_every_flag_of_every_launcher():
     """Each flag that a launcher's ``--help`` lists appears in docs/usage.md as ``--NAME``
     (its table of scripts, or the section the flag belongs to). About 10 s: one forked
     launcher per console script."""
-    import re
 
     usage = (ROOT / "docs" / "usage.md").read_text()
     missing = {}
