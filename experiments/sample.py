@@ -7,6 +7,8 @@ prior for the gaussian VAE; flow, two_stage and diffusion are the other ex-post 
 samples its class-conditional model, guided by --guidance W. latent_diffusion samples the
 DiT that experiments.train_latent trained on a tokenizer's code maps (DIR/latent_diffusion)."""
 
+import math
+import os
 import pathlib
 
 import jax
@@ -54,6 +56,7 @@ def main(argv):
         if out.suffix.lower() != ".png":
             raise cli.UsageError(f"--out {out} must end in .png (the grid is written as a PNG)")
     run = load_run(workdir)
+    _check_host_memory(FLAGS.n, tuple(run.info.shape))
     sampler = FLAGS.sampler or samplers.default_sampler(run.model.posterior_family)
     if FLAGS.guidance and (sampler not in GUIDED or FLAGS.label is None):
         raise cli.UsageError(
@@ -69,6 +72,21 @@ def main(argv):
     out = pathlib.Path(FLAGS.out) if FLAGS.out else Workdir(workdir).samples_path(sampler)
     writers.save_png(out, writers.image_grid(jax.device_get(images)))
     print(f"wrote {FLAGS.n} {sampler} samples to {out}")
+
+
+def _check_host_memory(n: int, shape: tuple[int, ...]) -> None:
+    """Refuses, in one line, a grid that cannot fit in the host's free memory: the samples
+    are drawn in chunks on the device, but the grid needs all of them at once (float32
+    samples and their RGB tiling)."""
+    need = n * math.prod(shape[:2]) * (shape[-1] + 3) * 4
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise cli.UsageError(
+            f"--n {n}: a grid of {n} {'×'.join(map(str, shape))} images needs about "
+            f"{need / 1e9:.1f} GB of host memory and {free / 1e9:.1f} GB is free; lower --n "
+            "(a grid is read at a few thousand images; experiments.sample_quality scores "
+            "samples in chunks)"
+        )
 
 
 def entry() -> None:

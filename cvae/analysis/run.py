@@ -31,6 +31,9 @@ log = logging.getLogger("cvae")
 __all__ = ["LATENT_DIFFUSION", "Run", "RunNotFoundError", "load_config", "load_run"]
 
 LATENT_DIFFUSION = "latent_diffusion"  # the sampler that is a run of its own
+# Encoding and sampling more than CHUNK items run CHUNK at a time (device memory stays
+# bounded; the results gather on the host).
+CHUNK = 10_000
 
 
 @dataclasses.dataclass
@@ -139,9 +142,23 @@ class Run(Restored):
         Returns:
           (mean, log_var), each (N, d) — or (N, h, w, c) maps for a model whose code is a
           map (``model.arch = "conv_map"``) unless ``flat``; log_var is None for collapsed and
-          deterministic models.
+          deterministic models. More than ``CHUNK`` (10,000) images are encoded that many at
+          a time and gathered on the host.
         """
         x = self._inputs(x)
+        if len(x) > CHUNK:  # bounded device memory: independent rows, encoded in chunks
+            labels = self._labels(labels, len(x))
+            parts = [
+                self.encode(
+                    x[i : i + CHUNK], None if labels is None else labels[i : i + CHUNK], flat=flat
+                )
+                for i in range(0, len(x), CHUNK)
+            ]
+            means = np.concatenate([np.asarray(m) for m, _ in parts])
+            log_vars = (
+                None if parts[0][1] is None else np.concatenate([np.asarray(v) for _, v in parts])
+            )
+            return means, log_vars
         posterior = self._apply(x, self._labels(labels, len(x)), method=self.model.encode)
         log_var = posterior.log_var if self.model.posterior_family == "gaussian" else None
         if flat or len(self.model.layer_shapes) > 1:
@@ -229,11 +246,28 @@ class Run(Restored):
             0: the conditional model as fitted).
 
         Returns:
-          Images (n, H, W, C).
+          Images (n, H, W, C). More than ``CHUNK`` (10,000) are drawn that many at a
+          time, chunk i from ``fold_in(key, i)``, and gathered on the host.
         """
         _require_int(n, 1, "the number of samples must be a positive integer")
         key = _as_key(key)
         sampler = sampler or samplers.default_sampler(self.model.posterior_family)
+        if n > CHUNK:  # bounded device memory: chunk i drawn with fold_in(key, i)
+            labels = None if labels is None else np.broadcast_to(np.asarray(labels), (n,))
+            return np.concatenate(
+                [
+                    np.asarray(
+                        self.sample(
+                            jax.random.fold_in(key, i),
+                            min(CHUNK, n - start),
+                            sampler,
+                            None if labels is None else labels[start : start + CHUNK],
+                            guidance,
+                        )
+                    )
+                    for i, start in enumerate(range(0, n, CHUNK))
+                ]
+            )
         if sampler == LATENT_DIFFUSION:
             return self.sample_latent(key, n, labels, guidance)
         labels = self._labels(labels, n)

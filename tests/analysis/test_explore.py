@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -354,3 +355,25 @@ def test_report_plots_against_a_metric_with_x(tmp_path):
     ):
         bad = run_cli("experiments.report", *dirs, *group, *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_many_samples_and_codes_are_drawn_in_chunks_with_the_documented_keys(
+    run_2d, monkeypatch
+):
+    """Above CHUNK items, sample draws chunk i from fold_in(key, i) and encode encodes
+    chunk by chunk: the same numbers as the chunks asked for one by one."""
+    from cvae.analysis import run as run_module
+
+    monkeypatch.setattr(run_module, "CHUNK", 4)
+    key = jax.random.key(3)
+    images = np.asarray(run_2d.sample(key, 10, sampler="prior"))
+    parts = [
+        np.asarray(run_2d.sample(jax.random.fold_in(key, i), size, sampler="prior"))
+        for i, size in enumerate((4, 4, 2))
+    ]
+    assert images.shape == (10, *run_2d.info.shape)
+    np.testing.assert_array_equal(images, np.concatenate(parts))
+    x, _ = run_2d.inputs("test", 10)
+    mean, _ = run_2d.encode(x)
+    whole = np.concatenate([np.asarray(run_2d.encode(x[i : i + 4])[0]) for i in (0, 4, 8)])
+    np.testing.assert_array_equal(mean, whole)

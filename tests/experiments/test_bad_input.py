@@ -86,6 +86,10 @@ def run_dir(tmp_path_factory):
         (["experiments.sample", "--workdir", "RUN", "--out", "DIR"], "is a directory"),
         (["experiments.sample", "--workdir", "RUN", "--out", "grid.jpg"], "must end in .png"),
         (["experiments.sample", "--workdir", "RUN", "--n", "-1"], "--n must be ≥ 1"),
+        (
+            ["experiments.sample", "--workdir", "RUN", "--n", "5000000000"],
+            "images needs about 5120.0 GB of host memory",
+        ),
         (["experiments.evaluate", "--workdir", "RUN", "--nosuchflag=1"], "nosuchflag"),
         # the mistakes of a first day: each says what to type instead
         (
