@@ -172,6 +172,15 @@ TRAIN_FIELDS = {
     "grad_clip_norm": Field(
         0.0, "the global gradient norm clipped to", "float", minimum=0.0, zero="no clipping"
     ),
+    "skip_grad_norm": Field(
+        0.0,
+        "an update whose gradient's global norm (before clipping) exceeds this is skipped: "
+        "params and optimizer state stay as they were, the step still counts, and the train "
+        "record counts the skips (VDVAE's grad_skip_threshold)",
+        "float",
+        minimum=0.0,
+        zero="no skipping",
+    ),
     "early_stopping_patience": Field(
         0, "evaluations without improvement before stopping", "int", zero="no early stopping"
     ),

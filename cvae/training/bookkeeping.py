@@ -163,6 +163,7 @@ class RunBook:
             **stamp,
             "split": "train",
             **{k: float(np.mean(v, dtype=np.float64)) for k, v in per_step.items()},
+            **({"skipped": int(np.sum(per_step["skipped"]))} if "skipped" in per_step else {}),
             "examples_per_s": self.examples_per_epoch / seconds,
             "learning_rate": float(self.learning_rate(step - 1)),
             "beta": float(
@@ -170,6 +171,7 @@ class RunBook:
             ),
         }
         self.writer.write(record)
+        self.warn_about_skips(record, len(per_step["loss"]), epoch)
         improved = False
         # A stop (a signal) saves without an evaluation of its own: the resumed run then
         # writes, selects and counts patience exactly as the run never stopped.
@@ -216,6 +218,24 @@ class RunBook:
         ):
             self.ckpt.save(step, state_of(), dataclasses.asdict(progress), best=improved)
         return record
+
+    def warn_about_skips(self, record: dict, steps: int, epoch: int) -> None:
+        """A warning when train.skip_grad_norm skipped more than 5% of an epoch's updates:
+        a run that skips most of them stops moving (the failure users of very deep VAEs
+        report), and only the metrics would show it."""
+        skipped = record.get("skipped", 0)
+        if self.primary and skipped > 0.05 * steps:
+            log.warning(
+                "%sepoch %d: %d of %d updates skipped (gradient norm above "
+                "train.skip_grad_norm = %g; mean norm %.3g): if this persists the run stops "
+                "learning; raise the threshold or lower train.learning_rate",
+                self.log_prefix,
+                epoch + 1,
+                skipped,
+                steps,
+                self.cfg.train.skip_grad_norm,
+                record["grad_norm"],
+            )
 
     def finish(self, state) -> dict:
         """Scores the test split with the final params and writes the test record, unless

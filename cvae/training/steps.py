@@ -191,9 +191,29 @@ def make_step(
             "opt_state": opt_state,
         }
         scalars = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}
+        if cfg.train.skip_grad_norm > 0:
+            new_state, scalars = _skip_large_updates(
+                state, new_state, scalars, optax.tree.norm(grads), cfg.train.skip_grad_norm
+            )
         return new_state, scalars
 
     return one_step
+
+
+def _skip_large_updates(state, new_state, scalars, grad_norm, threshold: float):
+    """The update skip of very deep VAEs: where the gradient's global norm exceeds
+    ``threshold``, params and optimizer state keep their values (the step still advances,
+    so keys and schedules are those of the run without the rule). A NaN norm is not above
+    any threshold: the NaN guard stops such a run instead. Adds ``grad_norm`` and
+    ``skipped`` (0 or 1) to the step's scalars."""
+    skip = grad_norm > threshold
+    kept = jax.tree_util.tree_map(
+        lambda old, new: jnp.where(skip, old, new),
+        {"params": state["params"], "opt_state": state["opt_state"]},
+        {"params": new_state["params"], "opt_state": new_state["opt_state"]},
+    )
+    scalars = {**scalars, "grad_norm": grad_norm, "skipped": skip.astype(jnp.float32)}
+    return {**new_state, **kept}, scalars
 
 
 def gather_rows(images, indices):

@@ -357,9 +357,7 @@ def test_report_plots_against_a_metric_with_x(tmp_path):
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
-def test_many_samples_and_codes_are_drawn_in_chunks_with_the_documented_keys(
-    run_2d, monkeypatch
-):
+def test_many_samples_and_codes_are_drawn_in_chunks_with_the_documented_keys(run_2d, monkeypatch):
     """Above CHUNK items, sample draws chunk i from fold_in(key, i) and encode encodes
     chunk by chunk: the same numbers as the chunks asked for one by one."""
     from cvae.analysis import run as run_module

@@ -52,6 +52,10 @@ def run_dir(tmp_path_factory):
         ),
         (["experiments.train", *CONFIG, "--config.objective.beta=-1"], "objective.beta"),
         (
+            ["experiments.train", *CONFIG, "--config.train.skip_grad_norm=-1"],
+            "train.skip_grad_norm = -1.0 is invalid: it must be finite and ≥ 0.0 (0: no skipping)",
+        ),
+        (
             ["experiments.train", *CONFIG, "--config.model.arch=conv", "--config.model.init=torch"],
             "model.init",
         ),

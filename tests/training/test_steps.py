@@ -176,3 +176,26 @@ def test_the_kl_warm_up_reaches_the_iwae_bound():
     halfway = loss(kl_warmup_steps=10.0)
     assert halfway == pytest.approx(loss(beta=0.5), rel=1e-6)
     assert abs(halfway - loss()) > 1e-3
+
+
+def test_an_update_above_the_skip_threshold_leaves_params_and_optimizer_state_untouched():
+    """train.skip_grad_norm: above the threshold the step keeps params and Adam's moments
+    (the step still advances, and says skipped = 1 with the norm); below it the step is
+    exactly the step without the rule."""
+    batch, key = jnp.arange(8), jax.random.key(1)
+    plain, state, images, labels, hyper = _compiled_step()
+    reference, scalars = plain(state, batch, images, labels, key, hyper)
+    assert "skipped" not in scalars  # off by default: records unchanged
+    for threshold, skipped in ((1e-6, 1.0), (1e6, 0.0)):
+        step, *_ = _compiled_step(**{"train.skip_grad_norm": threshold})
+        after, scalars = step(state, batch, images, labels, key, hyper)
+        assert float(scalars["skipped"]) == skipped and float(scalars["grad_norm"]) > 1e-6
+        assert int(after["step"]) == 1
+        expected = state if skipped else reference
+        for name in ("params", "opt_state"):
+            for x, y in zip(
+                jax.tree_util.tree_leaves(after[name]),
+                jax.tree_util.tree_leaves(expected[name]),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(x, y)

@@ -401,3 +401,45 @@ def test_a_resume_that_changes_the_config_is_announced_recorded_and_reported(tmp
     before = files()
     training.train_and_evaluate(changed, tmp_path)
     assert files() == before
+
+
+def test_skipped_updates_are_counted_warned_about_and_resume_exactly(tmp_path, caplog):
+    """A threshold that skips some updates: the train records count them (with the mean
+    gradient norm), a warning names the epochs that skip more than 5%, and the run resumes
+    bit for bit; a threshold below every norm leaves the params at their initialisation."""
+    training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 1, "train.skip_grad_norm": 1e9}), tmp_path / "p"
+    )
+    (first,) = Workdir(tmp_path / "p").read_metrics("train")
+    assert first["skipped"] == 0 and first["grad_norm"] > 0
+    # 1.2 × the first epoch's mean norm: a few of its steps skip, most of the second's
+    skipping = {"train.skip_grad_norm": 1.2 * first["grad_norm"]}
+    with caplog.at_level("WARNING", logger="cvae"):
+        whole = training.train_and_evaluate(make_test_config(**skipping), tmp_path / "whole")
+    records = Workdir(tmp_path / "whole").read_metrics("train")
+    steps_per_epoch = 1400 // 64
+    assert 0 < sum(r["skipped"] for r in records) < 2 * steps_per_epoch, records
+    warned = sum("updates skipped" in r.getMessage() for r in caplog.records)
+    assert warned == sum(r["skipped"] > 0.05 * steps_per_epoch for r in records) > 0
+    training.train_and_evaluate(
+        make_test_config(**skipping, **{"train.num_epochs": 1}), tmp_path / "split"
+    )
+    resumed = training.train_and_evaluate(make_test_config(**skipping), tmp_path / "split")
+    _assert_bitwise_equal(whole, resumed)
+
+    def untimed(workdir):
+        timing = ("examples_per_s", "elapsed_s")
+        return [{k: v for k, v in r.items() if k not in timing} for r in workdir.read_metrics()]
+
+    assert untimed(Workdir(tmp_path / "split")) == untimed(Workdir(tmp_path / "whole"))
+
+    frozen = training.train_and_evaluate(
+        make_test_config(**{"train.num_epochs": 1, "train.skip_grad_norm": 1e-9}), tmp_path / "f"
+    )
+    initial = training.setup(make_test_config()).state["params"]
+    for x, y in zip(
+        jax.tree_util.tree_leaves(frozen.state["params"]),
+        jax.tree_util.tree_leaves(initial),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
