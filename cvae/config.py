@@ -181,6 +181,16 @@ TRAIN_FIELDS = {
         minimum=0.0,
         zero="no skipping",
     ),
+    "ema_decay": Field(
+        0.0,
+        "the decay of an exponential moving average of the weights; with it, validation, "
+        "test scores, image grids, checkpoints' params and load_run use the average, and the "
+        "trained weights are the state's 'online'",
+        "float",
+        minimum=0.0,
+        below=1.0,
+        zero="no average: the trained weights are evaluated",
+    ),
     "early_stopping_patience": Field(
         0, "evaluations without improvement before stopping", "int", zero="no early stopping"
     ),

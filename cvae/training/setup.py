@@ -249,9 +249,10 @@ def initial_state(model, cfg, total_steps: int) -> dict:
     tx = steps.make_optimizer(cfg.train, total_steps)
     # One program for the optimizer's state: run eagerly, each leaf's zeros compiles alone.
     opt_state = jax.jit(tx.init)(params)
-    return jax.device_get(
-        {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
-    )
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    if cfg.train.ema_decay > 0:  # the average starts at the initial weights
+        state["online"] = params
+    return jax.device_get(state)
 
 
 def total_steps(cfg, d: TrainingData) -> int:

@@ -183,13 +183,15 @@ def make_step(
                 params, x, sample_key, labels=y, beta=beta, train=True, dropout_key=dropout_key
             )
 
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {
-            "step": step + 1,
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-        }
+        trained = trained_weights(state)
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+        updates, opt_state = tx.update(grads, state["opt_state"], trained)
+        new_state = {"step": step + 1, "params": optax.apply_updates(trained, updates)}
+        if cfg.train.ema_decay > 0:  # "params" is the average of the "online" weights
+            online = new_state["params"]
+            average = optax.incremental_update(online, state["params"], 1.0 - cfg.train.ema_decay)
+            new_state = {**new_state, "online": online, "params": average}
+        new_state["opt_state"] = opt_state
         scalars = {"loss": loss, **{k: jnp.mean(v) for k, v in terms.items()}}
         if cfg.train.skip_grad_norm > 0:
             new_state, scalars = _skip_large_updates(
@@ -200,6 +202,13 @@ def make_step(
     return one_step
 
 
+def trained_weights(state: dict):
+    """The weights the optimizer trains: ``state["online"]`` when the run keeps a moving
+    average of them (``train.ema_decay``; ``state["params"]`` is then the average, what
+    evaluation and checkpoints' readers use), else ``state["params"]``."""
+    return state.get("online", state["params"])
+
+
 def _skip_large_updates(state, new_state, scalars, grad_norm, threshold: float):
     """The update skip of very deep VAEs: where the gradient's global norm exceeds
     ``threshold``, params and optimizer state keep their values (the step still advances,
@@ -207,10 +216,11 @@ def _skip_large_updates(state, new_state, scalars, grad_norm, threshold: float):
     any threshold: the NaN guard stops such a run instead. Adds ``grad_norm`` and
     ``skipped`` (0 or 1) to the step's scalars."""
     skip = grad_norm > threshold
+    names = [name for name in new_state if name != "step"]  # weights, average, optimizer
     kept = jax.tree_util.tree_map(
         lambda old, new: jnp.where(skip, old, new),
-        {"params": state["params"], "opt_state": state["opt_state"]},
-        {"params": new_state["params"], "opt_state": new_state["opt_state"]},
+        {name: state[name] for name in names},
+        {name: new_state[name] for name in names},
     )
     scalars = {**scalars, "grad_norm": grad_norm, "skipped": skip.astype(jnp.float32)}
     return {**new_state, **kept}, scalars

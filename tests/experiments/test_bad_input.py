@@ -51,6 +51,7 @@ def run_dir(tmp_path_factory):
             "train.learning_rate = inf",
         ),
         (["experiments.train", *CONFIG, "--config.objective.beta=-1"], "objective.beta"),
+        (["experiments.train", *CONFIG, "--config.train.ema_decay=1"], "train.ema_decay = 1.0"),
         (
             ["experiments.train", *CONFIG, "--config.train.skip_grad_norm=-1"],
             "train.skip_grad_norm = -1.0 is invalid: it must be finite and ≥ 0.0 (0: no skipping)",

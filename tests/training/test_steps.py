@@ -111,6 +111,8 @@ def _compiled_step(start: int = 0, **overrides):
     params = model_lib.init_params(model, jax.random.key(0))
     tx = steps.make_optimizer(cfg.train, 10)
     state = {"step": jnp.int32(start), "params": params, "opt_state": tx.init(params)}
+    if cfg.train.ema_decay > 0:
+        state["online"] = params
     images = np.random.default_rng(0).integers(0, 256, (32, 4, 4, 1), dtype=np.uint8)
     labels = np.zeros(32, np.int32)
     return step, state, images, labels, steps.hyperparameters(cfg)
@@ -199,3 +201,27 @@ def test_an_update_above_the_skip_threshold_leaves_params_and_optimizer_state_un
                 strict=True,
             ):
                 np.testing.assert_array_equal(x, y)
+
+
+def test_the_weights_average_follows_its_recurrence_and_the_optimizer_trains_online():
+    """train.ema_decay = d: params_t = d·params_{t−1} + (1 − d)·online_t, from params_0 = the
+    initial weights; the optimizer's steps are those of the run without the average."""
+    batch, key, d = jnp.arange(8), jax.random.key(1), 0.9
+    plain, state, images, labels, hyper = _compiled_step()
+    step, averaged, *_ = _compiled_step(**{"train.ema_decay": d})
+    assert set(averaged) == {"step", "params", "online", "opt_state"}
+    expected_online, expected_average = state, state["params"]
+    for t in range(3):
+        expected_online, _ = plain(expected_online, batch + t, images, labels, key, hyper)
+        expected_average = jax.tree_util.tree_map(
+            lambda a, o: d * a + (1 - d) * o, expected_average, expected_online["params"]
+        )
+        averaged, _ = step(averaged, batch + t, images, labels, key, hyper)
+        for got, want in (
+            (averaged["online"], expected_online["params"]),
+            (averaged["params"], expected_average),
+        ):
+            for x, y in zip(
+                jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True
+            ):
+                np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

@@ -443,3 +443,35 @@ def test_skipped_updates_are_counted_warned_about_and_resume_exactly(tmp_path, c
         strict=True,
     ):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_run_with_a_weights_average_evaluates_and_saves_the_average_and_resumes_exactly(
+    tmp_path,
+):
+    """train.ema_decay: the test record scores the average, load_run restores it (not the
+    online weights), and a run stopped after one epoch resumes to the uninterrupted one."""
+    import cvae
+
+    averaged = {"train.ema_decay": 0.9}
+    whole = training.train_and_evaluate(make_test_config(**averaged), tmp_path / "whole")
+    assert set(whole.state) == {"step", "params", "online", "opt_state"}
+    training.train_and_evaluate(
+        make_test_config(**averaged, **{"train.num_epochs": 1}), tmp_path / "split"
+    )
+    resumed = training.train_and_evaluate(make_test_config(**averaged), tmp_path / "split")
+    for name in ("params", "online"):
+        for x, y in zip(
+            jax.tree_util.tree_leaves(whole.state[name]),
+            jax.tree_util.tree_leaves(resumed.state[name]),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(x, y)
+    run = cvae.load_run(tmp_path / "whole", which="latest")
+    leaves = jax.tree_util.tree_leaves
+    for x, y in zip(leaves(run.params), leaves(whole.state["params"]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not all(
+        np.array_equal(x, y)
+        for x, y in zip(leaves(whole.state["params"]), leaves(whole.state["online"]), strict=True)
+    )
+    assert run.evaluate("test", k=0)["elbo"] == whole.final_metrics["elbo"]
