@@ -114,8 +114,11 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
         assert (got["split"], got["step"]) == (want["split"], want["step"])
         for term in ("elbo", "kl_1", "kl_2"):
             assert got[term] == pytest.approx(want[term], rel=1e-5)
+    # The resume to 3 epochs is a config change, recorded once (by the primary process).
+    (change,) = Workdir(tmp_path / "mp").read_config_history()
+    assert change["changes"] == {"train.num_epochs": [2, 3]} and change["epoch"] == 2
     assert sorted(p.name for p in (tmp_path / "mp").iterdir()) == sorted(
-        p.name for p in (tmp_path / "sp").iterdir()
+        [p.name for p in (tmp_path / "sp").iterdir()] + ["config_history.jsonl"]
     )
 
 
