@@ -125,6 +125,35 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
     ]
 
 
+def state_structure_changes(saved: dict, current: dict) -> list[str]:
+    """Training fields whose change would change what a checkpoint holds (the optimizer's
+    state, the weights' average): the saved state could not be restored into the new one.
+
+    Args:
+      saved: the saved config, flattened (fields it lacks take today's defaults).
+      current: the current config, flattened.
+
+    Returns:
+      Their dotted names, sorted.
+    """
+    saved = {**config_lib.flatten(config_lib.base_config()), **saved}
+
+    def on(config, name):
+        return float(config.get(name) or 0) > 0
+
+    differs = {
+        "train.optimizer": saved.get("train.optimizer") != current.get("train.optimizer"),
+        "train.lr_schedule": saved.get("train.lr_schedule") != current.get("train.lr_schedule"),
+        "train.grad_clip_norm": on(saved, "train.grad_clip_norm")
+        != on(current, "train.grad_clip_norm"),
+        "train.ema_decay": on(saved, "train.ema_decay") != on(current, "train.ema_decay"),
+        # Adam's decay is a transformation of its own; AdamW's is a number
+        "train.weight_decay": current.get("train.optimizer") == "adam"
+        and on(saved, "train.weight_decay") != on(current, "train.weight_decay"),
+    }
+    return sorted(name for name, changed in differs.items() if changed)
+
+
 def config_changes(saved: dict, current: dict) -> dict[str, list]:
     """Every field whose value differs between a saved config and the current one.
 
@@ -163,7 +192,7 @@ def prepare_workdir(config, workdir: Workdir) -> dict[str, list]:
     resuming = workdir.config_path.exists() and workdir.has_checkpoint()
     if resuming:
         saved, current = config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
-        conflicts = resume_conflicts(saved, current)
+        conflicts = resume_conflicts(saved, current) + state_structure_changes(saved, current)
         if conflicts and not config.train.overwrite:
             raise ConfigMismatchError(
                 f"{workdir.path} holds a run whose config differs in {', '.join(conflicts)}; "

@@ -475,3 +475,18 @@ def test_a_run_with_a_weights_average_evaluates_and_saves_the_average_and_resume
         for x, y in zip(leaves(whole.state["params"]), leaves(whole.state["online"]), strict=True)
     )
     assert run.evaluate("test", k=0)["elbo"] == whole.final_metrics["elbo"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"train.ema_decay": 0.9}, {"train.grad_clip_norm": 1.0}, {"train.optimizer": "adamw"}],
+)
+def test_a_resume_that_would_change_what_a_checkpoint_holds_is_refused(tmp_path, change):
+    """An average of the weights, clipping or another optimizer change the state's
+    structure: the saved checkpoints could not be restored into it, so the rerun is
+    refused in one message and the checkpoints stay as they were."""
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), tmp_path)
+    saved = sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir())
+    with pytest.raises(training.ConfigMismatchError, match=next(iter(change))):
+        training.train_and_evaluate(make_test_config(**change), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()) == saved
