@@ -211,6 +211,8 @@ def _encoded_training_split(tokenizer: Restored, space: str, max_examples: int):
     (shape,) = model.layer_shapes
     means, scales, labels = [], [], []
     encode = jax.jit(lambda x, y: model.apply({"params": params}, x, y, method=model.encode))
+    if space != "pixels":  # about a minute for MNIST on a CPU: said, bar or not
+        log.info("encoding the %d training images with the tokenizer", len(eval_set))
     for images, y in progress_lib.bar(
         eval_set.unit_batches(1000),
         total=math.ceil(len(eval_set) / 1000),
@@ -534,6 +536,13 @@ class LatentDiffusion:
         elif labels is not None:
             labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
         x0 = jax.random.normal(key, (n, *self.module.shape))
+        if n > SAMPLE_CHUNK:  # minutes on a CPU: say so
+            log.info(
+                "drawing %d samples with the latent DiT (%d ODE steps), %d at a time",
+                n,
+                self.sampling_steps,
+                SAMPLE_CHUNK,
+            )
         # The ODE of each draw is its own: solved SAMPLE_CHUNK draws at a time, memory stays
         # bounded for any n (10,000 MNIST images at width 128 would hold ~1 GB at once).
         x1 = jnp.concatenate(

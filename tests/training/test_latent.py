@@ -64,6 +64,10 @@ def test_a_killed_latent_run_resumes_to_the_uninterrupted_run_and_samples_the_sa
     command = ["experiments.train_latent", "--tokenizer", str(tokenizer), *flags]
     whole = run_cli(*command, "--workdir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
+    # Off a terminal: no bar, the encoding announced, about ten step lines.
+    assert "encoding the 1500 training images with the tokenizer" in whole.stderr
+    assert "%|" not in whole.stderr
+    assert 1 <= whole.stderr.count("latent DiT step") <= 11, whole.stderr
     killed = run_cli(
         *command, "--workdir", str(tmp_path / "split"), env={"CVAE_FAULT": "checkpoint_save:3"}
     )
