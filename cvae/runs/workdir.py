@@ -101,6 +101,20 @@ def read_json(path: pathlib.Path, *, damaged_as_missing: bool = False) -> dict |
         raise
 
 
+def _whole_records(text: str) -> list[dict]:
+    """The JSON objects of a .jsonl text, one per line; a line that is not a whole object
+    (torn by a kill mid-write) is skipped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 class Workdir:
     """A run directory: its paths, and typed access to the files in it."""
 
@@ -406,15 +420,8 @@ class Workdir:
         """
         if not self.metrics_path.exists():
             return []
-        records = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and (split is None or record.get("split") == split):
-                records.append(record)
-        return records
+        records = _whole_records(self.metrics_path.read_text())
+        return [r for r in records if split is None or r.get("split") == split]
 
     def truncate_metrics(self, max_step: int, finished: bool = False) -> None:
         """Prepares metrics.jsonl for a run resuming at ``max_step``.
@@ -433,7 +440,7 @@ class Workdir:
         text = self.metrics_path.read_text()
         kept = [
             r
-            for r in self.read_metrics()
+            for r in _whole_records(text)
             if r.get("step", max_step + 1) <= max_step
             and (r.get("split") != "test" or (finished and r.get("step") == max_step))
         ]

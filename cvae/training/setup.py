@@ -130,13 +130,12 @@ def state_structure_changes(saved: dict, current: dict) -> list[str]:
     state, the weights' average): the saved state could not be restored into the new one.
 
     Args:
-      saved: the saved config, flattened (fields it lacks take today's defaults).
+      saved: the saved config, flattened, with today's defaults for the fields it lacks.
       current: the current config, flattened.
 
     Returns:
       Their dotted names, sorted.
     """
-    saved = {**config_lib.flatten(config_lib.base_config()), **saved}
 
     def on(config, name):
         return float(config.get(name) or 0) > 0
@@ -158,13 +157,12 @@ def config_changes(saved: dict, current: dict) -> dict[str, list]:
     """Every field whose value differs between a saved config and the current one.
 
     Args:
-      saved: the saved config, flattened (fields it lacks take today's defaults).
+      saved: the saved config, flattened, with today's defaults for the fields it lacks.
       current: the current config, flattened.
 
     Returns:
       {dotted name: [saved value, current value]}, sorted by name.
     """
-    saved = {**config_lib.flatten(config_lib.base_config()), **saved}
     return {
         n: [saved.get(n), current.get(n)]
         for n in sorted(set(saved) | set(current))
@@ -191,7 +189,12 @@ def prepare_workdir(config, workdir: Workdir) -> dict[str, list]:
     changes: dict[str, list] = {}
     resuming = workdir.config_path.exists() and workdir.has_checkpoint()
     if resuming:
-        saved, current = config_lib.flatten(workdir.read_config_dict()), config_lib.flatten(config)
+        # fields added to the schema since the run was saved take today's defaults
+        saved = {
+            **config_lib.flatten(config_lib.base_config()),
+            **config_lib.flatten(workdir.read_config_dict()),
+        }
+        current = config_lib.flatten(config)
         conflicts = resume_conflicts(saved, current) + state_structure_changes(saved, current)
         if conflicts and not config.train.overwrite:
             raise ConfigMismatchError(
@@ -250,10 +253,12 @@ def record_config_changes(config, workdir: Workdir, changes: dict, step: int, ep
         Workdir.CONFIG_HISTORY,
     )
     if parallel.is_primary():
-        record = {"step": step, "epoch": epoch, "changes": changes}
-        workdir.append_config_history({**record, "provenance": provenance.collect()})
+        now = provenance.collect()  # git and library versions: collected once
+        workdir.append_config_history(
+            {"step": step, "epoch": epoch, "changes": changes, "provenance": now}
+        )
         workdir.write_config(config)
-        workdir.write_provenance(provenance.collect())
+        workdir.write_provenance(now)
 
 
 def build_model(cfg, d: TrainingData) -> nn.Module:
