@@ -21,7 +21,7 @@ import ml_collections
 
 from cvae import schema
 from cvae.errors import ConfigError, check, finite
-from cvae.models.validation import MODEL_FIELDS, validate_model
+from cvae.models.validation import MODEL_FIELDS, is_hierarchy, num_layers, validate_model
 from cvae.schema import Field
 
 # Named MLP architectures (``apply_preset``): the documented "seed" architecture, encoder
@@ -386,18 +386,18 @@ def _check_objective_rules(o: ml_collections.ConfigDict, m: ml_collections.Confi
         "'collapsed' when it is 'wae_mmd' (the WAE's encoder has no learned variance)",
     )
     check(
-        not m.upper_latent_dims or o.kind in ("elbo", "iwae"),
+        not is_hierarchy(m) or o.kind in ("elbo", "iwae"),
         "objective.kind",
         o.kind,
-        "'elbo' or 'iwae' for a hierarchy (model.upper_latent_dims is set)",
+        "'elbo' or 'iwae' for a hierarchy (model.upper_latent_dims or groups_per_level is set)",
     )
     check(
-        len(o.upper_betas) in (0, len(m.upper_latent_dims))
+        len(o.upper_betas) in (0, num_layers(m) - 1)
         and all(finite(b) and b >= 0 for b in o.upper_betas),
         "objective.upper_betas",
         o.upper_betas,
-        f"() (objective.beta for every layer) or {len(m.upper_latent_dims)} finite β ≥ 0, "
-        "one per layer above the first (model.upper_latent_dims)",
+        f"() (objective.beta for every layer) or {num_layers(m) - 1} finite β ≥ 0, "
+        "one per layer above the first",
     )
     check(
         m.prior == "standard" or o.kind in ("elbo", "iwae"),

@@ -272,13 +272,14 @@ def grouped_plot(
 GRID_METRICS = ("nll_is", "recon", "kl_1", "kl_2", "fid_prior", "fid_gmm")
 
 
-def layer_family(layer: hierarchy.StochasticLayer) -> tuple:
-    """A stochastic layer's posterior as a sortable grid entry: Gaussian first, then collapsed
-    by decreasing σ₀, then deterministic (σ₀ → 0); the last element is its label, e.g.
-    "gaussian", "collapsed 0.1"."""
-    if layer.posterior == "collapsed":
-        return (1, -layer.sigma0, f"collapsed {layer.sigma0:g}")
-    return (0 if layer.posterior == "gaussian" else 2, 0.0, layer.posterior)
+def layer_family(posterior: tuple[str, float]) -> tuple:
+    """A stochastic layer's (posterior family, σ₀) as a sortable grid entry: Gaussian first,
+    then collapsed by decreasing σ₀, then deterministic (σ₀ → 0); the last element is its
+    label, e.g. "gaussian", "collapsed 0.1"."""
+    family, sigma0 = posterior
+    if family == "collapsed":
+        return (1, -sigma0, f"collapsed {sigma0:g}")
+    return (0 if family == "gaussian" else 2, 0.0, family)
 
 
 def layer_grid(workdirs) -> dict:
@@ -295,7 +296,7 @@ def layer_grid(workdirs) -> dict:
     """
     cells: dict[tuple, list] = {}
     for workdir in workdirs:
-        layers = hierarchy.layers_from_config(Workdir(workdir).read_config().model)
+        layers = hierarchy.layer_posteriors(Workdir(workdir).read_config().model)
         if len(layers) != 2:
             raise cli.UsageError(
                 f"{workdir} has {len(layers)} stochastic layer(s); --layer_grid compares "

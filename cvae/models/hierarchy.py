@@ -50,6 +50,7 @@ import jax.numpy as jnp
 
 from cvae.models import nets, objectives, posteriors
 from cvae.models.protocol import ScoredByObjectives
+from cvae.models.validation import num_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +63,42 @@ class StochasticLayer:
         generative net out of z_l (into x or z_{l−1}) has them reversed.
       posterior: "gaussian", "collapsed" or "deterministic".
       sigma0: σ₀ of a collapsed posterior.
+      code_shape: () for a latent vector; (h, w, c) for a latent map on a design's h × w
+        grid (``latent_dim`` = h·w·c, held flattened position-major).
     """
 
     latent_dim: int
     widths: tuple[int, ...]
     posterior: str = "gaussian"
     sigma0: float = posteriors.DEFAULT_SIGMA0
+    code_shape: tuple[int, ...] = ()
+
+
+def layer_posteriors(model_config) -> tuple[tuple[str, float], ...]:
+    """Each stochastic layer's (posterior family, σ₀), z₁'s first: layer 1's are
+    ``posterior`` and ``sigma0``, layer l > 1's entry l − 2 of ``upper_posteriors`` and
+    ``upper_sigma0s`` (which default to ``posterior`` and ``sigma0``).
+
+    Args:
+      model_config: a validated ``model`` section.
+
+    Returns:
+      L pairs, one per layer (``validation.num_layers``).
+    """
+    m = model_config
+    upper = num_layers(m) - 1
+    families = tuple(m.upper_posteriors) or (m.posterior,) * upper
+    sigma0s = tuple(m.upper_sigma0s) or (m.sigma0,) * upper
+    return ((m.posterior, float(m.sigma0)),) + tuple(
+        (f, float(s)) for f, s in zip(families, sigma0s, strict=True)
+    )
 
 
 def layers_from_config(model_config) -> tuple[StochasticLayer, ...]:
-    """The stochastic layers a config's ``model`` section describes: layer 1 from
-    ``encoder_widths``, ``latent_dim``, ``posterior`` and ``sigma0``, layer l > 1 from entry
-    l − 2 of ``upper_latent_dims`` and ``upper_widths`` (and of ``upper_posteriors`` and
-    ``upper_sigma0s``, which default to ``posterior`` and ``sigma0``).
+    """The stochastic layers a config's ``model`` section describes without groups: layer 1
+    from ``encoder_widths`` and ``latent_dim``, layer l > 1 from entry l − 2 of
+    ``upper_latent_dims`` and ``upper_widths``, each with its ``layer_posteriors`` entry.
+    (With ``groups_per_level``: ``cvae.models.residual_hierarchy.group_layers``.)
 
     Args:
       model_config: a validated ``model`` section.
@@ -83,13 +107,11 @@ def layers_from_config(model_config) -> tuple[StochasticLayer, ...]:
       The layers, z₁ first.
     """
     m = model_config
-    upper = len(m.upper_latent_dims)
-    families = tuple(m.upper_posteriors) or (m.posterior,) * upper
-    sigma0s = tuple(m.upper_sigma0s) or (m.sigma0,) * upper
-    first = StochasticLayer(m.latent_dim, tuple(m.encoder_widths), m.posterior, float(m.sigma0))
-    return (first,) + tuple(
-        StochasticLayer(int(d), tuple(w), f, float(s))
-        for d, w, f, s in zip(m.upper_latent_dims, m.upper_widths, families, sigma0s, strict=True)
+    dims = (m.latent_dim, *m.upper_latent_dims)
+    widths = (tuple(m.encoder_widths), *(tuple(w) for w in m.upper_widths))
+    return tuple(
+        StochasticLayer(int(d), tuple(w), f, s)
+        for d, w, (f, s) in zip(dims, widths, layer_posteriors(m), strict=True)
     )
 
 
@@ -153,8 +175,8 @@ class Hierarchy(ScoredByObjectives, nn.Module):
 
     @property
     def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """((d₁,), …, (d_L,)): every layer's code is a vector."""
-        return tuple((d,) for d in self.layer_dims)
+        """Each layer's code shape, z₁'s first: (d_l,) for a vector, (h, w, c) for a map."""
+        return tuple(layer.code_shape or (layer.latent_dim,) for layer in self.layers)
 
     @property
     def sigma0s(self) -> tuple[float | None, ...]:

@@ -2,9 +2,10 @@
 a bottom-up stage, the heads that read a grid into a latent's Gaussian, the upsampling of
 the state, the write of a latent into it, and the decoder of the finest state.
 
-A hierarchy's latents here are vectors and its deterministic states grids. Every net
-takes any leading axes (samples, then the batch) before the grid's H×W×C or the vector's
-features.
+A latent is a vector (``GridHeads`` read it from a grid, ``GridWrite`` writes it in) or a
+map on the grid's own positions (``MapHeads``, ``MapWrite``: VDVAE's groups); deterministic
+states are grids. Every net takes any leading axes (samples, then the batch) before the
+grid's H×W×C or the vector's features; a map travels flattened, (…, H·W·c), as every code.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cvae.models.nets import (
     ACTIVATIONS,
@@ -129,3 +131,77 @@ class GridDecoder(nn.Module):
         h = ResidualBlock(self.channels, self.activation, name="block")(h)
         h = act(nn.GroupNorm(8, name="norm_out")(h))
         return pixel_params(h, self.param_shape, lead, 3)
+
+
+# A map head's log-variance is soft-clamped to (−B, B), B = 10 (σ between 0.0067 and 148):
+# NVAE's bound on its log-scales (5·tanh(·/5), Vahdat & Kautz, 2020), which keeps a deep
+# model's KL terms and their gradients finite when a head's output runs away early on.
+LOG_VAR_BOUND = 10.0
+
+
+def soft_clamp(value, bound: float):
+    """bound · tanh(value / bound): the identity near 0, smoothly bounded by ±bound.
+
+    Args:
+      value: any array.
+      bound: the bound B > 0.
+
+    Returns:
+      The clamped array, in (−B, B).
+    """
+    return bound * jnp.tanh(value / bound)
+
+
+class MapHeads(nn.Module):
+    """A grid (…, H, W, C) → the (mean, log-variance or None) of a latent *map* with
+    ``code_channels`` channels at each of its H×W positions, each flattened to
+    (…, H·W·code_channels): GroupNorm and the activation, a 3×3 convolution to ``width``,
+    the activation, then 1×1 convolutions to the mean and (``variance_head``) to the
+    log-variance, soft-clamped to (−10, 10) (``LOG_VAR_BOUND``)."""
+
+    width: int
+    code_channels: int
+    variance_head: bool = True
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, grid):
+        act = ACTIVATIONS[self.activation]
+
+        def heads(g):
+            h = act(nn.GroupNorm(8, name="norm")(g))
+            h = act(nn.Conv(self.width, (3, 3), padding="SAME", name="conv")(h))
+            mean = nn.Conv(self.code_channels, (1, 1), name="mean")(h)
+            if not self.variance_head:
+                return mean
+            log_var = nn.Conv(self.code_channels, (1, 1), name="log_var")(h)
+            return jnp.concatenate([mean, soft_clamp(log_var, LOG_VAR_BOUND)], axis=-1)
+
+        out = _on_grids(heads, grid)
+        lead = grid.shape[:-3]
+        if not self.variance_head:
+            return out.reshape(lead + (-1,)), None
+        mean, log_var = jnp.split(out, 2, axis=-1)
+        return mean.reshape(lead + (-1,)), log_var.reshape(lead + (-1,))
+
+
+class MapWrite(nn.Module):
+    """Writes a latent map into the state: state ← block(state + W z), W a 1×1 convolution
+    from the map's channels to the state's (on top, where there is no state yet,
+    block(W z)). ``grid`` = (H, W, C) is the state's; the map (…, H·W·c) shares its H×W.
+    W starts at ``write_scale`` times Flax's default scale (VDVAE scales it by
+    1/√(groups), so that a deep stack of writes starts near the identity)."""
+
+    grid: tuple[int, int, int]
+    code_channels: int
+    activation: str = "relu"
+    write_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, state, z):
+        height, width, channels = self.grid
+        z = z.reshape(z.shape[:-1] + (height, width, self.code_channels))
+        init = nn.initializers.variance_scaling(self.write_scale**2, "fan_in", "truncated_normal")
+        written = _on_grids(nn.Conv(channels, (1, 1), kernel_init=init, name="write"), z)
+        state = written if state is None else state + written
+        return _on_grids(ResidualBlock(channels, self.activation, name="block"), state)

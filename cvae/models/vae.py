@@ -36,7 +36,7 @@ from cvae.models import (
     residual_hierarchy,
 )
 from cvae.models.protocol import ScoredByObjectives
-from cvae.models.validation import validate_model
+from cvae.models.validation import is_hierarchy, validate_model
 
 
 class VAE(ScoredByObjectives, nn.Module):
@@ -276,21 +276,31 @@ def build_model(
     if cfg.conditional and num_classes <= 0:
         raise ValueError("model.conditional=True needs a labelled data set (num_classes > 0)")
     likelihood = likelihoods.make_likelihood(cfg.likelihood, cfg.likelihood_scale, binary_data)
-    if cfg.upper_latent_dims:
-        layers = hierarchy.layers_from_config(cfg)
+    if is_hierarchy(cfg):
+        layers = (
+            residual_hierarchy.group_layers(cfg, event_shape)
+            if cfg.groups_per_level
+            else hierarchy.layers_from_config(cfg)
+        )
         shared = {
             "prior": cfg.prior,
             "num_pseudo_inputs": cfg.num_pseudo_inputs if cfg.prior == "vamp" else 0,
             "decoder_layers": cfg.decoder_layers,
         }
         if cfg.arch == "resnet":
-            residual_hierarchy.check_pyramid(event_shape[0], event_shape[1], len(layers))
+            residual_hierarchy.check_pyramid(
+                event_shape[0],
+                event_shape[1],
+                len(cfg.conv_channels),
+                "level" if cfg.groups_per_level else "layer",
+            )
             return residual_hierarchy.ResidualTopDownVAE(
                 layers,
                 likelihood,
                 event_shape,
                 cfg.activation,
                 channels=tuple(cfg.conv_channels),
+                groups=tuple(int(g) for g in cfg.groups_per_level),
                 **shared,
             )
         design = (

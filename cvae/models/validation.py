@@ -119,6 +119,14 @@ MODEL_FIELDS = {
         valid="a tuple of positive integers, one per stochastic layer above the first",
     ),
     "upper_widths": Field((), "per upper layer, its nets' hidden widths: ((100, 100),)", "tuple"),
+    "groups_per_level": Field(
+        (),
+        "resnet, top_down: a deep hierarchy of latent maps (VDVAE's groups), the count of "
+        "groups at each level of the pyramid, the finest (H/2 × W/2) first, one level per "
+        "conv_channels entry; each group is an h × w × code_channels map; empty: no groups",
+        "ints",
+        valid="a tuple of positive integers, one per level (empty = no groups)",
+    ),
     "upper_posteriors": Field(
         (), "per upper layer gaussian | collapsed; empty: model.posterior", "tuple"
     ),
@@ -204,8 +212,8 @@ def validate_model(m: ml_collections.ConfigDict) -> None:
     validate_hierarchy(m)
 
 
-# What a hierarchy (model.upper_latent_dims set) does not have yet, each with the field
-# that must keep its default and why.
+# What a hierarchy (model.upper_latent_dims or groups_per_level set) does not have yet,
+# each with the field that must keep its default and why.
 _NOT_IN_A_HIERARCHY = (
     ("conditional", False, "False (a hierarchy is unconditional)"),
     ("dropout_rate", 0.0, "0 (a hierarchy's nets have no dropout)"),
@@ -214,29 +222,89 @@ _NOT_IN_A_HIERARCHY = (
 )
 
 
+def num_layers(m: ml_collections.ConfigDict) -> int:
+    """L, the stochastic layers a ``model`` section describes: Σ groups_per_level with
+    groups, else 1 + len(upper_latent_dims).
+
+    Args:
+      m: the ``model`` section of a config.
+
+    Returns:
+      The number of stochastic layers (1: a one-layer model).
+    """
+    if m.groups_per_level:
+        return sum(int(g) for g in m.groups_per_level)
+    return 1 + len(m.upper_latent_dims)
+
+
+def is_hierarchy(m: ml_collections.ConfigDict) -> bool:
+    """Whether the section builds a hierarchy: upper layers, or groups per level (even one).
+
+    Args:
+      m: the ``model`` section of a config.
+
+    Returns:
+      True for a ``cvae.models.hierarchy`` design.
+    """
+    return bool(m.upper_latent_dims) or bool(m.groups_per_level)
+
+
+def validate_groups(m: ml_collections.ConfigDict) -> None:
+    """Checks a deep hierarchy of latent maps (``model.groups_per_level``): a residual
+    top-down design, one level per ``conv_channels`` entry, its layers from the groups alone.
+
+    Args:
+      m: the ``model`` section of a config, with ``groups_per_level`` set.
+    """
+    check(
+        m.arch == "resnet" and m.inference == "top_down",
+        "model.groups_per_level",
+        m.groups_per_level,
+        "() unless model.arch='resnet' and model.inference='top_down' (groups of latent maps "
+        "live on the residual top-down design's pyramid)",
+    )
+    check(
+        len(m.groups_per_level) == len(m.conv_channels),
+        "model.groups_per_level",
+        m.groups_per_level,
+        f"one count per level: {len(m.conv_channels)} (model.conv_channels has one entry "
+        "per level)",
+    )
+    for field in ("upper_latent_dims", "upper_widths"):
+        check(
+            len(m[field]) == 0,
+            f"model.{field}",
+            m[field],
+            "() with model.groups_per_level (each group is a map of model.code_channels "
+            "channels on its level's grid)",
+        )
+
+
 def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
-    """Checks the upper stochastic layers (``model.upper_*``), and that the rest of the
-    section is something a hierarchy builds.
+    """Checks the upper stochastic layers (``model.upper_*``) or the groups per level, and
+    that the rest of the section is something a hierarchy builds.
 
     Args:
       m: the ``model`` section of a config.
     """
-    upper = len(m.upper_latent_dims)
+    upper = num_layers(m) - 1
+    if m.groups_per_level:
+        validate_groups(m)
     check(
-        upper > 0 or m.inference == "bottom_up",
+        is_hierarchy(m) or m.inference == "bottom_up",
         "model.inference",
         m.inference,
         "'bottom_up' without model.upper_latent_dims (one layer has no order to choose)",
     )
     check(
-        m.decoder_layers == "bottom" or (upper > 0 and m.decoder_layers == "all"),
+        m.decoder_layers == "bottom" or (is_hierarchy(m) and m.decoder_layers == "all"),
         "model.decoder_layers",
         m.decoder_layers,
         "'bottom' (p(x|z₁)) or 'all' (p(x|z₁, …, z_L))"
-        if upper
+        if is_hierarchy(m)
         else "'bottom' without model.upper_latent_dims (one layer is all layers)",
     )
-    if upper == 0:
+    if not is_hierarchy(m):
         for field in ("upper_widths", "upper_posteriors", "upper_sigma0s"):
             check(
                 len(m[field]) == 0,
@@ -246,7 +314,8 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
             )
         return
     check(
-        len(m.upper_widths) == upper
+        bool(m.groups_per_level)
+        or len(m.upper_widths) == upper
         and all(isinstance(w, tuple) and len(w) > 0 and positive_ints(w) for w in m.upper_widths),
         "model.upper_widths",
         m.upper_widths,
@@ -282,7 +351,7 @@ def validate_hierarchy(m: ml_collections.ConfigDict) -> None:
     )
     if m.arch == "resnet":
         check(
-            len(m.conv_channels) == upper + 1,
+            bool(m.groups_per_level) or len(m.conv_channels) == upper + 1,
             "model.conv_channels",
             m.conv_channels,
             f"{upper + 1} channel counts in a residual hierarchy of {upper + 1} layers (layer "

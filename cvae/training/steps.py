@@ -25,6 +25,7 @@ import optax
 from cvae import config as config_lib
 from cvae import data, parallel
 from cvae.models import objectives
+from cvae.models.validation import num_layers
 
 # Fields that may differ between the members of one compiled population (cvae.training.population):
 # they change values, never array shapes or the program's structure, so they enter the
@@ -58,7 +59,7 @@ def hyperparameters(cfg) -> dict:
         for name in HYPERPARAMETERS[1:]
         if name not in ("model.upper_sigma0s", "objective.upper_betas")
     }
-    m, upper = cfg.model, len(cfg.model.upper_latent_dims)
+    m, upper = cfg.model, num_layers(cfg.model) - 1
     hyper["upper_sigma0s"] = tuple(float(s) for s in m.upper_sigma0s or (m.sigma0,) * upper)
     betas = cfg.objective.upper_betas or (cfg.objective.beta,) * upper
     hyper["upper_betas"] = tuple(float(b) for b in betas)

@@ -304,10 +304,25 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
         },
         # a tokenizer: a collapsed code map, 4×4×2 on the 8×8 digits
         {"model.arch": "conv_map", "model.conv_channels": (8,), "model.code_channels": 2},
+        {
+            "model.arch": "resnet",  # groups of latent maps: two 4×4×1, two 2×2×1 on top
+            "model.conv_channels": (8, 8),
+            "model.groups_per_level": (2, 2),
+            "model.code_channels": 1,
+            "model.inference": "top_down",
+            "model.decoder_layers": "all",
+            "model.posterior": "gaussian",
+            "model.upper_posteriors": ("collapsed", "gaussian", "gaussian"),
+            "model.upper_sigma0s": (0.1, 0.1, 0.1),
+            "objective.free_bits": 0.05,
+            "train.ema_decay": 0.9,
+            "train.skip_grad_norm": 1e4,
+            "data.train_split": "train[:640]",  # 9 steps an epoch: the conv epochs cost most
+        },
     ],
     ids=[
         *("vamp", "wae_mmd", "rae_gp", "two_layers", "hvae_top_down_iwae", "residual_top_down"),
-        "code_map",
+        *("code_map", "groups_of_maps"),
     ],
 )
 def test_neighbouring_models_resume_exactly_evaluate_and_sample(tmp_path, overrides):
