@@ -341,12 +341,20 @@ def build_stream_program(
     def train_chunk(state, images, labels, train_key):
         traces["train_epoch"] += 1  # runs only while tracing
         in_batch = jnp.arange(images.shape[1])
-        return jax.lax.scan(
-            lambda s, batch: one_step(s, in_batch, batch[0], batch[1], train_key, hyper),
-            state,
-            (images, labels),
-            unroll=unroll,
-        )
+        if not unroll:
+            return jax.lax.scan(
+                lambda s, batch: one_step(s, in_batch, batch[0], batch[1], train_key, hyper),
+                state,
+                (images, labels),
+            )
+        # The steps in line, without lax.scan: even fully unrolled, a scan of one step is
+        # lowered as a loop that XLA removes only after it has chosen the slow kernels
+        # (measured: 13.4 s a step of mnist_deep against 0.95 s in line).
+        per_step = []
+        for i in range(images.shape[0]):
+            state, scalars = one_step(state, in_batch, images[i], labels[i], train_key, hyper)
+            per_step.append(scalars)
+        return state, jax.tree_util.tree_map(lambda *x: jnp.stack(x), *per_step)
 
     everywhere = parallel.replicated(mesh)
     return TrainPrograms(
