@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -244,6 +245,46 @@ def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarr
         code = jnp.repeat(mean, len(values), axis=0).at[:, offset + j].set(jnp.asarray(values))
         code = run.model.apply({"params": run.params}, code, layer, key, method=run.model.descend)
         rows.append(np.asarray(run.mean_image(code)))
+    return np.stack(rows)
+
+
+def layer_resampling(run: Run, x, key, num: int = 8, layers=None) -> np.ndarray:
+    """What each stochastic layer (each group of a deep hierarchy) changes in an image: x's
+    mean-path code with one layer redrawn ``num`` times from p(z_l | z_{>l}) and every other
+    layer kept (the model's ``resample_layer``), decoded. It shows what the decoder reads
+    of each layer: in a deep hierarchy (whose decoder reads the top-down state every group
+    writes into) the top groups' rows vary the image's shape and the finest level's its
+    strokes; a decoder of z₁ alone (``model.decoder_layers="bottom"``) reads nothing of the
+    layers above, whose rows are then constant (``layer_traversal`` regenerates the layers
+    below instead).
+
+    Args:
+      run: a run of any model (a one-layer model's one layer is a draw from p(z)).
+      x: one image (H, W, C) or a batch of one, in [0, 1].
+      key: the PRNG key of the draws (layer l's from ``fold_in(key, l)``).
+      num: draws per layer.
+      layers: the layers to redraw, 1 (next to x) to L; None for all.
+
+    Returns:
+      Images (len(layers), num, H, W, C).
+    """
+    depth = len(run.model.layer_dims)
+    layers = tuple(range(1, depth + 1)) if layers is None else tuple(layers)
+    for layer in layers:
+        if not 1 <= layer <= depth:
+            raise ValueError(f"layers must be 1 … {depth}, got {layer}")
+    mean, _ = run.encode(np.asarray(x).reshape((1,) + tuple(run.model.event_shape)), flat=True)
+    code = jnp.repeat(jnp.asarray(mean), num, axis=0)
+    rows = []
+    for layer in layers:
+        redrawn = run.model.apply(
+            {"params": run.params},
+            code,
+            layer,
+            jax.random.fold_in(key, layer),
+            method=run.model.resample_layer,
+        )
+        rows.append(np.asarray(run.mean_image(redrawn)))
     return np.stack(rows)
 
 

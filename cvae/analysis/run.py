@@ -221,7 +221,15 @@ class Run(Restored):
             self._apply(posterior.sample(key), labels, method=self.model.decode)
         )
 
-    def sample(self, key, n: int, sampler: str | None = None, labels=None, guidance: float = 0.0):
+    def sample(
+        self,
+        key,
+        n: int,
+        sampler: str | None = None,
+        labels=None,
+        guidance: float = 0.0,
+        temperatures=None,
+    ):
         """Images E[x|z], z from the prior or an ex-post density.
 
         With labels, the ex-post density is p̂(z|y): a mixture (flow, two-stage VAE) fitted
@@ -244,6 +252,8 @@ class Run(Restored):
             latent DiT); else None.
           guidance: the diffusion samplers' classifier-free guidance weight w (with labels;
             0: the conditional model as fitted).
+          temperatures: with ``sampler="prior"``, one τ per stochastic layer (z₁'s first):
+            each layer's noise scaled by its τ (the model's ``sample_prior``); None: τ = 1.
 
         Returns:
           Images (n, H, W, C). More than ``CHUNK`` (10,000) are drawn that many at a
@@ -263,6 +273,7 @@ class Run(Restored):
                             sampler,
                             None if labels is None else labels[start : start + CHUNK],
                             guidance,
+                            temperatures,
                         )
                     )
                     for i, start in enumerate(range(0, n, CHUNK))
@@ -273,7 +284,13 @@ class Run(Restored):
         labels = self._labels(labels, n)
         if sampler in samplers.TOP_SAMPLERS:
             return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
-        if sampler == "prior":
+        if temperatures is not None:
+            self._check_temperatures(temperatures, sampler)
+        if sampler == "prior" and temperatures is not None:
+            z = self._apply(
+                key, n, jnp.asarray(temperatures, jnp.float32), method=self.model.sample_prior
+            )
+        elif sampler == "prior":
             z = self._apply(key, n, method=self.model.sample_prior)
         elif sampler in samplers.EX_POST and labels is None:
             z = self.ex_post(sampler).sample(key, n)
@@ -290,6 +307,19 @@ class Run(Restored):
         else:
             raise ValueError(f"sampler must be one of {samplers.SAMPLERS}, got {sampler!r}")
         return self.mean_image(z, labels)
+
+    def _check_temperatures(self, temperatures, sampler) -> None:
+        """Raises ValueError, in one line, unless ``temperatures`` are one finite τ ≥ 0 per
+        stochastic layer, for the prior."""
+        depth = len(self.model.layer_dims)
+        values = np.asarray(temperatures, np.float64).reshape(-1)
+        if sampler != "prior":
+            raise ValueError(f"temperatures apply to sampler='prior', not {sampler!r}")
+        if values.size != depth or not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(
+                f"temperatures must be {depth} finite τ ≥ 0, one per stochastic layer (z₁'s "
+                f"first); got {list(np.asarray(temperatures).reshape(-1))}"
+            )
 
     def latent_diffusion(self, workdir=None) -> latent.LatentDiffusion:
         """The latent diffusion run trained on this run's codes (``experiments.train_latent``),

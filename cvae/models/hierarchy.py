@@ -288,16 +288,19 @@ class Hierarchy(ScoredByObjectives, nn.Module):
         per_component = self.pseudo_posterior().log_prob(z[..., None, :])  # (…, K)
         return jax.nn.logsumexp(per_component, axis=-1) - math.log(self.num_pseudo_inputs)
 
-    def _draw_top(self, key, num_samples: int):
+    def _draw_top(self, key, num_samples: int, temperature=None):
         """z_L ~ p(z_L): N(0, I) with ``key``, or a uniformly chosen pseudo-input's top
-        posterior (the component and the draw from ``split(key)``, as ``VAE.sample_prior``)."""
+        posterior (the component and the draw from ``split(key)``, as ``VAE.sample_prior``);
+        with a temperature τ the draw's spread about its mean is scaled by τ."""
         dim = self.layers[-1].latent_dim
         if self.prior != "vamp":
-            return jax.random.normal(key, (num_samples, dim))
+            z = jax.random.normal(key, (num_samples, dim))
+            return z if temperature is None else temperature * z
         component_key, draw_key = jax.random.split(key)
         k = jax.random.randint(component_key, (num_samples,), 0, self.num_pseudo_inputs)
         chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], self.pseudo_posterior())
-        return chosen.sample(draw_key)
+        z = chosen.sample(draw_key)
+        return z if temperature is None else chosen.mean + temperature * (z - chosen.mean)
 
     # ------------------------------------------------------------------- the generative walk
 
@@ -367,38 +370,79 @@ class Hierarchy(ScoredByObjectives, nn.Module):
             zs, self.conditionals(zs), self.top_log_prob(zs[-1])
         )
 
-    def sample_layers(self, key, num_samples: int):
+    def sample_layers(self, key, num_samples: int, temperatures=None):
         """z_L ~ p(z_L), then z_l ~ p(z_l | z_{>l}) down to z₁.
 
         Args:
           key: the PRNG key of z_L's draw (as ``VAE.sample_prior``'s); the layer j below the
             top (j = 1 for z_{L−1}) draws with ``fold_in(key, j)``.
           num_samples: how many.
+          temperatures: None, or one τ_l per layer, z₁'s first: layer l's draw is its
+            conditional's mean plus τ_l times its noise (τ = 0: the mean; τ < 1: the
+            "reduced temperature" samples of VDVAE and NVAE).
 
         Returns:
           The per-layer draws, z₁ first, each (num_samples, d_l).
         """
         top = len(self.layers) - 1
+        if temperatures is not None:
+            temperatures = jnp.asarray(temperatures, jnp.float32)
 
         def draw(i, context, conditional):
             mean, log_var = conditional
             noise = jax.random.normal(jax.random.fold_in(key, top - i), mean.shape, mean.dtype)
+            if temperatures is not None:
+                noise = temperatures[i] * noise
             return mean + jnp.exp(0.5 * log_var) * noise
 
-        return self._walk(self._draw_top(key, num_samples), draw)[0]
+        z_top = self._draw_top(
+            key, num_samples, None if temperatures is None else temperatures[top]
+        )
+        return self._walk(z_top, draw)[0]
 
-    def sample_prior(self, key, num_samples: int):
+    def sample_prior(self, key, num_samples: int, temperatures=None):
         """Codes drawn ancestrally from the top down (``sample_layers``), concatenated:
         ``decode`` of them draws from the model's p(x).
 
         Args:
           key: the PRNG key of the draw.
           num_samples: how many.
+          temperatures: None, or one τ_l per layer (``sample_layers``).
 
         Returns:
           (num_samples, d₁ + … + d_L) codes.
         """
-        return jnp.concatenate(self.sample_layers(key, num_samples), axis=-1)
+        return jnp.concatenate(self.sample_layers(key, num_samples, temperatures), axis=-1)
+
+    def resample_layer(self, code, layer: int, key):
+        """The codes with one layer redrawn from the model and every other layer kept: z_l ~
+        p(z_l | z_{>l}) given the kept layers above (z_L ~ p(z_L) for the top). Decoded, it
+        shows what that layer alone changes in an image (the explorer's group resampling).
+
+        Args:
+          code: codes (N, d₁ + … + d_L).
+          layer: the layer redrawn, 1 (next to x) to L.
+          key: the PRNG key of the draw.
+
+        Returns:
+          The codes, (N, d₁ + … + d_L).
+
+        Raises:
+          ValueError: a layer outside 1 … L.
+        """
+        top = len(self.layers) - 1
+        if not 1 <= layer <= top + 1:
+            raise ValueError(f"layer must be 1 … {top + 1}, got {layer}")
+        parts = self.split_code(code)
+
+        def pick(i, context, conditional):
+            if i != layer - 1:
+                return parts[i]
+            mean, log_var = conditional
+            return mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
+
+        z_top = self._draw_top(key, code.shape[0]) if layer == top + 1 else parts[-1]
+        return jnp.concatenate(self._walk(z_top, pick)[0], axis=-1)
 
     def descend(self, code, layer: int, key=None):
         """The code with the layers below ``layer`` regenerated from those at and above it:

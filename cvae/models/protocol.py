@@ -31,9 +31,11 @@ What it does (params-taking methods run the model themselves; module methods go 
   q(z|x) for k draws per example, (k, B) ((B,) for k = None) — these two written once, in
   ``ScoredByObjectives``, a base of every design;
 * module methods ``encode(x, labels)`` (the posterior over the code: for a hierarchy its
-  mean path), ``decode(z, labels)`` (p(x|·)'s parameters), ``sample_prior(key, n)`` (codes
-  drawn from p(z)), ``descend(code, layer, key=None)`` (the layers below ``layer``
-  regenerated from those at and above it; a one-layer model's code is returned as is).
+  mean path), ``decode(z, labels)`` (p(x|·)'s parameters), ``sample_prior(key, n,
+  temperatures=None)`` (codes drawn from p(z), each layer's noise scaled by its τ),
+  ``descend(code, layer, key=None)`` (the layers below ``layer`` regenerated from those at
+  and above it; a one-layer model's code is returned as is) and ``resample_layer(code,
+  layer, key)`` (one layer redrawn from p given the layers above, every other kept).
 """
 
 from __future__ import annotations

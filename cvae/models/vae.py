@@ -198,23 +198,46 @@ class VAE(ScoredByObjectives, nn.Module):
         per_component = components.log_prob(z[..., None, :])  # (…, K)
         return jax.nn.logsumexp(per_component, axis=-1) - math.log(self.num_pseudo_inputs)
 
-    def sample_prior(self, key, num_samples: int):
+    def sample_prior(self, key, num_samples: int, temperatures=None):
         """z ~ p(z): N(0, I), or a uniformly chosen pseudo-input's posterior (VampPrior).
 
         Args:
           key: the PRNG key of the draw.
           num_samples: how many latents.
+          temperatures: None, or (τ,): the draw's spread about its mean scaled by τ.
 
         Returns:
           (num_samples, latent_dim) latents.
         """
+        temperature = None if temperatures is None else jnp.asarray(temperatures)[0]
         if self.prior != "vamp":
-            return jax.random.normal(key, (num_samples, self.encoder.latent_dim))
+            z = jax.random.normal(key, (num_samples, self.encoder.latent_dim))
+            return z if temperature is None else temperature * z
         component_key, draw_key = jax.random.split(key)
         k = jax.random.randint(component_key, (num_samples,), 0, self.num_pseudo_inputs)
         components = self.pseudo_posterior()
         chosen = jax.tree_util.tree_map(lambda leaf: leaf[k], components)
-        return chosen.sample(draw_key)
+        z = chosen.sample(draw_key)
+        return z if temperature is None else chosen.mean + temperature * (z - chosen.mean)
+
+    def resample_layer(self, code, layer: int, key):
+        """A fresh draw from p(z) for each code: a one-layer model's one layer redrawn (as
+        ``Hierarchy.resample_layer``).
+
+        Args:
+          code: codes (N, latent_dim); only their number is read.
+          layer: 1.
+          key: the PRNG key of the draw.
+
+        Returns:
+          (N, latent_dim) latents.
+
+        Raises:
+          ValueError: a layer other than 1.
+        """
+        if layer != 1:
+            raise ValueError(f"this model has one stochastic layer; got layer {layer}")
+        return self.sample_prior(key, code.shape[0])
 
     def descend(self, code, layer: int, key=None):
         """The code itself: a one-layer model has no layer below its one (``layer`` = 1).

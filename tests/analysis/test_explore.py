@@ -85,6 +85,36 @@ def test_a_top_layer_sampler_draws_the_lower_layers_from_the_model(two_layers, r
 
 
 @pytest.mark.slow
+def test_layer_resampling_redraws_one_layer_and_temperatures_reach_the_images(two_layers, run_2d):
+    """Each row redraws one layer of x's code (every other kept) and decodes it — this run's
+    decoder reads z₁ alone, so a redrawn z₂ leaves the images as they were; a one-layer
+    run's one row is fresh prior draws. Prior samples at τ = 0 do not depend on the key;
+    temperatures that are not one per layer, or for another sampler, are one line each."""
+    import jax
+
+    test = data.load("digits", "test")
+    x = test.images[0].astype(np.float32) / test.info.pixel_range[1]
+    key = jax.random.key(4)
+    rows = explore.layer_resampling(two_layers, x, key, num=5)
+    assert rows.shape == (2, 5, 8, 8, 1) and np.all(np.isfinite(rows))
+    assert np.ptp(rows[0], axis=0).max() > 1e-3 and np.ptp(rows[1], axis=0).max() == 0
+    np.testing.assert_array_equal(explore.layer_resampling(two_layers, x, key, 5, [2]), rows[1:])
+    one = explore.layer_resampling(run_2d, x, key, num=3)
+    z = run_2d.model.apply(
+        {"params": run_2d.params}, jax.random.fold_in(key, 1), 3, method=run_2d.model.sample_prior
+    )
+    np.testing.assert_allclose(one[0], run_2d.mean_image(z), atol=1e-6)
+    with pytest.raises(ValueError, match="layers must be 1 … 2, got 3"):
+        explore.layer_resampling(two_layers, x, key, 2, [3])
+    cold = [two_layers.sample(k, 3, "prior", temperatures=[0.0, 0.0]) for k in (1, 2)]
+    np.testing.assert_array_equal(cold[0], cold[1])
+    with pytest.raises(ValueError, match="2 finite τ ≥ 0, one per stochastic layer"):
+        two_layers.sample(1, 3, "prior", temperatures=[1.0])
+    with pytest.raises(ValueError, match="apply to sampler='prior', not 'gmm'"):
+        two_layers.sample(1, 3, "gmm", temperatures=[1.0, 1.0])
+
+
+@pytest.mark.slow
 def test_projections_are_2d_and_pca_keeps_the_top_variance_directions():
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(200, 5)) * np.array([5.0, 3.0, 0.1, 0.1, 0.1])

@@ -157,3 +157,43 @@ def test_a_group_betas_count_follows_the_groups():
         config_lib.validate(c)
     c.objective.upper_betas = (1.0, 0.5, 0.5, 0.25)
     config_lib.validate(c)
+
+
+def test_temperatures_scale_each_groups_noise():
+    """τ = 1 everywhere is the plain draw; τ = 0 everywhere the chain of conditional means
+    (no key matters); doubling the top's τ doubles its draw under N(0, I)."""
+    model = vae_lib.build_model(_grouped_config(), (8, 8, 1), 10)
+    params = vae_lib.init_params(model, jax.random.key(0))
+
+    def draw(key, temperatures=None):
+        return model.apply({"params": params}, key, 4, temperatures, method=model.sample_prior)
+
+    plain = draw(jax.random.key(1))
+    np.testing.assert_array_equal(draw(jax.random.key(1), jnp.ones(5)), plain)
+    np.testing.assert_array_equal(
+        draw(jax.random.key(1), jnp.zeros(5)), draw(jax.random.key(2), jnp.zeros(5))
+    )
+    hot_top = draw(jax.random.key(1), jnp.array([1.0, 1.0, 1.0, 1.0, 2.0]))
+    np.testing.assert_array_equal(model.split_code(hot_top)[-1], 2 * model.split_code(plain)[-1])
+    assert not np.allclose(model.split_code(hot_top)[0], model.split_code(plain)[0])
+
+
+def test_resampling_one_group_keeps_every_other_group_and_reaches_the_image():
+    """The decoder reads the top-down state every group writes into: a redrawn group, even
+    the top one with every group below it kept, changes p(x|z)."""
+    model = vae_lib.build_model(_grouped_config(), (8, 8, 1), 10)
+    params = vae_lib.init_params(model, jax.random.key(0))
+    code = model.apply({"params": params}, jax.random.key(5), 3, method=model.sample_prior)
+    decoded = model.apply({"params": params}, code, method=model.decode)
+    for layer in (1, 3, 5):
+        got = model.apply(
+            {"params": params}, code, layer, jax.random.key(7), method=model.resample_layer
+        )
+        for i, (new, old) in enumerate(
+            zip(model.split_code(got), model.split_code(code), strict=True), start=1
+        ):
+            assert np.array_equal(new, old) is (i != layer), (layer, i)
+        moved = model.apply({"params": params}, got, method=model.decode)
+        assert np.abs(moved - decoded).max() > 1e-4, layer
+    with pytest.raises(ValueError, match="layer must be 1 … 5, got 6"):
+        model.apply({"params": params}, code, 6, jax.random.key(7), method=model.resample_layer)
