@@ -181,6 +181,14 @@ TRAIN_FIELDS = {
         minimum=0.0,
         zero="no skipping",
     ),
+    "precision": Field(
+        "auto",
+        "the training step's compute: float32 | bfloat16 (the forward and backward passes in "
+        "bf16, params, optimizer state and the loss's sums in f32) | auto: bfloat16 on "
+        "GPUs and TPUs, float32 on CPUs; evaluation is float32",
+        "choice",
+        choices=("auto", "float32", "bfloat16"),
+    ),
     "ema_decay": Field(
         0.0,
         "the decay of an exponential moving average of the weights; with it, validation, "

@@ -33,8 +33,10 @@ def _log(x):
 
 
 def _draw(key, mean, scale, num_samples):
+    """mean + scale · ε, ε ~ N(0, I) drawn in f32 and rounded to the mean's dtype: a
+    mixed-precision step (``train.precision``) draws the f32 run's noise, not other noise."""
     shape = mean.shape if num_samples is None else (num_samples,) + mean.shape
-    return mean + scale * jax.random.normal(key, shape, mean.dtype)
+    return mean + scale * jax.random.normal(key, shape, jnp.float32).astype(mean.dtype)
 
 
 def diag_normal_log_prob(z, mean, log_var):

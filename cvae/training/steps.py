@@ -147,6 +147,34 @@ def make_objective(model, config, hyper: dict):
     return elbo
 
 
+def compute_dtype(train_cfg):
+    """The dtype a training step computes in (``train.precision``): bf16 or f32, "auto"
+    choosing bf16 on GPUs and TPUs (whose matrix units run it at several times the f32 rate)
+    and f32 on CPUs (where bf16 arithmetic is emulated and slower)."""
+    precision = train_cfg.precision
+    if precision == "auto":
+        precision = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+
+
+def in_precision(objective, dtype):
+    """``objective`` computed in ``dtype``: mixed precision. The f32 params and images are
+    cast on the way in (the cast is differentiable, so gradients arrive in f32 for the f32
+    optimizer state), every layer then runs in ``dtype``, and the loss and per-example
+    terms come back as f32 (JAX sums bf16 arrays in f32). f32: ``objective`` itself."""
+    if dtype == jnp.float32:
+        return objective
+
+    def low(params, x, key, **kwargs):
+        params = jax.tree_util.tree_map(
+            lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
+        )
+        loss, terms = objective(params, x.astype(dtype), key, **kwargs)
+        return loss.astype(jnp.float32), {k: v.astype(jnp.float32) for k, v in terms.items()}
+
+    return low
+
+
 def make_step(
     *, model, config, preprocess: data.Preprocessor, total_steps: int, batch_sharding=None
 ):
@@ -171,7 +199,7 @@ def make_step(
             objectives.kl_weight(step, upper[i], hyper["kl_warmup_steps"])
             for i in range(len(model.layer_dims) - 1)
         )
-        objective = make_objective(model, cfg, hyper)
+        objective = in_precision(make_objective(model, cfg, hyper), compute_dtype(cfg.train))
         tx = make_optimizer(
             cfg.train,
             total_steps,

@@ -57,6 +57,14 @@ def run_dir(tmp_path_factory):
             "train.skip_grad_norm = -1.0 is invalid: it must be finite and ≥ 0.0 (0: no skipping)",
         ),
         (
+            ["experiments.train", *CONFIG, "--config.train.precision=fp8"],
+            "train.precision = 'fp8' is invalid",
+        ),
+        (
+            ["experiments.train", *CONFIG, "--config.model.groups_per_level=(2,2,2)"],
+            "model.groups_per_level",
+        ),
+        (
             ["experiments.train", *CONFIG, "--config.model.arch=conv", "--config.model.init=torch"],
             "model.init",
         ),
