@@ -195,18 +195,18 @@ def test_bench_latent_times_the_tokenizer_the_dit_and_its_sampling():
         assert record["dit_sample_s_per_10000"] > 0
 
 
-def test_bench_step_times_any_configs_step_in_either_precision():
-    """The trainer's step of a small grouped hierarchy, f32 and bf16: the documented JSON
-    line, with the compiled step's FLOPs and a fraction of the measured peak."""
-    small = [
+def test_bench_step_times_any_configs_step():
+    """The trainer's step of a small grouped hierarchy: the documented JSON line, with the
+    compiled step's FLOPs and a fraction of the measured peak (bf16 steps themselves are
+    checked against f32 in tests/training/test_steps.py)."""
+    out = run_cli(
+        "benchmarks.step",
         *("--config", "experiments/configs/mnist_deep.py", "--shape", "8,8,1", "--steps", "2"),
         *("--config.model.conv_channels=(8,8)", "--config.model.groups_per_level=(1,2)"),
         *("--config.model.code_channels=1", "--config.train.batch_size=8"),
-    ]
-    for precision in ("float32", "bfloat16"):
-        out = run_cli("benchmarks.step", *small, f"--config.train.precision={precision}")
-        assert out.returncode == 0, out.stderr[-2000:]
-        record = json.loads(out.stdout.strip().splitlines()[-1])
-        assert record["precision"] == precision and record["batch_size"] == 8
-        assert record["examples_per_s"] > 0 and record["gflop_per_example"] > 0
-        assert 0 < record["fraction_of_peak"] < 1
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["precision"] == "float32" and record["batch_size"] == 8  # auto, on a CPU
+    assert record["examples_per_s"] > 0 and record["gflop_per_example"] > 0
+    assert 0 < record["fraction_of_peak"] < 1
