@@ -137,6 +137,13 @@ OBJECTIVE_FIELDS = {
     "upper_betas": Field(
         (), "a hierarchy's β of layers 2 … L; empty: objective.beta for each", "tuple"
     ),
+    "kl_balance": Field(
+        False,
+        "a hierarchy's KL warm-up per layer (NVAE's KL balancing): while β warms up, layer "
+        "l's KL weight is also scaled by γ_l ∝ (mean KL_l + 0.01) / d_l, normalised to mean "
+        "1, so layers that carry little information per dimension are pushed down less",
+        "bool",
+    ),
     "mmd_weight": Field(
         10.0,
         "wae_mmd: λ of λ·MMD(codes, N(0, I)) (Tolstikhin et al.)",
@@ -431,6 +438,13 @@ def _check_objective_rules(o: ml_collections.ConfigDict, m: ml_collections.Confi
         "objective.kind",
         o.kind,
         "'elbo' or 'wae_mmd' for a deterministic posterior (the IWAE bound needs a density)",
+    )
+    check(
+        not o.kl_balance or (is_hierarchy(m) and o.kind == "elbo" and o.kl_warmup_steps > 0),
+        "objective.kl_balance",
+        o.kl_balance,
+        "False unless a hierarchy trains on objective.kind='elbo' with "
+        "objective.kl_warmup_steps > 0 (it balances the layers' KLs during the warm-up)",
     )
     # Free bits floor a per-dimension KL term, which the IWAE bound does not have: refused
     # rather than silently dropped (β and its warm-up temper the bound's weights instead).

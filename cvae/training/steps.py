@@ -129,7 +129,7 @@ def make_objective(model, config, hyper: dict):
         )
     gradient_penalty = hyper["gradient_penalty"] if config.model.gradient_penalty > 0 else None
 
-    def elbo(params, x, key, *, labels=None, beta=1.0, train=False, dropout_key=None):
+    def elbo(params, x, key, *, labels=None, beta=1.0, train=False, dropout_key=None, **balance):
         return objectives.elbo_loss(
             model,
             params,
@@ -142,6 +142,7 @@ def make_objective(model, config, hyper: dict):
             gradient_penalty=gradient_penalty,
             train=train,
             dropout_key=dropout_key,
+            **balance,  # kl_balance, for a hierarchy that asks for it
         )
 
     return elbo
@@ -207,9 +208,21 @@ def make_step(
             weight_decay=hyper["weight_decay"],
         )
 
+        # NVAE's KL balancing acts while β warms up (objective.kl_balance)
+        balance = (
+            {"kl_balance": step < hyper["kl_warmup_steps"]} if cfg.objective.kl_balance else {}
+        )
+
         def loss_fn(params):
             return objective(
-                params, x, sample_key, labels=y, beta=beta, train=True, dropout_key=dropout_key
+                params,
+                x,
+                sample_key,
+                labels=y,
+                beta=beta,
+                train=True,
+                dropout_key=dropout_key,
+                **balance,
             )
 
         trained = trained_weights(state)

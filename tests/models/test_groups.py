@@ -197,3 +197,59 @@ def test_resampling_one_group_keeps_every_other_group_and_reaches_the_image():
         assert np.abs(moved - decoded).max() > 1e-4, layer
     with pytest.raises(ValueError, match="layer must be 1 … 5, got 6"):
         model.apply({"params": params}, code, 6, jax.random.key(7), method=model.resample_layer)
+
+
+def test_kl_balancing_weights_each_groups_kl_by_its_share_per_dimension():
+    """γ_l ∝ (mean KL_l + 0.01) / (d_l / Σ d), mean 1, no gradient; with it the loss is
+    −recon + Σ_l β γ_l KL_l and the reported terms are unchanged; without it, the plain loss."""
+    from cvae.models.objectives import elbo as elbo_lib
+
+    model = vae_lib.build_model(_grouped_config(), (8, 8, 1), 10)
+    params = vae_lib.init_params(model, jax.random.key(0))
+    x, key = _images(16), jax.random.key(9)
+    plain, terms = elbo_lib.layered_elbo_loss(model, params, x, key, beta=0.5)
+    balanced, same_terms = elbo_lib.layered_elbo_loss(
+        model, params, x, key, beta=0.5, kl_balance=True
+    )
+    off, _ = elbo_lib.layered_elbo_loss(model, params, x, key, beta=0.5, kl_balance=False)
+    assert float(off) == float(plain)
+    for name in terms:
+        np.testing.assert_array_equal(same_terms[name], terms[name])
+    kls = [np.mean(np.asarray(terms[f"kl_{i}"], np.float64)) for i in range(1, 6)]
+    dims = np.asarray(model.layer_dims, np.float64)
+    gammas = (np.asarray(kls) + 0.01) / (dims / dims.sum())
+    gammas /= gammas.mean()
+    got = elbo_lib.balance_coefficients([terms[f"kl_{i}"] for i in range(1, 6)], model.layer_dims)
+    np.testing.assert_allclose(got, gammas, rtol=1e-5)
+    want = -np.mean(np.asarray(terms["recon"], np.float64)) + 0.5 * np.sum(gammas * kls)
+    np.testing.assert_allclose(float(balanced), want, rtol=1e-5)
+    assert not np.allclose(gammas, 1.0)  # the groups differ: the test can tell
+    grad = jax.grad(lambda k: jnp.sum(elbo_lib.balance_coefficients([k, k + 1.0], (4, 4))))(
+        jnp.ones(3)
+    )
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"objective.kl_warmup_steps": 0}, "objective.kl_warmup_steps > 0"),
+        ({"model.groups_per_level": (), "model.arch": "mlp"}, "unless a hierarchy"),
+        ({"objective.kind": "iwae"}, "objective.kind='elbo'"),
+    ],
+)
+def test_kl_balancing_outside_a_warming_hierarchy_is_refused(fields, message):
+    c = config_lib.base_config()
+    c.model = _grouped_config(inference="top_down")
+    c.objective.kl_balance, c.objective.kl_warmup_steps = True, 100
+    for dotted, value in fields.items():
+        section, name = dotted.split(".")
+        c[section][name] = value
+    if c.model.arch == "mlp":
+        c.model.inference, c.model.decoder_layers = "bottom_up", "bottom"
+    with pytest.raises(ConfigError, match="objective.kl_balance"):
+        try:
+            config_lib.validate(c)
+        except ConfigError as refused:
+            assert message in str(refused)
+            raise

@@ -315,6 +315,8 @@ def test_learning_rate_and_beta_are_logged_with_each_epoch(tmp_path):
             "model.upper_posteriors": ("collapsed", "gaussian", "gaussian"),
             "model.upper_sigma0s": (0.1, 0.1, 0.1),
             "objective.free_bits": 0.05,
+            "objective.kl_balance": True,  # NVAE's balancing for the warm-up's 12 steps
+            "objective.kl_warmup_steps": 12,
             "train.ema_decay": 0.9,
             "train.skip_grad_norm": 1e4,
             "data.train_split": "train[:640]",  # 9 steps an epoch: the conv epochs cost most

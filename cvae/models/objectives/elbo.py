@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import cast
 
+import jax
 import jax.numpy as jnp
 
 from cvae.models import posteriors
@@ -131,7 +132,37 @@ def _layer_total(kl):
     return jnp.sum(kl, axis=-1) if kl.ndim == 2 else kl
 
 
-def layered_elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits=0.0, **unused):
+def balance_coefficients(kls, layer_dims):
+    """NVAE's KL balancing coefficients (Vahdat & Kautz, 2020): γ_l ∝ (mean_x KL_l + 0.01)
+    / α_l with α_l = d_l / Σ d, normalised to mean 1, without gradient. A layer whose KL per
+    dimension is small gets a small weight, so that during the warm-up no layer collapses
+    while others carry the code.
+
+    Args:
+      kls: each layer's per-example KL, (B,) each.
+      layer_dims: d₁, …, d_L.
+
+    Returns:
+      (L,) coefficients, mean 1.
+    """
+    dims = jnp.asarray(layer_dims, jnp.float32)
+    means = jnp.stack([jnp.mean(kl) for kl in kls]) + 0.01
+    coefficients = means / (dims / jnp.sum(dims))
+    return jax.lax.stop_gradient(coefficients / jnp.mean(coefficients))
+
+
+def layered_elbo_loss(
+    model,
+    params,
+    x,
+    key,
+    *,
+    labels=None,
+    beta=1.0,
+    free_bits=0.0,
+    kl_balance=False,
+    **unused,
+):
     """Negative β-ELBO of a layered model with one joint draw per example, β and free bits
     per layer.
 
@@ -155,6 +186,9 @@ def layered_elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits
       beta: β_l, the KL weights: one number for every layer, or one per layer, z₁'s first
         (``kl_weight`` of each for a warm-up).
       free_bits: λ, nats per latent dimension (0 = off).
+      kl_balance: whether each layer's KL weight is also scaled by its
+        ``balance_coefficients`` γ_l (a Python or traced bool: the trainer sets it while
+        β warms up).
       **unused: ``single_elbo_loss``'s options that a hierarchy does not have (code and
         gradient penalties, dropout): refused by the config's validation.
 
@@ -173,6 +207,9 @@ def layered_elbo_loss(model, params, x, key, *, labels=None, beta=1.0, free_bits
         for d, part in zip(model.layer_dims, parts, strict=True)
     ]
     betas = per_layer(beta, len(kls))
+    if kl_balance is not False:  # branch-free inside: the flag may be traced
+        gammas = jnp.where(kl_balance, balance_coefficients(kls, model.layer_dims), 1.0)
+        betas = tuple(b * gammas[i] for i, b in enumerate(betas))
     # Branch-free (free_bits may be traced); λ = 0 selects the plain mean KL.
     freed = jnp.asarray(free_bits) > 0
     loss = -jnp.mean(recon)
