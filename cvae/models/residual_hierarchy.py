@@ -126,8 +126,8 @@ class ResidualTopDownVAE(Hierarchy):
             grid = (height >> (level + 1), width >> (level + 1))
             if layer.code_shape and tuple(layer.code_shape[:2]) != grid:
                 raise ValueError(
-                    f"a latent map of shape {layer.code_shape} on level {level + 1}, whose "
-                    f"grid is {grid[0]}×{grid[1]}"
+                    f"a latent map of shape {layer.code_shape} cannot sit on level "
+                    f"{level + 1}, whose grid is {grid[0]}×{grid[1]}"
                 )
 
     def setup(self):
@@ -149,9 +149,9 @@ class ResidualTopDownVAE(Hierarchy):
 
         def heads(i, layer, variance_head, kind):
             if layer.code_shape:
-                width_ = self.channels[levels[i]]
+                head_width = self.channels[levels[i]]  # as wide as the level's state
                 return pyramid.MapHeads(
-                    width_, layer.code_shape[-1], variance_head, act, name=f"{kind}_{i + 1}"
+                    head_width, layer.code_shape[-1], variance_head, act, name=f"{kind}_{i + 1}"
                 )
             return pyramid.GridHeads(
                 layer.widths, layer.latent_dim, variance_head, act, name=f"{kind}_{i + 1}"
