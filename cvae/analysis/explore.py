@@ -248,7 +248,7 @@ def layer_traversal(run: Run, x, layer: int, dims, values, key=None) -> np.ndarr
     return np.stack(rows)
 
 
-def layer_resampling(run: Run, x, key, num: int = 8, layers=None) -> np.ndarray:
+def layer_resampling(run: Run, x, key, num: int = 8, layers=None, label=None) -> np.ndarray:
     """What each stochastic layer (each group of a deep hierarchy) changes in an image: x's
     mean-path code with one layer redrawn ``num`` times from p(z_l | z_{>l}) and every other
     layer kept (the model's ``resample_layer``), decoded. It shows what the decoder reads
@@ -264,6 +264,7 @@ def layer_resampling(run: Run, x, key, num: int = 8, layers=None) -> np.ndarray:
       key: the PRNG key of the draws (layer l's from ``fold_in(key, l)``).
       num: draws per layer.
       layers: the layers to redraw, 1 (next to x) to L; None for all.
+      label: x's class, for a conditional model (kept for every draw); else None.
 
     Returns:
       Images (len(layers), num, H, W, C).
@@ -273,7 +274,8 @@ def layer_resampling(run: Run, x, key, num: int = 8, layers=None) -> np.ndarray:
     for layer in layers:
         if not 1 <= layer <= depth:
             raise ValueError(f"layers must be 1 … {depth}, got {layer}")
-    mean, _ = run.encode(np.asarray(x).reshape((1,) + tuple(run.model.event_shape)), flat=True)
+    image = np.asarray(x).reshape((1,) + tuple(run.model.event_shape))
+    mean, _ = run.encode(image, None if label is None else [label], flat=True)
     code = jnp.repeat(jnp.asarray(mean), num, axis=0)
     rows = []
     for layer in layers:
@@ -284,7 +286,7 @@ def layer_resampling(run: Run, x, key, num: int = 8, layers=None) -> np.ndarray:
             jax.random.fold_in(key, layer),
             method=run.model.resample_layer,
         )
-        rows.append(np.asarray(run.mean_image(redrawn)))
+        rows.append(np.asarray(run.mean_image(redrawn, None if label is None else [label] * num)))
     return np.stack(rows)
 
 
