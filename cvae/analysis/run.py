@@ -262,6 +262,8 @@ class Run(Restored):
         _require_int(n, 1, "the number of samples must be a positive integer")
         key = _as_key(key)
         sampler = sampler or samplers.default_sampler(self.model.posterior_family)
+        if temperatures is not None:  # before any sampler's branch: none ignores them
+            self._check_temperatures(temperatures, sampler)
         if n > CHUNK:  # bounded device memory: chunk i drawn with fold_in(key, i)
             labels = None if labels is None else np.broadcast_to(np.asarray(labels), (n,))
             return np.concatenate(
@@ -284,14 +286,9 @@ class Run(Restored):
         labels = self._labels(labels, n)
         if sampler in samplers.TOP_SAMPLERS:
             return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
-        if temperatures is not None:
-            self._check_temperatures(temperatures, sampler)
-        if sampler == "prior" and temperatures is not None:
-            z = self._apply(
-                key, n, jnp.asarray(temperatures, jnp.float32), method=self.model.sample_prior
-            )
-        elif sampler == "prior":
-            z = self._apply(key, n, method=self.model.sample_prior)
+        if sampler == "prior":
+            tempered = () if temperatures is None else (jnp.asarray(temperatures, jnp.float32),)
+            z = self._apply(key, n, *tempered, method=self.model.sample_prior)
         elif sampler in samplers.EX_POST and labels is None:
             z = self.ex_post(sampler).sample(key, n)
         elif sampler == "diffusion":

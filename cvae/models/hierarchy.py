@@ -125,6 +125,16 @@ def refuse_labels(labels) -> None:
         raise ValueError("labels were given to a hierarchy, which is unconditional")
 
 
+def draw_conditional(conditional, key, temperature=None):
+    """z = μ + τ·σ·ε, ε ~ N(0, I) from ``key``: a draw from a walk's conditional
+    p(z_l | z_{>l}) = N(μ, σ²), its noise scaled by the temperature τ when one is given."""
+    mean, log_var = conditional
+    noise = jax.random.normal(key, mean.shape, mean.dtype)
+    if temperature is not None:
+        noise = temperature * noise
+    return mean + jnp.exp(0.5 * log_var) * noise
+
+
 # A walk's choice of each lower layer's code: (0-based layer, context, p's (mean, log_var))
 # → z_l.
 Pick = Callable[[int, Any, tuple], jax.Array]
@@ -389,11 +399,8 @@ class Hierarchy(ScoredByObjectives, nn.Module):
             temperatures = jnp.asarray(temperatures, jnp.float32)
 
         def draw(i, context, conditional):
-            mean, log_var = conditional
-            noise = jax.random.normal(jax.random.fold_in(key, top - i), mean.shape, mean.dtype)
-            if temperatures is not None:
-                noise = temperatures[i] * noise
-            return mean + jnp.exp(0.5 * log_var) * noise
+            temperature = None if temperatures is None else temperatures[i]
+            return draw_conditional(conditional, jax.random.fold_in(key, top - i), temperature)
 
         z_top = self._draw_top(
             key, num_samples, None if temperatures is None else temperatures[top]
@@ -438,8 +445,7 @@ class Hierarchy(ScoredByObjectives, nn.Module):
         def pick(i, context, conditional):
             if i != layer - 1:
                 return parts[i]
-            mean, log_var = conditional
-            return mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
+            return draw_conditional(conditional, key)
 
         z_top = self._draw_top(key, code.shape[0]) if layer == top + 1 else parts[-1]
         return jnp.concatenate(self._walk(z_top, pick)[0], axis=-1)
@@ -463,11 +469,9 @@ class Hierarchy(ScoredByObjectives, nn.Module):
         def regenerate(i, context, conditional):
             if i >= layer - 1:
                 return parts[i]
-            mean, log_var = conditional
             if key is None:
-                return mean
-            noise = jax.random.normal(jax.random.fold_in(key, i + 1), mean.shape, mean.dtype)
-            return mean + jnp.exp(0.5 * log_var) * noise
+                return conditional[0]  # the mean
+            return draw_conditional(conditional, jax.random.fold_in(key, i + 1))
 
         return jnp.concatenate(self._walk(parts[-1], regenerate)[0], axis=-1)
 

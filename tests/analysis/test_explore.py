@@ -112,6 +112,8 @@ def test_layer_resampling_redraws_one_layer_and_temperatures_reach_the_images(tw
         two_layers.sample(1, 3, "prior", temperatures=[1.0])
     with pytest.raises(ValueError, match="apply to sampler='prior', not 'gmm'"):
         two_layers.sample(1, 3, "gmm", temperatures=[1.0, 1.0])
+    with pytest.raises(ValueError, match="apply to sampler='prior', not 'gmm@top'"):
+        two_layers.sample(1, 3, "gmm@top", temperatures=[1.0, 1.0])
 
 
 @pytest.mark.slow
