@@ -127,7 +127,16 @@ def refuse_labels(labels) -> None:
 
 def draw_conditional(conditional, key, temperature=None):
     """z = μ + τ·σ·ε, ε ~ N(0, I) from ``key``: a draw from a walk's conditional
-    p(z_l | z_{>l}) = N(μ, σ²), its noise scaled by the temperature τ when one is given."""
+    p(z_l | z_{>l}) = N(μ, σ²), its noise scaled by the temperature τ when one is given.
+
+    Args:
+      conditional: (μ, log σ²) of the conditional, arrays of one shape.
+      key: the PRNG key of the noise ε.
+      temperature: τ, a scalar; None draws at τ = 1.
+
+    Returns:
+      z, an array of the conditional's shape and dtype.
+    """
     mean, log_var = conditional
     noise = jax.random.normal(key, mean.shape, mean.dtype)
     if temperature is not None:
