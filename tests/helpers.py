@@ -24,6 +24,11 @@ TINY = [
         "data.validation_size": 100,
         "train.image_grid_size": 16,
         "train.num_devices": 1,
+        # the ex-post fits of make_test_config (below): what the samplers do is tested here,
+        # the quality of full-length fits in tests/analysis/test_ex_post.py
+        "ex_post.flow_max_epochs": 20,
+        "ex_post.two_stage_epochs": 10,
+        "ex_post.diffusion_updates": 250,
     }.items()
 ]
 

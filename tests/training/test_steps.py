@@ -283,7 +283,7 @@ def test_bfloat16_steps_track_float32_and_keep_float32_state(overrides, toleranc
 
     def gradient(dtype):
         in_dtype = steps.in_precision(objective, dtype)
-        grad = jax.grad(lambda p: in_dtype(p, x, jax.random.key(3))[0])(mixed["params"])
+        grad = jax.jit(jax.grad(lambda p: in_dtype(p, x, jax.random.key(3))[0]))(mixed["params"])
         return jax.flatten_util.ravel_pytree(grad)[0]
 
     grads = {"exact": gradient(jnp.float32), "mixed": gradient(jnp.bfloat16)}
