@@ -8,7 +8,9 @@ After one batch that compiles, it times the whole set. Its figures are images·s
 second, and ``fraction_of_roofline``: the dense layers' forward FLOPs (N·K decoder passes
 — with, for a hierarchy, its nets between layers — plus N encoder passes, 2 FLOPs per
 weight) over the time, as a fraction of the f32 matmul
-peak measured in the same process. Params are the preset's random initialisation (the
+peak measured in the same process; and ``fraction_of_peak_xla``, the same with XLA's own
+count of every operation (convolutions included: the figure for conv nets and groups of
+latent maps). Params are the preset's random initialisation (the
 speed does not depend on them), or a trained run's with ``--workdir``. The host's cores
 are split into one device each, as experiments.evaluate does. Results: docs/performance.md.
 """
@@ -22,6 +24,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
@@ -32,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from benchmarks.peak import matmul_peak_gflops  # noqa: E402
 from cvae import data, evaluation, load_run  # noqa: E402
+from cvae.models import objectives  # noqa: E402
 from cvae.models import vae as model_lib  # noqa: E402
 from experiments import cli  # noqa: E402
 
@@ -61,6 +65,27 @@ def importance_sampling_flops(params, num_examples: int, k: int) -> int:
         ):
             per_sample += dense_forward_flops(tree)
     return num_examples * k * per_sample + num_examples * per_image
+
+
+def xla_flops(model, params, num_examples: int, k: int, probe: int = 4) -> float:
+    """XLA's count of the FLOPs of the importance-sampled NLL of ``num_examples`` images
+    with ``k`` samples each: the cost analysis of ``log_importance_weights`` compiled for one
+    image with ``probe`` and ``2·probe`` samples gives a + b·probe and a + 2b·probe, so the
+    work per image a (what reads x alone) and per image·sample b, and the total N·(a + b·K).
+    """
+    x = jnp.zeros((1, *model.event_shape), jnp.float32)
+    labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+
+    def counted(draws: int) -> float:
+        weights = jax.jit(
+            lambda p, x, key: objectives.log_importance_weights(model, p, x, key, draws, labels)
+        )
+        cost = weights.lower(params, x, jax.random.key(0)).compile().cost_analysis() or {}
+        return float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+
+    once, twice = counted(probe), counted(2 * probe)
+    per_sample = (twice - once) / probe
+    return num_examples * (once - per_sample * probe + per_sample * k)
 
 
 def eval_one(
@@ -94,6 +119,7 @@ def eval_one(
     seconds = time.perf_counter() - tick
     n = len(eval_set)
     flops = importance_sampling_flops(params, n, k)
+    counted = xla_flops(model, params, n, k)
     return {
         "peer": "cvae",
         "benchmark": "nll_is",
@@ -112,6 +138,8 @@ def eval_one(
         "matmul_peak_gflops": peak_gflops,
         "dense_flops": flops,
         "fraction_of_roofline": flops / seconds / (peak_gflops * 1e9),
+        "xla_flops": counted,
+        "fraction_of_peak_xla": counted / seconds / (peak_gflops * 1e9),
         "device": device_name(),
     }
 
