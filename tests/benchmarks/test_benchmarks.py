@@ -98,14 +98,13 @@ def _benchmark(module: str, *flags: str, **env: str):
     return json.loads(out.stdout.strip().splitlines()[-1]), out
 
 
-@pytest.mark.parametrize("arch", ["seed", "iwae"])
-def test_xlas_flop_count_of_the_nll_is_the_dense_count_plus_a_few_percent_for_mlps(arch):
+def test_xlas_flop_count_of_the_nll_is_the_dense_count_plus_a_few_percent_for_mlps():
     """For MLP nets XLA's count of the importance-sampled NLL's FLOPs is the dense layers'
-    count plus the elementwise work (measured 3.8% more for both presets), and it grows
-    linearly in the images and in the samples."""
+    count plus the elementwise work (measured 3.8% more for the seed and iwae presets), and
+    it grows linearly in the images and in the samples."""
     from benchmarks import evaluation as bench_evaluation
 
-    cfg = config_lib.apply_preset(config_lib.base_config(), arch).model
+    cfg = config_lib.apply_preset(config_lib.base_config(), "seed").model
     cfg.posterior = "gaussian"
     model = model_lib.build_model(cfg, (28, 28, 1), 0, binary_data=True)
     params = model_lib.init_params(model, jax.random.key(0))
@@ -127,7 +126,7 @@ def test_xlas_flop_count_covers_the_convolutions_of_groups_of_latent_maps():
 
     cfg = mnist_deep.get_config().model
     cfg.conv_channels, cfg.groups_per_level = (8, 8), (1, 2)
-    model = model_lib.build_model(cfg, (28, 28, 1), 0, binary_data=True)
+    model = model_lib.build_model(cfg, (8, 8, 1), 0, binary_data=True)
     params = model_lib.init_params(model, jax.random.key(0))
     counted = bench_evaluation.xla_flops(model, params, 2, 10)
     assert counted > 10 * bench_evaluation.importance_sampling_flops(params, 2, 10)
