@@ -150,7 +150,8 @@ def sampler_table(groups, field: str) -> str:
         "|" + " --- |" * (len(metrics) + 3),
     ]
     for group in groups:
-        for sampler in samplers.SAMPLERS + samplers.TOP_SAMPLERS:
+        deeper = compare.deeper_top_samplers(group)
+        for sampler in samplers.SAMPLERS + samplers.TOP_SAMPLERS + deeper:
             if f"fid_{sampler}" not in group:
                 continue
             cells = []

@@ -3,7 +3,8 @@
 [--out FILE.png]``. gmm (an ex-post
 Gaussian mixture on training codes) is the default for collapsed and deterministic models,
 prior for the gaussian VAE; flow, two_stage and diffusion are the other ex-post densities
-(cvae.samplers), fitted once and saved in DIR/samplers/. With a --label, diffusion
+(cvae.samplers), fitted once and saved in DIR/samplers/; a hierarchy's KIND@top and
+KIND@topN fit them to the codes of its top layer or top N layers. With a --label, diffusion
 samples its class-conditional model, guided by --guidance W. latent_diffusion samples the
 DiT that experiments.train_latent trained on a tokenizer's code maps (DIR/latent_diffusion)."""
 
@@ -21,13 +22,13 @@ from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A workdir written by experiments.train.")
 flags.DEFINE_integer("n", 64, "Number of samples.")
-flags.DEFINE_enum(
+flags.DEFINE_string(
     "sampler",
     None,
-    list(samplers.SAMPLERS + samplers.TOP_SAMPLERS + (LATENT_DIFFUSION,)),
-    "Where latents come from: the prior or an ex-post density (KIND@top: a hierarchy's, "
-    "fitted to its top layer's codes), or latent_diffusion: the DiT trained on the run's "
-    "code maps by experiments.train_latent.",
+    f"One of {', '.join(samplers.SAMPLERS)} or {LATENT_DIFFUSION}. Where latents come from: "
+    "the prior or an ex-post density (KIND@top or KIND@topN: a hierarchy's, fitted to the "
+    "codes of its top layer or top N layers), or latent_diffusion: the DiT trained on the "
+    "run's code maps by experiments.train_latent.",
 )
 flags.DEFINE_integer("label", None, "Class of conditional samples (conditional models).")
 flags.DEFINE_float(
@@ -58,6 +59,13 @@ def main(argv):
     run = load_run(workdir)
     _check_host_memory(FLAGS.n, tuple(run.info.shape))
     sampler = FLAGS.sampler or samplers.default_sampler(run.model.posterior_family)
+    if sampler not in (*samplers.SAMPLERS, LATENT_DIFFUSION) and not samplers.is_top_sampler(
+        sampler
+    ):
+        raise cli.UsageError(
+            f"--sampler {sampler}: choose from {', '.join(samplers.SAMPLERS)}, "
+            f"{LATENT_DIFFUSION}, or KIND@top / KIND@topN (a hierarchy's top layers)"
+        )
     if FLAGS.guidance and (sampler not in GUIDED or FLAGS.label is None):
         raise cli.UsageError(
             "--guidance applies to --sampler diffusion or latent_diffusion with a --label"

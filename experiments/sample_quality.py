@@ -57,10 +57,11 @@ def main(argv):
     if FLAGS.n < 2:
         raise cli.UsageError(f"--n must be ≥ 2 (a covariance needs two samples), got {FLAGS.n}")
     known = samplers.SAMPLERS + samplers.TOP_SAMPLERS + (LATENT_DIFFUSION,)
-    unknown = sorted(set(FLAGS.samplers) - set(known))
+    unknown = sorted(s for s in set(FLAGS.samplers) - set(known) if not samplers.is_top_sampler(s))
     if unknown or not FLAGS.samplers:
         raise cli.UsageError(
-            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(known)}"
+            f"--samplers {','.join(FLAGS.samplers)}: choose from {','.join(known)} "
+            "(or KIND@topN: a hierarchy's top N layers)"
         )
     try:
         classifier, summary = sample_quality.load_classifier(classifier_dir)

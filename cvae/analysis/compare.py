@@ -184,6 +184,30 @@ SUMMARY_METRICS = (
 )
 
 
+def deeper_top_samplers(keys) -> tuple[str, ...]:
+    """The KIND@topN samplers (N ≥ 2: fits to a deep hierarchy's top layers) that the
+    sample scores among ``keys`` name, sorted; the fixed KIND@top ones are in
+    ``SUMMARY_METRICS`` already.
+
+    Args:
+      keys: score names, e.g. a run summary's ("fid_gmm@top3", …).
+
+    Returns:
+      The sampler names, e.g. ("gmm@top3",).
+    """
+    found = set()
+    for key in keys:
+        for metric in SAMPLE_METRICS:
+            sampler = key.removeprefix(f"{metric}_")
+            if (
+                sampler != key
+                and samplers.is_top_sampler(sampler)
+                and sampler not in samplers.TOP_SAMPLERS
+            ):
+                found.add(sampler)
+    return tuple(sorted(found))
+
+
 def aggregate(workdirs, group_by: str) -> list[dict]:
     """Runs grouped by the value of a config field, with statistics over each group.
 
@@ -241,7 +265,8 @@ def metric_statistics(rows) -> dict:
       {metric: (mean, std, ci95)} for every summary metric at least one row has.
     """
     out = {}
-    for metric in SUMMARY_METRICS:
+    deeper = deeper_top_samplers({key for row in rows for key in row})
+    for metric in (*SUMMARY_METRICS, *(f"{m}_{s}" for m in SAMPLE_METRICS for s in deeper)):
         values = [row[metric] for row in rows if row.get(metric) is not None]
         if values:
             out[metric] = seed_statistics(values)

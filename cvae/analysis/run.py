@@ -243,7 +243,8 @@ class Run(Restored):
           n: how many images.
           sampler: "prior", "gmm", "flow", "two_stage" or "diffusion"; None for the
             family's default (prior for the Gaussian VAE, gmm otherwise). For a hierarchy
-            also "gmm@top", …: the density fitted to the top layer's codes alone, the
+            also "gmm@top", …: the density fitted to the top layer's codes alone, or
+            "gmm@top3", …: to the top 3 layers' (a deep hierarchy's top groups), the
             layers below drawn from the model's conditionals (the model's ``descend``,
             key ``fold_in(key, 1)``). "latent_diffusion": the DiT trained on this run's
             code maps (``experiments.train_latent``; ``latent_diffusion()``), its codes
@@ -284,7 +285,7 @@ class Run(Restored):
         if sampler == LATENT_DIFFUSION:
             return self.sample_latent(key, n, labels, guidance)
         labels = self._labels(labels, n)
-        if sampler in samplers.TOP_SAMPLERS:
+        if samplers.is_top_sampler(sampler):
             return self.mean_image(self._sample_from_the_top(key, n, sampler), labels)
         if sampler == "prior":
             tempered = () if temperatures is None else (jnp.asarray(temperatures, jnp.float32),)
@@ -302,7 +303,11 @@ class Run(Restored):
                     jax.random.fold_in(key, int(label)), len(rows)
                 )
         else:
-            raise ValueError(f"sampler must be one of {samplers.SAMPLERS}, got {sampler!r}")
+            samplers.split_sampler(sampler)  # a malformed KIND@topN says what is wrong
+            raise ValueError(
+                f"sampler must be one of {samplers.SAMPLERS}, KIND@top or KIND@topN (a "
+                f"hierarchy's top layers), or {LATENT_DIFFUSION!r}; got {sampler!r}"
+            )
         return self.mean_image(z, labels)
 
     def _check_temperatures(self, temperatures, sampler) -> None:
@@ -358,19 +363,27 @@ class Run(Restored):
         return self.mean_image(drawn, self._labels(labels, n) if self.model.num_classes else None)
 
     def _sample_from_the_top(self, key, n: int, sampler: str):
-        """Codes whose top layer comes from the ex-post density of the top layer's codes
-        and whose lower layers are drawn from the model's conditionals below it."""
+        """Codes whose top N layers come from the ex-post density of those layers' codes
+        ("KIND@top": N = 1, "KIND@topN") and whose lower layers are drawn from the model's
+        conditionals below them."""
         layer_dims = self.model.layer_dims
+        kind, top = samplers.split_sampler(sampler)
         if len(layer_dims) < 2:
             raise ValueError(
                 f"sampler {sampler!r} needs a hierarchy (model.upper_latent_dims); this "
-                f"run has one stochastic layer: use {samplers.split_sampler(sampler)[0]!r}"
+                f"run has one stochastic layer: use {kind!r}"
             )
-        top = np.asarray(self.ex_post(samplers.split_sampler(sampler)[0], top=True).sample(key, n))
-        code = jnp.zeros((n, self.model.code_dim), jnp.float32).at[:, -layer_dims[-1] :].set(top)
-        return self._apply(
-            code, len(layer_dims), jax.random.fold_in(key, 1), method=self.model.descend
-        )
+        if top >= len(layer_dims):
+            raise ValueError(
+                f"sampler {sampler!r} fits the top {top} layers of {len(layer_dims)}: use "
+                f"{samplers.top_sampler_name(kind, 1)} to {kind}{samplers.TOP}"
+                f"{len(layer_dims) - 1}, or {kind!r} for all of them"
+            )
+        drawn = np.asarray(self.ex_post(kind, top=top).sample(key, n))
+        code = jnp.zeros((n, self.model.code_dim), jnp.float32)
+        code = code.at[:, -drawn.shape[1] :].set(drawn)
+        lowest_kept = len(layer_dims) - top + 1
+        return self._apply(code, lowest_kept, jax.random.fold_in(key, 1), method=self.model.descend)
 
     def interpolate(self, x0, x1, steps: int = 8, labels=None):
         """Images decoded along the straight line between the posterior means of two images.
@@ -527,7 +540,7 @@ class Run(Restored):
         return provenance.params_sha256(self.params)
 
     def ex_post(
-        self, kind: str, label: int | None = None, conditional: bool = False, top: bool = False
+        self, kind: str, label: int | None = None, conditional: bool = False, top: int = 0
     ) -> Any:
         """An ex-post density of the training codes, fitted once and saved
         (``cvae.samplers.SamplerStore``).
@@ -543,7 +556,8 @@ class Run(Restored):
           label: fit to the codes of this class only; None for all codes.
           conditional: fit one class-conditional density to every code and its label
             (the diffusion sampler).
-          top: fit to a hierarchy's top-layer codes alone (saved as "KIND@top").
+          top: fit to the codes of a hierarchy's top ``top`` layers alone (saved as
+            "KIND@top" for one, "KIND@topN" for N); 0: the whole code.
 
         Returns:
           The sampler (``sample(key, n)``, ``log_prob(z)``).
@@ -556,7 +570,7 @@ class Run(Restored):
                 self.config.ex_post,
                 self.training_codes,
                 self.info.num_classes,
-                self.model.layer_dims[-1],
+                tuple(self.model.layer_dims),
             )
         return self._store.get(kind, label, conditional, top)
 

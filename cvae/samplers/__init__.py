@@ -34,10 +34,12 @@ from cvae.samplers.registry import (
     default_sampler,
     fit,
     fit_budget,
+    is_top_sampler,
     kind_named,
     load,
     save,
     split_sampler,
+    top_sampler_name,
 )
 from cvae.samplers.store import SamplerStore
 from cvae.samplers.two_stage import TwoStageSampler, fit_two_stage
@@ -61,8 +63,10 @@ __all__ = [
     "fit_latent_flow",
     "fit_latent_mixture",
     "fit_two_stage",
+    "is_top_sampler",
     "kind_named",
     "load",
     "save",
     "split_sampler",
+    "top_sampler_name",
 ]

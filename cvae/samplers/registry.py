@@ -20,8 +20,9 @@ from cvae.samplers.kind import Kind, Sampler
 KINDS: dict[str, Kind] = {m.KIND.name: m.KIND for m in (gmm, flow, two_stage, diffusion)}
 EX_POST = tuple(KINDS)  # ("gmm", "flow", "two_stage", "diffusion")
 SAMPLERS = ("prior", *EX_POST)  # "prior": the model's own prior, its sample_prior
-# A hierarchy's ex-post densities fitted to the top layer's codes alone ("gmm@top", …); the
-# layers below are drawn from the model's p(z_{l−1} | z_l) (the model's ``descend``).
+# A hierarchy's ex-post densities fitted to the top layer's codes alone ("gmm@top", …) or
+# to its top N layers' ("gmm@top3": a deep hierarchy's top groups); the layers below are
+# drawn from the model's p(z_{l−1} | z_l) (the model's ``descend``).
 TOP = "@top"
 TOP_SAMPLERS = tuple(f"{kind}{TOP}" for kind in EX_POST)
 META = "sampler.json"
@@ -47,17 +48,61 @@ def kind_named(name: str) -> Kind:
     return KINDS[name]
 
 
-def split_sampler(name: str) -> tuple[str, bool]:
-    """``"gmm@top"`` → ("gmm", True); ``"gmm"`` → ("gmm", False).
+def split_sampler(name: str) -> tuple[str, int]:
+    """``"gmm"`` → ("gmm", 0); ``"gmm@top"`` → ("gmm", 1); ``"gmm@top3"`` → ("gmm", 3).
 
     Args:
       name: a sampler's name.
 
     Returns:
-      (the sampler kind, whether it is fitted to a hierarchy's top-layer codes).
+      (the sampler kind, how many of a hierarchy's top layers its density is fitted to;
+      0: the whole code).
+
+    Raises:
+      ValueError: a count after "@top" that is not a positive integer, in one line.
     """
-    kind, top = name.removesuffix(TOP), name.endswith(TOP)
-    return kind, top
+    kind, marker, count = name.partition(TOP)
+    if not marker:
+        return name, 0
+    if not count:
+        return kind, 1
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(
+            f"sampler {name!r}: write {kind}{TOP} for the top layer's codes or "
+            f"{kind}{TOP}N, N ≥ 1, for the top N layers'"
+        )
+    return kind, int(count)
+
+
+def is_top_sampler(name: str) -> bool:
+    """Whether ``name`` is an ex-post kind fitted to a hierarchy's top layers ("gmm@top",
+    "flow@top2", …); a malformed count is not one (``split_sampler`` says why).
+
+    Args:
+      name: a sampler's name.
+
+    Returns:
+      True for KIND@top and KIND@topN with KIND an ex-post kind and N ≥ 1.
+    """
+    try:
+        kind, top = split_sampler(name)
+    except ValueError:
+        return False
+    return kind in KINDS and top >= 1
+
+
+def top_sampler_name(kind: str, top: int) -> str:
+    """The name of ``kind`` fitted to a hierarchy's top ``top`` layers: "gmm@top" for one
+    (the name runs saved before counts existed), "gmm@top3" for three.
+
+    Args:
+      kind: an ex-post kind.
+      top: how many top layers, ≥ 1.
+
+    Returns:
+      The sampler's name (also its directory in a run's samplers/).
+    """
+    return f"{kind}{TOP}" if top == 1 else f"{kind}{TOP}{top}"
 
 
 def default_sampler(posterior_family: str) -> str:

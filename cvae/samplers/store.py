@@ -36,7 +36,8 @@ class SamplerStore:
       budget: the fits' lengths, a config's ``ex_post`` section (None: the defaults).
       training_codes: () → (codes (N, d), labels (N,) or None): the codes to fit.
       num_classes: the data's classes (for a class-conditional fit).
-      top_dim: the size of the model's top layer (for fits to top-layer codes).
+      layer_dims: the sizes of the model's layers, z₁'s first (for fits to the codes of
+        its top layers).
     """
 
     workdir: Workdir
@@ -45,11 +46,11 @@ class SamplerStore:
     budget: Any
     training_codes: Callable[[], tuple[np.ndarray, np.ndarray | None]]
     num_classes: int
-    top_dim: int
+    layer_dims: tuple[int, ...]
     _fitted: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def get(
-        self, kind: str, label: int | None = None, conditional: bool = False, top: bool = False
+        self, kind: str, label: int | None = None, conditional: bool = False, top: int = 0
     ) -> Sampler:
         """An ex-post density of the training codes, fitted once and saved.
 
@@ -58,17 +59,25 @@ class SamplerStore:
           label: fit to the codes of this class only; None for all codes.
           conditional: fit one class-conditional density to every code and its label
             (the diffusion sampler).
-          top: fit to a hierarchy's top-layer codes alone (saved as "KIND@top").
+          top: fit to the codes of a hierarchy's top ``top`` layers alone (saved as
+            "KIND@top" for one, "KIND@topN" for N); 0: the whole code.
 
         Returns:
           The sampler (``sample(key, n)``, ``log_prob(z)``).
 
         Raises:
-          ValueError: an unknown kind, or a conditional fit without labelled data.
+          ValueError: an unknown kind, a conditional fit without labelled data, or more
+            top layers than the model has below its bottom one.
         """
+        top = int(top)
+        if not 0 <= top < len(self.layer_dims):
+            raise ValueError(
+                f"a density over a model's top layers fits 1 to {len(self.layer_dims) - 1} of "
+                f"its {len(self.layer_dims)}, got {top} (all of them: the {kind!r} sampler)"
+            )
         name = kind if label is None else f"{kind}-label{label}"
         name = f"{kind}-conditional" if conditional else name
-        name = f"{name}{registry.TOP}" if top else name
+        name = registry.top_sampler_name(name, top) if top else name
         budget = registry.fit_budget(self.budget, kind)
         memo = (name, tuple(sorted(budget.items())))
         if memo not in self._fitted:
@@ -109,7 +118,7 @@ class SamplerStore:
         if label is not None:
             codes = codes[np.asarray(labels) == label]
         if top:
-            codes = codes[:, -self.top_dim :]
+            codes = codes[:, -sum(self.layer_dims[-top:]) :]
         key = jax.random.fold_in(jax.random.key(self.seed), registry.EX_POST.index(kind))
         registry.kind_named(kind).check(codes)  # a refusal, before any announcement
         # Every fit says what it is doing: even the mixture's EM takes a minute on 60,000

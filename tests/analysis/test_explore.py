@@ -85,6 +85,41 @@ def test_a_top_layer_sampler_draws_the_lower_layers_from_the_model(two_layers, r
 
 
 @pytest.mark.slow
+def test_a_top_groups_sampler_fits_the_top_layers_and_descends_from_below_them(tmp_path):
+    """``gmm@top2`` on three layers: one mixture fitted to the top two layers' codes
+    (saved as samplers/gmm@top2), its draws the top two layers of the codes, z₁ drawn from
+    p(z₁|z₂); a density over every layer, or a malformed count, is refused in one line."""
+    import jax
+
+    cfg = make_test_config(
+        **{
+            "model.upper_latent_dims": (3, 2),
+            "model.upper_widths": ((8,), (8,)),
+            "model.posterior": "gaussian",
+            "train.num_epochs": 1,
+        }
+    )
+    training.train_and_evaluate(cfg, tmp_path)
+    run, key = cvae.load_run(tmp_path), jax.random.key(4)
+    codes = np.asarray(run._sample_from_the_top(key, 6, "gmm@top2"))
+    top = np.asarray(run.ex_post("gmm", top=2).sample(key, 6))
+    assert top.shape == (6, 5) and codes.shape == (6, 9)
+    np.testing.assert_array_equal(codes[:, 4:], top)
+    drawn = run.model.apply(
+        {"params": run.params}, codes, 2, jax.random.fold_in(key, 1), method=run.model.descend
+    )
+    np.testing.assert_allclose(codes, drawn, atol=1e-6)
+    assert np.asarray(run.ex_post("gmm", top=1).sample(key, 2)).shape == (2, 2)  # another fit
+    images = run.sample(key, 6, sampler="gmm@top2")
+    assert images.shape == (6, 8, 8, 1) and np.all(np.isfinite(images))
+    assert (run.workdir / "samplers" / "gmm@top2").is_dir()
+    with pytest.raises(ValueError, match=r"fits the top 3 layers of 3: use gmm@top to gmm@top2"):
+        run.sample(key, 2, sampler="gmm@top3")
+    with pytest.raises(ValueError, match=r"^sampler 'gmm@topx': write gmm@top for"):
+        run.sample(key, 2, sampler="gmm@topx")
+
+
+@pytest.mark.slow
 def test_layer_resampling_redraws_one_layer_and_temperatures_reach_the_images(two_layers, run_2d):
     """Each row redraws one layer of x's code (every other kept) and decodes it — this run's
     decoder reads z₁ alone, so a redrawn z₂ leaves the images as they were; a one-layer
@@ -407,3 +442,17 @@ def test_many_samples_and_codes_are_drawn_in_chunks_with_the_documented_keys(run
     mean, _ = run_2d.encode(x)
     whole = np.concatenate([np.asarray(run_2d.encode(x[i : i + 4])[0]) for i in (0, 4, 8)])
     np.testing.assert_array_equal(mean, whole)
+
+
+def test_scores_of_a_top_groups_sampler_are_summarised_with_the_others():
+    """A run scored with ``gmm@top3`` (sample_quality.json) has its FID averaged over
+    seeds like the fixed samplers'; names that only look alike are not samplers."""
+    rows = [
+        {"fid_gmm": 4.0, "fid_gmm@top3": 2.0, "recall_gmm@top3": 0.5},
+        {"fid_gmm": 6.0, "fid_gmm@top3": 4.0, "memorised_features_gmm@top3": 0.0},
+    ]
+    assert compare.deeper_top_samplers({k for row in rows for k in row}) == ("gmm@top3",)
+    assert compare.deeper_top_samplers({"fid_gmm@top", "fid_prior@top2", "fid_gmm@topx"}) == ()
+    stats = compare.metric_statistics(rows)
+    assert stats["fid_gmm@top3"][0] == 3.0 and stats["fid_gmm"][0] == 5.0
+    assert stats["recall_gmm@top3"][0] == 0.5 and stats["memorised_features_gmm@top3"][0] == 0.0

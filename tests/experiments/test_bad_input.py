@@ -158,6 +158,16 @@ def run_dir(tmp_path_factory):
             ["experiments.sample", "--workdir", "RUN", "--sampler", "latent_diffusion"],
             "holds no latent diffusion run; train one with experiments.train_latent",
         ),
+        (
+            ["experiments.sample", "--workdir", "RUN", "--sampler", "gmm@tpo2"],
+            "--sampler gmm@tpo2: choose from prior, gmm, flow, two_stage, diffusion, "
+            "latent_diffusion, or KIND@top / KIND@topN (a hierarchy's top layers)",
+        ),
+        (
+            ["experiments.sample", "--workdir", "RUN", "--sampler", "gmm@top2"],
+            "needs a hierarchy (model.upper_latent_dims); this run has one stochastic "
+            "layer: use 'gmm'",
+        ),
     ],
 )
 def test_bad_use_is_one_line_status_2_and_no_traceback(args, pattern, tmp_path, run_dir):

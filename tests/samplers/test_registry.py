@@ -38,3 +38,20 @@ def test_load_reads_the_kind_the_saved_files_name(tmp_path):
         samplers.load(tmp_path / "a")
     with pytest.raises(ValueError, match="got 'nonesuch'"):
         samplers.fit("nonesuch", codes, jax.random.key(0))
+
+
+def test_a_samplers_name_says_its_kind_and_how_many_top_layers_it_fits():
+    assert samplers.split_sampler("gmm") == ("gmm", 0)
+    assert samplers.split_sampler("gmm@top") == ("gmm", 1)
+    assert samplers.split_sampler("flow@top3") == ("flow", 3)
+    for bad in ("gmm@top0", "gmm@topx", "gmm@top-2"):
+        with pytest.raises(ValueError, match=r"write gmm@top for the top layer's codes or"):
+            samplers.split_sampler(bad)
+        assert not samplers.is_top_sampler(bad)
+    assert samplers.is_top_sampler("diffusion@top12") and samplers.is_top_sampler("gmm@top")
+    assert not samplers.is_top_sampler("prior@top2") and not samplers.is_top_sampler("gmm")
+    # one top layer keeps the name runs saved before counts existed
+    assert samplers.top_sampler_name("gmm", 1) == "gmm@top"
+    assert samplers.top_sampler_name("two_stage", 4) == "two_stage@top4"
+    for name in ("gmm@top", "two_stage@top4"):
+        assert samplers.top_sampler_name(*samplers.split_sampler(name)) == name
