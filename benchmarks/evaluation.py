@@ -85,7 +85,7 @@ def xla_flops(model, params, num_examples: int, k: int, probe: int = 4) -> float
 
     once, twice = counted(probe), counted(2 * probe)
     per_sample = (twice - once) / probe
-    return num_examples * (once - per_sample * probe + per_sample * k)
+    return num_examples * (once + per_sample * (k - probe))
 
 
 def eval_one(

@@ -366,23 +366,12 @@ class Run(Restored):
         """Codes whose top N layers come from the ex-post density of those layers' codes
         ("KIND@top": N = 1, "KIND@topN") and whose lower layers are drawn from the model's
         conditionals below them."""
-        layer_dims = self.model.layer_dims
         kind, top = samplers.split_sampler(sampler)
-        if len(layer_dims) < 2:
-            raise ValueError(
-                f"sampler {sampler!r} needs a hierarchy (model.upper_latent_dims); this "
-                f"run has one stochastic layer: use {kind!r}"
-            )
-        if top >= len(layer_dims):
-            raise ValueError(
-                f"sampler {sampler!r} fits the top {top} layers of {len(layer_dims)}: use "
-                f"{samplers.top_sampler_name(kind, 1)} to {kind}{samplers.TOP}"
-                f"{len(layer_dims) - 1}, or {kind!r} for all of them"
-            )
+        # the store refuses a count the model's layers cannot hold, before any fit
         drawn = np.asarray(self.ex_post(kind, top=top).sample(key, n))
         code = jnp.zeros((n, self.model.code_dim), jnp.float32)
         code = code.at[:, -drawn.shape[1] :].set(drawn)
-        lowest_kept = len(layer_dims) - top + 1
+        lowest_kept = len(self.model.layer_dims) - top + 1
         return self._apply(code, lowest_kept, jax.random.fold_in(key, 1), method=self.model.descend)
 
     def interpolate(self, x0, x1, steps: int = 8, labels=None):

@@ -66,14 +66,20 @@ class SamplerStore:
           The sampler (``sample(key, n)``, ``log_prob(z)``).
 
         Raises:
-          ValueError: an unknown kind, a conditional fit without labelled data, or more
-            top layers than the model has below its bottom one.
+          ValueError: an unknown kind, a conditional fit without labelled data, top layers
+            of a one-layer model, or as many top layers as the model has or more.
         """
-        top = int(top)
-        if not 0 <= top < len(self.layer_dims):
+        top, layers = int(top), len(self.layer_dims)
+        if top and layers < 2:
             raise ValueError(
-                f"a density over a model's top layers fits 1 to {len(self.layer_dims) - 1} of "
-                f"its {len(self.layer_dims)}, got {top} (all of them: the {kind!r} sampler)"
+                f"sampler {registry.top_sampler_name(kind, top)!r} needs a hierarchy "
+                f"(model.upper_latent_dims); this run has one stochastic layer: use {kind!r}"
+            )
+        if not 0 <= top < layers:
+            raise ValueError(
+                f"sampler {registry.top_sampler_name(kind, top)!r} fits the top {top} layers "
+                f"of {layers}: use {registry.top_sampler_name(kind, 1)} to "
+                f"{registry.top_sampler_name(kind, layers - 1)}, or {kind!r} for all of them"
             )
         name = kind if label is None else f"{kind}-label{label}"
         name = f"{kind}-conditional" if conditional else name
