@@ -29,6 +29,7 @@ from benchmarks.common import (  # noqa: E402
     bench_config,
     dense_flops_per_example,
     device_name,
+    epoch_examples,
     peak_rss_mb,
     timed_throughput,
 )
@@ -53,14 +54,13 @@ def members_one(arch, batch_size, epochs, init, seed, data_dir, members, peak_gf
     solo_configs = [config_lib.from_dict(c.to_dict()) for c in configs]
     for cfg in solo_configs:  # ... a run alone takes one (what experiments.train does on CPU)
         cfg.train.num_devices = 1
-    per_epoch_examples = (60000 // batch_size) * batch_size
     with tempfile.TemporaryDirectory(prefix="cvae_bench_") as workdir:
         solo_s, solo_elbo = 0.0, []
         for i, cfg in enumerate(solo_configs):
             result = train_and_evaluate(cfg, f"{workdir}/solo{i}")
-            _, epoch_s = timed_throughput(
-                Workdir(f"{workdir}/solo{i}").read_metrics("train"), per_epoch_examples
-            )
+            records = Workdir(f"{workdir}/solo{i}").read_metrics("train")
+            per_epoch_examples = epoch_examples(records, batch_size)
+            _, epoch_s = timed_throughput(records, per_epoch_examples)
             solo_s += sum(epoch_s[1:])
             solo_elbo.append(-result.final_metrics["elbo"])
         solo_rss = peak_rss_mb()

@@ -17,6 +17,7 @@ from benchmarks.common import (
     bench_config,
     dense_flops_per_example,
     device_name,
+    epoch_examples,
     peak_rss_mb,
     timed_throughput,
 )
@@ -39,8 +40,7 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="cvae_bench_") as workdir:
         result = train_and_evaluate(cfg, workdir)
         records = Workdir(workdir).read_metrics("train")
-    per_epoch_examples = (60000 // batch_size) * batch_size
-    throughput, epoch_s = timed_throughput(records, per_epoch_examples)
+    throughput, epoch_s = timed_throughput(records, epoch_examples(records, batch_size))
     flops = dense_flops_per_example(arch)
     return {
         "peer": "cvae",
