@@ -31,6 +31,9 @@ flags.DEFINE_string(
     "The MNIST images: the TFDS name, or npz:PATH holding "
     "x, y, x_test, y_test (for a machine without the TFDS files).",
 )
+flags.DEFINE_string(
+    "train_split", "train", "The training images, e.g. train[:10000] for a shorter epoch."
+)
 FLAGS = flags.FLAGS
 
 IMAGE_PIXELS = 784
@@ -66,6 +69,7 @@ def bench_config(arch, batch_size, epochs, init, seed, data_dir):
     c.seed = seed
     c.data.name = FLAGS.dataset
     c.data.data_dir = data_dir
+    c.data.train_split = FLAGS.train_split
     c.data.validation_size = 0
     c.model.posterior = "gaussian"
     c.model.init = init
