@@ -10,7 +10,10 @@ second, and ``fraction_of_roofline``: the dense layers' forward FLOPs (N·K deco
 weight) over the time, as a fraction of the f32 matmul
 peak measured in the same process; and ``fraction_of_peak_xla``, the same with XLA's own
 count of every operation (convolutions included: the figure for conv nets and groups of
-latent maps). Params are the preset's random initialisation (the
+latent maps); and ``fraction_of_op_roofline``, the time one chunk's matrix products and
+convolutions take when each runs alone (``benchmarks.roofline``) over the time the
+evaluation took for as much work — the ceiling for conv nets, whose small convolutions
+XLA:CPU runs well below the matmul peak. Params are the preset's random initialisation (the
 speed does not depend on them), or a trained run's with ``--workdir``. The host's cores
 are split into one device each, as experiments.evaluate does. Results: docs/performance.md.
 """
@@ -27,6 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
+from benchmarks import roofline  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     FLAGS,
     bench_config,
@@ -88,6 +92,22 @@ def xla_flops(model, params, num_examples: int, k: int, probe: int = 4) -> float
     return num_examples * (once + per_sample * (k - probe))
 
 
+def chunk_roofline(model, params, images: int, draws: int) -> roofline.Roofline:
+    """The op roofline (``benchmarks.roofline``) of one chunk of the evaluation on one
+    device: ``log_importance_weights`` of ``images`` images with ``draws`` samples each. Its
+    rate, images·draws over its time, is the evaluation's ceiling on this machine (the work
+    that reads x alone is counted per chunk, as if recomputed: a slight overestimate of
+    the ceiling's time when the chunks are few)."""
+    x = jnp.zeros((images, *model.event_shape), jnp.float32)
+    labels = jnp.zeros((images,), jnp.int32) if model.num_classes else None
+    return roofline.op_roofline(
+        lambda p, x, key: objectives.log_importance_weights(model, p, x, key, draws, labels),
+        params,
+        x,
+        jax.random.key(0),
+    )
+
+
 def eval_one(
     arch, k, num_examples, batch_size, chunk_size, seed, data_dir, workdir, peak_gflops
 ) -> dict:
@@ -120,6 +140,11 @@ def eval_one(
     n = len(eval_set)
     flops = importance_sampling_flops(params, n, k)
     counted = xla_flops(model, params, n, k)
+    devices = jax.local_device_count()
+    batch = evaluation.evaluation_batch_size(batch_size, n, devices)
+    chunk = chunk_size or evaluation.auto_chunk_size(batch, k)
+    roof = chunk_roofline(model, params, batch // devices, chunk)
+    roofline_rate = batch // devices * chunk / roof.seconds
     return {
         "peer": "cvae",
         "benchmark": "nll_is",
@@ -127,10 +152,7 @@ def eval_one(
         "k": k,
         "num_examples": n,
         "batch_size": batch_size,
-        "chunk_size": chunk_size
-        or evaluation.auto_chunk_size(
-            evaluation.evaluation_batch_size(batch_size, n, jax.local_device_count()), k
-        ),
+        "chunk_size": chunk,
         "seconds": seconds,
         "first_batch_s": compile_s,
         "image_samples_per_s": n * k / seconds,
@@ -140,6 +162,10 @@ def eval_one(
         "fraction_of_roofline": flops / seconds / (peak_gflops * 1e9),
         "xla_flops": counted,
         "fraction_of_peak_xla": counted / seconds / (peak_gflops * 1e9),
+        "op_roofline_image_samples_per_s": roofline_rate,
+        "fraction_of_op_roofline": n * k / seconds / roofline_rate,
+        "op_roofline_gflops": roof.flops / roof.seconds / 1e9,
+        "slowest_ops": roof.slowest(3),
         "device": device_name(),
     }
 

@@ -118,6 +118,66 @@ def _benchmark(module: str, *flags: str, **env: str):
     return json.loads(out.stdout.strip().splitlines()[-1]), out
 
 
+def test_the_op_roofline_counts_each_product_and_convolution_as_often_as_it_runs():
+    """Three matmuls in a scan and one convolution, inside a jitted function: each counted
+    as often as it runs, with XLA's FLOPs for one run (2·m·k·n for the matmul; for the 3×3
+    SAME convolution 2 per tap that lands inside the 8×8 map: 22² per map and channel), and
+    the roofline's time each op's best time alone times its count."""
+    import jax.numpy as jnp
+
+    from benchmarks import roofline
+
+    def fn(w, x, kernel):
+        h, _ = jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), x, None, length=3)
+        maps = h.reshape(4, 8, 8, 1)
+        return jax.lax.conv_general_dilated(
+            maps, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    roof = roofline.op_roofline(
+        jax.jit(fn), jnp.ones((64, 64)), jnp.ones((4, 64)), jnp.ones((3, 3, 1, 2)), repeats=2
+    )
+    conv, dot = sorted(roof.ops, key=lambda op: op.equation.primitive.name)
+    assert (dot.equation.primitive.name, dot.count, dot.flops) == (
+        "dot_general",
+        3,
+        2 * 4 * 64 * 64,
+    )
+    assert (conv.count, conv.flops) == (1, 2 * 4 * 2 * 22**2)
+    assert roof.flops == 3 * dot.flops + conv.flops
+    assert roof.seconds == pytest.approx(3 * dot.seconds + conv.seconds)
+    assert roof.slowest(1)[0].startswith(("dot_general", "conv_general_dilated"))
+
+
+def test_the_op_roofline_refuses_a_product_inside_a_loop_of_unknown_length():
+    import jax.numpy as jnp
+
+    from benchmarks import roofline
+
+    def loop(w, x):
+        return jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] @ w), (0, x))
+
+    with pytest.raises(ValueError, match="inside a while: how often it runs"):
+        roofline.heavy_ops(loop, jnp.ones((8, 8)), jnp.ones((2, 8)))
+
+
+@requires_mnist
+def test_bench_evaluation_relates_its_speed_to_the_peak_and_to_its_op_roofline():
+    out = run_cli(
+        "benchmarks.evaluation",
+        *["--arch", "seed", "--k", "8", "--num_examples", "32", "--eval_batch_size", "16"],
+        *["--data_dir", mnist_data_dir()],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["image_samples_per_s"] == pytest.approx(32 * 8 / record["seconds"])
+    assert record["fraction_of_op_roofline"] == pytest.approx(
+        record["image_samples_per_s"] / record["op_roofline_image_samples_per_s"]
+    )
+    assert record["op_roofline_gflops"] > 0 and len(record["slowest_ops"]) == 3
+    assert record["slowest_ops"][0].startswith("dot_general")  # an MLP: matmuls only
+
+
 def test_xlas_flop_count_of_the_nll_is_the_dense_count_plus_a_few_percent_for_mlps():
     """For MLP nets XLA's count of the importance-sampled NLL's FLOPs is the dense layers'
     count plus the elementwise work (measured 3.8% more for the seed and iwae presets), and
