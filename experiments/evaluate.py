@@ -5,7 +5,9 @@ prints a table. A sweep directory (``experiments.sweep``) evaluates every finish
 and writes each member's eval.json (members of one grid point share a compiled program).
 K, the batch and the chunk default to the run's ``eval`` config
 (``eval.num_importance_samples``, ``eval.batch_size``, ``eval.chunk_size``); the flags
-override them. Memory is bounded for any K (importance samples are chunked).
+override them. Memory is bounded for any K (importance samples are chunked). After each
+batch the scores so far are kept in DIR/eval_partial.npz: a killed evaluation, rerun with
+the same flags, resumes at the batch it had reached and ends with the same numbers.
 
 On a CPU host the evaluation is split into one XLA device per core
 (``experiments.cpu_cores``; set ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` to
@@ -68,8 +70,10 @@ def main(argv):
         batch_size=FLAGS.batch_size,
         chunk_size=FLAGS.chunk_size,
         progress=True,
+        resumable=True,
     )
     path = Workdir(workdir).write_eval(result)
+    Workdir(workdir).partial_eval_path.unlink(missing_ok=True)  # the scores are written
     print(evaluation.format_table(result, run.model.posterior_family))
     print(f"wrote {path}")
 

@@ -31,13 +31,15 @@ import dataclasses
 import functools
 import logging
 import math
+import pathlib
 
 import jax
 import numpy as np
 
-from cvae import data, parallel
+from cvae import data, faults, parallel
 from cvae import progress as progress_lib
 from cvae.evaluation import metrics
+from cvae.evaluation.partial import Partial, PartialScores, params_digest
 from cvae.models import objectives
 
 EVAL_SEED = 0  # the key of every evaluation draw: scores are comparable across runs
@@ -224,6 +226,8 @@ def evaluate(
     code_l2: float = 0.0,
     progress: bool = False,
     description: str = "evaluate",
+    partial_path: str | pathlib.Path | None = None,
+    partial_key: dict | None = None,
 ) -> dict:
     """Scores ``params`` on ``eval_set``: means in nats over every example.
 
@@ -243,6 +247,12 @@ def evaluate(
         (λ/2)‖μ‖² (0 for the plain autoencoder).
       progress: show a progress bar.
       description: the progress bar's label.
+      partial_path: where to keep the partial scores after each batch
+        (``cvae.evaluation.partial``), and to resume from when they are this
+        evaluation's; None keeps nothing. The caller removes the file once it has written
+        the finished scores.
+      partial_key: what else identifies the evaluation in that file (e.g. its split);
+        the examples, batch, K, chunk, devices and a digest of the params are added.
 
     Returns:
       ``elbo``, ``recon``, ``kl``, ``loss`` (= −elbo),
@@ -290,11 +300,28 @@ def evaluate(
     num_batches = math.ceil(n / bs)
     if progress and not progress_lib.on_terminal():  # no bar: one line says what runs
         logging.getLogger("cvae").info("%s: %d examples, K=%d", description, n, k)
+    saved, start = None, 0
+    if partial_path is not None:
+        key = dict(partial_key or {}, num_examples=n, batch_size=bs, k=k, chunk=chunk)
+        key.update(devices=mesh.size, code_l2=float(code_l2), params=params_digest(params))
+        saved = PartialScores(partial_path, key)
+        restored = saved.load()
+        if restored is not None and restored.next_batch <= num_batches:
+            start, sums, moments = restored.next_batch, restored.sums, restored.moments
+            logging.getLogger("cvae").info(
+                "%s: resuming at batch %d of %d (%s)", description, start, num_batches, saved.path
+            )
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
-        pending = reader.submit(read, 0)
+        pending = reader.submit(read, start) if start < num_batches else None
         for b in progress_lib.bar(
-            range(num_batches), desc=f"{description} (K={k})", unit="batch", enabled=progress
+            range(start, num_batches),
+            desc=f"{description} (K={k})",
+            unit="batch",
+            enabled=progress,
+            initial=start,
+            total=num_batches,
         ):
+            assert pending is not None  # submitted for every batch of the loop
             images, labels, real = pending.result()
             if b + 1 < num_batches:  # read the next batch while this one is scored
                 pending = reader.submit(read, b + 1)
@@ -307,6 +334,9 @@ def evaluate(
             for name in sums:
                 sums[name] += float(np.sum(out[name][:real], dtype=np.float64))
             moments.add(out["mean"][:real])
+            if saved is not None:
+                saved.save(Partial(b + 1, sums, moments))
+            faults.fault_point("evaluate_batch")  # the crash tests' kill between batches
     result = {name: sums[name] / n for name in means}
     result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n, k=k)
     # The codes' scale: σ₀ compares across models only relative to it.

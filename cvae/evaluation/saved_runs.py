@@ -24,6 +24,7 @@ def evaluate_run(
     batch_size: int | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
+    resumable: bool = False,
 ) -> dict:
     """Scores of a split of a restored run through the one evaluation core.
 
@@ -38,6 +39,10 @@ def evaluate_run(
       batch_size: examples per batch; None for the run's ``eval`` config.
       chunk_size: importance samples at once; None for the run's ``eval`` config.
       progress: show a progress bar.
+      resumable: keep the partial scores in the workdir after each batch
+        (``Workdir.partial_eval_path``) and resume from them when they are this
+        evaluation's (same split, checkpoint, K, batch, chunk, devices); the caller
+        removes them once the scores are written.
 
     Returns:
       What ``cvae.evaluation.evaluate`` returns, and the ``split``.
@@ -57,6 +62,8 @@ def evaluate_run(
         code_l2=cfg.model.code_l2,
         progress=progress,
         description=f"evaluate {split}",
+        partial_path=Workdir(run.workdir).partial_eval_path if resumable else None,
+        partial_key={"split": split, "checkpoint_step": run.meta.get("step")},
     )
     return {**result, "split": split}
 
@@ -94,8 +101,14 @@ def evaluate_sweep(
     results = {}
     for workdir in members[0]:
         scores = evaluate_run(
-            restore(workdir), split, k, batch_size=batch_size, chunk_size=chunk_size
+            restore(workdir),
+            split,
+            k,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            resumable=True,
         )
         Workdir(workdir).write_eval(scores)
+        Workdir(workdir).partial_eval_path.unlink(missing_ok=True)
         results[str(workdir.relative_to(directory))] = scores
     return results

@@ -121,6 +121,7 @@ class Workdir:
     CONFIG = "config.json"
     METRICS = "metrics.jsonl"
     EVAL = "eval.json"
+    EVAL_PARTIAL = "eval_partial.npz"  # an unfinished evaluation's scores so far
     SAMPLE_QUALITY = "sample_quality.json"
     PROVENANCE = "provenance.json"
     CONFIG_HISTORY = "config_history.jsonl"  # one record per resume that changed the config
@@ -137,6 +138,7 @@ class Workdir:
         IMAGES,
         METRICS,
         EVAL,
+        EVAL_PARTIAL,
         SAMPLE_QUALITY,
         PROVENANCE,
         DATA_INFO,
@@ -176,6 +178,12 @@ class Workdir:
     def eval_path(self) -> pathlib.Path:
         """DIR/eval.json"""
         return self.path / self.EVAL
+
+    @property
+    def partial_eval_path(self) -> pathlib.Path:
+        """DIR/eval_partial.npz: an unfinished evaluation's scores so far
+        (``cvae.evaluation.partial``), removed once eval.json is written."""
+        return self.path / self.EVAL_PARTIAL
 
     @property
     def sample_quality_path(self) -> pathlib.Path:

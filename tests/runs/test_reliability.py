@@ -368,3 +368,67 @@ def test_a_sigterm_between_evaluations_resumes_to_the_uninterrupted_run_record_f
     rerun = _train_cli(tmp_path / "split", extra=SELECTING)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     _assert_same_run(tmp_path / "split", tmp_path / "whole")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A one-epoch digits run and its uninterrupted evaluation's scores (K = 5, batches of
+    100 of the 297 test digits: 3 batches)."""
+    workdir = tmp_path_factory.mktemp("evaluated")
+    training.train_and_evaluate(make_test_config(**{"train.num_epochs": 1}), workdir)
+    out = _evaluate_cli(workdir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return workdir, Workdir(workdir).read_eval()
+
+
+def _evaluate_cli(workdir, fault=None, k=5):
+    return launcher.run(
+        "experiments.evaluate",
+        *["--workdir", str(workdir), "--k", str(k), "--batch_size", "100"],
+        env={"CVAE_FAULT": fault},
+    )
+
+
+@pytest.mark.parametrize(
+    "fault, resumed_at",
+    [
+        ("evaluate_batch:2", 2),  # between batches, after the second batch's scores
+        ("partial_scores_save:3", 2),  # inside the third save, before its rename
+    ],
+)
+def test_a_killed_evaluation_resumes_at_its_batch_and_ends_with_the_same_scores(
+    evaluated, tmp_path, fault, resumed_at
+):
+    """A SIGKILLed ``experiments.evaluate`` leaves its partial scores (never a torn file);
+    the same command resumes at the batch they reached, writes the scores of an evaluation
+    never stopped — bitwise — and removes them."""
+    source, expected = evaluated
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    Workdir(workdir).eval_path.unlink()
+    killed = _evaluate_cli(workdir, fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    partial = Workdir(workdir).partial_eval_path
+    assert partial.exists() and not Workdir(workdir).eval_path.exists()
+    rerun = _evaluate_cli(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming at batch {resumed_at} of 3" in rerun.stderr
+    assert Workdir(workdir).read_eval() == expected
+    assert not partial.exists() and not list(workdir.glob(".eval_partial*"))
+
+
+def test_partial_scores_of_another_evaluation_are_ignored_with_a_warning(evaluated, tmp_path):
+    """Partial scores left by K = 5 do not leak into a K = 3 evaluation: it says so, starts
+    from the first batch and ends with what K = 3 scores without them."""
+    source, _ = evaluated
+    workdir, reference = tmp_path / "run", tmp_path / "reference"
+    shutil.copytree(source, workdir)
+    shutil.copytree(source, reference)
+    assert _evaluate_cli(workdir, "evaluate_batch:2").returncode == -9
+    other = _evaluate_cli(workdir, k=3)
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "belong to another evaluation (k)" in other.stderr
+    assert "resuming" not in other.stderr
+    assert _evaluate_cli(reference, k=3).returncode == 0
+    assert Workdir(workdir).read_eval() == Workdir(reference).read_eval()
+    assert not Workdir(workdir).partial_eval_path.exists()
