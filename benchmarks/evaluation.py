@@ -142,7 +142,9 @@ def eval_one(
     counted = xla_flops(model, params, n, k)
     devices = jax.local_device_count()
     batch = evaluation.evaluation_batch_size(batch_size, n, devices)
-    chunk = chunk_size or evaluation.auto_chunk_size(batch, k)
+    chunk = chunk_size or evaluation.auto_chunk_size(
+        batch, k, evaluation.sample_row_elements(model)
+    )
     roof = chunk_roofline(model, params, batch // devices, chunk)
     roofline_rate = batch // devices * chunk / roof.seconds
     return {

@@ -3,6 +3,7 @@ and the quality of samples.
 
 * ``core``: ``evaluate(model, params, EvalSet(...))`` — ELBO, reconstruction, KL, the
   importance-sampled log p(x) and active units, read batch by batch over a mesh;
+* ``partial``: the scores of the batches done, kept so a killed evaluation resumes;
 * ``saved_runs``: a restored run scored with its own settings (``evaluate_run``), and every
   finished member of a sweep directory (``evaluate_sweep``);
 * ``metrics``: importance-sampled log-likelihood, active units, running moments, KL per
@@ -22,6 +23,7 @@ from cvae.evaluation.core import (
     evaluate,
     evaluation_batch_size,
     format_table,
+    sample_row_elements,
 )
 from cvae.evaluation.saved_runs import evaluate_run, evaluate_sweep
 
@@ -33,4 +35,5 @@ __all__ = [
     "evaluate_sweep",
     "evaluation_batch_size",
     "format_table",
+    "sample_row_elements",
 ]

@@ -44,6 +44,8 @@ from cvae.models import objectives
 
 EVAL_SEED = 0  # the key of every evaluation draw: scores are comparable across runs
 CHUNK_ROWS = 5000  # decoder rows per importance-sampling chunk when chunk_size = 0 (auto)
+MNIST_PIXELS = 784  # an MLP's widest array per row: its logits
+CHUNK_ELEMENTS = CHUNK_ROWS * MNIST_PIXELS  # what a chunk's widest array holds (auto)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,20 +136,72 @@ class EvalSet:
         return images, (np.concatenate([b[1] for b in batches]) if labelled else None)
 
 
-def auto_chunk_size(batch_size: int, k: int) -> int:
-    """Importance samples per chunk giving about ``CHUNK_ROWS`` decoder rows.
+def auto_chunk_size(batch_size: int, k: int, row_elements: int = MNIST_PIXELS) -> int:
+    """Importance samples per chunk whose widest array holds about ``CHUNK_ELEMENTS``
+    numbers: ``CHUNK_ROWS`` rows (image × sample) of an MLP's 784 logits, fewer of a conv
+    net's wider maps.
 
-    Measured on XLA:CPU (seed architecture): 5,000 rows keep the decoder's output near the
-    cache and amortise the loop's per-iteration cost; 25,000 rows ran at half the speed.
+    Measured on XLA:CPU: for the seed MLP 5,000 rows keep the decoder's output near the
+    cache and amortise the loop's per-iteration cost (25,000 rows ran at half the speed);
+    for a hierarchy of conv maps of 28 × 28 × 32, 100–250 rows per device ran 1.3–1.5×
+    faster than 2,500 (docs/performance.md, Evaluation).
 
     Args:
       batch_size: examples per evaluation batch.
       k: importance samples per example.
+      row_elements: the numbers one row adds to the chunk's widest array
+        (``sample_row_elements``).
 
     Returns:
       The chunk size, between 1 and k.
     """
-    return max(1, min(k, CHUNK_ROWS // max(batch_size, 1)))
+    rows = CHUNK_ELEMENTS // max(row_elements, 1)
+    return max(1, min(k, rows // max(batch_size, 1)))
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it (calls, loops, branches)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+@functools.lru_cache(maxsize=32)
+def sample_row_elements(model) -> int:
+    """The numbers one importance sample of one image adds to the widest array of the
+    importance-sampled log-likelihood: 784 for an MLP decoding MNIST (its logits), 28 · 28
+    · 32 for a conv net whose finest maps have 32 channels. Read from the program's trace
+    (no computation): each array's size with two samples minus its size with one.
+
+    Args:
+      model: any model of ``cvae.models.protocol``.
+
+    Returns:
+      The largest growth, at least 1.
+    """
+    from cvae.models import vae  # the models' one initialiser (every design)
+
+    params = jax.eval_shape(lambda key: vae.init_params(model, key), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((1, *model.event_shape), np.float32)
+    labels = jax.ShapeDtypeStruct((1,), np.int32) if model.num_classes else None
+
+    def sizes(draws: int) -> list[int]:
+        def weights(params, x, labels):
+            keys = jax.random.split(jax.random.key(0), draws)
+            return jax.vmap(lambda key: model.log_importance_weights(params, x, key, None, labels))(
+                keys
+            )
+
+        jaxpr = jax.make_jaxpr(weights)(params, x, labels).jaxpr
+        return [math.prod(v.aval.shape) for eqn in _equations(jaxpr) for v in eqn.outvars]
+
+    one, two = sizes(1), sizes(2)
+    grown = [b - a for a, b in zip(one, two, strict=True)] if len(one) == len(two) else []
+    return max(1, *grown) if grown else max(1, max(two) - max(one))
 
 
 def evaluation_batch_size(batch_size: int, num_examples: int, num_devices: int) -> int:
@@ -276,7 +330,8 @@ def evaluate(
     n = len(eval_set)
     bs = evaluation_batch_size(batch_size, n, mesh.size)
     with_density = k > 0 and model.posterior_family != "deterministic"
-    chunk = chunk_size or auto_chunk_size(bs, max(k, 1))
+    row = sample_row_elements(model) if with_density and not chunk_size else MNIST_PIXELS
+    chunk = chunk_size or auto_chunk_size(bs, max(k, 1), row)
     terms, log_px = _programs(
         model, mesh, float(code_l2), float(eval_set.scale), max(k, 1), min(chunk, max(k, 1))
     )

@@ -149,3 +149,31 @@ def test_auto_chunk_keeps_about_five_thousand_decoder_rows():
     assert evaluation.auto_chunk_size(500, 5000) == 10
     assert evaluation.auto_chunk_size(100, 20) == 20  # never more than K
     assert evaluation.auto_chunk_size(10000, 5000) == 1
+    # Rows of 28 × 28 × 32 maps: 32 times fewer rows (156) than rows of 784 logits.
+    assert evaluation.auto_chunk_size(50, 1000, 28 * 28 * 32) == 3
+    assert evaluation.auto_chunk_size(500, 1000, 28 * 28 * 32) == 1
+
+
+def test_a_sample_adds_its_decoders_output_or_its_finest_maps_to_the_widest_array():
+    """What sizes the automatic chunk, read from the trace: an MLP's 784 logits per sample of
+    an MNIST image (its hidden layers are narrower), and a conv hierarchy's finest state of
+    8 × 8 positions × 8 channels on the digits (wider than its 64 logits)."""
+    from cvae import config as config_lib
+    from cvae.models import vae
+
+    seed = config_lib.apply_preset(config_lib.base_config(), "seed").model
+    seed.posterior = "gaussian"
+    mlp = vae.build_model(seed, (28, 28, 1), 0, binary_data=True)
+    assert evaluation.sample_row_elements(mlp) == 784
+    conv = make_test_config(
+        **{
+            "model.arch": "resnet",
+            "model.conv_channels": (8, 8),
+            "model.groups_per_level": (2, 2),
+            "model.code_channels": 1,
+            "model.inference": "top_down",
+            "model.decoder_layers": "all",
+        }
+    ).model
+    groups = vae.build_model(conv, (8, 8, 1), 10, binary_data=True)
+    assert evaluation.sample_row_elements(groups) == 8 * 8 * 8
