@@ -3,6 +3,8 @@ and the quality of samples.
 
 * ``core``: ``evaluate(model, params, EvalSet(...))`` — ELBO, reconstruction, KL, the
   importance-sampled log p(x) and active units, read batch by batch over a mesh;
+* ``chunks``: batches over the devices, and chunks of importance samples sized by the
+  widest array one sample adds;
 * ``partial``: the scores of the batches done, kept so a killed evaluation resumes;
 * ``saved_runs``: a restored run scored with its own settings (``evaluate_run``), and every
   finished member of a sweep directory (``evaluate_sweep``);
@@ -17,14 +19,8 @@ This package imports ``models``, ``data``, ``parallel`` and ``runs`` (to restore
 run and to store the classifier); training and analysis build on it.
 """
 
-from cvae.evaluation.core import (
-    EvalSet,
-    auto_chunk_size,
-    evaluate,
-    evaluation_batch_size,
-    format_table,
-    sample_row_elements,
-)
+from cvae.evaluation.chunks import auto_chunk_size, evaluation_batch_size, sample_row_elements
+from cvae.evaluation.core import EvalSet, evaluate, format_table
 from cvae.evaluation.saved_runs import evaluate_run, evaluate_sweep
 
 __all__ = [
