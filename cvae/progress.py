@@ -36,6 +36,22 @@ def bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     return tqdm(iterable, disable=not (enabled and on_terminal()), dynamic_ncols=True, **kwargs)
 
 
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: "40 s", "12 min", "3.4 h".
+
+    Args:
+      seconds: the span.
+
+    Returns:
+      Seconds below two minutes, minutes below two hours, hours above.
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def log_every(total: int, lines: int = 10) -> int:
     """The cadence of plain progress lines off a terminal: about ``lines`` for the run.
 

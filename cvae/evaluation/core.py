@@ -32,6 +32,7 @@ import functools
 import logging
 import math
 import pathlib
+import time
 
 import jax
 import numpy as np
@@ -273,8 +274,14 @@ def evaluate(
     sums = dict.fromkeys(means + (("log_px",) if with_density else ()), 0.0)
     moments = metrics.RunningMoments()
     num_batches = math.ceil(n / bs)
-    if progress and not progress_lib.on_terminal():  # no bar: one line says what runs
+    # Off a terminal there is no bar: a line says what runs and, when it has ten batches or
+    # more, about ten say how far it got and how long the rest should take (at K = 1000 an
+    # evaluation can take hours).
+    lines = progress and not progress_lib.on_terminal()
+    if lines:
         logging.getLogger("cvae").info("%s: %d examples, K=%d", description, n, k)
+    lines = lines and num_batches >= 10
+    every, tick = progress_lib.log_every(num_batches), time.perf_counter()
     saved, start = None, 0
     if partial_path is not None:
         key = dict(partial_key or {}, num_examples=n, batch_size=bs, k=k, chunk=chunk)
@@ -312,6 +319,17 @@ def evaluate(
             if saved is not None:
                 saved.save(Partial(b + 1, sums, moments))
             faults.fault_point("evaluate_batch")  # the crash tests' kill between batches
+            done = b + 1 - start
+            if lines and ((b + 1) % every == 0 or b + 1 == num_batches):
+                seconds = time.perf_counter() - tick
+                logging.getLogger("cvae").info(
+                    "%s: batch %d/%d, %.0f examples/s, about %s left",
+                    description,
+                    b + 1,
+                    num_batches,
+                    done * bs / seconds,
+                    progress_lib.duration((num_batches - b - 1) * seconds / done),
+                )
     result = {name: sums[name] / n for name in means}
     result.update(loss=-result["elbo"], active_units=moments.active_units(), num_examples=n, k=k)
     # The codes' scale: σ₀ compares across models only relative to it.

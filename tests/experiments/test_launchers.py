@@ -39,6 +39,24 @@ def trained_workdir(tmp_path_factory):
     return workdir
 
 
+def test_a_long_evaluation_off_a_terminal_says_how_far_it_got(trained_workdir, tmp_path):
+    """Ten batches or more and no terminal: about ten lines, each with the batch reached,
+    the speed and the time left (the 297 test digits in 15 batches of 20: every second
+    batch and the last)."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir, workdir)
+    out = _cli("experiments.evaluate", "--workdir", str(workdir), "--k", "2", "--batch_size", "20")
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stderr.splitlines() if "evaluate test: batch " in line]
+    assert [re.search(r"batch (\d+)/15,", line).group(1) for line in lines] == [
+        *("2", "4", "6", "8", "10", "12", "14", "15")
+    ], out.stderr
+    assert all(re.search(r", \d+ examples/s, about \d+ s left$", line) for line in lines)
+    assert "\r" not in out.stderr  # no bar
+
+
 def test_train_evaluate_sample_and_load_run_end_to_end(trained_workdir, tmp_path):
     out = _cli("experiments.evaluate", "--workdir", str(trained_workdir), "--k", "50")
     assert out.returncode == 0, out.stderr[-3000:]
