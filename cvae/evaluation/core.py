@@ -316,7 +316,7 @@ def evaluate(
             for name in sums:
                 sums[name] += float(np.sum(out[name][:real], dtype=np.float64))
             moments.add(out["mean"][:real])
-            if saved is not None:
+            if saved is not None and parallel.is_primary():  # one writer of the shared file
                 saved.save(Partial(b + 1, sums, moments))
             faults.fault_point("evaluate_batch")  # the crash tests' kill between batches
             done = b + 1 - start
