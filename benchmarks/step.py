@@ -6,8 +6,10 @@ the optimizer, the moving average and the update skip the config asks for), jitt
 device, on a batch of random binary images of the config's data shape — no data set is
 read, so it runs anywhere. Prints one JSON line: ms per step, examples/s, the step's
 FLOPs per example (XLA's cost analysis of the compiled step) and the achieved GFLOP/s as a
-fraction of the f32 matmul peak measured in the same process. Results: docs/performance.md
-and docs/results.md.
+fraction of the f32 matmul peak measured in the same process; and the step's op roofline
+(``benchmarks.roofline``: its matrix products and convolutions, gradients included, each
+timed alone), with the fraction of the step's time it accounts for. Results:
+docs/performance.md and docs/results.md.
 """
 
 import json
@@ -19,6 +21,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from benchmarks import roofline
 from benchmarks.common import device_name
 from benchmarks.peak import matmul_peak_gflops
 from cvae import data
@@ -45,15 +48,13 @@ def main(argv):
     batch = cfg.train.batch_size
     model = model_lib.build_model(cfg.model, shape, FLAGS.num_classes, binary_data=True)
     total = 10_000
-    step = jax.jit(
-        steps.make_step(
-            model=model,
-            config=cfg,
-            preprocess=data.Preprocessor(255.0, binarize=True, dequantize=False),
-            total_steps=total,
-        ),
-        donate_argnums=(0,),
+    one_step = steps.make_step(
+        model=model,
+        config=cfg,
+        preprocess=data.Preprocessor(255.0, binarize=True, dequantize=False),
+        total_steps=total,
     )
+    step = jax.jit(one_step, donate_argnums=(0,))
     state = initial_state(model, cfg, total)  # the trainer's own initial state
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
@@ -72,6 +73,7 @@ def main(argv):
         state, scalars = step(state, indices, images, labels, key, hyper)
     jax.block_until_ready(scalars)
     seconds = (time.perf_counter() - start) / FLAGS.steps
+    roof = roofline.op_roofline(one_step, state, indices, images, labels, key, hyper)
     peak = matmul_peak_gflops()
     achieved = flops * batch / seconds / 1e9
     print(
@@ -86,6 +88,9 @@ def main(argv):
                 "achieved_gflops": round(achieved, 1),
                 "matmul_peak_gflops": round(peak, 1),
                 "fraction_of_peak": round(achieved / peak, 3),
+                "op_roofline_ms": round(roof.seconds * 1e3, 1),
+                "fraction_of_op_roofline": round(roof.seconds / seconds, 3),
+                "slowest_ops": roof.slowest(3),
             }
         )
     )

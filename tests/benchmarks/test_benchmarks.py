@@ -328,3 +328,6 @@ def test_bench_step_times_any_configs_step():
     assert record["precision"] == "float32" and record["batch_size"] == 8  # auto, on a CPU
     assert record["examples_per_s"] > 0 and record["gflop_per_example"] > 0
     assert 0 < record["fraction_of_peak"] < 1
+    # Its convolutions, forward and backward, timed alone: the step's op roofline.
+    assert record["op_roofline_ms"] > 0 and record["fraction_of_op_roofline"] > 0
+    assert record["slowest_ops"][0].startswith("conv_general_dilated")
