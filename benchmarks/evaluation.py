@@ -145,8 +145,9 @@ def eval_one(
     chunk = chunk_size or evaluation.auto_chunk_size(
         batch, k, evaluation.sample_row_elements(model)
     )
-    roof = chunk_roofline(model, params, batch // devices, chunk)
-    roofline_rate = batch // devices * chunk / roof.seconds
+    draws = min(chunk, k)  # what a chunk of the evaluation draws (evaluate clips it too)
+    roof = chunk_roofline(model, params, batch // devices, draws)
+    roofline_rate = batch // devices * draws / roof.seconds
     return {
         "peer": "cvae",
         "benchmark": "nll_is",

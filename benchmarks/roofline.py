@@ -30,6 +30,8 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 
+from cvae.evaluation.chunks import sub_jaxprs
+
 HEAVY = ("dot_general", "conv_general_dilated")
 UNCOUNTABLE = ("while", "cond")
 
@@ -49,21 +51,9 @@ class Op:
         return f"{self.equation.primitive.name}({shapes})"
 
 
-def _sub_jaxprs(value):
-    """The jaxprs held in one equation parameter (a closed or open jaxpr, or a tuple)."""
-    if isinstance(value, jax.extend.core.ClosedJaxpr):
-        yield value.jaxpr
-    elif isinstance(value, jax.extend.core.Jaxpr):
-        yield value
-    elif isinstance(value, tuple | list):
-        for item in value:
-            yield from _sub_jaxprs(item)
-
-
 def _has_heavy(jaxpr) -> bool:
     return any(
-        eqn.primitive.name in HEAVY
-        or any(_has_heavy(sub) for p in eqn.params.values() for sub in _sub_jaxprs(p))
+        eqn.primitive.name in HEAVY or any(_has_heavy(sub) for sub in sub_jaxprs(eqn))
         for eqn in jaxpr.eqns
     )
 
@@ -89,7 +79,7 @@ def heavy_ops(fn: Callable, *args) -> list[Op]:
                 )
                 found.setdefault(key, Op(eqn)).count += times
                 continue
-            subs = [sub for p in eqn.params.values() for sub in _sub_jaxprs(p)]
+            subs = sub_jaxprs(eqn)
             if name in UNCOUNTABLE and any(_has_heavy(sub) for sub in subs):
                 raise ValueError(
                     f"a matrix product or convolution inside a {name}: how often it runs is "

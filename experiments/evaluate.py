@@ -72,8 +72,7 @@ def main(argv):
         progress=True,
         resumable=True,
     )
-    path = Workdir(workdir).write_eval(result)
-    Workdir(workdir).partial_eval_path.unlink(missing_ok=True)  # the scores are written
+    path = Workdir(workdir).write_eval(result)  # and removes the partial scores
     print(evaluation.format_table(result, run.model.posterior_family))
     print(f"wrote {path}")
 

@@ -41,15 +41,30 @@ def auto_chunk_size(batch_size: int, k: int, row_elements: int = MNIST_PIXELS) -
     return max(1, min(k, rows // max(batch_size, 1)))
 
 
+def sub_jaxprs(eqn) -> list:
+    """The jaxprs inside one equation: a call's, a loop's body and condition, a branch's.
+
+    Args:
+      eqn: an equation of a jaxpr.
+
+    Returns:
+      Its inner jaxprs (open ones: a closed jaxpr's ``.jaxpr``), in parameter order.
+    """
+    found = []
+    for value in eqn.params.values():
+        for sub in value if isinstance(value, tuple | list) else (value,):
+            inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+            if hasattr(inner, "eqns"):
+                found.append(inner)
+    return found
+
+
 def _equations(jaxpr):
     """Every equation of a jaxpr and of the jaxprs inside it (calls, loops, branches)."""
     for eqn in jaxpr.eqns:
         yield eqn
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, tuple | list) else (value,):
-                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
-                if hasattr(inner, "eqns"):
-                    yield from _equations(inner)
+        for inner in sub_jaxprs(eqn):
+            yield from _equations(inner)
 
 
 @functools.lru_cache(maxsize=32)

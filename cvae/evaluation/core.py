@@ -224,8 +224,8 @@ def evaluate(
       description: the progress bar's label.
       partial_path: where to keep the partial scores after each batch
         (``cvae.evaluation.partial``), and to resume from when they are this
-        evaluation's; None keeps nothing. The caller removes the file once it has written
-        the finished scores.
+        evaluation's; None keeps nothing. Whoever writes the finished scores removes the
+        file (``Workdir.write_eval`` does).
       partial_key: what else identifies the evaluation in that file (e.g. its split);
         the examples, batch, K, chunk, devices and a digest of the params are added.
 

@@ -122,8 +122,3 @@ class PartialScores:
             os.fsync(stream.fileno())
         fault_point("partial_scores_save")  # the crash tests' kill before the rename
         os.replace(temporary, self.path)
-
-    def remove(self) -> None:
-        """Deletes the file (once the finished scores are written elsewhere)."""
-        self.path.unlink(missing_ok=True)
-        self.path.with_name(f".{self.path.name}.tmp").unlink(missing_ok=True)

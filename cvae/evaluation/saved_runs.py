@@ -41,8 +41,8 @@ def evaluate_run(
       progress: show a progress bar.
       resumable: keep the partial scores in the workdir after each batch
         (``Workdir.partial_eval_path``) and resume from them when they are this
-        evaluation's (same split, checkpoint, K, batch, chunk, devices); the caller
-        removes them once the scores are written.
+        evaluation's (same split, checkpoint, K, batch, chunk, devices);
+        ``Workdir.write_eval`` removes them once the scores are written.
 
     Returns:
       What ``cvae.evaluation.evaluate`` returns, and the ``split``.
@@ -109,6 +109,5 @@ def evaluate_sweep(
             resumable=True,
         )
         Workdir(workdir).write_eval(scores)
-        Workdir(workdir).partial_eval_path.unlink(missing_ok=True)
         results[str(workdir.relative_to(directory))] = scores
     return results

@@ -349,7 +349,9 @@ class Workdir:
         return read_json(self.eval_path)
 
     def write_eval(self, result: dict) -> pathlib.Path:
-        """Writes eval.json atomically (a failed evaluation leaves the old one).
+        """Writes eval.json atomically (a failed evaluation leaves the old one), then removes
+        the partial scores of an unfinished evaluation (``partial_eval_path``): finished
+        scores replace them.
 
         Args:
           result: the scores.
@@ -358,6 +360,7 @@ class Workdir:
           The path written.
         """
         write_json_atomic(self.eval_path, result)
+        self.partial_eval_path.unlink(missing_ok=True)
         return self.eval_path
 
     def read_sample_quality(self) -> dict | None:
