@@ -20,7 +20,7 @@ def module(tmp_path):
     (tmp_path / "probe.py").write_text(
         textwrap.dedent(
             """
-            import json, os, signal, sys, time
+            import atexit, json, os, signal, sys, threading, time
             print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "name": __name__,
                               "probe": os.environ.get("PROBE"), "path0": sys.path[0],
                               "xla_flags": os.environ.get("XLA_FLAGS")}))
@@ -34,6 +34,16 @@ def module(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             if what == "sleep":
                 time.sleep(60)
+            if what == "message":
+                sys.exit("a message instead of a status")
+            if what == "interrupt":
+                raise KeyboardInterrupt
+            if what == "unflushed":  # buffered output, an exit function, a working thread
+                sys.stdout = open(sys.stdout.fileno(), "w", buffering=1 << 20, closefd=False)
+                atexit.register(lambda: print("exit function ran"))
+                threading.Thread(target=lambda: (time.sleep(0.5), print("thread ended"))).start()
+                print("buffered", end="")
+                sys.exit(5)
             """
         )
     )
@@ -41,7 +51,17 @@ def module(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, status", [(["exit", "0"], 0), (["exit", "3"], 3), (["raise"], 1), (["kill"], -9)]
+    "args, status",
+    [
+        (["exit", "0"], 0),
+        (["exit", "3"], 3),
+        (["exit", "257"], 1),
+        (["message"], 1),
+        (["raise"], 1),
+        (["interrupt"], -signal.SIGINT),
+        (["unflushed"], 5),
+        (["kill"], -9),
+    ],
 )
 def test_a_forked_command_ends_as_a_fresh_interpreter_does(module, args, status):
     forked = launcher.run("probe", *args, cwd=module, env={"PROBE": "x"})
@@ -60,7 +80,8 @@ def test_a_forked_command_ends_as_a_fresh_interpreter_does(module, args, status)
     # The same error (a traceback's frames above the module's differ: runpy's, not the
     # launcher's), or nothing more.
     assert forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1]
-    assert ("Traceback" in forked.stderr) == ("Traceback" in fresh.stderr) == (status == 1)
+    tracebacks = ("Traceback" in forked.stderr), ("Traceback" in fresh.stderr)
+    assert tracebacks[0] == tracebacks[1] == (args[0] in ("raise", "interrupt"))
 
 
 def test_a_forked_command_takes_signals_and_reports_them(module):
