@@ -84,6 +84,13 @@ def grid_images(model, params, images01, labels, key):
     return recon, samples
 
 
+@functools.lru_cache(maxsize=32)
+def grid_program(model):
+    """``grid_images`` jitted for ``model``: cached, so the runs of equal models in one
+    process (a notebook's, a test suite's) trace it once."""
+    return jax.jit(functools.partial(grid_images, model))
+
+
 def log_images(draw, params, images01, labels, key, workdir: Workdir, step, writer) -> None:
     """Reconstruction (top: data, bottom: reconstruction) and prior-sample PNG grids.
 
@@ -132,7 +139,7 @@ class RunBook:
             self.writer.hparams(cfg)
         self.started = time.perf_counter() - progress.elapsed_s
         self.grid = min(cfg.train.image_grid_size, len(d.eval_set))
-        self.draw_grids = jax.jit(functools.partial(grid_images, model))
+        self.draw_grids = grid_program(model)
         if self.primary:  # so that load_run needs no data to decode and sample
             workdir.write_data_info(dataclasses.asdict(d.info))
 
