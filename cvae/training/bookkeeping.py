@@ -69,7 +69,7 @@ def recorded_terms(scores: dict) -> dict:
 
 def grid_images(model, params, images01, labels, key):
     """(reconstructions E[x|μ(x)], prior samples E[x|z]) of ``len(images01)`` images: the
-    pure function that ``log_images`` compiles once per run."""
+    pure function that ``grid_program`` compiles once per model."""
     n = len(images01)
     labels = labels if model.num_classes else None
     posterior = model.apply({"params": params}, images01, labels, method=model.encode)
