@@ -1,5 +1,9 @@
 """``flow``: a masked autoregressive flow (Papamakarios et al., 2017) with affine
-transformers, from flowjax, fitted by maximum likelihood to the standardised codes."""
+transformers, from flowjax, fitted by maximum likelihood to the standardised codes.
+
+flowjax and equinox are imported by the functions that use them: loaded with the module,
+they would add a quarter of a second to the start of every command, most of which never
+fits or loads a flow."""
 
 from __future__ import annotations
 
@@ -7,13 +11,9 @@ import dataclasses
 import pathlib
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flowjax.distributions import Normal
-from flowjax.flows import masked_autoregressive_flow
-from flowjax.train import fit_to_data
 
 from cvae import progress as progress_lib
 from cvae.samplers.kind import Kind, load_standardisation, save_standardisation
@@ -58,6 +58,9 @@ class LatentFlow:
 
 
 def _flow_skeleton(dim: int, layers: int, width: int, key):
+    from flowjax.distributions import Normal
+    from flowjax.flows import masked_autoregressive_flow
+
     return masked_autoregressive_flow(
         key, base_dist=Normal(jnp.zeros(dim)), flow_layers=layers, nn_width=width
     )
@@ -88,6 +91,8 @@ def fit_latent_flow(
     Returns:
       The fitted flow.
     """
+    from flowjax.train import fit_to_data
+
     codes = np.asarray(codes, np.float32)
     shift, scale = codes.mean(axis=0), codes.std(axis=0) + 1e-6
     init_key, fit_key = jax.random.split(key)
@@ -111,12 +116,16 @@ def _fit(codes, key, *, seed: int, progress: bool, labels, num_classes: int, bud
 
 
 def _save(sampler: LatentFlow, directory: pathlib.Path) -> dict:
+    import equinox as eqx
+
     eqx.tree_serialise_leaves(directory / "flow.eqx", sampler.flow)
     save_standardisation(directory, sampler.shift, sampler.scale)
     return {"dim": int(len(sampler.shift)), "layers": sampler.layers, "width": sampler.width}
 
 
 def _load(directory: pathlib.Path, shape: dict) -> LatentFlow:
+    import equinox as eqx
+
     skeleton = _flow_skeleton(shape["dim"], shape["layers"], shape["width"], jax.random.key(0))
     flow = eqx.tree_deserialise_leaves(directory / "flow.eqx", skeleton)
     shift, scale = load_standardisation(directory)
