@@ -7,6 +7,12 @@ early-stopping record). Orbax writes a save into a temporary directory and renam
 when complete, so a kill mid-save leaves the previous saves intact (and a temporary
 directory, removed on the next start).
 
+A new best is also the step's periodic save: Orbax writes it once, into ``best/``, and
+the finished directory is copied into ``latest/`` (under a temporary name, renamed when
+whole), a few milliseconds instead of a second write of every array through TensorStore
+(about 0.1 s even for a small model). The two are separate files: damage to one leaves the
+other readable.
+
 Failure policy:
 * a new best is saved *before* the periodic save of the same step: a kill between the two
   leaves the latest save older than the best, so the rerun retrains that epoch, finds the
@@ -134,8 +140,11 @@ class Checkpointer:
                     manager.delete(step)
                 path = pathlib.Path(manager.directory) / str(step)
                 _watch(path)
-                with _quiet_orbax():  # a failed write is reported below, in one line
-                    _write(manager, step, state, meta)
+                if manager is self._latest and best:
+                    self._copy_best(step)
+                else:
+                    with _quiet_orbax():  # a failed write is reported below, in one line
+                        _write(manager, step, state, meta)
                 _unwatch(path)
             except Exception as err:  # a full disk, a vanished directory, a read-only mount
                 self._discard_partial(manager, step)
@@ -150,6 +159,28 @@ class Checkpointer:
                     )
                     + "free space (or fix the directory) and rerun the same command to resume"
                 ) from err
+
+    def _copy_best(self, step: int) -> None:
+        """Makes the best save of ``step`` the periodic one too: its directory is copied into
+        ``latest/`` under a temporary name and renamed when whole (a kill inside the copy
+        leaves a temporary directory, removed on the next start), then the oldest periodic
+        saves beyond ``keep`` are deleted, as Orbax does after a save."""
+        source = pathlib.Path(self._best.directory) / str(step)
+        target = pathlib.Path(self._latest.directory) / str(step)
+        if parallel.is_primary():  # one copy, on the file system every process shares
+            partial = target.with_name(f"{step}.orbax-checkpoint-tmp-copy")
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                shutil.copytree(source, partial)
+            except shutil.Error as err:  # [(source, target, why)]: one per file that failed
+                failed = err.args[0]
+                raise OSError(failed[0][2] if isinstance(failed, list) else failed) from err
+            fault_point("checkpoint_inside_save")
+            partial.rename(target)
+        parallel.barrier(f"copy-best-{step}")
+        self._latest.reload()
+        for old in sorted(self._latest.all_steps())[: -self.keep]:
+            self._latest.delete(old)
 
     def newest_step(self) -> int | None:
         """The newest step saved in either directory, or None."""
