@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from cvae import parallel
 from cvae.runs import checkpoint
 
 pytestmark = pytest.mark.unit
@@ -147,4 +148,23 @@ def test_a_full_disk_inside_the_copy_leaves_no_partial_save_and_names_the_intact
     assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["1"]
     monkeypatch.undo()
     assert saver.restore_params("best")[1] == {"epoch": 2}  # the best save was whole
+    saver.close()
+
+
+def test_a_save_from_device_arrays_restores_onto_the_devices_its_target_names(tmp_path):
+    """One process saves a host copy of the state; restoring it places each array as the
+    target's sharding says (all 8 devices here), with the same values."""
+    mesh = parallel.make_mesh(0)
+    on_devices = parallel.replicate(_state(7.0), mesh)
+    saver = checkpoint.Checkpointer(tmp_path)
+    saver.save(1, on_devices, {"epoch": 1})
+    target = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), on_devices
+    )
+    restored, _ = saver.restore(target)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(on_devices), strict=True
+    ):
+        assert got.sharding == want.sharding and len(got.sharding.device_set) == 8
+        np.testing.assert_array_equal(got, want)
     saver.close()
