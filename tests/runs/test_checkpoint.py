@@ -16,6 +16,13 @@ from cvae.runs import checkpoint
 pytestmark = pytest.mark.unit
 
 
+@pytest.fixture(autouse=True)
+def no_watched_saves(monkeypatch):
+    """Each test starts with no failed save being watched, and leaves none behind (a save
+    that failed stays watched for the rest of its process, by design)."""
+    monkeypatch.setattr(checkpoint, "_WATCHED", set())
+
+
 def _echo(error: BaseException) -> logging.LogRecord:
     """What asyncio logs for a writer's future whose exception nobody retrieved."""
     return logging.LogRecord(
