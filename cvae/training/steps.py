@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -305,6 +306,21 @@ class TrainPrograms:
     traces: dict
 
 
+@dataclasses.dataclass(frozen=True)
+class _ByBytes:
+    """A class table compared and hashed by its arrays' bytes (``functools.lru_cache``
+    keys), or no table."""
+
+    table: data.ClassTable | None = dataclasses.field(compare=False)
+    key: tuple = ()
+
+    @classmethod
+    def of(cls, table: data.ClassTable | None) -> _ByBytes:
+        return cls(
+            table, () if table is None else (table.indices.tobytes(), table.counts.tobytes())
+        )
+
+
 def build_programs(
     *,
     model,
@@ -315,7 +331,35 @@ def build_programs(
     class_table: data.ClassTable | None,
     total_steps: int,
 ) -> TrainPrograms:
-    """The jitted epoch (see the module docstring) for this model, config and mesh."""
+    """The jitted epoch (see the module docstring) for this model, config and mesh.
+
+    The same object for the same arguments while it is among the last 8 built in this
+    process: a second run of a config (in a notebook, a test suite, a sweep run member by
+    member) reuses the traced program instead of tracing and lowering it again (0.3 s of a
+    0.45 s tiny digits run). Its ``traces`` then count the compilations of every run that
+    used it. The program keeps a frozen copy of ``config``: changing the caller's config
+    afterwards changes neither it nor a later trace of it."""
+    return _build_epoch(
+        model,
+        ml_collections.FrozenConfigDict(config),
+        mesh,
+        preprocess,
+        num_train,
+        _ByBytes.of(class_table),
+        total_steps,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _build_epoch(
+    model,
+    config: ml_collections.FrozenConfigDict,
+    mesh,
+    preprocess: data.Preprocessor,
+    num_train: int,
+    class_table: _ByBytes,
+    total_steps: int,
+) -> TrainPrograms:
     cfg = config
     one_step = make_step(
         model=model,
@@ -325,7 +369,7 @@ def build_programs(
         batch_sharding=parallel.batch_sharded(mesh),
     )
     epoch_indices = make_epoch_indices(
-        num_train=num_train, batch_size=cfg.train.batch_size, class_table=class_table
+        num_train=num_train, batch_size=cfg.train.batch_size, class_table=class_table.table
     )
     hyper = hyperparameters(cfg)
     traces = {"train_epoch": 0}

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from cvae import config as config_lib
-from cvae import data
+from cvae import data, parallel
 from cvae.models import vae as model_lib
 from cvae.training import steps
 from tests.helpers import make_test_config
@@ -100,6 +100,44 @@ def test_the_gather_returns_exactly_the_indexed_images():
         np.testing.assert_array_equal(alone, images[indices[0]])
         members = jax.jit(jax.vmap(steps.gather_rows, in_axes=(None, 0)))(images, indices)
         np.testing.assert_array_equal(members, images[indices])
+
+
+def test_the_epoch_program_is_built_once_per_config_and_keeps_the_config_it_was_given():
+    """A second run of a config in one process reuses its traced epoch; any field that
+    differs, or another class table, builds a new one; and the program holds a frozen copy
+    of the config, so changing the caller's config afterwards cannot reach a later trace."""
+    model = model_lib.build_model(make_test_config().model, (4, 4, 1), 0)
+    preprocess = data.Preprocessor(255.0, binarize=True, dequantize=False)
+    table = data.ClassTable.from_labels(np.arange(40) % 4, 4)
+
+    def build(cfg, class_table=None):
+        return steps.build_programs(
+            model=model,
+            config=cfg,
+            mesh=parallel.make_mesh(1),
+            preprocess=preprocess,
+            num_train=40,
+            class_table=class_table,
+            total_steps=10,
+        )
+
+    cfg = make_test_config(**{"train.batch_size": 8})
+    first = build(cfg)
+    assert build(make_test_config(**{"train.batch_size": 8})) is first
+    assert build(make_test_config(**{"train.batch_size": 8, "seed": 3})) is not first
+    assert build(cfg, table) is not first
+    assert build(cfg, table) is build(cfg, data.ClassTable.from_labels(np.arange(40) % 4, 4))
+    assert build(cfg, table) is not build(cfg, data.ClassTable.from_labels(np.arange(40) % 5, 5))
+
+    cfg.train.skip_grad_norm = 1.0  # after the build: a new program, the first unchanged
+    assert build(cfg) is not first
+    state = {"step": jnp.int32(0), "params": model_lib.init_params(model, jax.random.key(0))}
+    state["opt_state"] = steps.make_optimizer(cfg.train, 10).init(state["params"])
+    images = np.zeros((40, 4, 4, 1), np.uint8)
+    _, scalars = first.train_epoch(
+        state, images, np.zeros(40, np.int32), jax.random.key(0), jax.random.key(1), 0
+    )
+    assert scalars["loss"].shape == (40 // 8,) and "skipped" not in scalars
 
 
 def _compiled_step(start: int = 0, **overrides):
