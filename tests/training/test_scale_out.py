@@ -32,6 +32,8 @@ TWO_LAYERS = [
     "--config.model.inference=top_down",
 ]
 DIGITS = ["--config", "experiments/configs/digits_cvae.py"]
+# The one-process reference: four CPU devices in a process forked by the test launcher.
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
 
 
 def _launch(workdir, epochs, *extra, timeout=300, env=None):
@@ -70,25 +72,19 @@ def test_two_processes_train_what_one_process_with_four_devices_trains(tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
     assert "resumed from step" in second.stdout
 
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            *DIGITS,
-            *ALL_DEVICES,
-            *TWO_LAYERS,
-            "--config.train.num_epochs=3",
-            "--workdir",
-            str(tmp_path / "sp"),
-        ],
-        cwd=ROOT,
-        env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": ""}),
+    single = run_cli(
+        "experiments.train",
+        *DIGITS,
+        *ALL_DEVICES,
+        *TWO_LAYERS,
+        "--config.train.num_epochs=3",
+        "--workdir",
+        str(tmp_path / "sp"),
+        env=FOUR_DEVICES,
         timeout=300,
-        capture_output=True,
-        text=True,
     )
     assert single.returncode == 0, single.stderr[-3000:]
+    assert "devices: 4 × cpu in 1 process(es)" in single.stderr
 
     multi = cvae.load_run(tmp_path / "mp", which="latest")
     reference = cvae.load_run(tmp_path / "sp", which="latest")
@@ -139,26 +135,20 @@ def test_two_processes_stream_their_rows_of_each_batch_like_one_process(tmp_path
     stream = ["--config.data.pipeline=stream", "--config.data.stream_chunk_steps=1"]
     multi = _launch(tmp_path / "mp", 2, *colour, *stream, env=cache)
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-2000:]
-    single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            *DIGITS,
-            *ALL_DEVICES,
-            *colour,
-            "--config.train.num_epochs=2",
-            "--config.data.pipeline=device",
-            "--workdir",
-            str(tmp_path / "sp"),
-        ],
-        cwd=ROOT,
-        env=launch_local.child_env(4, {**os.environ, "XLA_FLAGS": "", **cache}),
+    single = run_cli(
+        "experiments.train",
+        *DIGITS,
+        *ALL_DEVICES,
+        *colour,
+        "--config.train.num_epochs=2",
+        "--config.data.pipeline=device",
+        "--workdir",
+        str(tmp_path / "sp"),
+        env={**FOUR_DEVICES, **cache},
         timeout=300,
-        capture_output=True,
-        text=True,
     )
     assert single.returncode == 0, single.stderr[-3000:]
+    assert "devices: 4 × cpu in 1 process(es)" in single.stderr
     leaves = jax.tree_util.tree_leaves
     for x, y in zip(
         leaves(cvae.load_run(tmp_path / "mp", which="latest").params),
