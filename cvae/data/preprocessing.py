@@ -247,12 +247,24 @@ def epoch_permutation(data_key, epoch, num_examples: int):
     return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ClassTable:
-    """Indices of each class, padded to a rectangle, for class-balanced sampling on device."""
+    """Indices of each class, padded to a rectangle, for class-balanced sampling on device.
+
+    Equal tables (the same arrays, value for value) compare and hash equal, so a table can
+    key a cache of the programs built from it (``cvae.training.steps.build_programs``)."""
 
     indices: np.ndarray  # (C, max_count) int32, padded with 0
     counts: np.ndarray  # (C,) int32
+
+    def _key(self) -> tuple:
+        return (self.indices.shape, self.indices.tobytes(), self.counts.tobytes())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClassTable) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @classmethod
     def from_labels(cls, labels: np.ndarray, num_classes: int) -> ClassTable:

@@ -306,21 +306,6 @@ class TrainPrograms:
     traces: dict
 
 
-@dataclasses.dataclass(frozen=True)
-class _ByBytes:
-    """A class table compared and hashed by its arrays' bytes (``functools.lru_cache``
-    keys), or no table."""
-
-    table: data.ClassTable | None = dataclasses.field(compare=False)
-    key: tuple = ()
-
-    @classmethod
-    def of(cls, table: data.ClassTable | None) -> _ByBytes:
-        return cls(
-            table, () if table is None else (table.indices.tobytes(), table.counts.tobytes())
-        )
-
-
 def build_programs(
     *,
     model,
@@ -345,7 +330,7 @@ def build_programs(
         mesh,
         preprocess,
         num_train,
-        _ByBytes.of(class_table),
+        class_table,
         total_steps,
     )
 
@@ -357,7 +342,7 @@ def _build_epoch(
     mesh,
     preprocess: data.Preprocessor,
     num_train: int,
-    class_table: _ByBytes,
+    class_table: data.ClassTable | None,
     total_steps: int,
 ) -> TrainPrograms:
     cfg = config
@@ -369,7 +354,7 @@ def _build_epoch(
         batch_sharding=parallel.batch_sharded(mesh),
     )
     epoch_indices = make_epoch_indices(
-        num_train=num_train, batch_size=cfg.train.batch_size, class_table=class_table.table
+        num_train=num_train, batch_size=cfg.train.batch_size, class_table=class_table
     )
     hyper = hyperparameters(cfg)
     traces = {"train_epoch": 0}
