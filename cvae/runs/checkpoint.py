@@ -130,15 +130,15 @@ class Checkpointer:
     def save(self, step: int, state, meta: dict, *, best: bool = False) -> None:
         """Saves ``state`` at ``step`` (first as the new best, if it is one); refuses
         non-finite states (they are never written)."""
+        if jax.process_count() == 1:
+            # One copy to host memory (which the finiteness check then reads), and Orbax
+            # writes NumPy arrays: half the time of handing it device arrays (whose every
+            # replica it slices and transfers itself). The bytes are the same (the metadata
+            # records np.ndarray for jax.Array), and a restore places them as its target
+            # says. Across processes each one writes its own shards of the device arrays.
+            state = jax.device_get(state)
         if not all_finite(state["params"]):
             raise ValueError(f"refusing to checkpoint step {step}: the parameters are not finite")
-        if jax.process_count() == 1:
-            # One copy to host memory, then Orbax writes NumPy arrays: half the time of
-            # handing it device arrays (whose every replica it slices and transfers itself).
-            # The bytes are the same (the metadata records np.ndarray for jax.Array), and a
-            # restore places them as its target says. Across processes each one writes its
-            # own shards of the device arrays.
-            state = jax.device_get(state)
         managers = ([self._best] if best else []) + [self._latest]
         for manager in managers:
             fault_point("checkpoint_save")
